@@ -1,0 +1,118 @@
+"""Held-out metrics of a trained autoencoder: reconstruction, denoising, code statistics,
+Jacobian norm, and the PCA baseline at the same code size.
+
+Names follow REFERENCES.md's conventions: ``mse`` is per-pixel (mean over examples and
+features), ``sse_per_example`` is Hinton & Salakhutdinov's per-image squared error (sum over
+features, mean over examples), ``bce`` is the per-pixel binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax.evaluation.pca import fit_pca, pca_mse, principal_angles_deg
+from ae_jax.objectives.losses import (
+    binary_cross_entropy_with_logits,
+    squared_error,
+    sum_squared_error,
+)
+from ae_jax.training.objective import Objective
+from ae_jax.training.step import example_keys
+
+EVAL_CHUNK = 2048  # examples per compiled evaluation call (bounds memory on big test sets)
+NONZERO_EPS = 1e-6  # |code| above this counts as an active unit
+
+
+def make_per_example_eval(objective: Objective):
+    """A jitted ``fn(params, x, key, level) -> dict of (B,) arrays`` on clean and corrupted x."""
+
+    @jax.jit
+    def per_example(params, x, key, level):
+        logits, recon, code, _ = objective.forward(params, x)
+        out = {
+            "se": squared_error(recon, x),  # (B,)
+            "sse": sum_squared_error(recon, x),
+            "bce": binary_cross_entropy_with_logits(logits, x),
+            "code_mean": jnp.mean(code, axis=-1),
+            "code_nonzero": jnp.sum(jnp.abs(code) > NONZERO_EPS, axis=-1).astype(jnp.float32),
+        }
+        keys = example_keys(key, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), x.shape[0])
+        x_tilde, _ = objective.corrupt(keys, x, level)
+        _, recon_tilde, _, _ = objective.forward(params, x_tilde)
+        out["denoise_se"] = squared_error(recon_tilde, x)
+        return out
+
+    return per_example
+
+
+def per_example_metrics(per_example, params, x: np.ndarray, key, level: float) -> dict:
+    """Run ``per_example`` over x in fixed-size chunks (one compilation); numpy (N,) arrays."""
+    n = x.shape[0]
+    chunk = min(n, EVAL_CHUNK)
+    pad = (-n) % chunk
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    parts = []
+    for start in range(0, xp.shape[0], chunk):
+        ck = jax.random.fold_in(key, start)
+        parts.append(per_example(params, xp[start : start + chunk], ck, jnp.float32(level)))
+    parts = jax.device_get(parts)
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+
+
+def jacobian_fro(objective: Objective, params, x: np.ndarray) -> float:
+    """Mean Frobenius norm of the encoder's Jacobian dh/dx over the examples x."""
+
+    @jax.jit
+    def norms(params, x):
+        code, aux = objective.model.apply({"params": params}, x, method="encode")
+        return jnp.sqrt(objective.jacobian_sq(params, x, code, {**aux, "dense_code": code}))
+
+    return float(np.mean(jax.device_get(norms(params, x))))
+
+
+def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.ndarray:
+    """The decoder's linear map code -> output as a (D, k) matrix (exact for linear models)."""
+
+    def decode_flat(c):  # (k,) -> (D,)
+        return objective.model.apply({"params": params}, c[None], method="decode").reshape(-1)
+
+    return np.asarray(jax.jacfwd(decode_flat)(jnp.zeros((latent_dim,), jnp.float32)))
+
+
+def evaluate_test_split(objective: Objective, params, x_train: np.ndarray, x_test: np.ndarray, *,
+                 latent_dim: int, eval_level: float, in_unit_interval: bool,
+                 jacobian_examples: int, linear: bool, seed: int) -> dict[str, float]:
+    """Every ``test/...`` metric of a trained model (see the module docstring for conventions)."""
+    key = jax.random.fold_in(jax.random.key(seed), 0x7E57)
+    per = per_example_metrics(make_per_example_eval(objective), params, x_test, key, eval_level)
+    mse = float(np.mean(per["se"]))
+    out = {
+        "test/mse": mse,
+        "test/rmse": math.sqrt(mse),
+        "test/sse_per_example": float(np.mean(per["sse"])),
+        "test/mean_code_activation": float(np.mean(per["code_mean"])),
+        "test/code_nonzero_per_example": float(np.mean(per["code_nonzero"])),
+        "test/code_nonzero_max": float(np.max(per["code_nonzero"])),
+    }
+    if in_unit_interval:
+        out["test/bce"] = float(np.mean(per["bce"]))
+    if eval_level > 0 and objective.noise_kind != "none":
+        out["test/denoise_mse"] = float(np.mean(per["denoise_se"]))
+    m = min(jacobian_examples, x_test.shape[0])
+    out["test/jacobian_fro"] = jacobian_fro(objective, params, x_test[:m])
+
+    flat_train = x_train.reshape(x_train.shape[0], -1)
+    flat_test = x_test.reshape(x_test.shape[0], -1)
+    k = min(latent_dim, *flat_train.shape)
+    pca = fit_pca(flat_train, k)
+    out["test/pca_mse"] = pca_mse(pca, flat_test)
+    out["test/mse_over_pca"] = mse / out["test/pca_mse"] if out["test/pca_mse"] > 0 else math.inf
+    if linear and latent_dim <= flat_train.shape[1]:
+        columns = decoder_column_space(objective, params, latent_dim)  # (D, k)
+        angles = principal_angles_deg(columns, pca.components.T)
+        out["test/subspace_angle_max_deg"] = float(np.max(angles))
+    return out

@@ -1,0 +1,63 @@
+"""A convolutional autoencoder for images: stride-2 convolutions down, transposed ones up.
+
+Encoder: one 3x3 (``kernel_size``) stride-2 convolution per entry of ``channels`` (each halves
+H and W, rounding up), flatten, Dense to the code. Decoder: Dense back to the smallest feature
+map, transposed stride-2 convolutions through the channels in reverse, a last transposed
+convolution to the image's channels, cropped to (H, W) when H or W is not a power-of-two
+multiple.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+
+from ae_jax.models.activations import activation_fn
+
+
+class ConvAutoencoder(nn.Module):
+    example_shape: tuple[int, int, int]  # (H, W, C)
+    latent_dim: int
+    channels: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
+    activation: str = "gelu"
+    code_activation: str = "linear"
+
+    def _bottom_shape(self) -> tuple[int, int, int]:
+        h, w, _ = self.example_shape
+        for _ in self.channels:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return h, w, self.channels[-1]
+
+    def setup(self):
+        k = (self.kernel_size, self.kernel_size)
+        self.down = [nn.Conv(c, k, strides=(2, 2), padding="SAME") for c in self.channels]
+        self.to_code = nn.Dense(self.latent_dim)
+        self.from_code = nn.Dense(math.prod(self._bottom_shape()))
+        up = (*reversed(self.channels[:-1]), self.example_shape[-1])
+        self.up = [nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME") for c in up]
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, dict]:
+        act = activation_fn(self.activation)
+        h = x  # (B, H, W, C)
+        for conv in self.down:
+            h = act(conv(h))  # (B, H/2, W/2, c)
+        h = h.reshape(h.shape[0], -1)
+        pre_code = self.to_code(h)  # (B, k)
+        return activation_fn(self.code_activation)(pre_code), {"pre_code": pre_code, "code_input": h}
+
+    def decode(self, code: jax.Array) -> jax.Array:
+        act = activation_fn(self.activation)
+        h = act(self.from_code(code)).reshape(code.shape[0], *self._bottom_shape())
+        for i, deconv in enumerate(self.up):
+            h = deconv(h)
+            if i < len(self.up) - 1:
+                h = act(h)
+        height, width, _ = self.example_shape
+        return h[:, :height, :width, :]  # (B, H, W, C) logits
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        code, aux = self.encode(x)
+        return self.decode(code), code, aux

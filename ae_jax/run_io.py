@@ -1,0 +1,58 @@
+"""Files a run writes: atomic JSON, the per-epoch history (JSON lines and CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible instead of invalid output
+    return value
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, dict):
+        obj = {k: _jsonable(v) for k, v in obj.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_history(workdir: str | Path, history: list[dict[str, float]]) -> None:
+    """``history.jsonl`` (one JSON object per epoch) and ``history.csv`` (the same, as a table)."""
+    workdir = Path(workdir)
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    tmp = workdir / ".history.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for row in history:
+            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+    os.replace(tmp, workdir / "history.jsonl")
+    tmp = workdir / ".history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, workdir / "history.csv")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)

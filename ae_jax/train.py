@@ -1,0 +1,136 @@
+"""``train_and_evaluate(cfg, workdir)``: one complete run, from config to metrics and figures.
+
+This is the importable library behind ``experiments/train.py``; call it from a notebook with a
+``Config`` (or a Hydra DictConfig) and a directory, and it returns the flat metrics dict it also
+writes to ``<workdir>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ae_jax.config import Config, to_config, validate
+from ae_jax.data import load_dataset
+from ae_jax.evaluation.metrics import evaluate_test_split
+from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.training.trainer import Trainer
+
+log = logging.getLogger("ae_jax")
+
+
+def describe(cfg: Config, trainer: Trainer) -> str:
+    m, data = cfg.model, trainer.data
+    arch = f"{m.kind}"
+    if m.kind != "conv":
+        widths = trainer.model.widths
+        arch += f" {data.num_features}-{'-'.join(map(str, widths)) + '-' if widths else ''}{m.latent_dim}"
+        arch += f" ({m.activation}, code {m.code_activation}{', tied' if m.tied else ''})"
+    else:
+        arch += f" channels {list(m.channels)} -> {m.latent_dim}"
+    n = trainer.parallel.devices
+    return (
+        f"{data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test, "
+        f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
+        f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
+        f"reg {cfg.reg.kind}:{cfg.reg.strength} | {cfg.optim.name} lr {cfg.optim.lr} | "
+        f"{cfg.trainer.epochs} epochs x {trainer.steps_per_epoch} steps of {cfg.trainer.batch_size} "
+        f"on {len(n)} {n[0].platform} device(s)"
+    )
+
+
+class ProgressLog:
+    """Progress lines every ``log_every`` epochs: losses, eval MSE, throughput and ETA."""
+
+    def __init__(self, cfg: Config, steps_per_epoch: int):
+        self.cfg, self.steps = cfg, steps_per_epoch
+        self.start = time.perf_counter()
+
+    def __call__(self, row: dict) -> None:
+        t, e = self.cfg.trainer, row["epoch"]
+        if not t.progress or not (e % t.log_every == 0 or e == t.epochs or e == 1):
+            return
+        elapsed = row["time/elapsed"]
+        rate = e * self.steps * t.batch_size / elapsed if elapsed > 0 else float("nan")
+        eta = elapsed / e * (t.epochs - e)
+        parts = [f"epoch {e:>{len(str(t.epochs))}}/{t.epochs}", f"loss {row['train/loss']:.5f}"]
+        if self.cfg.reg.kind not in ("none", "k_sparse"):
+            parts.append(f"(rec {row['train/loss/rec']:.5f} + reg {row['train/loss/reg']:.5f})")
+        if "eval/mse" in row:
+            parts.append(f"eval mse {row['eval/mse']:.5f}")
+        parts += [f"{rate:,.0f} ex/s", f"{elapsed:.1f}s elapsed, eta {eta:.0f}s"]
+        log.info(" | ".join(parts))
+
+
+def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
+    """Train the configured autoencoder, evaluate it, write outputs to ``workdir``."""
+    cfg = validate(to_config(cfg))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data)
+    trainer = Trainer(cfg, data)
+    log.info(describe(cfg, trainer))
+
+    state = trainer.init_state()
+    state, history, timing = trainer.fit(state, on_epoch=ProgressLog(cfg, trainer.steps_per_epoch))
+    log.info(
+        "trained in %.1fs (%.0f examples/s; compile %.1fs)",
+        timing["time/train_seconds"], timing["train/samples_per_second"],
+        timing["time/compile_seconds"],
+    )
+    params = jax.device_get(state.params)
+    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    metrics = evaluate_test_split(
+        trainer.objective, params, data.x_train, data.x_test,
+        latent_dim=cfg.model.latent_dim, eval_level=eval_level,
+        in_unit_interval=data.in_unit_interval,
+        jacobian_examples=cfg.trainer.jacobian_examples,
+        linear=cfg.model.kind == "linear", seed=cfg.trainer.seed,
+    )
+    metrics.update(timing)
+    metrics["train/loss"] = history[-1]["train/loss"]
+    metrics["train/loss/rec"] = history[-1]["train/loss/rec"]
+    metrics["time/total_seconds"] = time.perf_counter() - t0
+    write_json_atomic(workdir / "metrics.json", metrics)
+    write_history(workdir, history)
+    if cfg.trainer.figures:
+        write_figures(trainer, params, history, workdir, eval_level, cfg)
+    log.info(summary(metrics))
+    log.info("outputs in %s", workdir.resolve())
+    return metrics
+
+
+def write_figures(trainer: Trainer, params, history, workdir: Path, eval_level: float,
+                  cfg: Config) -> None:
+    from ae_jax.evaluation.figures import plot_code_histogram, plot_reconstructions, plot_training_curves
+
+    data, obj = trainer.data, trainer.objective
+    x = data.x_test[:10]
+    rows = {"input": x}
+    if eval_level > 0 and obj.noise_kind != "none":
+        keys = jax.random.split(jax.random.key(cfg.trainer.seed), x.shape[0])
+        x_tilde, _ = obj.corrupt(keys, x, eval_level)
+        rows[f"{obj.noise_kind} {eval_level:g}"] = np.asarray(x_tilde)
+        x_in = x_tilde
+    else:
+        x_in = x
+    rows["reconstruction"] = np.asarray(obj.forward(params, x_in)[1])
+    title = f"{cfg.name}: {data.name}, k={cfg.model.latent_dim}"
+    plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
+    plot_training_curves(workdir / "training_curves.png", history, title=title)
+    codes, _ = obj.encode(params, data.x_test[:2048])
+    plot_code_histogram(workdir / "code_activations.png", np.asarray(codes), title=title)
+
+
+def summary(metrics: dict[str, float]) -> str:
+    keys = ["test/mse", "test/pca_mse", "test/sse_per_example", "test/bce", "test/denoise_mse",
+            "test/mean_code_activation", "test/code_nonzero_per_example", "test/jacobian_fro",
+            "test/subspace_angle_max_deg"]
+    shown = [f"{k.split('/', 1)[1]}={metrics[k]:.5g}" for k in keys if k in metrics]
+    return "test: " + "  ".join(shown)

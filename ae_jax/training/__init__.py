@@ -1,0 +1,1 @@
+"""Training: the objective, the train state, the per-device step and epoch, and the run loop."""

@@ -1,0 +1,91 @@
+"""The per-device train step and the one-program epoch built on it.
+
+Both are written for ONE device holding a slice of the global batch, with the data axis named
+``DATA_AXIS`` for their collectives (``pmean`` of gradients; global batch statistics inside the
+objective). The same functions run under ``jax.shard_map`` over a one-axis mesh, under
+``jax.pmap``, or alone with ``axis_name=None`` (see ``parallel.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax.training.objective import HParams, Objective
+from ae_jax.training.state import TrainState
+
+DATA_AXIS = "data"
+
+
+def example_keys(key: jax.Array, step: jax.Array, first: jax.Array, count: int) -> jax.Array:
+    """Noise keys of ``count`` examples starting at global batch position ``first``: (count,)."""
+    step_key = jax.random.fold_in(key, step)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(first + jnp.arange(count))
+
+
+def device_offset(axis_name: str | None, local_batch: int) -> jax.Array:
+    """Position of this device's first example in the global batch."""
+    if axis_name is None:
+        return jnp.zeros((), jnp.int32)
+    return jax.lax.axis_index(axis_name) * local_batch
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, axis_name: str | None):
+    """``step(state, x, hparams) -> (state, metrics)`` for a per-device batch x (b, *S)."""
+
+    def train_step(state: TrainState, x: jax.Array, hparams: HParams):
+        b = x.shape[0]
+        keys = example_keys(state.key, state.step, device_offset(axis_name, b), b)
+
+        def loss_fn(params):
+            return objective(params, x, keys, hparams, state.running, state.step, axis_name)
+
+        (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: hparams["lr"] * u, updates)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **metrics,
+            "l2_grads": optax.global_norm(grads),
+            "l2_params": optax.global_norm(params),
+            "l2_updates": optax.global_norm(updates),
+        }
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, running=running)
+        return new, metrics
+
+    return train_step
+
+
+def make_train_epoch(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    *,
+    num_examples: int,
+    batch_size: int,
+    num_devices: int,
+    axis_name: str | None,
+):
+    """``epoch(state, data, epoch, hparams) -> (state, per_step_metrics)``: one compiled program.
+
+    ``data`` (N, *S) is the whole training split, resident on the device; each step gathers its
+    batch from a permutation drawn inside the program (``state.data_key`` folded with the epoch),
+    so the host does nothing between steps. Metrics come back per step, (steps,) each.
+    """
+    steps = num_examples // batch_size
+    local = batch_size // num_devices
+    step_fn = make_train_step(objective, tx, axis_name)
+
+    def train_epoch(state: TrainState, data: jax.Array, epoch: jax.Array, hparams: HParams):
+        order = jax.random.permutation(jax.random.fold_in(state.data_key, epoch), num_examples)
+        order = order[: steps * batch_size].reshape(steps, batch_size)  # (steps, B) global
+        order = jax.lax.dynamic_slice_in_dim(order, device_offset(axis_name, local), local, axis=1)
+
+        def body(state, idx):  # idx: (b,) this device's share of the global batch
+            return step_fn(state, jnp.take(data, idx, axis=0), hparams)
+
+        return jax.lax.scan(body, state, order)
+
+    return train_epoch

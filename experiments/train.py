@@ -1,0 +1,28 @@
+"""Train one autoencoder from the Hydra config in ``conf/`` (kept short on purpose).
+
+    python experiments/train.py                                  # deep AE on digits
+    python experiments/train.py model.latent_dim=16 reg=contractive reg.strength=0.1 data=mnist
+    python experiments/train.py --multirun noise.level=0,0.1,0.25,0.4
+
+All the work happens in ``ae_jax.train.train_and_evaluate``; outputs go to Hydra's run directory.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ae_jax.cli import run_or_exit
+from ae_jax.config import register_configs
+from ae_jax.train import train_and_evaluate
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    workdir = HydraConfig.get().runtime.output_dir
+    return run_or_exit(train_and_evaluate, cfg, workdir)["test/mse"]
+
+
+if __name__ == "__main__":
+    main()

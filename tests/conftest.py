@@ -1,0 +1,36 @@
+"""Shared test setup: eight fake CPU devices for the data-parallel paths, and the MNIST location."""
+
+import os
+
+# Must happen before JAX initialises its backend (i.e. before any test imports jax).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def mnist_dir() -> Path:
+    """The directory of the official MNIST files, or a test failure in CI / skip elsewhere."""
+    d = Path(os.environ.get("AE_JAX_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+    missing = [f for f in MNIST_FILES if not (d / f).exists()]
+    if missing:
+        msg = f"MNIST files {missing} not found in {d} (set AE_JAX_MNIST_DIR)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    return mnist_dir()
