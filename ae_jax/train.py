@@ -115,16 +115,16 @@ def write_figures(trainer: Trainer, params, history, workdir: Path, eval_level: 
     rows = {"input": x}
     if eval_level > 0 and obj.noise_kind != "none":
         keys = jax.random.split(jax.random.key(cfg.trainer.seed), x.shape[0])
-        x_tilde, _ = obj.corrupt(keys, x, eval_level)
+        x_tilde, _ = obj.jitted.corrupt(keys, x, eval_level)
         rows[f"{obj.noise_kind} {eval_level:g}"] = np.asarray(x_tilde)
         x_in = x_tilde
     else:
         x_in = x
-    rows["reconstruction"] = np.asarray(obj.forward(params, x_in)[1])
+    rows["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
     title = f"{cfg.name}: {data.name}, k={cfg.model.latent_dim}"
     plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
     plot_training_curves(workdir / "training_curves.png", history, title=title)
-    codes, _ = obj.encode(params, data.x_test[:2048])
+    codes = obj.jitted.encode(params, data.x_test[:2048])
     plot_code_histogram(workdir / "code_activations.png", np.asarray(codes), title=title)
 
 

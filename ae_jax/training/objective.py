@@ -9,6 +9,7 @@ arrive as the traced ``hparams`` dict, so one compiled program serves every memb
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +44,13 @@ def make_hparams(cfg: Config) -> HParams:
         "reg_strength": jnp.float32(cfg.reg.strength),
         "lr": jnp.float32(cfg.optim.lr),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class JittedObjective:
+    forward: Any  # (params, x) -> (logits, reconstruction, code, aux)
+    encode: Any  # (params, x) -> code
+    corrupt: Any  # (keys, x, level) -> (x_tilde, mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +164,15 @@ class Objective:
         loss = rec + reg
         metrics.update({"loss": loss, "loss/rec": rec, "loss/reg": reg})
         return loss, (metrics, running)
+
+    @functools.cached_property
+    def jitted(self) -> "JittedObjective":
+        """Compiled entry points for host-side use (figures, embeddings, evaluation)."""
+        return JittedObjective(
+            forward=jax.jit(lambda params, x: self.forward(params, x)),
+            encode=jax.jit(lambda params, x: self.encode(params, x)[0]),
+            corrupt=jax.jit(self.corrupt),
+        )
 
     def init_running(self) -> dict:
         if self.reg_kind == "kl_sparse" and self.kl_running:

@@ -66,7 +66,9 @@ def create_state(model, tx, example_shape, seed: int, running: dict) -> TrainSta
     """Initial parameters and optimiser state for ``seed`` (deterministic)."""
     root = jax.random.key(seed)
     init_key, noise_key, data_key = jax.random.split(root, 3)
-    params = model.init(init_key, jnp.zeros((1, *example_shape), jnp.float32))["params"]
+    # jitted: an op-by-op init would compile every layer's ops one by one
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *example_shape), jnp.float32))["params"])
+    params = init(init_key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -1,0 +1,180 @@
+"""Tests of the figures: valid PNGs of sensible size, image vs tabular layouts, curves, errors."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from ae_jax.evaluation.figures import (
+    FigureError,
+    code_histogram_figure,
+    plot_code_histogram,
+    plot_reconstructions,
+    plot_training_curves,
+    reconstructions_figure,
+    training_curves_figure,
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return (load_digits().images[:20] / 16.0)[..., None]  # (20, 8, 8, 1) in [0, 1]
+
+
+def _png(path) -> np.ndarray:
+    """Reads a written PNG back: (height, width, 4) floats in [0, 1]."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def _history(epochs: int = 12, eval_every: int = 3) -> list[dict[str, float]]:
+    return [
+        {
+            "epoch": e,
+            "train/loss": 1.0 / e,
+            "train/loss/rec": 0.9 / e,
+            "train/loss/reg": 0.1 / e,
+            "train/l2_grads": 50.0,  # not loss-like: must stay off the axes
+            **({"eval/loss": 1.2 / e} if e % eval_every == 0 else {}),
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def test_image_grid_png_size_grows_with_rows_and_columns(digits, tmp_path):
+    noisy = np.clip(digits + 0.3 * np.random.default_rng(0).normal(size=digits.shape), 0, 1)
+    rows = {"input": digits, "corrupted": noisy, "reconstruction": 0.5 * digits}
+    plot_reconstructions(tmp_path / "three.png", rows, (8, 8, 1), title="three rows", n=10)
+    plot_reconstructions(tmp_path / "one.png", {"input": digits}, (8, 8, 1), n=10)
+    plot_reconstructions(tmp_path / "narrow.png", rows, (8, 8, 1), n=4)
+    three, one, narrow = (_png(tmp_path / f) for f in ("three.png", "one.png", "narrow.png"))
+    assert three.ndim == 3 and three.shape[2] in (3, 4)
+    # ~1 inch per image at 150 dpi: 10 columns are 1500-1800 px wide, 3 rows ~400-600 px high.
+    assert 1200 < three.shape[1] < 2400 and 300 < three.shape[0] < 800
+    assert three.shape[0] > one.shape[0] + 200  # two more rows of ~150 px
+    assert narrow.shape[1] < three.shape[1] - 600  # six fewer columns
+    assert three[..., :3].std() > 0.1  # not a blank canvas
+
+
+def test_image_grid_layout_and_display_range(digits):
+    rows = {"input": digits, "reconstruction": digits}
+    fig = reconstructions_figure(rows, (8, 8, 1), n=5)
+    axes = fig.get_axes()
+    assert len(axes) == 2 * 5
+    assert [ax.get_ylabel() for ax in axes[::5]] == ["input", "reconstruction"]
+    assert all(not ax.get_xticks().size and not ax.get_yticks().size for ax in axes)
+    image = axes[0].get_images()[0]
+    assert image.get_cmap().name == "gray"
+    lo, hi = digits[:5].min(), digits[:5].max()
+    assert image.get_clim() == (lo, hi)
+    # n larger than N shows every example once.
+    assert len(reconstructions_figure(rows, (8, 8, 1), n=50).get_axes()) == 2 * 20
+
+
+def test_overshooting_reconstructions_are_clipped_to_the_input_range(digits, tmp_path):
+    hi = float(digits[:10].max())
+    wild = {"input": digits, "reconstruction": np.full_like(digits, 100.0)}
+    clipped = {"input": digits, "reconstruction": np.full_like(digits, hi)}
+    plot_reconstructions(tmp_path / "wild.png", wild, (8, 8, 1))
+    plot_reconstructions(tmp_path / "clipped.png", clipped, (8, 8, 1))
+    np.testing.assert_array_equal(_png(tmp_path / "wild.png"), _png(tmp_path / "clipped.png"))
+
+
+def test_rgb_images(tmp_path):
+    x = np.random.default_rng(1).random((6, 12, 12, 3))  # (N, H, W, 3)
+    fig = reconstructions_figure({"input": x, "reconstruction": 1.5 * x}, (12, 12, 3), n=6)
+    assert fig.get_axes()[0].get_images()[0].get_array().shape == (12, 12, 3)
+    plot_reconstructions(tmp_path / "rgb.png", {"input": x, "rec": 1.5 * x}, (12, 12, 3), n=6)
+    assert _png(tmp_path / "rgb.png").shape[1] > 600
+
+
+def test_tabular_panels(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(9, 13))  # (N, D)
+    rows = {"input": x, "corrupted": x * (rng.random(x.shape) > 0.2), "reconstruction": 0.9 * x}
+    fig = reconstructions_figure(rows, (13,), n=7)
+    visible = [ax for ax in fig.get_axes() if ax.get_visible()]
+    assert len(visible) == 7  # one panel per example, the spare grid cell hidden
+    assert all(len(ax.get_lines()) == 3 for ax in visible)  # one line per row
+    np.testing.assert_allclose(visible[2].get_lines()[1].get_ydata(), rows["corrupted"][2])
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(rows)
+    plot_reconstructions(tmp_path / "tab.png", rows, (13,), title="tabular", n=7)
+    png = _png(tmp_path / "tab.png")
+    assert 1000 < png.shape[1] < 3000 and 400 < png.shape[0] < 1500
+
+
+@pytest.mark.parametrize(
+    ("rows", "shape", "match"),
+    [
+        ({"input": np.zeros((5, 8, 8, 1)), "rec": np.zeros((4, 8, 8, 1))}, (8, 8, 1), r"\(4, 8, 8"),
+        ({"input": np.zeros((5, 8, 8, 1)), "rec": np.zeros((5, 64))}, (8, 8, 1), r"\(5, 64\)"),
+        ({"input": np.zeros((5, 8, 8, 2))}, (8, 8, 2), r"example_shape=\(8, 8, 2\)"),
+        ({}, (8, 8, 1), "at least one"),
+    ],
+)
+def test_reconstruction_errors_name_the_shapes(rows, shape, match):
+    with pytest.raises(FigureError, match=match):
+        reconstructions_figure(rows, shape)
+
+
+def test_n_must_be_positive(digits):
+    with pytest.raises(FigureError, match="n=0"):
+        reconstructions_figure({"input": digits}, (8, 8, 1), n=0)
+
+
+def test_training_curves(tmp_path):
+    history = _history()
+    plot_training_curves(tmp_path / "curves.png", history, title="run")
+    png = _png(tmp_path / "curves.png")
+    assert 600 < png.shape[1] < 1400 and 400 < png.shape[0] < 900
+    ax = training_curves_figure(history).get_axes()[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["train/loss", "train/loss/rec", "train/loss/reg", "eval/loss"]
+    assert lines["train/loss"].get_linestyle() == "-"
+    assert lines["eval/loss"].get_linestyle() == "--"
+    assert lines["eval/loss"].get_color() == lines["train/loss"].get_color()  # same metric
+    np.testing.assert_array_equal(lines["eval/loss"].get_xdata(), [3, 6, 9, 12])  # only logged
+    assert ax.get_xlabel() == "epoch"
+    assert ax.get_yscale() == "log"  # 1.0 down to 0.1 / 12: more than a decade
+
+
+def test_training_curves_stay_linear_within_a_decade():
+    history = [{"epoch": e, "train/loss": 1.0 - 0.05 * e, "eval/mse": 0.5} for e in range(5)]
+    assert training_curves_figure(history).get_axes()[0].get_yscale() == "linear"
+    with_zero = [{"epoch": e, "train/loss/reg": 0.1 * e} for e in range(5)]  # log impossible
+    assert training_curves_figure(with_zero).get_axes()[0].get_yscale() == "linear"
+
+
+@pytest.mark.parametrize(
+    ("history", "match"),
+    [
+        ([], "at least one"),
+        ([{"epoch": 1, "train/loss": 1.0}, {"train/loss": 0.5}], r"entries \[1\]"),
+        ([{"epoch": 1, "train/lr": 1e-3}], r"no loss-like key.*train/lr"),
+    ],
+)
+def test_training_curve_errors(history, match):
+    with pytest.raises(FigureError, match=match):
+        training_curves_figure(history)
+
+
+def test_code_histogram(tmp_path):
+    rng = np.random.default_rng(3)
+    codes = np.maximum(rng.normal(size=(500, 16)) - 1.0, 0.0)  # (N, k) sparse ReLU-like code
+    plot_code_histogram(tmp_path / "codes.png", codes, title="relu code")
+    png = _png(tmp_path / "codes.png")
+    assert 1000 < png.shape[1] < 2000 and 300 < png.shape[0] < 800
+    fig = code_histogram_figure(codes)
+    hist_ax, bar_ax = fig.get_axes()
+    heights = [patch.get_height() for patch in bar_ax.patches]
+    np.testing.assert_allclose(heights, codes.mean(axis=0))
+    assert sum(patch.get_height() for patch in hist_ax.patches) == codes.size
+    assert f"zeros {100 * np.mean(codes == 0):.1f}%" in fig.get_suptitle()
+
+
+def test_code_histogram_errors():
+    with pytest.raises(FigureError, match=r"\(N, k\).*\(10,\)"):
+        code_histogram_figure(np.zeros(10))
+    with pytest.raises(FigureError, match="1 non-finite"):
+        code_histogram_figure(np.array([[0.0, np.nan]]))
