@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from ae_jax.pretraining.config import PretrainConfig
+
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu", "linear")
 MODEL_KINDS = ("mlp", "linear", "conv")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "linear")
@@ -124,6 +126,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     name: str = "autoencoder"  # label for the run
 
 
@@ -141,8 +144,23 @@ def register_configs() -> None:
         ("loss", LossConfig),
         ("optim", OptimConfig),
         ("trainer", TrainerConfig),
+        ("pretrain", PretrainConfig),
     ):
         cs.store(group=group, name=f"base_{group}", node=node)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (written to every run directory as ``config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_config(path: str) -> Config:
+    """Read a ``config.yaml`` written by a run back into a validated ``Config``."""
+    from omegaconf import OmegaConf
+
+    return validate(to_config(OmegaConf.load(path)))
 
 
 def to_config(cfg: Any) -> Config:

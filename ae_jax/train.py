@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ae_jax.config import Config, to_config, validate
+from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.evaluation.metrics import evaluate_test_split
 from ae_jax.run_io import write_history, write_json_atomic
@@ -72,6 +73,11 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
     cfg = validate(to_config(cfg))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(to_yaml(cfg))
+    if cfg.pretrain.enabled:
+        from ae_jax.pretraining.pipeline import pretrain_and_finetune
+
+        return pretrain_and_finetune(cfg, workdir)
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data)
@@ -97,35 +103,65 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
     metrics["train/loss"] = history[-1]["train/loss"]
     metrics["train/loss/rec"] = history[-1]["train/loss/rec"]
     metrics["time/total_seconds"] = time.perf_counter() - t0
+    save_params(workdir / PARAMS_FILE, params)
     write_json_atomic(workdir / "metrics.json", metrics)
     write_history(workdir, history)
+    write_reconstructions(trainer, params, workdir, eval_level, cfg.trainer.seed)
     if cfg.trainer.figures:
-        write_figures(trainer, params, history, workdir, eval_level, cfg)
+        write_figures(trainer, history, workdir, cfg)
     log.info(summary(metrics))
     log.info("outputs in %s", workdir.resolve())
     return metrics
 
 
-def write_figures(trainer: Trainer, params, history, workdir: Path, eval_level: float,
-                  cfg: Config) -> None:
-    from ae_jax.evaluation.figures import plot_code_histogram, plot_reconstructions, plot_training_curves
+def write_reconstructions(trainer: Trainer, params, workdir: Path, eval_level: float,
+                          seed: int, n: int = 10) -> None:
+    """``reconstructions.npz``: the first n test inputs, their corrupted versions (when the run
+    measures denoising) and reconstructions, and the codes of up to 2048 test examples."""
+    data, obj = trainer.data, trainer.objective
+    x = data.x_test[:n]
+    arrays = {"input": x}
+    x_in = x
+    if eval_level > 0 and obj.noise_kind != "none":
+        keys = jax.random.split(jax.random.key(seed), x.shape[0])
+        x_in = np.asarray(obj.jitted.corrupt(keys, x, jnp.float32(eval_level))[0])
+        arrays["corrupted"] = x_in
+    arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
+    arrays["codes"] = np.asarray(obj.jitted.encode(params, data.x_test[:2048]))
+    np.savez_compressed(workdir / "reconstructions.npz", **arrays)
+
+
+def write_figures(trainer: Trainer, history, workdir: Path, cfg: Config) -> None:
+    """``reconstructions.png``, ``training_curves.png``, ``code_activations.png``."""
+    from ae_jax.evaluation.figures import (
+        plot_code_histogram,
+        plot_reconstructions,
+        plot_training_curves,
+    )
 
     data, obj = trainer.data, trainer.objective
-    x = data.x_test[:10]
-    rows = {"input": x}
-    if eval_level > 0 and obj.noise_kind != "none":
-        keys = jax.random.split(jax.random.key(cfg.trainer.seed), x.shape[0])
-        x_tilde, _ = obj.jitted.corrupt(keys, x, eval_level)
-        rows[f"{obj.noise_kind} {eval_level:g}"] = np.asarray(x_tilde)
-        x_in = x_tilde
-    else:
-        x_in = x
-    rows["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
+    saved = np.load(workdir / "reconstructions.npz")
+    rows = {"input": saved["input"]}
+    if "corrupted" in saved:
+        level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+        rows[f"{obj.noise_kind} {level:g}"] = saved["corrupted"]
+    rows["reconstruction"] = saved["reconstruction"]
     title = f"{cfg.name}: {data.name}, k={cfg.model.latent_dim}"
     plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
     plot_training_curves(workdir / "training_curves.png", history, title=title)
-    codes = obj.jitted.encode(params, data.x_test[:2048])
-    plot_code_histogram(workdir / "code_activations.png", np.asarray(codes), title=title)
+    plot_code_histogram(workdir / "code_activations.png", saved["codes"], title=title)
+
+
+PARAMS_FILE = "params.msgpack"
+
+
+def save_params(path: Path, params) -> None:
+    """The trained parameters (flax msgpack), written atomically."""
+    from flax import serialization
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(serialization.to_bytes(params))
+    tmp.replace(path)
 
 
 def summary(metrics: dict[str, float]) -> str:

@@ -1,0 +1,1 @@
+"""Greedy layer-wise pretraining of stacked autoencoders, unrolling, and fine-tuning."""
