@@ -1,0 +1,193 @@
+"""Reading user arrays from ``.npy``, ``.npz`` and ``.csv`` files (the ``array`` data source).
+
+Layouts, by the number of dimensions of ``x``:
+
+- ``(N, D)``: tabular rows, example shape ``(D,)``;
+- ``(N, H, W)``: grey images, example shape ``(H, W, 1)``;
+- ``(N, H, W, C)``: images with channels.
+
+Files: ``.npy`` holds one array of all rows (split later with ``data.test_fraction``); ``.npz``
+holds ``x_train`` and ``x_test`` (+ ``y_train`` / ``y_test``), or ``x`` (+ ``y``); ``.csv`` is
+numeric, comma-separated, with an optional header row (detected when no field of the first row
+is a number) and optionally the integer labels in column ``data.label_column``. A separate
+``data.test_path`` file in any of these formats supplies the test split.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ae_jax.data.dataset import DataError
+from ae_jax.data.preprocessing import RawData
+
+ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
+LAYOUTS = "(N, D) tabular rows, (N, H, W) grey images or (N, H, W, C) images, with N >= 1"
+
+Table = dict  # key ("x", "y", "x_train", ...) -> np.ndarray
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path, newline="") as f:
+        first = f.readline()
+    header = bool(first.strip()) and not any(_is_number(v) for v in first.split(","))
+    try:
+        with warnings.catch_warnings():
+            # An empty table is reported below as a DataError naming the file, not as a warning.
+            warnings.simplefilter("ignore", UserWarning)
+            return np.loadtxt(path, delimiter=",", skiprows=int(header), ndmin=2, dtype=np.float64)
+    except ValueError as err:
+        raise DataError(
+            f"CSV file {path} cannot be read as a numeric table ({err}); every row must hold the "
+            "same number of numeric fields, after at most one header row of column names"
+        ) from err
+
+
+def _read_file(path: Path, label_column: int | None) -> Table:
+    suffix = path.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise DataError(
+            f"array file {path} has suffix {suffix!r}; valid: {', '.join(ARRAY_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise DataError(
+            f"array file {path} does not exist; data.path must name a .npy/.npz/.csv file"
+        )
+    if label_column is not None and suffix == ".npz":
+        raise DataError(
+            f"data.label_column={label_column} does not apply to {path}: an .npz file gives its "
+            "labels as y / y_train / y_test arrays; set data.label_column=null"
+        )
+    try:
+        if suffix == ".csv":
+            table = {"x": _read_csv(path)}
+        elif suffix == ".npy":
+            table = {"x": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                table = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"array file {path} cannot be read as {suffix} ({err})") from err
+    if label_column is not None:
+        table = _split_label_column(path, table["x"], label_column)
+    return table
+
+
+def _split_label_column(path: Path, table: np.ndarray, label_column: int) -> Table:
+    if table.ndim != 2:
+        raise DataError(
+            f"data.label_column={label_column} needs a 2-D table, but {path} holds shape "
+            f"{table.shape}"
+        )
+    d = table.shape[1]
+    if not isinstance(label_column, int) or not -d <= label_column < d or d < 2:
+        raise DataError(
+            f"data.label_column={label_column!r} is not a column of {path} (shape {table.shape}); "
+            f"valid: -{d}..{d - 1}, leaving at least one feature column"
+        )
+    return {"x": np.delete(table, label_column, axis=1), "y": table[:, label_column]}
+
+
+def _features(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 examples ``(N, *example_shape)``, grey images given a channel axis."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(
+            f"array {key!r} in {path} has dtype {x.dtype}; it must be numeric (bool, int or float)"
+        )
+    if x.ndim not in (2, 3, 4) or x.shape[0] == 0 or 0 in x.shape:
+        raise DataError(f"array {key!r} in {path} has shape {x.shape}; valid: {LAYOUTS}")
+    x = np.asarray(x, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        where = np.argwhere(~finite)[0].tolist()
+        raise DataError(
+            f"array {key!r} in {path} (shape {x.shape}) holds {int((~finite).sum())} NaN/inf "
+            f"values (first at index {where}); every value must be finite (and within float32 "
+            "range)"
+        )
+    return x[..., None] if x.ndim == 3 else x
+
+
+def _labels(path: Path, key: str, y: np.ndarray | None, n: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf" or y.shape != (n,):
+        raise DataError(
+            f"labels {key!r} in {path} are {y.dtype} of shape {y.shape}; they must be ({n},) "
+            "integers, one per example"
+        )
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))):
+        raise DataError(f"labels {key!r} in {path} are not whole numbers; class labels must be")
+    if n and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
+        raise DataError(
+            f"labels {key!r} in {path} range over [{y.min()}, {y.max()}]; labels must be class "
+            "indices 0..K-1"
+        )
+    return y.astype(np.int32)
+
+
+def _pick(path: Path, table: Table, role: str) -> tuple[str, str | None]:
+    """The (x key, y key) of ``table`` for ``role`` ("all", "train" or "test")."""
+    keys = {"all": ("x", "x_train"), "train": ("x_train", "x"), "test": ("x_test", "x")}[role]
+    for key in keys:
+        if key in table:
+            y_key = key.replace("x", "y", 1)
+            return key, (y_key if y_key in table else None)
+    raise DataError(
+        f"array file {path} holds keys {sorted(table)}; an .npz needs x_train and x_test "
+        "(+ y_train, y_test) or x (+ y)"
+    )
+
+
+def load_arrays(
+    path: str | Path, test_path: str | Path | None = None, label_column: int | None = None
+) -> RawData:
+    """The train (and, if given, test) examples of an ``array`` source, unscaled float32."""
+    path = Path(path).expanduser()
+    table = _read_file(path, label_column)
+    x_key, y_key = _pick(path, table, "all")
+    x_train = _features(path, x_key, table[x_key])
+    y_train = _labels(path, y_key, table.get(y_key), x_train.shape[0])
+    x_test = y_test = None
+    test_file = path
+    if "x_train" in table and "x_test" in table:
+        x_test = _features(path, "x_test", table["x_test"])
+        y_test = _labels(path, "y_test", table.get("y_test"), x_test.shape[0])
+    if test_path is not None:
+        if x_test is not None:
+            raise DataError(
+                f"array file {path} already holds x_test, and data.test_path={str(test_path)!r} "
+                "gives another test set; keep one of them"
+            )
+        test_file = Path(test_path).expanduser()
+        test_table = _read_file(test_file, label_column)
+        tx_key, ty_key = _pick(test_file, test_table, "test")
+        x_test = _features(test_file, tx_key, test_table[tx_key])
+        y_test = _labels(test_file, ty_key, test_table.get(ty_key), x_test.shape[0])
+    if x_test is not None:
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise DataError(
+                f"test array in {test_file} has examples of shape {x_test.shape[1:]} (array shape "
+                f"{x_test.shape}), but the training examples in {path} have shape "
+                f"{x_train.shape[1:]}; the test examples must have that shape"
+            )
+        if (y_train is None) != (y_test is None):
+            which = "training" if y_test is None else "test"
+            raise DataError(
+                f"labels are given for the {which} examples only ({path}, {test_file}); give "
+                "labels for both splits or for neither"
+            )
+    return RawData(x_train, y_train, x_test, y_test, is_image=x_train.ndim == 4, image_max=None)

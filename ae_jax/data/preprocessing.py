@@ -1,0 +1,223 @@
+"""Turning a source's raw arrays into a `Dataset`: the seeded split, the scaling, the subsampling.
+
+Every source (digits, IDX, TFDS, arrays) returns a `RawData` with its values untouched (uint8
+pixels stay uint8); `build_dataset` then applies, in this order:
+
+1. the held-out split, when the source has no test split (seeded, stratified when labelled);
+2. the scaling, with statistics fitted on the whole training split only, so that no test
+   statistic leaks into training;
+3. ``max_train`` / ``max_test``: the first N examples of each split. Scaling comes before this
+   step so that a smoke run sees exactly the values of the full run for the examples it keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from ae_jax.data.dataset import DataError, Dataset
+
+
+@dataclass
+class RawData:
+    """A source's unscaled arrays; ``x_test`` is None when the source has no test split.
+
+    ``image_max`` is the largest value the format can hold (255 for 8-bit pixels, 16 for the
+    digits set); it is None when the range is unknown and must be fitted on the data.
+    """
+
+    x_train: np.ndarray  # (N, *example_shape), any real dtype
+    y_train: np.ndarray | None  # (N,) integer labels or None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    is_image: bool
+    image_max: float | None = None
+
+
+def check_test_fraction(test_fraction: object) -> float:
+    """``test_fraction`` as a float in (0, 1), or a DataError naming it."""
+    ok = isinstance(test_fraction, Real) and not isinstance(test_fraction, bool)
+    if not ok or not 0.0 < float(test_fraction) < 1.0:
+        raise DataError(
+            f"data.test_fraction={test_fraction!r} is not valid; it must be a number in (0, 1), "
+            "e.g. 0.2 to hold out a fifth of the examples"
+        )
+    return float(test_fraction)
+
+
+def check_limit(key: str, value: object) -> int | None:
+    """``max_train`` / ``max_test``: None or a positive integer, else a DataError naming it."""
+    if value is None:
+        return None
+    if not isinstance(value, Integral) or isinstance(value, bool) or value <= 0:
+        raise DataError(f"data.{key}={value!r} is not valid; it must be a positive integer or null")
+    return int(value)
+
+
+def check_seed(seed: object) -> int:
+    """``split_seed`` as an int in [0, 2**32), the range numpy's seeding accepts."""
+    if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise DataError(
+            f"data.split_seed={seed!r} is not valid; it must be an integer in [0, 2**32)"
+        )
+    return int(seed)
+
+
+def split_indices(
+    n: int, test_fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, test) index arrays, ``ceil(test_fraction * n)`` of them held out.
+
+    With labels whose every class has at least two examples, the split is stratified (class
+    proportions kept in both parts, as ``sklearn.model_selection.train_test_split`` does);
+    otherwise it is a plain seeded permutation. Both are deterministic given ``seed``.
+    """
+    n_test = math.ceil(test_fraction * n)
+    if n < 2 or n_test >= n:
+        raise DataError(
+            f"cannot hold out data.test_fraction={test_fraction} of {n} examples: that leaves "
+            f"{n - n_test} for training; give more examples or a separate test split"
+        )
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if labels is not None:
+        counts = np.unique(labels, return_counts=True)[1]
+        k = len(counts)
+        if counts.min() >= 2 and n_test >= k and n - n_test >= k:
+            stratify = labels
+    train, test = train_test_split(
+        np.arange(n), test_size=n_test, random_state=seed, shuffle=True, stratify=stratify
+    )
+    return np.asarray(train), np.asarray(test)
+
+
+def _stat_axes(x: np.ndarray, is_image: bool) -> tuple[int, ...]:
+    # Images share one scale per channel: per-pixel statistics would blow up pixels that are
+    # almost always 0 (MNIST's border). Tabular columns have their own units: per feature.
+    return tuple(range(x.ndim - 1)) if is_image else (0,)
+
+
+def unit_scale(
+    x_train: np.ndarray, x_test: np.ndarray, is_image: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place on float32.
+
+    Statistics per feature (tabular) or per channel (images). A constant feature
+    (``max == min``) maps to 0 in both splits; test values outside the train range are
+    clipped to [0, 1] (train values are clipped only against rounding).
+    """
+    axes = _stat_axes(x_train, is_image)
+    lo = x_train.min(axis=axes, keepdims=True).astype(np.float64)  # (1, ..., F)
+    span = x_train.max(axis=axes, keepdims=True).astype(np.float64) - lo
+    inv = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
+    for x in (x_train, x_test):
+        x -= lo.astype(np.float32)
+        x *= inv.astype(np.float32)
+        np.clip(x, 0.0, 1.0, out=x)
+    return x_train, x_test
+
+
+def standardize(
+    x_train: np.ndarray, x_test: np.ndarray, is_image: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardization fitted on train: ``x' = (x - mean) / std``, in place on float32.
+
+    Statistics per feature (tabular) or per channel (images, e.g. MNIST's 0.1307 / 0.3081);
+    accumulated in float64. A feature with ``std == 0`` uses 1, so it is only centred.
+    """
+    axes = _stat_axes(x_train, is_image)
+    mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=True)  # (1, ..., F)
+    std = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
+    std = np.where(std > 0, std, 1.0)
+    for x in (x_train, x_test):
+        x -= mean.astype(np.float32)
+        x /= std.astype(np.float32)
+    return x_train, x_test
+
+
+def scale(
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    scaling: str,
+    is_image: bool,
+    image_max: float | None,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``scaling`` (auto | unit | standardize | none) applied to float32 copies, and its name.
+
+    With a known format maximum (``image_max``: 255 for 8-bit pixels, 16 for digits), ``unit``
+    divides by it, ``standardize`` standardizes after that division and ``auto`` means
+    ``unit``. Without one (arrays, tabular TFDS sets), ``unit`` is the min-max scaling fitted
+    on train (`unit_scale`) and ``auto`` means that.
+    """
+    x_train = np.array(x_train, dtype=np.float32, order="C")  # (N, *shape), a fresh copy
+    x_test = np.array(x_test, dtype=np.float32, order="C")
+    if scaling == "none":
+        return x_train, x_test, "none"
+    if scaling == "auto":
+        scaling = "unit"
+    if image_max is not None:
+        for x in (x_train, x_test):
+            x /= np.float32(image_max)
+        if scaling == "unit":
+            return x_train, x_test, "unit"
+    if scaling == "unit":
+        return (*unit_scale(x_train, x_test, is_image), "unit")
+    return (*standardize(x_train, x_test, is_image), "standardize")
+
+
+def _check_available(key: str, limit: int | None, available: int) -> None:
+    if limit is not None and limit > available:
+        raise DataError(
+            f"data.{key}={limit} is larger than the {available} examples available; "
+            f"use a value in 1..{available} or null for all"
+        )
+
+
+def _take_first(limit: int | None, x: np.ndarray, y: np.ndarray | None):
+    if limit is None:
+        return x, y
+    # Copies, so the full arrays can be freed.
+    return x[:limit].copy(), (None if y is None else y[:limit].copy())
+
+
+def _labels(y: np.ndarray | None) -> np.ndarray | None:
+    return None if y is None else np.ascontiguousarray(y, dtype=np.int32)
+
+
+def build_dataset(
+    raw: RawData,
+    *,
+    name: str,
+    scaling: str,
+    test_fraction: float,
+    split_seed: int,
+    max_train: int | None,
+    max_test: int | None,
+) -> Dataset:
+    """Split (if the source has no test split), scale, subsample and wrap ``raw`` as a `Dataset`."""
+    x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    if x_test is None:
+        train, test = split_indices(x_train.shape[0], test_fraction, split_seed, y_train)
+        x_train, x_test = x_train[train], x_train[test]
+        if y_train is not None:
+            y_train, y_test = y_train[train], y_train[test]
+    # Checked before the (costly) scaling so that a wrong limit fails at once.
+    _check_available("max_train", max_train, x_train.shape[0])
+    _check_available("max_test", max_test, x_test.shape[0])
+    x_train, x_test, applied = scale(x_train, x_test, scaling, raw.is_image, raw.image_max)
+    x_train, y_train = _take_first(max_train, x_train, y_train)
+    x_test, y_test = _take_first(max_test, x_test, y_test)
+    return Dataset(
+        name=str(name),
+        x_train=x_train,
+        y_train=_labels(y_train),
+        x_test=x_test,
+        y_test=_labels(y_test),
+        example_shape=tuple(x_train.shape[1:]),
+        is_image=raw.is_image,
+        scaling=applied,
+    )

@@ -1,0 +1,120 @@
+"""`load_dataset`: the data config (``data.*``) to a scaled, split `Dataset`, for every source.
+
+Sources (``data.source``):
+
+- ``digits``: scikit-learn's embedded 8x8 handwritten digits (1797 images, values 0..16,
+  UCI "Optical Recognition of Handwritten Digits"); no download, used by the default config.
+- ``idx``: a directory of MNIST-family IDX files (`ae_jax.data.idx`), no TensorFlow needed.
+- ``tfds``: a tensorflow-datasets builder (`ae_jax.data.tfds_source`).
+- ``array``: user ``.npy`` / ``.npz`` / ``.csv`` files (`ae_jax.data.arrays`).
+
+The config may be a Hydra ``DictConfig``, the `ae_jax.config.DataConfig` dataclass, a plain
+dict, or any object with those attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from omegaconf.errors import MissingMandatoryValue
+
+from ae_jax.config import DATA_SOURCES, SCALINGS
+from ae_jax.data.arrays import load_arrays
+from ae_jax.data.dataset import DataError, Dataset
+from ae_jax.data.idx import load_idx_directory
+from ae_jax.data.preprocessing import (
+    RawData,
+    build_dataset,
+    check_limit,
+    check_seed,
+    check_test_fraction,
+)
+from ae_jax.data.tfds_source import load_tfds
+
+DIGITS_MAX = 16.0  # the digits set counts ink in 4x4 blocks of a 32x32 bitmap: 0..16
+
+
+def _setting(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg.<key>``, with Hydra's mandatory ``???`` (unset or via an env default) as None."""
+    try:
+        # A DictConfig is a Mapping too; a plain dict has no attributes to fall back on.
+        value = cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+    except MissingMandatoryValue:
+        return None
+    return None if value == "???" else value
+
+
+def _required_path(cfg: Any, source: str, what: str) -> str:
+    path = _setting(cfg, "path")
+    if path is None:
+        raise DataError(f"data.path is not set; data.source={source} needs data.path={what}")
+    return str(path)
+
+
+def load_digits_source(cfg: Any) -> RawData:
+    """scikit-learn's digits as uint8 ``(1797, 8, 8, 1)`` images, values 0..16, no test split."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)  # (1797, 64) float64, (1797,)
+    x = x.astype(np.uint8).reshape(-1, 8, 8, 1)  # (N, 8, 8, 1)
+    return RawData(x, y.astype(np.int32), None, None, is_image=True, image_max=DIGITS_MAX)
+
+
+def load_idx_source(cfg: Any) -> RawData:
+    """The IDX directory ``data.path`` (train-/t10k- images and labels)."""
+    return load_idx_directory(_required_path(cfg, "idx", "DIR, a directory of IDX files"))
+
+
+def load_tfds_source(cfg: Any) -> RawData:
+    """The tensorflow-datasets builder ``data.tfds_name`` (offline from ``data.manual_dir``)."""
+    return load_tfds(
+        _setting(cfg, "tfds_name"),
+        data_dir=_setting(cfg, "data_dir"),
+        manual_dir=_setting(cfg, "manual_dir"),
+    )
+
+
+def load_array_source(cfg: Any) -> RawData:
+    """The ``.npy`` / ``.npz`` / ``.csv`` file ``data.path`` (+ ``data.test_path``)."""
+    return load_arrays(
+        _required_path(cfg, "array", "FILE, a .npy, .npz or .csv file"),
+        test_path=_setting(cfg, "test_path"),
+        label_column=_setting(cfg, "label_column"),
+    )
+
+
+LOADERS: dict[str, Callable[[Any], RawData]] = {
+    "digits": load_digits_source,
+    "idx": load_idx_source,
+    "tfds": load_tfds_source,
+    "array": load_array_source,
+}
+
+
+def load_dataset(cfg: Any) -> Dataset:
+    """Load, split, scale and subsample the dataset that ``cfg`` (the ``data`` node) describes.
+
+    Every setting is checked before anything is read; every problem is a `DataError` whose
+    message names the offending value and what would be valid.
+    """
+    source = _setting(cfg, "source", "digits")
+    if source not in LOADERS:
+        raise DataError(
+            f"data.source={source!r} is not valid; choose one of: {', '.join(DATA_SOURCES)}"
+        )
+    scaling = _setting(cfg, "scaling", "auto")
+    if scaling not in SCALINGS:
+        raise DataError(
+            f"data.scaling={scaling!r} is not valid; choose one of: {', '.join(SCALINGS)}"
+        )
+    settings = dict(
+        name=_setting(cfg, "name") or source,
+        scaling=scaling,
+        test_fraction=check_test_fraction(_setting(cfg, "test_fraction", 0.2)),
+        split_seed=check_seed(_setting(cfg, "split_seed", 0)),
+        max_train=check_limit("max_train", _setting(cfg, "max_train")),
+        max_test=check_limit("max_test", _setting(cfg, "max_test")),
+    )
+    return build_dataset(LOADERS[source](cfg), **settings)

@@ -1,0 +1,155 @@
+"""The ``tfds`` data source: a tensorflow-datasets builder (mnist, fashion_mnist, kmnist, ...).
+
+With ``data.manual_dir`` the builder is prepared offline from the official files in that
+directory (tensorflow-datasets finds them by their registered names and checks their
+checksums); without it, tensorflow-datasets downloads them. The ``train`` and ``test`` splits
+are then read as numpy arrays in one go.
+
+TensorFlow is an optional extra (``pip install -e ".[tfds]"``). Without it, a ``manual_dir``
+holding MNIST-family IDX files is read with the numpy IDX reader instead: the same examples,
+but in the files' order, whereas tensorflow-datasets stores them shuffled by a hash of their
+index (a fixed permutation of the file order).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ae_jax.data.dataset import DataError
+from ae_jax.data.idx import has_idx_files, load_idx_directory
+from ae_jax.data.preprocessing import RawData
+
+MNIST_FAMILY = ("mnist", "fashion_mnist", "kmnist", "emnist")
+
+
+def import_tfds() -> Any:
+    """The ``tensorflow_datasets`` module, with TensorFlow importable; ImportError otherwise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter quiet
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        # TF must not claim accelerator memory that JAX will need in the same process.
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TF's devices were initialised earlier in this process; nothing left to change
+    return tfds
+
+
+def _builder(tfds: Any, tfds_name: str, data_dir: str | None) -> Any:
+    known = tfds.list_builders(with_community_datasets=False)
+    base = tfds_name.split("/")[0].split(":")[0]
+    if base not in known:
+        close = difflib.get_close_matches(base, known, n=5)
+        examples = list(dict.fromkeys(close + [n for n in MNIST_FAMILY if n in known]))
+        raise DataError(
+            f"data.tfds_name={tfds_name!r} is not a tensorflow-datasets builder; valid names "
+            f"include {', '.join(examples)} (see tfds.list_builders())"
+        )
+    try:
+        return tfds.builder(tfds_name, data_dir=data_dir)
+    except Exception as err:  # tfds raises several unrelated types for a bad name/config/version
+        raise DataError(f"data.tfds_name={tfds_name!r} cannot be built by tfds: {err}") from err
+
+
+def _prepare(tfds: Any, builder: Any, manual_dir: str | None) -> None:
+    if manual_dir is None:
+        builder.download_and_prepare()  # downloads: needs the network unless already prepared
+        return
+    directory = Path(manual_dir).expanduser()
+    if not directory.is_dir():
+        raise DataError(
+            f"data.manual_dir={manual_dir!r} is not a directory; it must hold the dataset's "
+            "official files (or set data.manual_dir=null to let tensorflow-datasets download them)"
+        )
+    if not builder.is_prepared():
+        # Offline, a missing file makes tfds retry the network for minutes: refuse it up front.
+        needed = sorted({info.filename for info in (builder.url_infos or {}).values()})
+        missing = [name for name in needed if name and not (directory / name).is_file()]
+        if missing:
+            raise DataError(
+                f"data.manual_dir={manual_dir!r} lacks {', '.join(missing)}; "
+                f"{builder.name} needs {', '.join(needed)} there"
+            )
+    config = tfds.download.DownloadConfig(manual_dir=str(directory))
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as err:  # checksum mismatch, unreadable file: tfds has no common base class
+        raise DataError(
+            f"tensorflow-datasets could not prepare {builder.name} from data.manual_dir="
+            f"{manual_dir!r}: {err}"
+        ) from err
+
+
+def _read_split(tfds: Any, builder: Any, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    supervised = builder.info.supervised_keys is not None
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=supervised))
+    if supervised:
+        x, y = data
+    else:
+        key = "image" if "image" in data else next(iter(data))
+        x, y = data[key], None
+    if y is not None and (np.asarray(y).ndim != 1 or np.asarray(y).dtype.kind not in "iu"):
+        y = None  # a non-class target (e.g. a caption) is not a label
+    return np.asarray(x), (None if y is None else np.asarray(y, dtype=np.int32))
+
+
+def _fallback(tfds_name: str, manual_dir: str | None, err: ImportError) -> RawData:
+    if manual_dir is not None and has_idx_files(manual_dir):
+        print(
+            f"ae_jax.data: tensorflow-datasets is unavailable ({err}); reading the IDX files in "
+            f"{manual_dir} with numpy instead (same examples as tfds {tfds_name!r}, in file order)"
+        )
+        return load_idx_directory(manual_dir)
+    raise DataError(
+        f"data.source=tfds (data.tfds_name={tfds_name!r}) needs TensorFlow and "
+        f'tensorflow-datasets, which cannot be imported ({err}); run pip install -e ".[tfds]", '
+        "or read MNIST-family IDX files without TensorFlow: data=idx data.path=DIR"
+    )
+
+
+def load_tfds(
+    tfds_name: str | None, data_dir: str | None = None, manual_dir: str | None = None
+) -> RawData:
+    """The ``train`` and ``test`` splits of a tensorflow-datasets builder, unscaled.
+
+    Images are kept as ``(N, H, W, C)`` (grey ``(N, H, W)`` gain a channel); uint8 pixels get
+    ``image_max=255``. A builder without a ``test`` split returns ``x_test=None`` (held out
+    later with ``data.test_fraction``).
+    """
+    if not tfds_name:
+        raise DataError(
+            "data.source=tfds needs data.tfds_name, a tensorflow-datasets builder such as mnist, "
+            "fashion_mnist or kmnist"
+        )
+    try:
+        tfds = import_tfds()
+    except ImportError as err:
+        return _fallback(tfds_name, manual_dir, err)
+    builder = _builder(tfds, tfds_name, data_dir)
+    _prepare(tfds, builder, manual_dir)
+    splits = builder.info.splits
+    if "train" not in splits:
+        raise DataError(
+            f"tfds builder {tfds_name!r} has splits {sorted(splits)}; a train split is needed"
+        )
+    x_train, y_train = _read_split(tfds, builder, "train")
+    x_test, y_test = _read_split(tfds, builder, "test") if "test" in splits else (None, None)
+    if x_test is not None and (y_train is None) != (y_test is None):
+        y_train = y_test = None
+    if x_train.ndim == 3:  # (N, H, W) grey images
+        x_train = x_train[..., None]
+        x_test = None if x_test is None else x_test[..., None]
+    if x_train.ndim not in (2, 4):
+        raise DataError(
+            f"tfds builder {tfds_name!r} gives examples of shape {x_train.shape[1:]}; "
+            "valid: (D,) feature vectors or (H, W[, C]) images"
+        )
+    is_image = x_train.ndim == 4
+    image_max = 255.0 if is_image and x_train.dtype == np.uint8 else None
+    return RawData(x_train, y_train, x_test, y_test, is_image=is_image, image_max=image_max)

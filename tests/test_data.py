@@ -1,0 +1,460 @@
+"""Tests of the data package: real digits and MNIST, user arrays, TFDS, and every error path."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ae_jax.config import DataConfig, register_configs
+from ae_jax.data import DataError, Dataset, load_dataset
+from ae_jax.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+
+REPO = Path(__file__).resolve().parents[1]
+# The official MNIST training-label histogram (digits 0..9) and first ten labels.
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_FIRST_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tensorflow():
+    """``tensorflow_datasets`` with TensorFlow importable; a failure in CI, a skip elsewhere."""
+    try:
+        import tensorflow  # noqa: F401
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        msg = f'TensorFlow / tensorflow-datasets not importable ({err}); pip install -e ".[tfds]"'
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return tfds
+
+
+def load_array(path: Path, **settings) -> Dataset:
+    return load_dataset(DataConfig(source="array", path=str(path), **settings))
+
+
+def load_idx(path: Path, **settings) -> Dataset:
+    return load_dataset(DataConfig(source="idx", path=str(path), **settings))
+
+
+def labelled_digests(x: np.ndarray, y: np.ndarray) -> list[tuple[bytes, int]]:
+    """Sorted (digest of the example's bytes, label) pairs: equal iff same examples and labels."""
+    rows = x.reshape(len(x), -1)
+    return sorted(
+        (hashlib.blake2b(r.tobytes(), digest_size=16).digest(), int(c))
+        for r, c in zip(rows, y, strict=True)
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``path`` ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = (0x0800 | array.ndim) if magic is None else magic
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """A small MNIST-layout IDX directory: 20 train and 6 test images of 4x5 pixels."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "idx"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 4, 5)))
+    write_idx(d / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    write_idx(d / "t10k-images-idx3-ubyte", rng.integers(0, 256, (6, 4, 5)))  # uncompressed
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", np.arange(6) % 3)
+    return d
+
+
+@pytest.fixture(scope="module")
+def mnist_idx(mnist_path: Path) -> tuple[Dataset, float]:
+    """MNIST from the official IDX files, and the seconds that reading and scaling took."""
+    start = time.perf_counter()
+    ds = load_idx(mnist_path, name="mnist")
+    return ds, time.perf_counter() - start
+
+
+def test_digits_default_shapes_range_and_split():
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset(DataConfig())
+    assert ds.name == "digits" and ds.is_image and ds.scaling == "unit"
+    assert ds.example_shape == (8, 8, 1) and ds.num_features == 64 and ds.num_classes == 10
+    assert ds.x_train.shape == (1437, 8, 8, 1) and ds.x_test.shape == (360, 8, 8, 1)  # 20% of 1797
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.x_train.flags.c_contiguous and ds.in_unit_interval
+    # The two splits partition the raw set exactly, scaled by 1/16.
+    x, y = load_digits(return_X_y=True)
+    both = np.concatenate([ds.x_train, ds.x_test]).reshape(1797, 64)
+    order, raw_order = np.lexsort(both.T), np.lexsort((x / 16).T)
+    np.testing.assert_allclose(both[order], x[raw_order] / 16, atol=1e-7)
+    assert np.bincount(np.concatenate([ds.y_train, ds.y_test])).tolist() == np.bincount(y).tolist()
+    # Stratified: every class holds out 20% of its examples, to within one example.
+    assert np.all(np.abs(np.bincount(ds.y_test, minlength=10) - 0.2 * np.bincount(y)) <= 1)
+
+
+def test_digits_split_is_deterministic_per_seed():
+    a = load_dataset(DataConfig(split_seed=3))
+    b = load_dataset(DataConfig(split_seed=3))
+    c = load_dataset(DataConfig(split_seed=4))
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.x_train, c.x_train)
+    other = load_dataset(DataConfig(test_fraction=0.5))
+    assert (other.x_train.shape[0], other.x_test.shape[0]) == (898, 899)
+
+
+def test_digits_scalings_and_subsampling():
+    none = load_dataset(DataConfig(scaling="none"))
+    assert none.scaling == "none" and none.x_train.max() == 16.0 and not none.in_unit_interval
+    std = load_dataset(DataConfig(scaling="standardize"))
+    assert std.scaling == "standardize"
+    assert abs(float(std.x_train.mean())) < 1e-5 and abs(float(std.x_train.std()) - 1) < 1e-4
+    full = load_dataset(DataConfig())
+    small = load_dataset(DataConfig(max_train=100, max_test=7))
+    assert small.x_train.shape == (100, 8, 8, 1) and small.x_test.shape == (7, 8, 8, 1)
+    # The first N of the same split, with the same values as the full run.
+    np.testing.assert_array_equal(small.x_train, full.x_train[:100])
+    np.testing.assert_array_equal(small.y_test, full.y_test[:7])
+
+
+def test_mnist_idx_matches_the_published_statistics(mnist_idx):
+    ds, seconds = mnist_idx
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert ds.example_shape == (28, 28, 1) and ds.num_features == 784 and ds.num_classes == 10
+    assert abs(float(ds.x_train.mean()) - 0.1307) < 5e-4
+    assert abs(float(ds.x_train.std()) - 0.3081) < 5e-4
+    assert ds.in_unit_interval and ds.x_train.max() == 1.0
+    assert np.bincount(ds.y_train).tolist() == MNIST_TRAIN_COUNTS
+    assert ds.y_train[:10].tolist() == MNIST_FIRST_LABELS  # file order is kept
+    assert np.bincount(ds.y_test).sum() == 10000
+    assert seconds < 5.0, f"loading MNIST took {seconds:.1f} s; it should take about 1 s"
+
+
+def test_mnist_idx_standardize_and_max_train(mnist_path, mnist_idx):
+    std = load_idx(mnist_path, scaling="standardize", max_train=500)
+    ds, _ = mnist_idx
+    # Statistics come from all 60000 training images: the MNIST normalisation.
+    expected = (ds.x_train[:500] - ds.x_train.mean(dtype=np.float64)) / ds.x_train.std(
+        dtype=np.float64
+    )
+    np.testing.assert_allclose(std.x_train, expected, atol=1e-5)
+    assert std.x_train.shape == (500, 28, 28, 1) and std.x_test.shape[0] == 10000
+
+
+def test_idx_reader_round_trips(idx_dir):
+    ds = load_idx(idx_dir, scaling="none")
+    assert ds.example_shape == (4, 5, 1)
+    raw = read_idx(idx_dir / "train-images-idx3-ubyte.gz", IMAGES_MAGIC)
+    np.testing.assert_array_equal(ds.x_train[..., 0], raw.astype(np.float32))
+    assert ds.y_train.tolist() == (np.arange(20) % 10).tolist()
+    assert ds.y_test.tolist() == [0, 1, 2, 0, 1, 2]
+    wide = np.arange(24, dtype=">i4").reshape(2, 3, 4)  # a big-endian int32 IDX file
+    path = idx_dir / "wide.idx"
+    path.write_bytes(
+        bytes([0, 0, 0x0C, 3]) + b"".join(d.to_bytes(4, "big") for d in wide.shape) + wide.tobytes()
+    )
+    np.testing.assert_array_equal(read_idx(path), wide)
+
+
+def test_idx_missing_directory_and_file(tmp_path, idx_dir):
+    with pytest.raises(DataError, match=r"nowhere.*train-images-idx3-ubyte\[\.gz\]"):
+        load_idx(tmp_path / "nowhere")
+    (idx_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"lacks t10k-labels-idx1-ubyte\[\.gz\]"):
+        load_idx(idx_dir)
+
+
+def test_idx_unset_path_is_named():
+    with pytest.raises(DataError, match="data.path is not set"):
+        load_dataset(DataConfig(source="idx", path="???"))
+
+
+def test_idx_truncated_files_are_named(idx_dir):
+    images = idx_dir / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-7])  # payload cut short
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte is truncated.*\(6, 4, 5\)"):
+        load_idx(idx_dir)
+    labels = idx_dir / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-10])  # gzip stream cut short
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz cannot be read"):
+        load_idx(idx_dir)
+
+
+def test_idx_wrong_magic_and_mismatched_counts(idx_dir):
+    images = idx_dir / "train-images-idx3-ubyte.gz"
+    write_idx(images, np.zeros(20), magic=LABELS_MAGIC)  # a labels file under the images name
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz has magic number 2049.*2051"):
+        load_idx(idx_dir)
+    images.write_bytes(gzip.compress(b"\x89PNG\r\n\x1a\n"))
+    with pytest.raises(DataError, match="starts with 89504e47"):
+        load_idx(idx_dir)
+    write_idx(images, np.zeros((19, 4, 5)))
+    with pytest.raises(DataError, match="19 images but .*20 labels"):
+        load_idx(idx_dir)
+
+
+def test_npy_tabular_unit_scaling_is_fitted_on_train(tmp_path):
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(5, 3, 200), np.full(200, 7.0), rng.uniform(-1, 0, 200)])
+    np.save(tmp_path / "x.npy", x)
+    ds = load_array(tmp_path / "x.npy", scaling="auto")
+    assert ds.example_shape == (3,) and not ds.is_image and ds.scaling == "unit"
+    assert ds.x_train.shape == (160, 3) and ds.x_test.shape == (40, 3) and ds.y_train is None
+    assert ds.num_classes is None and ds.in_unit_interval
+    np.testing.assert_allclose(ds.x_train.min(0), [0, 0, 0])
+    np.testing.assert_allclose(ds.x_train.max(0), [1, 0, 1])  # the constant column maps to 0
+    assert np.all(ds.x_test[:, 1] == 0)
+    # Closed form on the raw rows: (x - train min) / (train max - train min), test clipped.
+    raw = load_array(tmp_path / "x.npy", scaling="none")
+    lo, hi = raw.x_train.min(0), raw.x_train.max(0)
+    expected = np.clip((raw.x_test[:, 0] - lo[0]) / (hi[0] - lo[0]), 0, 1)
+    np.testing.assert_allclose(ds.x_test[:, 0], expected, atol=1e-6)
+
+
+def test_npy_standardize_and_image_layouts(tmp_path):
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.normal(5, 3, 100), np.full(100, -2.0)])
+    np.save(tmp_path / "x.npy", x)
+    ds = load_array(tmp_path / "x.npy", scaling="standardize")
+    np.testing.assert_allclose(ds.x_train.mean(0), [0, 0], atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.std(0), [1, 0], atol=1e-5)  # std 0: only centred
+    np.save(tmp_path / "grey.npy", rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
+    grey = load_array(tmp_path / "grey.npy")
+    assert grey.is_image and grey.example_shape == (6, 5, 1) and grey.in_unit_interval
+    rgb = rng.uniform(0, 10, (30, 4, 4, 3)) * np.array([1, 10, 100])  # channels on own scales
+    np.save(tmp_path / "rgb.npy", rgb)
+    ds = load_array(tmp_path / "rgb.npy", scaling="unit")
+    assert ds.example_shape == (4, 4, 3)
+    np.testing.assert_allclose(ds.x_train.max(axis=(0, 1, 2)), [1, 1, 1])  # per channel
+
+
+def test_npz_with_splits_and_with_x_y(tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(
+        tmp_path / "s.npz",
+        x_train=rng.normal(size=(50, 4)),
+        x_test=rng.normal(size=(12, 4)),
+        y_train=np.arange(50) % 3,
+        y_test=np.arange(12) % 3,
+    )
+    ds = load_array(tmp_path / "s.npz")
+    assert (ds.x_train.shape, ds.x_test.shape, ds.num_classes) == ((50, 4), (12, 4), 3)
+    assert ds.y_test.tolist() == (np.arange(12) % 3).tolist()
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(100, 5, 5)), y=np.arange(100) % 4)
+    ds = load_array(tmp_path / "xy.npz", test_fraction=0.4)
+    assert ds.x_train.shape == (60, 5, 5, 1) and ds.x_test.shape == (40, 5, 5, 1)
+    assert np.bincount(ds.y_test).tolist() == [10, 10, 10, 10]  # stratified
+
+
+def test_csv_header_label_column_and_test_file(tmp_path):
+    rows = "\n".join(f"{i},{i * 2.5},{i % 2}" for i in range(10))
+    (tmp_path / "train.csv").write_text("a,b,label\n" + rows + "\n")
+    (tmp_path / "test.csv").write_text("3,1.5,1\n20,0,0\n")
+    ds = load_array(tmp_path / "train.csv", test_path=str(tmp_path / "test.csv"), label_column=-1)
+    assert ds.x_train.shape == (10, 2) and ds.x_test.shape == (2, 2)
+    assert ds.y_train.tolist() == [i % 2 for i in range(10)] and ds.y_test.tolist() == [1, 0]
+    np.testing.assert_allclose(ds.x_train[:, 0], np.arange(10) / 9, atol=1e-6)
+    np.testing.assert_allclose(ds.x_test, [[3 / 9, 1.5 / 22.5], [1.0, 0.0]], atol=1e-6)  # clipped
+    (tmp_path / "plain.csv").write_text("1,2\n3,4\n5,6\n7,8\n9,10\n")
+    plain = load_array(tmp_path / "plain.csv")
+    assert plain.x_train.shape == (4, 2) and plain.x_test.shape == (1, 2)
+
+
+def test_csv_nan_and_text_are_named(tmp_path):
+    (tmp_path / "nan.csv").write_text("1,2\n3,nan\n5,6\n")
+    with pytest.raises(DataError, match=r"nan.csv.*\(3, 2\).*1 NaN/inf.*\[1, 1\]"):
+        load_array(tmp_path / "nan.csv")
+    (tmp_path / "text.csv").write_text("1,2\n3,abc\n")
+    with pytest.raises(DataError, match=r"text.csv cannot be read as a numeric table.*abc"):
+        load_array(tmp_path / "text.csv")
+    (tmp_path / "float_labels.csv").write_text("1,0.5\n2,1\n3,0\n")
+    with pytest.raises(DataError, match="not whole numbers"):
+        load_array(tmp_path / "float_labels.csv", label_column=1)
+    with pytest.raises(DataError, match=r"label_column=5.*valid: -2\.\.1"):
+        load_array(tmp_path / "float_labels.csv", label_column=5)
+
+
+def test_bad_array_shapes_are_named(tmp_path):
+    np.save(tmp_path / "flat.npy", np.arange(10.0))
+    with pytest.raises(DataError, match=r"flat.npy has shape \(10,\); valid: \(N, D\)"):
+        load_array(tmp_path / "flat.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    with pytest.raises(DataError, match=r"empty.npy has shape \(0, 3\)"):
+        load_array(tmp_path / "empty.npy")
+    (tmp_path / "header_only.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"header_only.csv has shape \(0, "):
+        load_array(tmp_path / "header_only.csv")
+    np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(DataError, match=r"text.npy has dtype <U1.*numeric"):
+        load_array(tmp_path / "text.npy")
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(DataError, match=r"suffix '.parquet'; valid: .npy, .npz, .csv"):
+        load_array(tmp_path / "x.parquet")
+    np.savez(tmp_path / "keys.npz", a=np.zeros((3, 2)))
+    with pytest.raises(DataError, match=r"keys \['a'\]"):
+        load_array(tmp_path / "keys.npz")
+    with pytest.raises(DataError, match="data.path is not set"):
+        load_dataset(DataConfig(source="array"))
+
+
+def test_mismatched_test_file_and_one_sided_labels(tmp_path):
+    np.save(tmp_path / "train.npy", np.zeros((10, 4)))
+    np.save(tmp_path / "test.npy", np.zeros((5, 3)))
+    with pytest.raises(DataError, match=r"test.npy has examples of shape \(3,\).*shape \(4,\)"):
+        load_array(tmp_path / "train.npy", test_path=str(tmp_path / "test.npy"))
+    np.savez(
+        tmp_path / "half.npz", x_train=np.zeros((10, 2)), x_test=np.zeros((4, 2)), y_train=[0] * 10
+    )
+    with pytest.raises(DataError, match="labels are given for the training examples only"):
+        load_array(tmp_path / "half.npz")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, "0.2", True])
+def test_bad_test_fraction_is_named(fraction):
+    with pytest.raises(DataError, match=rf"test_fraction={fraction!r}.*\(0, 1\)"):
+        load_dataset(DataConfig(test_fraction=fraction))
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_train", 0), ("max_test", -3), ("max_train", 2.5)])
+def test_bad_limit_is_named(key, value):
+    with pytest.raises(DataError, match=rf"data.{key}={value}.*positive integer"):
+        load_dataset(DataConfig(**{key: value}))
+
+
+def test_limit_beyond_the_data_names_both_counts():
+    with pytest.raises(DataError, match=r"max_train=5000 is larger than the 1437 examples"):
+        load_dataset(DataConfig(max_train=5000))
+    with pytest.raises(DataError, match=r"max_test=361 is larger than the 360 examples"):
+        load_dataset(DataConfig(max_test=361))
+
+
+def test_unknown_source_and_scaling_are_named():
+    with pytest.raises(DataError, match=r"source='hdf5'.*digits, tfds, idx, array"):
+        load_dataset(DataConfig(source="hdf5"))
+    with pytest.raises(DataError, match=r"scaling='minmax'.*auto, unit, standardize, none"):
+        load_dataset(DataConfig(scaling="minmax"))
+
+
+def test_dataset_refuses_malformed_arrays():
+    x = np.zeros((3, 2), np.float32)
+    with pytest.raises(DataError, match="x_train has dtype float64"):
+        Dataset("t", x.astype(np.float64), None, x, None, (2,), False, "none")
+    with pytest.raises(DataError, match="labels for only one split"):
+        Dataset("t", x, np.zeros(3, np.int32), x, None, (2,), False, "none")
+    with pytest.raises(DataError, match=r"x_test has shape \(3, 2\).*\(4,\)"):
+        Dataset("t", np.zeros((3, 4), np.float32), None, x, None, (4,), False, "none")
+
+
+def compose_data(name: str, overrides: tuple[str, ...] = ()):
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name=None, overrides=[f"+data={name}", *overrides]).data
+
+
+def test_every_data_config_composes(monkeypatch, mnist_path):
+    monkeypatch.setenv("AE_JAX_MNIST_DIR", str(mnist_path))
+    monkeypatch.delenv("AE_JAX_FASHION_MNIST_DIR", raising=False)
+    names = sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml"))
+    assert names == ["array", "digits", "fashion_mnist", "idx", "mnist"]
+    expected = {"array": "array", "digits": "digits", "fashion_mnist": "tfds", "idx": "idx"}
+    for name in names:
+        cfg = compose_data(name)
+        assert cfg.source == expected.get(name, "tfds")
+    assert compose_data("mnist").manual_dir == str(mnist_path)
+    assert compose_data("fashion_mnist").manual_dir is None
+    assert compose_data("idx").path == str(mnist_path)
+    ds = load_dataset(compose_data("idx", ("data.max_train=64",)))
+    assert ds.x_train.shape == (64, 28, 28, 1)
+    assert load_dataset(compose_data("digits")).x_test.shape == (360, 8, 8, 1)
+    assert (
+        load_dataset({"source": "idx", "path": str(mnist_path), "max_test": 5}).x_test.shape[0] == 5
+    )
+    with pytest.raises(DataError, match="data.path is not set; data.source=array"):
+        load_dataset(compose_data("array"))
+    monkeypatch.delenv("AE_JAX_MNIST_DIR")
+    with pytest.raises(DataError, match="data.path is not set; data.source=idx"):
+        load_dataset(compose_data("idx"))
+
+
+def test_tfds_mnist_offline_matches_the_idx_reader(tmp_path, mnist_path, mnist_idx):
+    require_tensorflow()
+    cfg = DataConfig(
+        source="tfds",
+        name="mnist",
+        tfds_name="mnist",
+        manual_dir=str(mnist_path),
+        data_dir=str(tmp_path / "tfds"),
+    )
+    ds = load_dataset(cfg)
+    ref, _ = mnist_idx
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert ds.scaling == "unit" and ds.in_unit_interval
+    # Same examples, different order: TFDS stores them shuffled by a hash of their index.
+    for a, b, ya, yb in (
+        (ds.x_train, ref.x_train, ds.y_train, ref.y_train),
+        (ds.x_test, ref.x_test, ds.y_test, ref.y_test),
+    ):
+        assert np.bincount(ya).tolist() == np.bincount(yb).tolist()
+        np.testing.assert_array_equal(
+            np.sort(a.sum(axis=(1, 2, 3))), np.sort(b.sum(axis=(1, 2, 3)))
+        )
+        # An exact permutation of the IDX order, each image keeping its label: equal multisets
+        # of (image bytes, label) pairs, compared through a 128-bit digest of each image.
+        assert labelled_digests(a, ya) == labelled_digests(b, yb)
+    assert not np.array_equal(ds.y_train, ref.y_train)  # ... and not the identity
+
+
+def test_tfds_refuses_unknown_builder_and_missing_files(tmp_path, mnist_path):
+    require_tensorflow()
+    with pytest.raises(DataError, match=r"tfds_name='mnistt'.*valid names include mnist"):
+        load_dataset(DataConfig(source="tfds", tfds_name="mnistt", data_dir=str(tmp_path)))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (partial / name).symlink_to(mnist_path / name)
+    cfg = DataConfig(
+        source="tfds", tfds_name="mnist", manual_dir=str(partial), data_dir=str(tmp_path)
+    )
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"lacks t10k-images-idx3-ubyte.gz, t10k-labels"):
+        load_dataset(cfg)
+    assert time.perf_counter() - start < 10  # refused up front, not after network retries
+
+
+@pytest.mark.parametrize("module", ["tensorflow", "tensorflow_datasets"])
+def test_tfds_without_tensorflow_falls_back_to_idx(
+    monkeypatch, capsys, mnist_path, mnist_idx, module
+):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` raise ImportError
+    cfg = DataConfig(source="tfds", tfds_name="mnist", manual_dir=str(mnist_path), max_test=100)
+    ds = load_dataset(cfg)
+    notice = capsys.readouterr().out.strip().splitlines()
+    assert len(notice) == 1 and "reading the IDX files in" in notice[0]
+    ref, _ = mnist_idx
+    np.testing.assert_array_equal(ds.x_train, ref.x_train)
+    np.testing.assert_array_equal(ds.y_test, ref.y_test[:100])
+    with pytest.raises(DataError, match=r'pip install -e "\.\[tfds\]".*data=idx data.path='):
+        load_dataset(DataConfig(source="tfds", tfds_name="mnist"))
+
+
+def test_tfds_needs_a_builder_name():
+    with pytest.raises(DataError, match="needs data.tfds_name"):
+        load_dataset(DataConfig(source="tfds"))
