@@ -34,3 +34,25 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
     return mnist_dir()
+
+
+def make_config(*overrides: str, base: str | None = None):
+    """The real default config (as Hydra composes it from conf/) with dotted overrides applied,
+    shrunk for tests: no figures, one device unless the test asks for more."""
+    from hydra import compose, initialize_config_dir
+
+    from ae_jax.config import register_configs, to_config
+
+    register_configs()
+    defaults = ["trainer.figures=false", "trainer.devices=1", "trainer.progress=false"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name=base or "config", overrides=[*defaults, *overrides])
+    return to_config(cfg)
+
+
+def train(tmp_path, *overrides: str) -> dict:
+    """Train and evaluate the default config with ``overrides`` in a fresh directory."""
+    from ae_jax.train import train_and_evaluate
+
+    workdir = tmp_path / "run"
+    return train_and_evaluate(make_config(*overrides), workdir)

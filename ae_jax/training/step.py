@@ -49,9 +49,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, axis
         params = optax.apply_updates(state.params, updates)
         metrics = {
             **metrics,
-            "l2_grads": optax.global_norm(grads),
-            "l2_params": optax.global_norm(params),
-            "l2_updates": optax.global_norm(updates),
+            "l2_grads": optax.tree.norm(grads),
+            "l2_params": optax.tree.norm(params),
+            "l2_updates": optax.tree.norm(updates),
         }
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, running=running)
         return new, metrics

@@ -1,0 +1,139 @@
+"""The defining behaviour of every member of the family, trained for real on digits.
+
+Each test trains the shipped configs (conf/) shrunk in epochs, and checks what the variant is
+for: a linear AE finds the PCA subspace, a deep AE beats PCA, a DAE denoises, KL sparsity hits its
+target, the contractive penalty contracts, k-sparse codes have k units. Thresholds leave a margin
+under what was measured (quoted beside each).
+"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import train
+
+
+def test_linear_autoencoder_recovers_the_pca_subspace(tmp_path):
+    m = train(tmp_path, "model=linear", "model.latent_dim=8", "trainer.epochs=200",
+              "optim.lr=1e-2", "optim.schedule=cosine")
+    # measured: mse 0.02466 vs PCA 0.02465 (0.05%), largest principal angle 3.2 degrees
+    assert m["test/mse"] <= 1.02 * m["test/pca_mse"]
+    assert m["test/mse"] >= 0.99 * m["test/pca_mse"]  # PCA is the optimum of a linear map
+    assert m["test/subspace_angle_max_deg"] < 5.0
+
+
+def test_default_deep_autoencoder_beats_pca(tmp_path):
+    m = train(tmp_path, "trainer.epochs=100")
+    # measured: 0.0144 vs PCA-8 0.0247
+    assert m["test/mse"] < 0.8 * m["test/pca_mse"]
+    assert "test/subspace_angle_max_deg" not in m  # only defined for linear models
+
+
+def test_denoising_autoencoder_beats_plain_one_on_masked_inputs(tmp_path):
+    common = ("noise=masking", "noise.eval_level=0.25", "trainer.epochs=100")
+    plain = train(tmp_path / "plain", *common, "noise.level=0")
+    dae = train(tmp_path / "dae", *common, "noise.level=0.25")
+    # measured: 0.0238 (DAE) vs 0.0346 (plain AE on the same corrupted test inputs)
+    assert dae["test/denoise_mse"] < 0.85 * plain["test/denoise_mse"]
+    # the plain AE is the better reconstructor of CLEAN inputs: denoising is what the DAE buys
+    assert plain["test/mse"] < dae["test/mse"]
+
+
+def test_kl_sparsity_drives_mean_activation_to_target(tmp_path):
+    common = ("model=shallow", "model.latent_dim=128", "trainer.epochs=100")  # overcomplete 64->128
+    free = train(tmp_path / "free", *common)
+    sparse = train(tmp_path / "kl", *common, "reg=kl_sparse", "reg.strength=0.1", "reg.target=0.05")
+    # measured: 0.052 with the penalty, 0.50 without
+    assert abs(sparse["test/mean_code_activation"] - 0.05) < 0.015
+    assert free["test/mean_code_activation"] > 0.25
+
+
+def test_kl_sparsity_running_estimate(tmp_path):
+    m = train(tmp_path, "model=shallow", "model.latent_dim=128", "trainer.epochs=100",
+              "reg=kl_sparse", "reg.strength=0.1", "reg.estimate=running", "reg.momentum=0.9")
+    assert abs(m["test/mean_code_activation"] - 0.05) < 0.03
+
+
+def test_contractive_penalty_contracts_the_encoder(tmp_path):
+    common = ("model=shallow", "model.latent_dim=32", "trainer.epochs=100")
+    free = train(tmp_path / "free", *common)
+    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.strength=0.1")
+    # measured: ||J||_F 3.9 without, 0.08 with (closed form, one sigmoid layer)
+    assert cae["test/jacobian_fro"] < free["test/jacobian_fro"] / 5
+
+
+def test_contractive_penalty_on_a_deep_encoder_uses_autodiff(tmp_path):
+    common = ("trainer.epochs=30",)
+    free = train(tmp_path / "free", *common)
+    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.strength=0.1")
+    assert cae["test/jacobian_fro"] < free["test/jacobian_fro"] / 5
+
+
+def test_k_sparse_codes_have_at_most_k_active_units(tmp_path):
+    m = train(tmp_path, "model.latent_dim=32", "reg=k_sparse", "reg.k=5", "reg.k_start=16",
+              "reg.anneal_epochs=10", "trainer.epochs=30")
+    assert m["test/code_nonzero_max"] <= 5
+    assert m["test/code_nonzero_per_example"] > 4  # the k kept units are really used
+
+
+def test_l1_activity_lowers_code_activation(tmp_path):
+    common = ("model.code_activation=relu", "model.latent_dim=32", "trainer.epochs=50")
+    free = train(tmp_path / "free", *common)
+    l1 = train(tmp_path / "l1", *common, "reg=l1", "reg.strength=1e-3")
+    assert l1["test/mean_code_activation"] < 0.5 * free["test/mean_code_activation"]
+
+
+def _last_history_row(workdir):
+    lines = (workdir / "history.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def test_weight_decay_shrinks_the_weights(tmp_path):
+    train(tmp_path / "free", "trainer.epochs=30")
+    train(tmp_path / "wd", "trainer.epochs=30", "reg=weight_decay", "reg.strength=1e-2")
+    free = _last_history_row(tmp_path / "free" / "run")["train/l2_params"]
+    wd = _last_history_row(tmp_path / "wd" / "run")["train/l2_params"]
+    assert wd < 0.8 * free
+
+
+@pytest.mark.parametrize("loss", ["bce", "rmse"])
+def test_other_losses_train(tmp_path, loss):
+    m = train(tmp_path, f"loss={loss}", "trainer.epochs=60")
+    assert m["test/mse"] < m["test/pca_mse"]
+    hist = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    first, last = json.loads(hist[0]), json.loads(hist[-1])
+    assert last["train/loss"] < 0.5 * first["train/loss"]
+
+
+def test_tied_and_asymmetric_autoencoders_train(tmp_path):
+    tied = train(tmp_path / "tied", "model.tied=true", "trainer.epochs=60")
+    asym = train(tmp_path / "asym", "model.decoder_widths=[16]", "trainer.epochs=60")
+    assert tied["test/mse"] < tied["test/pca_mse"]
+    assert asym["test/mse"] < 1.2 * asym["test/pca_mse"]
+
+
+def test_convolutional_autoencoder_trains_on_images(tmp_path):
+    m = train(tmp_path, "model=conv", "model.latent_dim=16", "trainer.epochs=40")
+    assert m["test/mse"] < m["test/pca_mse"]
+
+
+def test_salt_and_pepper_and_gaussian_denoising(tmp_path):
+    for kind, level in (("salt_pepper", 0.2), ("gaussian", 0.3)):
+        common = (f"noise={kind}", f"noise.eval_level={level}", "trainer.epochs=60")
+        plain = train(tmp_path / f"{kind}0", *common, "noise.level=0")
+        dae = train(tmp_path / kind, *common, f"noise.level={level}")
+        assert dae["test/denoise_mse"] < plain["test/denoise_mse"], kind
+
+
+def test_tabular_csv_data_with_standardisation(tmp_path):
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(600, 3))
+    x = latent @ rng.normal(size=(3, 12)) + 0.05 * rng.normal(size=(600, 12)) + 5.0
+    path = tmp_path / "table.csv"
+    np.savetxt(path, x, delimiter=",", header=",".join(f"f{i}" for i in range(12)), comments="")
+    m = train(tmp_path, "data=array", f"data.path={path}", "data.scaling=standardize",
+              "model=linear", "model.latent_dim=3", "trainer.epochs=300", "optim.lr=1e-2",
+              "optim.schedule=cosine", "trainer.batch_size=32")
+    # a rank-3 signal: 3 linear code units reconstruct it as well as PCA-3
+    assert m["test/mse"] <= 1.05 * m["test/pca_mse"]
+    assert "test/bce" not in m  # standardised data is not in [0, 1]
