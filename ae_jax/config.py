@@ -300,6 +300,13 @@ def validate(cfg: Config) -> Config:
             "contradicts it. Use model.output_activation=auto or sigmoid, or loss=mse"
         )
 
+    t = cfg.trainer
+    for key in ("epochs", "batch_size", "eval_every", "log_every", "jacobian_examples"):
+        _positive_int(f"trainer.{key}", getattr(t, key))
+    _positive_int("trainer.devices", t.devices, allow_none=True)
+    _choice("trainer.parallel", t.parallel, PARALLEL_MODES)
+    if not isinstance(t.seed, int):
+        raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
     o = cfg.optim
     _choice("optim.name", o.name, OPTIMIZERS)
     _choice("optim.schedule", o.schedule, SCHEDULES)
@@ -315,11 +322,4 @@ def validate(cfg: Config) -> Config:
     if o.grad_clip is not None:
         _finite("optim.grad_clip", o.grad_clip, 0.0)
 
-    t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_every", "log_every", "jacobian_examples"):
-        _positive_int(f"trainer.{key}", getattr(t, key))
-    _positive_int("trainer.devices", t.devices, allow_none=True)
-    _choice("trainer.parallel", t.parallel, PARALLEL_MODES)
-    if not isinstance(t.seed, int):
-        raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
     return cfg

@@ -11,6 +11,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# .ci/run sets this; a developer checkout finds the shared copy beside the repository.
+os.environ.setdefault("AE_JAX_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",

@@ -1,0 +1,51 @@
+"""The documented command, run as a user runs it: `python experiments/train.py ...`."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+EXPECTED_METRICS = (
+    "test/mse", "test/rmse", "test/sse_per_example", "test/bce", "test/pca_mse",
+    "test/denoise_mse", "test/mean_code_activation", "test/code_nonzero_per_example",
+    "test/jacobian_fro", "train/loss", "time/train_seconds", "train/samples_per_second",
+)
+
+
+def _run(tmp_path, *overrides):
+    cmd = [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", "trainer.devices=1",
+           *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_train_command_writes_every_output(tmp_path):
+    proc = _run(tmp_path, "trainer.epochs=4", "trainer.log_every=2", "noise=masking")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "epoch 4/4" in log and "eval mse" in log and "ex/s" in log
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in EXPECTED_METRICS:
+        assert key in metrics, key
+    for name in ("history.jsonl", "history.csv", "reconstructions.png", "training_curves.png",
+                 "code_activations.png", "reconstructions.npz", "params.msgpack", "config.yaml",
+                 ".hydra/config.yaml", "train.log"):
+        assert (tmp_path / name).exists(), name
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+
+
+def test_bad_input_exits_with_a_clear_message_and_no_traceback(tmp_path):
+    proc = _run(tmp_path, "model.latent_dim=-3")
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "model.latent_dim=-3" in out and "positive integer" in out
+    assert "Traceback" not in out
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "latent_dim" in status["error"]
+
+
+def test_unknown_dataset_lists_what_exists(tmp_path):
+    proc = _run(tmp_path, "data=cifar100")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Available options in 'data'" in out and "digits" in out and "mnist" in out

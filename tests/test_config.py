@@ -1,0 +1,115 @@
+"""Every shipped config composes and validates; every bad value fails early and says why."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, make_config, train
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from ae_jax.config import ConfigError, validate
+from ae_jax.data import DataError
+
+GROUPS = ("model", "data", "noise", "reg", "loss", "optim", "trainer")
+
+
+def _options(group):
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g in GROUPS for o in _options(g)], ids=lambda s: s
+)
+def test_every_group_option_composes_and_validates(override):
+    extra = {
+        "reg=kl_sparse": ["model=shallow"],
+        "data=array": ["data.path=x.npy"],
+    }.get(override, [])
+    cfg = make_config(override, *extra)
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.latent_dim=0"], r"model.latent_dim=0 .*positive integer"),
+        (["model.depth=-1"], r"model.depth=-1"),
+        (["model.widths=[32]"], r"model.widths=\[32\] has 1 entries but model.depth=2"),
+        (["model.activation=swish"], r"model.activation='swish' .*sigmoid, tanh, relu, gelu, linear"),
+        (["noise=masking", "noise.level=1.5"], r"noise.level=1.5 .*\[0.0, 1.0\]"),
+        (["noise=gaussian", "noise.level=-0.1"], r"noise.level=-0.1"),
+        (["noise.level=0.3"], r"noise.level=0.3 with noise.kind=none"),
+        (["reg=k_sparse", "reg.k=9"], r"reg.k=9 is larger than the code \(model.latent_dim=8\)"),
+        (["reg=kl_sparse"], r"model.code_activation='linear'.*set model.code_activation=sigmoid"),
+        (["reg=kl_sparse", "model=shallow", "reg.target=1.5"], r"reg.target=1.5"),
+        (["reg.strength=-1"], r"reg.strength=-1"),
+        (["optim.lr=0"], r"optim.lr=0"),
+        (["trainer.epochs=0"], r"trainer.epochs=0"),
+        (["loss=bce", "model.output_activation=linear"], r"loss=bce .*output_activation=linear"),
+        (["data.test_fraction=1.0"], r"data.test_fraction=1.0"),
+    ],
+)
+def test_bad_values_are_refused_with_a_message_naming_them(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(make_config(*overrides))
+
+
+def test_bce_on_data_outside_unit_interval_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"loss=bce needs data in \[0, 1\].*spans \[-"):
+        train(tmp_path, "loss=bce", "data.scaling=standardize")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_unknown_dataset_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as err:
+        make_config("data=imagenet")
+    for name in _options("data"):
+        assert name in str(err.value)
+
+
+def test_unknown_group_option_and_key_are_refused():
+    with pytest.raises(MissingConfigException, match="masking"):
+        make_config("noise=dropout")
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)):
+        make_config("model.latent_size=3")  # a typo of latent_dim
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        make_config("model.latent_dim=eight")
+
+
+def test_missing_data_file_is_named(tmp_path):
+    missing = tmp_path / "nope.npy"
+    with pytest.raises(DataError, match="nope.npy"):
+        train(tmp_path, "data=array", f"data.path={missing}")
+
+
+def test_data_of_the_wrong_shape_is_named(tmp_path):
+    path = tmp_path / "flat.npy"
+    np.save(path, np.arange(10.0))
+    with pytest.raises(DataError, match=r"flat.npy"):
+        train(tmp_path, "data=array", f"data.path={path}")
+
+
+def test_conv_model_on_tabular_data_is_refused(tmp_path):
+    path = tmp_path / "table.npy"
+    np.save(path, np.random.default_rng(0).random((100, 5)))
+    with pytest.raises(ConfigError, match=r"model=conv needs image data.*\(5,\)"):
+        train(tmp_path, "data=array", f"data.path={path}", "model=conv", "trainer.batch_size=16")
+
+
+def test_batch_larger_than_dataset_and_uneven_device_split(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 exceeds the 1437"):
+        train(tmp_path, "trainer.batch_size=5000")
+    with pytest.raises(ConfigError, match=r"batch_size=60 does not split evenly across 8"):
+        train(tmp_path, "trainer.batch_size=60", "trainer.devices=8")
+    with pytest.raises(ConfigError, match=r"trainer.devices=64 but only 8"):
+        train(tmp_path, "trainer.devices=64")
+
+
+def test_earlier_results_survive_a_failed_run(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "metrics.json").write_text('{"test/mse": 0.5}')
+    with pytest.raises(ConfigError):
+        train(tmp_path, "trainer.batch_size=5000")
+    assert Path(workdir / "metrics.json").read_text() == '{"test/mse": 0.5}'
