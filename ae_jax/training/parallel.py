@@ -82,11 +82,18 @@ class Parallel:
             )
             program = jax.jit(mapped, donate_argnums=0).lower(*example_args).compile()
         elif self.mode == "pmap":
+            # Every argument is replicated (in_axes None); pmap insists on one mapped argument,
+            # so a dummy device index is mapped and dropped.
+            nargs = len(example_args)
             pmapped = jax.pmap(
-                counted, axis_name=DATA_AXIS, in_axes=None, axis_size=n, devices=self.devices
+                lambda *a: counted(*a[:-1]),
+                axis_name=DATA_AXIS,
+                in_axes=(None,) * nargs + (0,),
+                devices=self.devices,
             )
+            index = np.arange(n)
             # pmap maps outputs over devices: every copy is identical, keep the first.
-            program = lambda *args: jax.tree.map(lambda a: a[0], pmapped(*args))
+            program = lambda *args: jax.tree.map(lambda a: a[0], pmapped(*args, index))
             jax.block_until_ready(program(*example_args))  # trace + compile now
         else:
             raise ConfigError(f"trainer.parallel={self.mode!r} is not valid; use shard_map or pmap")
