@@ -113,6 +113,14 @@ class TrainerConfig:
     devices: Optional[int] = None  # data-parallel devices; None: all local devices
     parallel: str = "shard_map"  # shard_map | pmap (same per-device step either way)
     jacobian_examples: int = 256  # test examples used for test/jacobian_fro
+    checkpoint_every: int = 25  # epochs between checkpoints (and one at the end); 0: end only
+    keep_checkpoints: int = 3  # newest checkpoints kept in <run dir>/checkpoints
+    resume: bool = True  # continue from the newest valid checkpoint in the run directory
+    restart_if_corrupt: bool = False  # if every checkpoint is corrupt: start over (else error)
+    distributed: Optional[bool] = None  # multi-process: true, false, null = auto (TPU pod, SLURM)
+    coordinator_address: Optional[str] = None  # host:port of process 0 (null: auto-detect)
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
     figures: bool = True
     progress: bool = True
 
@@ -301,8 +309,27 @@ def validate(cfg: Config) -> Config:
         )
 
     t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_every", "log_every", "jacobian_examples"):
+    for key in ("epochs", "batch_size", "eval_every", "log_every", "jacobian_examples",
+                "keep_checkpoints"):
         _positive_int(f"trainer.{key}", getattr(t, key))
+    if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
+        raise ConfigError(
+            f"trainer.checkpoint_every={t.checkpoint_every!r} is not valid; it must be an integer "
+            ">= 0 (epochs between checkpoints; 0 saves only at the end)"
+        )
+    _positive_int("trainer.num_processes", t.num_processes, allow_none=True)
+    if t.process_id is not None:
+        if not isinstance(t.process_id, int) or t.process_id < 0:
+            raise ConfigError(f"trainer.process_id={t.process_id!r} must be an integer >= 0")
+        if t.num_processes is not None and t.process_id >= t.num_processes:
+            raise ConfigError(
+                f"trainer.process_id={t.process_id} is not valid with trainer.num_processes="
+                f"{t.num_processes}; valid: 0..{t.num_processes - 1}"
+            )
+    if t.coordinator_address is not None and ":" not in t.coordinator_address:
+        raise ConfigError(
+            f"trainer.coordinator_address={t.coordinator_address!r} must be host:port"
+        )
     _positive_int("trainer.devices", t.devices, allow_none=True)
     _choice("trainer.parallel", t.parallel, PARALLEL_MODES)
     if not isinstance(t.seed, int):

@@ -20,9 +20,27 @@ from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.evaluation.metrics import evaluate_test_split
 from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.training import distributed
+from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
+
+
+def fresh_or_resumed_workdir(workdir: Path, resume: bool) -> Path:
+    """``workdir``, unless resuming is off and it holds an earlier run: then a new sibling
+    directory (the earlier run is never touched)."""
+    earlier = (workdir / "checkpoints").exists() or (workdir / "metrics.json").exists()
+    if resume or not earlier:
+        return workdir
+    fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while fresh.exists():
+        fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    log.warning("trainer.resume=false: %s holds an earlier run, which is kept; this run "
+                "writes to %s", workdir, fresh)
+    return fresh
 
 
 def describe(cfg: Config, trainer: Trainer) -> str:
@@ -71,9 +89,14 @@ class ProgressLog:
 def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
     """Train the configured autoencoder, evaluate it, write outputs to ``workdir``."""
     cfg = validate(to_config(cfg))
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(to_yaml(cfg))
+    distributed.initialize(cfg.trainer)
+    main = distributed.is_main_process()
+    if not main:
+        log.setLevel(logging.WARNING)  # process 0 speaks for the run
+    workdir = fresh_or_resumed_workdir(Path(workdir), cfg.trainer.resume)
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text(to_yaml(cfg))
     if cfg.pretrain.enabled:
         from ae_jax.pretraining.pipeline import pretrain_and_finetune
 
@@ -83,8 +106,22 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
     trainer = Trainer(cfg, data)
     log.info(describe(cfg, trainer))
 
-    state = trainer.init_state()
-    state, history, timing = trainer.fit(state, on_epoch=ProgressLog(cfg, trainer.steps_per_epoch))
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+    state, start_epoch, history = trainer.init_state(), 0, []
+    if cfg.trainer.resume:
+        restored = checkpointer.restore_latest(
+            state, allow_none_valid=cfg.trainer.restart_if_corrupt
+        )
+        if restored is not None:
+            state, start_epoch, history = restored
+            log.info("resuming from %s (epoch %d of %d)", checkpointer.last_saved, start_epoch,
+                     cfg.trainer.epochs)
+    state, history, timing = trainer.fit(
+        state, start_epoch=start_epoch, history=history, checkpointer=checkpointer,
+        on_epoch=ProgressLog(cfg, trainer.steps_per_epoch),
+    )
+    if not main:
+        return {}
     log.info(
         "trained in %.1fs (%.0f examples/s; compile %.1fs)",
         timing["time/train_seconds"], timing["train/samples_per_second"],

@@ -8,8 +8,11 @@ step) from those lagged metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -21,6 +24,7 @@ from ae_jax.config import Config, ConfigError
 from ae_jax.data import Dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.objectives.losses import squared_error
+from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.objective import HParams, Objective, build_objective, make_hparams
 from ae_jax.training.parallel import Parallel, select_devices
 from ae_jax.training.state import TrainState, create_state, make_optimizer
@@ -28,6 +32,25 @@ from ae_jax.training.step import make_train_epoch
 
 log = logging.getLogger("ae_jax")
 EVAL_EXAMPLES = 2048  # held-out examples behind the eval/mse curve during training
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Within the block, SIGTERM sets a flag (read by calling the yielded function) instead of
+    killing the process, so the epoch in flight can finish and be checkpointed."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set  # signals can only be handled on the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,12 +137,16 @@ class Trainer:
         return self._program
 
     def fit(self, state: TrainState, hparams: HParams | None = None, *, start_epoch: int = 0,
+            history: list[dict] | None = None, checkpointer: Checkpointer | None = None,
             on_epoch: Callable[[dict], None] | None = None):
         """Train from ``start_epoch`` to ``trainer.epochs``; returns (state, history, timing).
 
         ``on_epoch(row)`` is called with each epoch's history row (mean train metrics, and
         ``eval/mse`` on up to ``EVAL_EXAMPLES`` test examples every ``trainer.eval_every`` epochs)
         once it is on the host: one epoch late, so the device never waits for the host.
+        With a ``checkpointer``, the state is saved every ``trainer.checkpoint_every`` epochs
+        and at the end, only after that epoch's losses were checked finite; SIGTERM saves a
+        checkpoint after the epoch in flight and raises ``Preempted``.
         """
         t = self.cfg.trainer
         hparams = self.hparams() if hparams is None else hparams
@@ -127,17 +154,19 @@ class Trainer:
         state = self.parallel.place(state)
         hparams = self.parallel.place(hparams)
         program = self.compile(state, x_train, hparams)
-        history: list[dict] = []
+        history = list(history or [])
         pending: list[tuple[int, dict, jax.Array | None]] = []
         x_eval = jnp.asarray(self.data.x_test[:EVAL_EXAMPLES])
         start = time.perf_counter()
+        self.checkpointer = checkpointer
 
         def drain(keep: int) -> None:
             while len(pending) > keep:
                 epoch, dev_metrics, dev_eval = pending.pop(0)
                 per_step = jax.device_get(dev_metrics)
-                self._check_finite(epoch, per_step["loss"])
-                row = {"epoch": epoch + 1, **{f"train/{k}": float(np.mean(v)) for k, v in per_step.items()}}
+                self._check_finite(epoch, per_step)
+                row = {"epoch": epoch + 1}
+                row.update({f"train/{k}": float(np.mean(v)) for k, v in per_step.items()})
                 if dev_eval is not None:
                     row["eval/mse"] = float(dev_eval)
                 row["time/elapsed"] = time.perf_counter() - start
@@ -145,15 +174,26 @@ class Trainer:
                 if on_epoch is not None:
                     on_epoch(row)
 
-        for epoch in range(start_epoch, t.epochs):
-            state, metrics = program(state, x_train, jnp.int32(epoch), hparams)
-            last = epoch + 1 == t.epochs
-            dev_eval = None
-            if (epoch + 1) % t.eval_every == 0 or last:
-                dev_eval = self.eval_mse(state.params, x_eval)
-            pending.append((epoch, metrics, dev_eval))
-            drain(keep=1)
-        drain(keep=0)
+        with sigterm_flag() as preempted:
+            for epoch in range(start_epoch, t.epochs):
+                state, metrics = program(state, x_train, jnp.int32(epoch), hparams)
+                done = epoch + 1
+                dev_eval = None
+                if done % t.eval_every == 0 or done == t.epochs:
+                    dev_eval = self.eval_mse(state.params, x_eval)
+                pending.append((epoch, metrics, dev_eval))
+                due = done == t.epochs or (t.checkpoint_every and done % t.checkpoint_every == 0)
+                if checkpointer is not None and (due or preempted()):
+                    drain(keep=0)  # a checkpoint only ever holds a state whose losses were finite
+                    checkpointer.save(done, state, history)
+                    if preempted() and done < t.epochs:
+                        raise Preempted(
+                            f"SIGTERM: saved epoch {done}/{t.epochs} to {checkpointer.path(done)}; "
+                            "run the same command again to resume"
+                        )
+                else:
+                    drain(keep=1)
+            drain(keep=0)
         jax.block_until_ready(state)
         seconds = time.perf_counter() - start
         examples = (t.epochs - start_epoch) * self.steps_per_epoch * t.batch_size
@@ -165,11 +205,17 @@ class Trainer:
         }
         return state, history, timing
 
-    def _check_finite(self, epoch: int, losses: np.ndarray) -> None:
-        bad = np.flatnonzero(~np.isfinite(losses))
+    def _check_finite(self, epoch: int, per_step: dict) -> None:
+        """Raise TrainingDiverged at the first step whose loss or parameters are not finite."""
+        ok = np.isfinite(per_step["loss"]) & np.isfinite(per_step["l2_params"])
+        bad = np.flatnonzero(~ok)
         if bad.size:
             step = epoch * self.steps_per_epoch + int(bad[0])
+            saved = getattr(self, "checkpointer", None)
+            last = saved.last_saved if saved is not None else None
+            where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
             raise TrainingDiverged(
-                f"non-finite loss ({losses[bad[0]]}) at epoch {epoch + 1}, global step {step + 1}; "
-                f"lower optim.lr (now {self.cfg.optim.lr}) or reg.strength, or add optim.grad_clip"
+                f"non-finite loss ({per_step['loss'][bad[0]]}) at epoch {epoch + 1}, global step "
+                f"{step + 1}{where}. Lower optim.lr (now {self.cfg.optim.lr}) or reg.strength, "
+                "or set optim.grad_clip"
             )

@@ -1,0 +1,57 @@
+"""Multi-process (multi-host) start-up: ``jax.distributed.initialize`` when asked or detected.
+
+Every process runs the same program over a mesh of ALL devices of all processes; the small
+training split is held by every process and each device gathers only its own share of each
+global batch. Process 0 alone writes metrics, figures and logs; checkpoints are written by
+all processes together (Orbax).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from ae_jax.config import TrainerConfig
+
+log = logging.getLogger("ae_jax")
+
+
+def detected_cluster() -> str | None:
+    """'tpu-pod' or 'slurm' when the environment is a multi-process launch, else None."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if len([h for h in hosts.split(",") if h]) > 1:
+        return "tpu-pod"
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "slurm"
+    return None
+
+
+def initialize(cfg: TrainerConfig) -> bool:
+    """Call ``jax.distributed.initialize`` if ``trainer.distributed`` (or auto-detection) says so.
+
+    Returns True when this is a multi-process run. Safe to call twice.
+    """
+    wanted = cfg.distributed if cfg.distributed is not None else detected_cluster() is not None
+    if not wanted:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    kwargs = {}
+    if cfg.coordinator_address is not None:
+        kwargs["coordinator_address"] = cfg.coordinator_address
+    if cfg.num_processes is not None:
+        kwargs["num_processes"] = cfg.num_processes
+    if cfg.process_id is not None:
+        kwargs["process_id"] = cfg.process_id
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+    )
+    return True
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

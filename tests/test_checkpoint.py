@@ -1,0 +1,178 @@
+"""Checkpoints and exact resume, tested the hard way: kill -9, SIGTERM, corrupted files, NaN.
+
+Every scenario must end with parameters and metrics BITWISE equal to one uninterrupted run of the
+same command (CPU), because a checkpoint holds the full state (params, optimiser, step, both RNG
+keys) and the data order is a function of the data key and the epoch.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, make_config
+
+from ae_jax.data import load_dataset
+from ae_jax.training.checkpoint import Checkpointer
+from ae_jax.training.trainer import Trainer, TrainingDiverged
+
+EPOCHS = 600
+ARGS = ("trainer.devices=1", f"trainer.epochs={EPOCHS}", "trainer.checkpoint_every=20",
+        "trainer.figures=false", "noise=masking", "noise.level=0.2")
+TIMING = ("time/", "train/samples_per_second")
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, "experiments/train.py", f"hydra.run.dir={workdir}", *ARGS, *extra]
+
+
+def _run(workdir, *extra):
+    return subprocess.run(_cmd(workdir, *extra), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _metrics(workdir):
+    m = json.loads((workdir / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if not k.startswith(TIMING)}
+
+
+def _committed(workdir):
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.glob("*") if p.name.isdigit()) if d.exists() else []
+
+
+def _start_and_wait_for_checkpoint(workdir, at_least):
+    proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = [e for e in _committed(workdir) if e >= at_least]
+        if done and (workdir / "checkpoints" / str(done[0]) / "_CHECKPOINT_METADATA").exists():
+            return proc
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the command."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = _run(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def _assert_same_run(workdir, reference):
+    assert (workdir / "params.msgpack").read_bytes() == (reference / "params.msgpack").read_bytes()
+    assert _metrics(workdir) == _metrics(reference)
+
+
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path, reference):
+    proc = _start_and_wait_for_checkpoint(tmp_path, at_least=40)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "metrics.json").exists(), "the run finished before it was killed"
+    killed_at = _committed(tmp_path)[-1]
+    assert killed_at < EPOCHS
+    again = _run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
+    _assert_same_run(tmp_path, reference)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, reference):
+    proc = _start_and_wait_for_checkpoint(tmp_path, at_least=20)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved epoch" in out
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "preempted"
+    assert _committed(tmp_path)[-1] < EPOCHS
+    again = _run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_run(tmp_path, reference)
+
+
+def _truncate_newest_state_file(checkpoint):
+    files = sorted((p for p in (checkpoint / "state").rglob("*") if p.is_file()
+                    and p.stat().st_size > 100), key=lambda p: p.stat().st_size)
+    victim = files[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    (workdir / "metrics.json").unlink()
+    (workdir / "params.msgpack").unlink()
+    epochs = _committed(workdir)
+    assert len(epochs) == 3  # trainer.keep_checkpoints
+    _truncate_newest_state_file(workdir / "checkpoints" / str(epochs[-1]))
+    proc = _run(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f"checkpoints/{epochs[-1]}" in log and f"resuming from {workdir}/checkpoints/{epochs[-2]}" in log
+    _assert_same_run(workdir, reference)
+
+
+def test_no_valid_checkpoint_is_an_error_unless_asked_to_restart(tmp_path, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    for e in _committed(workdir):
+        _truncate_newest_state_file(workdir / "checkpoints" / str(e))
+    (workdir / "metrics.json").unlink()
+    proc = _run(workdir)
+    assert proc.returncode == 2
+    assert "no valid checkpoint" in proc.stdout + proc.stderr
+    assert "trainer.restart_if_corrupt=true" in proc.stdout + proc.stderr
+    proc = _run(workdir, "trainer.restart_if_corrupt=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(workdir, reference)
+
+
+def test_resume_false_never_touches_the_earlier_run(tmp_path, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    # Hydra itself appends to train.log and rewrites .hydra/ in the directory it is given;
+    # everything the earlier run wrote (checkpoints, params, metrics, history) must stay.
+    before = {p: p.read_bytes() for p in workdir.rglob("*")
+              if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts}
+    proc = _run(workdir, "trainer.resume=false", "trainer.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = [p for p in tmp_path.iterdir() if p.name.startswith("run-fresh-")]
+    assert len(fresh) == 1 and (fresh[0] / "metrics.json").exists()
+    for path, data in before.items():
+        assert path.read_bytes() == data, path
+
+
+def test_divergence_names_the_last_good_checkpoint_and_never_overwrites_it(tmp_path):
+    good = make_config("trainer.epochs=10", "trainer.checkpoint_every=5",
+                       "model.output_activation=linear")
+    data = load_dataset(good.data)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    trainer = Trainer(good, data)
+    trainer.fit(trainer.init_state(), checkpointer=ckpt)
+    saved = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+
+    bad = make_config("trainer.epochs=30", "trainer.checkpoint_every=1", "optim=sgd",
+                      "optim.lr=1e4", "model.output_activation=linear")
+    trainer = Trainer(bad, data)
+    state, epoch, history = Checkpointer(tmp_path / "checkpoints").restore_latest(trainer.init_state())
+    assert epoch == 10
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint is .*checkpoints/10"):
+        trainer.fit(state, start_epoch=epoch, history=history,
+                    checkpointer=Checkpointer(tmp_path / "checkpoints"))
+    after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+    for path, data_ in saved.items():
+        assert after.get(path) == data_, f"{path} was changed"
+    # every checkpoint written before the divergence was detected holds finite parameters
+    restored, _, _ = Checkpointer(tmp_path / "checkpoints").restore_latest(trainer.init_state())
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(restored.params))
