@@ -21,7 +21,8 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     workdir = HydraConfig.get().runtime.output_dir
-    return run_or_exit(train_and_evaluate, cfg, workdir)["test/mse"]
+    metrics = run_or_exit(train_and_evaluate, cfg, workdir)
+    return metrics.get("test/mse", float("nan"))  # processes other than 0 return no metrics
 
 
 if __name__ == "__main__":

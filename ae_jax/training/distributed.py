@@ -45,6 +45,8 @@ def initialize(cfg: TrainerConfig) -> bool:
         kwargs["num_processes"] = cfg.num_processes
     if cfg.process_id is not None:
         kwargs["process_id"] = cfg.process_id
+    # CPU processes talk through gloo (GPU/TPU use their own collectives; the flag is ignored).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     log.info(
         "distributed: process %d of %d, %d local / %d global devices",

@@ -22,12 +22,21 @@ from ae_jax.training.step import DATA_AXIS
 
 
 def select_devices(requested: int | None, batch_size: int) -> list:
-    """The local devices to use; the global batch must split evenly across them."""
-    available = jax.local_devices()
+    """The devices to use (all processes' devices in a multi-process run); the global batch
+    must split evenly across them."""
+    if jax.process_count() > 1:
+        available = jax.devices()
+        if requested not in (None, len(available)):
+            raise ConfigError(
+                f"trainer.devices={requested} in a run of {jax.process_count()} processes: "
+                f"multi-process runs use every device ({len(available)}); set trainer.devices=null"
+            )
+    else:
+        available = jax.local_devices()
     n = len(available) if requested is None else requested
     if n > len(available):
         raise ConfigError(
-            f"trainer.devices={requested} but only {len(available)} local device(s) exist "
+            f"trainer.devices={requested} but only {len(available)} device(s) exist "
             f"({available[0].platform}); valid: 1..{len(available)} or null for all"
         )
     if batch_size % n:
@@ -59,7 +68,17 @@ class Parallel:
         """Put a pytree on the devices (replicated) in the layout the compiled program wants."""
         if self.mode == "pmap" and len(self.devices) > 1:
             return jax.device_put(tree, self.devices[0])
-        return jax.device_put(tree, self.replicated)
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree.map(self._global_replicated, tree)
+
+    def _global_replicated(self, leaf):
+        """A host value as an array replicated over every process's devices."""
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = self._global_replicated(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(jax.device_get(leaf))
+        return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
 
     def compile(self, fn: Callable, *example_args) -> Callable:
         """Compile ``fn`` once for these argument shapes; return the callable program."""
