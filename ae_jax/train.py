@@ -127,7 +127,15 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
         timing["time/train_seconds"], timing["train/samples_per_second"],
         timing["time/compile_seconds"],
     )
-    params = jax.device_get(state.params)
+    return evaluate_and_write(cfg, trainer, jax.device_get(state.params), history, timing,
+                              workdir, t0)
+
+
+def evaluate_and_write(cfg: Config, trainer: Trainer, params, history: list[dict],
+                       timing: dict, workdir: Path, t0: float) -> dict[str, float]:
+    """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
+    figures to ``workdir``. Shared by single runs and the vectorised sweep engine."""
+    data = trainer.data
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     metrics = evaluate_test_split(
         trainer.objective, params, data.x_train, data.x_test,

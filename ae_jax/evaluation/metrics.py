@@ -8,6 +8,7 @@ features, mean over examples), ``bce`` is the per-pixel binary cross-entropy.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -27,8 +28,13 @@ EVAL_CHUNK = 2048  # examples per compiled evaluation call (bounds memory on big
 NONZERO_EPS = 1e-6  # |code| above this counts as an active unit
 
 
+@functools.lru_cache(maxsize=16)
 def make_per_example_eval(objective: Objective):
-    """A jitted ``fn(params, x, key, level) -> dict of (B,) arrays`` on clean and corrupted x."""
+    """A jitted ``fn(params, x, key, level) -> dict of (B,) arrays`` on clean and corrupted x.
+
+    Cached per (hashable, frozen) objective: every run or sweep member with an equal objective
+    reuses one compiled evaluation.
+    """
 
     @jax.jit
     def per_example(params, x, key, level):
@@ -63,15 +69,19 @@ def per_example_metrics(per_example, params, x: np.ndarray, key, level: float) -
     return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
 
 
-def jacobian_fro(objective: Objective, params, x: np.ndarray) -> float:
-    """Mean Frobenius norm of the encoder's Jacobian dh/dx over the examples x."""
-
+@functools.lru_cache(maxsize=16)
+def _jacobian_norms(objective: Objective):
     @jax.jit
-    def norms(params, x):
+    def norms(params, x):  # (B,) ||J_f(x)||_F
         code, aux = objective.model.apply({"params": params}, x, method="encode")
         return jnp.sqrt(objective.jacobian_sq(params, x, code, {**aux, "dense_code": code}))
 
-    return float(np.mean(jax.device_get(norms(params, x))))
+    return norms
+
+
+def jacobian_fro(objective: Objective, params, x: np.ndarray) -> float:
+    """Mean Frobenius norm of the encoder's Jacobian dh/dx over the examples x."""
+    return float(np.mean(jax.device_get(_jacobian_norms(objective)(params, x))))
 
 
 def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.ndarray:
