@@ -42,3 +42,22 @@ def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
     assert sorted(map(sorted, groups)) == [[0, 1], [2, 3]]
     with pytest.raises(ConfigError, match="differ only in"):
         train_group(configs, [tmp_path / str(i) for i in range(4)])
+
+
+def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = [sys.executable, "experiments/train.py", "--multirun", "hydra/launcher=vmap",
+           f"hydra.sweep.dir={tmp_path}", "trainer.epochs=2", "trainer.figures=false",
+           "noise=masking", "noise.level=0,0.25", "trainer.seed=0,1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vectorised sweep: 4 members in one program" in proc.stdout + proc.stderr
+    for job in range(4):
+        d = tmp_path / str(job)
+        assert json.loads((d / "status.json").read_text())["status"] == "completed"
+        assert (d / ".hydra" / "overrides.yaml").exists()
+        assert "test/mse" in json.loads((d / "metrics.json").read_text())
