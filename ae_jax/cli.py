@@ -6,8 +6,9 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ae_jax.config import ConfigError
 from ae_jax.data import DataError
@@ -55,8 +56,12 @@ def run_or_exit(fn: Callable[..., dict], cfg: Any, workdir: str | Path) -> dict:
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(2)
     except BaseException as err:
-        record(status="failed", error=f"{type(err).__name__}: {err}",
-               traceback=traceback.format_exc(), ended=time.time())
+        record(
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(),
+            ended=time.time(),
+        )
         raise
     record(status="completed", ended=time.time())
     return result

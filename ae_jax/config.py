@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from ae_jax.pretraining.config import PretrainConfig
 
@@ -37,13 +37,13 @@ class ModelConfig:
     kind: str = "mlp"  # mlp | linear (no nonlinearity anywhere: the PCA case) | conv (images)
     latent_dim: int = 8  # code units k; > input dim is an overcomplete code (use a regulariser)
     depth: int = 2  # hidden layers between input and code in the encoder (mlp)
-    widths: Optional[List[int]] = None  # encoder hidden widths, len == depth; None: geometric taper
-    decoder_widths: Optional[List[int]] = None  # None: the encoder's widths reversed (symmetric)
+    widths: list[int] | None = None  # encoder hidden widths, len == depth; None: geometric taper
+    decoder_widths: list[int] | None = None  # None: the encoder's widths reversed (symmetric)
     activation: str = "gelu"  # hidden units: sigmoid | tanh | relu | gelu | linear
     code_activation: str = "linear"  # the code layer; sigmoid for KL sparsity, as in Ng's notes
     output_activation: str = "auto"  # auto: sigmoid for data in [0, 1] (or loss=bce), else linear
     tied: bool = False  # decoder kernels = transposed encoder kernels (needs a symmetric decoder)
-    channels: List[int] = field(default_factory=lambda: [32, 64])  # conv: stride-2 layers
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: stride-2 layers
     kernel_size: int = 3  # conv kernel (square)
 
 
@@ -51,16 +51,16 @@ class ModelConfig:
 class DataConfig:
     source: str = "digits"  # digits | tfds | idx | array
     name: str = "digits"  # label for reports and figures
-    tfds_name: Optional[str] = None  # source=tfds: builder name (mnist, fashion_mnist, ...)
-    path: Optional[str] = None  # idx: directory of IDX files; array: .npy / .npz / .csv file
-    test_path: Optional[str] = None  # array: optional separate test file
-    label_column: Optional[int] = None  # array, csv: column with integer labels
-    manual_dir: Optional[str] = None  # tfds: directory with the official files (offline)
-    data_dir: Optional[str] = None  # tfds: where prepared datasets live
+    tfds_name: str | None = None  # source=tfds: builder name (mnist, fashion_mnist, ...)
+    path: str | None = None  # idx: directory of IDX files; array: .npy / .npz / .csv file
+    test_path: str | None = None  # array: optional separate test file
+    label_column: int | None = None  # array, csv: column with integer labels
+    manual_dir: str | None = None  # tfds: directory with the official files (offline)
+    data_dir: str | None = None  # tfds: where prepared datasets live
     scaling: str = "auto"  # auto | unit | standardize | none
     test_fraction: float = 0.2  # held out when the source has no test split
-    max_train: Optional[int] = None  # keep the first N training examples (smoke runs)
-    max_test: Optional[int] = None
+    max_train: int | None = None  # keep the first N training examples (smoke runs)
+    max_test: int | None = None
     split_seed: int = 0
 
 
@@ -68,7 +68,7 @@ class DataConfig:
 class NoiseConfig:
     kind: str = "none"  # none | gaussian (sigma) | masking (fraction -> 0) | salt_pepper (fraction)
     level: float = 0.0  # sigma for gaussian, fraction in [0, 1] otherwise; 0 = plain autoencoder
-    eval_level: Optional[float] = None  # corruption used to measure denoising; None: = level
+    eval_level: float | None = None  # corruption used to measure denoising; None: = level
     clip: bool = False  # gaussian: clip the corrupted input to the data's range
     alpha: float = 1.0  # emphasis on corrupted elements (Vincent et al. 2010, sec. 4.2)
     beta: float = 1.0  # emphasis on uncorrupted elements (1, 1 = no emphasis)
@@ -81,8 +81,8 @@ class RegConfig:
     target: float = 0.05  # kl_sparse: target mean activation rho
     estimate: str = "batch"  # kl_sparse: batch (minibatch rho_hat) | running (EMA of rho_hat)
     momentum: float = 0.99  # kl_sparse running estimate: EMA momentum
-    k: Optional[int] = None  # k_sparse: code units kept per example
-    k_start: Optional[int] = None  # k_sparse: initial k, annealed linearly to k; None: no anneal
+    k: int | None = None  # k_sparse: code units kept per example
+    k_start: int | None = None  # k_sparse: initial k, annealed linearly to k; None: no anneal
     anneal_epochs: int = 0  # k_sparse: epochs over which k goes from k_start to k
     contractive_method: str = "auto"  # auto | closed_form (one sigmoid layer) | autodiff
 
@@ -100,7 +100,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
     momentum: float = 0.9  # momentum / nesterov / rmsprop
-    grad_clip: Optional[float] = None  # global-norm clipping
+    grad_clip: float | None = None  # global-norm clipping
 
 
 @dataclass
@@ -110,17 +110,17 @@ class TrainerConfig:
     seed: int = 0
     eval_every: int = 10  # epochs between held-out evaluations in the history
     log_every: int = 10  # epochs between progress lines
-    devices: Optional[int] = None  # data-parallel devices; None: all local devices
+    devices: int | None = None  # data-parallel devices; None: all local devices
     parallel: str = "shard_map"  # shard_map | pmap (same per-device step either way)
     jacobian_examples: int = 256  # test examples used for test/jacobian_fro
     checkpoint_every: int = 25  # epochs between checkpoints (and one at the end); 0: end only
     keep_checkpoints: int = 3  # newest checkpoints kept in <run dir>/checkpoints
     resume: bool = True  # continue from the newest valid checkpoint in the run directory
     restart_if_corrupt: bool = False  # if every checkpoint is corrupt: start over (else error)
-    distributed: Optional[bool] = None  # multi-process: true, false, null = auto (TPU pod, SLURM)
-    coordinator_address: Optional[str] = None  # host:port of process 0 (null: auto-detect)
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
+    distributed: bool | None = None  # multi-process: true, false, null = auto (TPU pod, SLURM)
+    coordinator_address: str | None = None  # host:port of process 0 (null: auto-detect)
+    num_processes: int | None = None
+    process_id: int | None = None
     figures: bool = True
     progress: bool = True
 
@@ -196,7 +196,9 @@ def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
 def _finite(key: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> None:
     ok = isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi
     if not ok:
-        raise ConfigError(f"{key}={value!r} is not valid; it must be a finite number in [{lo}, {hi}]")
+        raise ConfigError(
+            f"{key}={value!r} is not valid; it must be a finite number in [{lo}, {hi}]"
+        )
 
 
 def validate(cfg: Config) -> Config:
@@ -212,7 +214,8 @@ def validate(cfg: Config) -> Config:
     if m.widths is not None:
         if len(m.widths) != m.depth:
             raise ConfigError(
-                f"model.widths={list(m.widths)} has {len(m.widths)} entries but model.depth={m.depth}; "
+                f"model.widths={list(m.widths)} has {len(m.widths)} entries but "
+                f"model.depth={m.depth}; "
                 "give one width per hidden layer, or widths=null for the default taper"
             )
         for i, w in enumerate(m.widths):
@@ -239,7 +242,9 @@ def validate(cfg: Config) -> Config:
     _choice("data.scaling", d.scaling, SCALINGS)
     _finite("data.test_fraction", d.test_fraction, 0.0, 1.0)
     if not 0.0 < d.test_fraction < 1.0:
-        raise ConfigError(f"data.test_fraction={d.test_fraction} is not valid; it must be in (0, 1)")
+        raise ConfigError(
+            f"data.test_fraction={d.test_fraction} is not valid; it must be in (0, 1)"
+        )
     _positive_int("data.max_train", d.max_train, allow_none=True)
     _positive_int("data.max_test", d.max_test, allow_none=True)
 
@@ -268,7 +273,9 @@ def validate(cfg: Config) -> Config:
     _choice("reg.contractive_method", r.contractive_method, ("auto", "closed_form", "autodiff"))
     if r.kind == "kl_sparse":
         if not (isinstance(r.target, (int, float)) and 0.0 < r.target < 1.0):
-            raise ConfigError(f"reg.target={r.target!r} is not valid; KL sparsity needs 0 < target < 1")
+            raise ConfigError(
+                f"reg.target={r.target!r} is not valid; KL sparsity needs 0 < target < 1"
+            )
         _finite("reg.momentum", r.momentum, 0.0, 1.0)
         if m.code_activation != "sigmoid":
             raise ConfigError(
@@ -277,7 +284,9 @@ def validate(cfg: Config) -> Config:
             )
     if r.kind == "k_sparse":
         if r.k is None:
-            raise ConfigError("reg=k_sparse needs reg.k, the code units kept per example (1..latent_dim)")
+            raise ConfigError(
+                "reg=k_sparse needs reg.k, the code units kept per example (1..latent_dim)"
+            )
         _positive_int("reg.k", r.k)
         if r.k > m.latent_dim:
             raise ConfigError(
@@ -309,8 +318,14 @@ def validate(cfg: Config) -> Config:
         )
 
     t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_every", "log_every", "jacobian_examples",
-                "keep_checkpoints"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "eval_every",
+        "log_every",
+        "jacobian_examples",
+        "keep_checkpoints",
+    ):
         _positive_int(f"trainer.{key}", getattr(t, key))
     if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
         raise ConfigError(

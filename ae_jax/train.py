@@ -38,8 +38,11 @@ def fresh_or_resumed_workdir(workdir: Path, resume: bool) -> Path:
     while fresh.exists():
         fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
         n += 1
-    log.warning("trainer.resume=false: %s holds an earlier run, which is kept; this run "
-                "writes to %s", workdir, fresh)
+    log.warning(
+        "trainer.resume=false: %s holds an earlier run, which is kept; this run writes to %s",
+        workdir,
+        fresh,
+    )
     return fresh
 
 
@@ -48,7 +51,8 @@ def describe(cfg: Config, trainer: Trainer) -> str:
     arch = f"{m.kind}"
     if m.kind != "conv":
         widths = trainer.model.widths
-        arch += f" {data.num_features}-{'-'.join(map(str, widths)) + '-' if widths else ''}{m.latent_dim}"
+        layers = [data.num_features, *widths, m.latent_dim]
+        arch += " " + "-".join(map(str, layers))
         arch += f" ({m.activation}, code {m.code_activation}{', tied' if m.tied else ''})"
     else:
         arch += f" channels {list(m.channels)} -> {m.latent_dim}"
@@ -58,7 +62,8 @@ def describe(cfg: Config, trainer: Trainer) -> str:
         f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
         f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
         f"reg {cfg.reg.kind}:{cfg.reg.strength} | {cfg.optim.name} lr {cfg.optim.lr} | "
-        f"{cfg.trainer.epochs} epochs x {trainer.steps_per_epoch} steps of {cfg.trainer.batch_size} "
+        f"{cfg.trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
+        f"{cfg.trainer.batch_size} "
         f"on {len(n)} {n[0].platform} device(s)"
     )
 
@@ -114,35 +119,56 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
         )
         if restored is not None:
             state, start_epoch, history = restored
-            log.info("resuming from %s (epoch %d of %d)", checkpointer.last_saved, start_epoch,
-                     cfg.trainer.epochs)
+            log.info(
+                "resuming from %s (epoch %d of %d)",
+                checkpointer.last_saved,
+                start_epoch,
+                cfg.trainer.epochs,
+            )
     state, history, timing = trainer.fit(
-        state, start_epoch=start_epoch, history=history, checkpointer=checkpointer,
+        state,
+        start_epoch=start_epoch,
+        history=history,
+        checkpointer=checkpointer,
         on_epoch=ProgressLog(cfg, trainer.steps_per_epoch),
     )
     if not main:
         return {}
     log.info(
         "trained in %.1fs (%.0f examples/s; compile %.1fs)",
-        timing["time/train_seconds"], timing["train/samples_per_second"],
+        timing["time/train_seconds"],
+        timing["train/samples_per_second"],
         timing["time/compile_seconds"],
     )
-    return evaluate_and_write(cfg, trainer, jax.device_get(state.params), history, timing,
-                              workdir, t0)
+    return evaluate_and_write(
+        cfg, trainer, jax.device_get(state.params), history, timing, workdir, t0
+    )
 
 
-def evaluate_and_write(cfg: Config, trainer: Trainer, params, history: list[dict],
-                       timing: dict, workdir: Path, t0: float) -> dict[str, float]:
+def evaluate_and_write(
+    cfg: Config,
+    trainer: Trainer,
+    params,
+    history: list[dict],
+    timing: dict,
+    workdir: Path,
+    t0: float,
+) -> dict[str, float]:
     """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
     figures to ``workdir``. Shared by single runs and the vectorised sweep engine."""
     data = trainer.data
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     metrics = evaluate_test_split(
-        trainer.objective, params, data.x_train, data.x_test,
-        latent_dim=cfg.model.latent_dim, eval_level=eval_level,
+        trainer.objective,
+        params,
+        data.x_train,
+        data.x_test,
+        latent_dim=cfg.model.latent_dim,
+        eval_level=eval_level,
         in_unit_interval=data.in_unit_interval,
         jacobian_examples=cfg.trainer.jacobian_examples,
-        linear=cfg.model.kind == "linear", seed=cfg.trainer.seed,
+        linear=cfg.model.kind == "linear",
+        seed=cfg.trainer.seed,
     )
     metrics.update(timing)
     metrics["train/loss"] = history[-1]["train/loss"]
@@ -159,8 +185,9 @@ def evaluate_and_write(cfg: Config, trainer: Trainer, params, history: list[dict
     return metrics
 
 
-def write_reconstructions(trainer: Trainer, params, workdir: Path, eval_level: float,
-                          seed: int, n: int = 10) -> None:
+def write_reconstructions(
+    trainer: Trainer, params, workdir: Path, eval_level: float, seed: int, n: int = 10
+) -> None:
     """``reconstructions.npz``: the first n test inputs, their corrupted versions (when the run
     measures denoising) and reconstructions, and the codes of up to 2048 test examples."""
     data, obj = trainer.data, trainer.objective
@@ -210,8 +237,16 @@ def save_params(path: Path, params) -> None:
 
 
 def summary(metrics: dict[str, float]) -> str:
-    keys = ["test/mse", "test/pca_mse", "test/sse_per_example", "test/bce", "test/denoise_mse",
-            "test/mean_code_activation", "test/code_nonzero_per_example", "test/jacobian_fro",
-            "test/subspace_angle_max_deg"]
+    keys = [
+        "test/mse",
+        "test/pca_mse",
+        "test/sse_per_example",
+        "test/bce",
+        "test/denoise_mse",
+        "test/mean_code_activation",
+        "test/code_nonzero_per_example",
+        "test/jacobian_fro",
+        "test/subspace_angle_max_deg",
+    ]
     shown = [f"{k.split('/', 1)[1]}={metrics[k]:.5g}" for k in keys if k in metrics]
     return "test: " + "  ".join(shown)

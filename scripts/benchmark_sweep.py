@@ -26,8 +26,14 @@ SWEEP = ("noise=masking", "noise.level=0,0.1,0.2,0.3", "trainer.seed=0,1", "trai
 
 
 def run(extra: list[str], sweep_dir: Path) -> float:
-    cmd = [sys.executable, "experiments/train.py", "--multirun", *SWEEP, *extra,
-           f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        *SWEEP,
+        *extra,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -37,12 +43,16 @@ def run(extra: list[str], sweep_dir: Path) -> float:
 
 
 def member_metrics(sweep_dir: Path) -> dict[str, float]:
-    return {p.parent.name: json.loads(p.read_text())["test/mse"]
-            for p in sorted(sweep_dir.glob("*/metrics.json"))}
+    return {
+        p.parent.name: json.loads(p.read_text())["test/mse"]
+        for p in sorted(sweep_dir.glob("*/metrics.json"))
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=300, help="trainer.epochs per member")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -54,9 +64,12 @@ def main() -> None:
         seq_m, vec_m = member_metrics(seq_dir), member_metrics(vec_dir)
     worst = max(abs(vec_m[k] - seq_m[k]) / seq_m[k] for k in seq_m)
     result = {
-        "members": len(seq_m), "epochs": args.epochs,
-        "sequential_seconds": round(seq, 2), "vectorised_seconds": round(vec, 2),
-        "speedup": round(seq / vec, 2), "max_relative_test_mse_difference": worst,
+        "members": len(seq_m),
+        "epochs": args.epochs,
+        "sequential_seconds": round(seq, 2),
+        "vectorised_seconds": round(vec, 2),
+        "speedup": round(seq / vec, 2),
+        "max_relative_test_mse_difference": worst,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_1min": os.getloadavg()[0],
     }

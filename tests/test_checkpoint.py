@@ -22,8 +22,14 @@ from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.trainer import Trainer, TrainingDiverged
 
 EPOCHS = 600
-ARGS = ("trainer.devices=1", f"trainer.epochs={EPOCHS}", "trainer.checkpoint_every=20",
-        "trainer.figures=false", "noise=masking", "noise.level=0.2")
+ARGS = (
+    "trainer.devices=1",
+    f"trainer.epochs={EPOCHS}",
+    "trainer.checkpoint_every=20",
+    "trainer.figures=false",
+    "noise=masking",
+    "noise.level=0.2",
+)
 TIMING = ("time/", "train/samples_per_second")
 
 
@@ -32,8 +38,9 @@ def _cmd(workdir, *extra):
 
 
 def _run(workdir, *extra):
-    return subprocess.run(_cmd(workdir, *extra), cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        _cmd(workdir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def _metrics(workdir):
@@ -47,8 +54,9 @@ def _committed(workdir):
 
 
 def _start_and_wait_for_checkpoint(workdir, at_least):
-    proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cmd(workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         done = [e for e in _committed(workdir) if e >= at_least]
@@ -102,8 +110,10 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, reference):
 
 
 def _truncate_newest_state_file(checkpoint):
-    files = sorted((p for p in (checkpoint / "state").rglob("*") if p.is_file()
-                    and p.stat().st_size > 100), key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.stat().st_size > 100),
+        key=lambda p: p.stat().st_size,
+    )
     victim = files[-1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
@@ -119,7 +129,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
     proc = _run(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert f"checkpoints/{epochs[-1]}" in log and f"resuming from {workdir}/checkpoints/{epochs[-2]}" in log
+    assert (
+        f"checkpoints/{epochs[-1]}" in log
+        and f"resuming from {workdir}/checkpoints/{epochs[-2]}" in log
+    )
     _assert_same_run(workdir, reference)
 
 
@@ -143,8 +156,11 @@ def test_resume_false_never_touches_the_earlier_run(tmp_path, reference):
     shutil.copytree(reference, workdir)
     # Hydra itself appends to train.log and rewrites .hydra/ in the directory it is given;
     # everything the earlier run wrote (checkpoints, params, metrics, history) must stay.
-    before = {p: p.read_bytes() for p in workdir.rglob("*")
-              if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts}
+    before = {
+        p: p.read_bytes()
+        for p in workdir.rglob("*")
+        if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts
+    }
     proc = _run(workdir, "trainer.resume=false", "trainer.epochs=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     fresh = [p for p in tmp_path.iterdir() if p.name.startswith("run-fresh-")]
@@ -154,22 +170,34 @@ def test_resume_false_never_touches_the_earlier_run(tmp_path, reference):
 
 
 def test_divergence_names_the_last_good_checkpoint_and_never_overwrites_it(tmp_path):
-    good = make_config("trainer.epochs=10", "trainer.checkpoint_every=5",
-                       "model.output_activation=linear")
+    good = make_config(
+        "trainer.epochs=10", "trainer.checkpoint_every=5", "model.output_activation=linear"
+    )
     data = load_dataset(good.data)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     trainer = Trainer(good, data)
     trainer.fit(trainer.init_state(), checkpointer=ckpt)
     saved = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
 
-    bad = make_config("trainer.epochs=30", "trainer.checkpoint_every=1", "optim=sgd",
-                      "optim.lr=1e4", "model.output_activation=linear")
+    bad = make_config(
+        "trainer.epochs=30",
+        "trainer.checkpoint_every=1",
+        "optim=sgd",
+        "optim.lr=1e4",
+        "model.output_activation=linear",
+    )
     trainer = Trainer(bad, data)
-    state, epoch, history = Checkpointer(tmp_path / "checkpoints").restore_latest(trainer.init_state())
+    state, epoch, history = Checkpointer(tmp_path / "checkpoints").restore_latest(
+        trainer.init_state()
+    )
     assert epoch == 10
     with pytest.raises(TrainingDiverged, match=r"last good checkpoint is .*checkpoints/10"):
-        trainer.fit(state, start_epoch=epoch, history=history,
-                    checkpointer=Checkpointer(tmp_path / "checkpoints"))
+        trainer.fit(
+            state,
+            start_epoch=epoch,
+            history=history,
+            checkpointer=Checkpointer(tmp_path / "checkpoints"),
+        )
     after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
     for path, data_ in saved.items():
         assert after.get(path) == data_, f"{path} was changed"

@@ -7,15 +7,29 @@ import sys
 from conftest import REPO
 
 EXPECTED_METRICS = (
-    "test/mse", "test/rmse", "test/sse_per_example", "test/bce", "test/pca_mse",
-    "test/denoise_mse", "test/mean_code_activation", "test/code_nonzero_per_example",
-    "test/jacobian_fro", "train/loss", "time/train_seconds", "train/samples_per_second",
+    "test/mse",
+    "test/rmse",
+    "test/sse_per_example",
+    "test/bce",
+    "test/pca_mse",
+    "test/denoise_mse",
+    "test/mean_code_activation",
+    "test/code_nonzero_per_example",
+    "test/jacobian_fro",
+    "train/loss",
+    "time/train_seconds",
+    "train/samples_per_second",
 )
 
 
 def _run(tmp_path, *overrides):
-    cmd = [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", "trainer.devices=1",
-           *overrides]
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.devices=1",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -27,9 +41,18 @@ def test_train_command_writes_every_output(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in EXPECTED_METRICS:
         assert key in metrics, key
-    for name in ("history.jsonl", "history.csv", "reconstructions.png", "training_curves.png",
-                 "code_activations.png", "reconstructions.npz", "params.msgpack", "config.yaml",
-                 ".hydra/config.yaml", "train.log"):
+    for name in (
+        "history.jsonl",
+        "history.csv",
+        "reconstructions.png",
+        "training_curves.png",
+        "code_activations.png",
+        "reconstructions.npz",
+        "params.msgpack",
+        "config.yaml",
+        ".hydra/config.yaml",
+        "train.log",
+    ):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
 

@@ -36,7 +36,10 @@ def test_every_group_option_composes_and_validates(override):
         (["model.latent_dim=0"], r"model.latent_dim=0 .*positive integer"),
         (["model.depth=-1"], r"model.depth=-1"),
         (["model.widths=[32]"], r"model.widths=\[32\] has 1 entries but model.depth=2"),
-        (["model.activation=swish"], r"model.activation='swish' .*sigmoid, tanh, relu, gelu, linear"),
+        (
+            ["model.activation=swish"],
+            r"model.activation='swish' .*sigmoid, tanh, relu, gelu, linear",
+        ),
         (["noise=masking", "noise.level=1.5"], r"noise.level=1.5 .*\[0.0, 1.0\]"),
         (["noise=gaussian", "noise.level=-0.1"], r"noise.level=-0.1"),
         (["noise.level=0.3"], r"noise.level=0.3 with noise.kind=none"),

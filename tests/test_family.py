@@ -14,8 +14,14 @@ from conftest import train
 
 
 def test_linear_autoencoder_recovers_the_pca_subspace(tmp_path):
-    m = train(tmp_path, "model=linear", "model.latent_dim=8", "trainer.epochs=200",
-              "optim.lr=1e-2", "optim.schedule=cosine")
+    m = train(
+        tmp_path,
+        "model=linear",
+        "model.latent_dim=8",
+        "trainer.epochs=200",
+        "optim.lr=1e-2",
+        "optim.schedule=cosine",
+    )
     # measured: mse 0.02466 vs PCA 0.02465 (0.05%), largest principal angle 3.2 degrees
     assert m["test/mse"] <= 1.02 * m["test/pca_mse"]
     assert m["test/mse"] >= 0.99 * m["test/pca_mse"]  # PCA is the optimum of a linear map
@@ -49,8 +55,16 @@ def test_kl_sparsity_drives_mean_activation_to_target(tmp_path):
 
 
 def test_kl_sparsity_running_estimate(tmp_path):
-    m = train(tmp_path, "model=shallow", "model.latent_dim=128", "trainer.epochs=100",
-              "reg=kl_sparse", "reg.strength=0.1", "reg.estimate=running", "reg.momentum=0.9")
+    m = train(
+        tmp_path,
+        "model=shallow",
+        "model.latent_dim=128",
+        "trainer.epochs=100",
+        "reg=kl_sparse",
+        "reg.strength=0.1",
+        "reg.estimate=running",
+        "reg.momentum=0.9",
+    )
     assert abs(m["test/mean_code_activation"] - 0.05) < 0.03
 
 
@@ -70,8 +84,15 @@ def test_contractive_penalty_on_a_deep_encoder_uses_autodiff(tmp_path):
 
 
 def test_k_sparse_codes_have_at_most_k_active_units(tmp_path):
-    m = train(tmp_path, "model.latent_dim=32", "reg=k_sparse", "reg.k=5", "reg.k_start=16",
-              "reg.anneal_epochs=10", "trainer.epochs=30")
+    m = train(
+        tmp_path,
+        "model.latent_dim=32",
+        "reg=k_sparse",
+        "reg.k=5",
+        "reg.k_start=16",
+        "reg.anneal_epochs=10",
+        "trainer.epochs=30",
+    )
     assert m["test/code_nonzero_max"] <= 5
     assert m["test/code_nonzero_per_example"] > 4  # the k kept units are really used
 
@@ -131,9 +152,18 @@ def test_tabular_csv_data_with_standardisation(tmp_path):
     x = latent @ rng.normal(size=(3, 12)) + 0.05 * rng.normal(size=(600, 12)) + 5.0
     path = tmp_path / "table.csv"
     np.savetxt(path, x, delimiter=",", header=",".join(f"f{i}" for i in range(12)), comments="")
-    m = train(tmp_path, "data=array", f"data.path={path}", "data.scaling=standardize",
-              "model=linear", "model.latent_dim=3", "trainer.epochs=300", "optim.lr=1e-2",
-              "optim.schedule=cosine", "trainer.batch_size=32")
+    m = train(
+        tmp_path,
+        "data=array",
+        f"data.path={path}",
+        "data.scaling=standardize",
+        "model=linear",
+        "model.latent_dim=3",
+        "trainer.epochs=300",
+        "optim.lr=1e-2",
+        "optim.schedule=cosine",
+        "trainer.batch_size=32",
+    )
     # a rank-3 signal: 3 linear code units reconstruct it as well as PCA-3
     assert m["test/mse"] <= 1.05 * m["test/pca_mse"]
     assert "test/bce" not in m  # standardised data is not in [0, 1]

@@ -18,8 +18,15 @@ def _mnist(mnist_path):
 def test_linear_autoencoder_matches_pca_on_mnist(tmp_path):
     # k = 6 sits on a large eigenvalue gap (lambda_6 / lambda_7 = 1.34), so the subspace is well
     # defined; measured: mse 0.04144 vs PCA 0.04141, largest angle 3.0 degrees.
-    m = train(tmp_path, *SUBSET, "model=linear", "model.latent_dim=6", "trainer.epochs=30",
-              "optim.lr=1e-2", "optim.schedule=cosine")
+    m = train(
+        tmp_path,
+        *SUBSET,
+        "model=linear",
+        "model.latent_dim=6",
+        "trainer.epochs=30",
+        "optim.lr=1e-2",
+        "optim.schedule=cosine",
+    )
     assert m["test/mse"] <= 1.02 * m["test/pca_mse"]
     assert m["test/subspace_angle_max_deg"] < 5.0
 
@@ -32,8 +39,13 @@ def test_deep_autoencoder_beats_pca_on_mnist(tmp_path):
 
 
 def test_denoising_on_mnist(tmp_path):
-    common = (*SUBSET, "model.latent_dim=16", "trainer.epochs=5", "noise=masking",
-              "noise.eval_level=0.25")
+    common = (
+        *SUBSET,
+        "model.latent_dim=16",
+        "trainer.epochs=5",
+        "noise=masking",
+        "noise.eval_level=0.25",
+    )
     plain = train(tmp_path / "plain", *common, "noise.level=0")
     dae = train(tmp_path / "dae", *common, "noise.level=0.25")
     assert dae["test/denoise_mse"] < 0.9 * plain["test/denoise_mse"]
@@ -51,7 +63,14 @@ def test_mnist_through_tensorflow_datasets(tmp_path, mnist_path):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI installs the [tfds] extra, but it does not import: {err}")
         pytest.skip(f"tensorflow-datasets unavailable: {err}")
-    m = train(tmp_path, "data=mnist", f"data.manual_dir={mnist_path}",
-              f"data.data_dir={tmp_path / 'tfds'}", "data.max_train=2000", "data.max_test=500",
-              "trainer.epochs=2", "trainer.batch_size=100")
+    m = train(
+        tmp_path,
+        "data=mnist",
+        f"data.manual_dir={mnist_path}",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "data.max_train=2000",
+        "data.max_test=500",
+        "trainer.epochs=2",
+        "trainer.batch_size=100",
+    )
     assert m["test/mse"] < 0.1

@@ -27,8 +27,9 @@ def test_shapes_round_trip(kind, shape):
 
 
 def test_tied_decoder_uses_the_transposed_encoder_kernels():
-    model, params, x = _init(ModelConfig(tied=True, depth=1, widths=[16], latent_dim=4,
-                                         activation="linear"))
+    model, params, x = _init(
+        ModelConfig(tied=True, depth=1, widths=[16], latent_dim=4, activation="linear")
+    )
     assert not any(k.startswith("decoder_") and isinstance(v, dict) for k, v in params.items())
     code, _ = model.apply({"params": params}, x, method="encode")
     w0, w1 = params["encoder_0"]["kernel"], params["encoder_1"]["kernel"]

@@ -12,8 +12,13 @@ import numpy as np
 from conftest import REPO
 from flax import serialization
 
-ARGS = ("trainer.epochs=4", "trainer.figures=false", "trainer.checkpoint_every=2",
-        "noise=masking", "noise.level=0.2")
+ARGS = (
+    "trainer.epochs=4",
+    "trainer.figures=false",
+    "trainer.checkpoint_every=2",
+    "noise=masking",
+    "noise.level=0.2",
+)
 
 
 def _env(devices):
@@ -36,18 +41,41 @@ def _params(workdir):
 def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
     single = tmp_path / "single"
     proc = subprocess.run(
-        [sys.executable, "experiments/train.py", f"hydra.run.dir={single}", "trainer.devices=8",
-         *ARGS], cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "experiments/train.py",
+            f"hydra.run.dir={single}",
+            "trainer.devices=8",
+            *ARGS,
+        ],
+        cwd=REPO,
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     multi = tmp_path / "multi"
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "experiments/train.py", f"hydra.run.dir={multi}", *ARGS,
-             "trainer.distributed=true", f"trainer.coordinator_address=127.0.0.1:{port}",
-             "trainer.num_processes=2", f"trainer.process_id={i}"],
-            cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "experiments/train.py",
+                f"hydra.run.dir={multi}",
+                *ARGS,
+                "trainer.distributed=true",
+                f"trainer.coordinator_address=127.0.0.1:{port}",
+                "trainer.num_processes=2",
+                f"trainer.process_id={i}",
+            ],
+            cwd=REPO,
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]

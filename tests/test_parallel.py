@@ -28,8 +28,9 @@ VARIANTS = {
 
 
 def _fit(devices, parallel, overrides):
-    cfg = make_config("trainer.epochs=3", f"trainer.devices={devices}",
-                      f"trainer.parallel={parallel}", *overrides)
+    cfg = make_config(
+        "trainer.epochs=3", f"trainer.devices={devices}", f"trainer.parallel={parallel}", *overrides
+    )
     trainer = Trainer(cfg, load_dataset(cfg.data))
     state, history, timing = trainer.fit(trainer.init_state())
     return jax.device_get(state.params), history, timing
@@ -73,8 +74,9 @@ def test_corruption_differs_across_devices():
         return jax.vmap(lambda k, xi: jax.random.bernoulli(k, 0.5, xi.shape))(keys, x)
 
     x = jnp.ones((16, 64))
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=P(DATA_AXIS),
-                            out_specs=P(DATA_AXIS), check_vma=False)
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=P(DATA_AXIS), out_specs=P(DATA_AXIS), check_vma=False
+    )
     masks = jax.jit(sharded)(x)
     single = jax.vmap(lambda k, xi: jax.random.bernoulli(k, 0.5, xi.shape))(
         example_keys(key, jnp.int32(0), jnp.int32(0), 16), x

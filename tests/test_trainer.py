@@ -17,8 +17,15 @@ def _without_timing(metrics):
 
 
 def test_epoch_program_compiles_once_per_run(tmp_path):
-    m = train(tmp_path, "trainer.epochs=12", "noise=masking", "reg=k_sparse", "reg.k=4",
-              "reg.k_start=8", "reg.anneal_epochs=5")
+    m = train(
+        tmp_path,
+        "trainer.epochs=12",
+        "noise=masking",
+        "reg=k_sparse",
+        "reg.k=4",
+        "reg.k_start=8",
+        "reg.anneal_epochs=5",
+    )
     assert m["compile/epoch_traces"] == 1
 
 
@@ -33,8 +40,13 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"non-finite loss .* at epoch \d+, global step \d+"):
-        train(tmp_path, "optim=sgd", "optim.lr=1e3", "model.output_activation=linear",
-              "trainer.epochs=50")
+        train(
+            tmp_path,
+            "optim=sgd",
+            "optim.lr=1e3",
+            "model.output_activation=linear",
+            "trainer.epochs=50",
+        )
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -87,5 +99,5 @@ def test_step_matches_a_hand_written_adam_step():
     expected = optax.apply_updates(state.params, updates)
     np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
     for a, e in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
-        # Adam divides by |g|: float32 round-off in tiny gradients moves an update by ~1e-6 (lr 1e-2)
+        # Adam divides by |g|: float32 round-off in tiny gradients moves updates by ~1e-6
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)

@@ -16,8 +16,14 @@ MEMBERS = [
     ("noise.level=0.1", "reg.strength=0.05", "trainer.seed=2", "optim.lr=3e-3"),
 ]
 COMMON = ("trainer.epochs=6", "noise=masking", "reg=contractive", "noise.eval_level=0.25")
-COMPARED = ("test/mse", "test/pca_mse", "test/denoise_mse", "test/jacobian_fro",
-            "test/mean_code_activation", "train/loss")
+COMPARED = (
+    "test/mse",
+    "test/pca_mse",
+    "test/denoise_mse",
+    "test/jacobian_fro",
+    "test/mean_code_activation",
+    "train/loss",
+)
 
 
 def test_members_match_their_sequential_runs(tmp_path):
@@ -28,16 +34,24 @@ def test_members_match_their_sequential_runs(tmp_path):
         seq = train_and_evaluate(cfg, tmp_path / f"seq{i}")
         for key in COMPARED:
             assert vec[i][key] == pytest.approx(seq[key], rel=2e-4, abs=1e-6), (i, key)
-        for name in ("metrics.json", "history.jsonl", "reconstructions.npz", "params.msgpack",
-                     "config.yaml"):
+        for name in (
+            "metrics.json",
+            "history.jsonl",
+            "reconstructions.npz",
+            "params.msgpack",
+            "config.yaml",
+        ):
             assert (tmp_path / f"vec{i}" / name).exists()
         status = json.loads((tmp_path / f"vec{i}" / "status.json").read_text())
         assert status["status"] == "completed" and status["members"] == len(configs)
 
 
 def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
-    configs = [make_config("trainer.epochs=2", f"model.latent_dim={k}", f"trainer.seed={s}")
-               for k in (4, 8) for s in (0, 1)]
+    configs = [
+        make_config("trainer.epochs=2", f"model.latent_dim={k}", f"trainer.seed={s}")
+        for k in (4, 8)
+        for s in (0, 1)
+    ]
     groups = group_by_program(configs)
     assert sorted(map(sorted, groups)) == [[0, 1], [2, 3]]
     with pytest.raises(ConfigError, match="differ only in"):
@@ -50,9 +64,18 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
 
     from conftest import REPO
 
-    cmd = [sys.executable, "experiments/train.py", "--multirun", "hydra/launcher=vmap",
-           f"hydra.sweep.dir={tmp_path}", "trainer.epochs=2", "trainer.figures=false",
-           "noise=masking", "noise.level=0,0.25", "trainer.seed=0,1"]
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        "hydra/launcher=vmap",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.epochs=2",
+        "trainer.figures=false",
+        "noise=masking",
+        "noise.level=0,0.25",
+        "trainer.seed=0,1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vectorised sweep: 4 members in one program" in proc.stdout + proc.stderr

@@ -93,9 +93,19 @@ def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.nd
     return np.asarray(jax.jacfwd(decode_flat)(jnp.zeros((latent_dim,), jnp.float32)))
 
 
-def evaluate_test_split(objective: Objective, params, x_train: np.ndarray, x_test: np.ndarray, *,
-                 latent_dim: int, eval_level: float, in_unit_interval: bool,
-                 jacobian_examples: int, linear: bool, seed: int) -> dict[str, float]:
+def evaluate_test_split(
+    objective: Objective,
+    params,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    latent_dim: int,
+    eval_level: float,
+    in_unit_interval: bool,
+    jacobian_examples: int,
+    linear: bool,
+    seed: int,
+) -> dict[str, float]:
     """Every ``test/...`` metric of a trained model (see the module docstring for conventions)."""
     key = jax.random.fold_in(jax.random.key(seed), 0x7E57)
     per = per_example_metrics(make_per_example_eval(objective), params, x_test, key, eval_level)

@@ -54,7 +54,11 @@ def build_model(cfg: ModelConfig, example_shape: tuple[int, ...]):
             code_activation=cfg.code_activation,
         )
     linear = cfg.kind == "linear"
-    widths = tuple(cfg.widths) if cfg.widths is not None else default_widths(d, cfg.latent_dim, cfg.depth)
+    widths = (
+        tuple(cfg.widths)
+        if cfg.widths is not None
+        else default_widths(d, cfg.latent_dim, cfg.depth)
+    )
     return MLPAutoencoder(
         example_shape=tuple(example_shape),
         latent_dim=cfg.latent_dim,

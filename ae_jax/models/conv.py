@@ -46,7 +46,10 @@ class ConvAutoencoder(nn.Module):
             h = act(conv(h))  # (B, H/2, W/2, c)
         h = h.reshape(h.shape[0], -1)
         pre_code = self.to_code(h)  # (B, k)
-        return activation_fn(self.code_activation)(pre_code), {"pre_code": pre_code, "code_input": h}
+        return activation_fn(self.code_activation)(pre_code), {
+            "pre_code": pre_code,
+            "code_input": h,
+        }
 
     def decode(self, code: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)

@@ -31,8 +31,14 @@ from ae_jax.training.trainer import Trainer
 log = logging.getLogger("ae_jax")
 
 # The settings a member may vary without changing the compiled program (see HParams).
-VECTORIZABLE = ("noise.level", "noise.eval_level", "reg.strength", "optim.lr", "trainer.seed",
-                "name")
+VECTORIZABLE = (
+    "noise.level",
+    "noise.eval_level",
+    "reg.strength",
+    "optim.lr",
+    "trainer.seed",
+    "name",
+)
 
 
 def static_part(cfg: Config) -> str:
@@ -73,7 +79,9 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
     t0 = time.perf_counter()
     base = configs[0]
     if len({static_part(c) for c in configs}) != 1:
-        raise ConfigError("train_group needs members that differ only in " + ", ".join(VECTORIZABLE))
+        raise ConfigError(
+            "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
+        )
     # One device: the sweep's members are the parallel axis here.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
     data = load_dataset(base.data)
@@ -83,16 +91,19 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
     for cfg, workdir in zip(configs, workdirs):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(to_yaml(cfg))
-        write_json_atomic(workdir / "status.json", {"status": "running", "started": time.time(),
-                                                    "engine": "vmap", "members": n})
+        write_json_atomic(
+            workdir / "status.json",
+            {"status": "running", "started": time.time(), "engine": "vmap", "members": n},
+        )
     states = _stack([trainer.init_state(seed=c.trainer.seed) for c in configs])
     hparams = _stack([make_hparams(c) for c in configs])
     x_train = jnp.asarray(data.x_train)
 
     compile_start = time.perf_counter()
     epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
-    program = jax.jit(epoch_fn, donate_argnums=0).lower(
-        states, x_train, jnp.int32(0), hparams).compile()
+    program = (
+        jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams).compile()
+    )
     compile_seconds = time.perf_counter() - compile_start
 
     epochs = base.trainer.epochs
@@ -107,10 +118,17 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
             row.update({f"train/{k}": float(np.mean(v[i])) for k, v in per_step.items()})
             row["time/elapsed"] = time.perf_counter() - start
             histories[i].append(row)
-        if base.trainer.progress and ((epoch + 1) % base.trainer.log_every == 0 or epoch + 1 == epochs):
+        if base.trainer.progress and (
+            (epoch + 1) % base.trainer.log_every == 0 or epoch + 1 == epochs
+        ):
             losses = " ".join(f"{h[-1]['train/loss']:.4f}" for h in histories)
-            log.info("epoch %d/%d | member losses %s | %.1fs", epoch + 1, epochs, losses,
-                     time.perf_counter() - start)
+            log.info(
+                "epoch %d/%d | member losses %s | %.1fs",
+                epoch + 1,
+                epochs,
+                losses,
+                time.perf_counter() - start,
+            )
 
     for epoch in range(epochs):
         states, metrics = program(states, x_train, jnp.int32(epoch), hparams)
@@ -129,8 +147,11 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
         status = {"status": "completed", "engine": "vmap", "members": n}
         if not np.all(np.isfinite(losses)):
             bad = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
-            status = {"status": "failed", "engine": "vmap",
-                      "error": f"TrainingDiverged: non-finite loss at epoch {bad}"}
+            status = {
+                "status": "failed",
+                "engine": "vmap",
+                "error": f"TrainingDiverged: non-finite loss at epoch {bad}",
+            }
             write_json_atomic(workdir / "status.json", status)
             results.append({})
             continue
@@ -140,8 +161,9 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
             "train/samples_per_second": examples / seconds,  # this member's examples
             "sweep/members": n,
         }
-        metrics = evaluate_and_write(validate(cfg), trainer, _member(params, i),
-                                     histories[i], timing, workdir, t0)
+        metrics = evaluate_and_write(
+            validate(cfg), trainer, _member(params, i), histories[i], timing, workdir, t0
+        )
         write_json_atomic(workdir / "status.json", {**status, "ended": time.time()})
         results.append(metrics)
     return results

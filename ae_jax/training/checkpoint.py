@@ -87,7 +87,9 @@ class Checkpointer:
         meta = {"epoch": epoch, "step": int(state.step), "digest": digest(tree), "history": history}
         self.manager.save(
             epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         self.manager.wait_until_finished()
@@ -123,7 +125,8 @@ class Checkpointer:
             if bad:
                 log.warning(
                     "skipped corrupt checkpoint(s): %s; resuming from %s instead",
-                    "; ".join(bad), self.path(epoch),
+                    "; ".join(bad),
+                    self.path(epoch),
                 )
                 self._set_aside(e for e in epochs if e > epoch)
             self.last_saved = self.path(epoch)

@@ -50,7 +50,10 @@ def initialize(cfg: TrainerConfig) -> bool:
     jax.distributed.initialize(**kwargs)
     log.info(
         "distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
     )
     return True
 

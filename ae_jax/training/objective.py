@@ -118,8 +118,15 @@ class Objective:
         """
 
         def one(k, xi):
-            xt, m = corrupt(k, xi[None], self.noise_kind, level,
-                            low=self.low, high=self.high, clip=self.noise_clip)
+            xt, m = corrupt(
+                k,
+                xi[None],
+                self.noise_kind,
+                level,
+                low=self.low,
+                high=self.high,
+                clip=self.noise_clip,
+            )
             return xt[0], m[0]
 
         return jax.vmap(one)(keys, x)
@@ -166,7 +173,7 @@ class Objective:
         return loss, (metrics, running)
 
     @functools.cached_property
-    def jitted(self) -> "JittedObjective":
+    def jitted(self) -> JittedObjective:
         """Compiled entry points for host-side use (figures, embeddings, evaluation)."""
         return JittedObjective(
             forward=jax.jit(lambda params, x: self.forward(params, x)),
@@ -180,8 +187,14 @@ class Objective:
         return {}
 
 
-def build_objective(cfg: Config, model: nn.Module, output_activation: str, low: float,
-                    high: float, steps_per_epoch: int) -> Objective:
+def build_objective(
+    cfg: Config,
+    model: nn.Module,
+    output_activation: str,
+    low: float,
+    high: float,
+    steps_per_epoch: int,
+) -> Objective:
     """The Objective of a validated config for a model and the data's range."""
     r, m = cfg.reg, cfg.model
     closed = r.contractive_method == "closed_form" or (

@@ -55,7 +55,9 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
         "adagrad": lambda: optax.scale_by_rss(),
     }
     if cfg.name not in direction:
-        raise ValueError(f"optim.name={cfg.name!r} is not valid; choose one of: {', '.join(direction)}")
+        raise ValueError(
+            f"optim.name={cfg.name!r} is not valid; choose one of: {', '.join(direction)}"
+        )
     parts.append(direction[cfg.name]())
     schedule = lr_multiplier(cfg, total_steps, steps_per_epoch)
     parts.append(optax.scale_by_schedule(lambda count: -schedule(count)))

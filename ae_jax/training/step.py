@@ -53,7 +53,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, axis
             "l2_params": optax.tree.norm(params),
             "l2_updates": optax.tree.norm(updates),
         }
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, running=running)
+        new = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, running=running
+        )
         return new, metrics
 
     return train_step

@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,9 @@ def validate_against_data(cfg: Config, data: Dataset) -> None:
         log.warning(
             "model.latent_dim=%d > input dimension %d with reg=%s: an overcomplete code can "
             "learn the identity; add a sparsity or contractive regulariser",
-            cfg.model.latent_dim, d, cfg.reg.kind,
+            cfg.model.latent_dim,
+            d,
+            cfg.reg.kind,
         )
 
 
@@ -99,13 +101,18 @@ class Trainer:
             cfg.model, cfg.loss.kind, data.in_unit_interval
         )
         self.objective: Objective = build_objective(
-            cfg, self.model, self.output_activation,
-            float(data.x_train.min()), float(data.x_train.max()), self.steps_per_epoch,
+            cfg,
+            self.model,
+            self.output_activation,
+            float(data.x_train.min()),
+            float(data.x_train.max()),
+            self.steps_per_epoch,
         )
         self.tx = make_optimizer(cfg.optim, self.total_steps, self.steps_per_epoch)
         self.parallel = Parallel(select_devices(t.devices, t.batch_size), t.parallel)
         self.epoch_fn = make_train_epoch(
-            self.objective, self.tx,
+            self.objective,
+            self.tx,
             num_examples=data.x_train.shape[0],
             batch_size=t.batch_size,
             num_devices=len(self.parallel.devices),
@@ -136,9 +143,16 @@ class Trainer:
             )
         return self._program
 
-    def fit(self, state: TrainState, hparams: HParams | None = None, *, start_epoch: int = 0,
-            history: list[dict] | None = None, checkpointer: Checkpointer | None = None,
-            on_epoch: Callable[[dict], None] | None = None):
+    def fit(
+        self,
+        state: TrainState,
+        hparams: HParams | None = None,
+        *,
+        start_epoch: int = 0,
+        history: list[dict] | None = None,
+        checkpointer: Checkpointer | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+    ):
         """Train from ``start_epoch`` to ``trainer.epochs``; returns (state, history, timing).
 
         ``on_epoch(row)`` is called with each epoch's history row (mean train metrics, and

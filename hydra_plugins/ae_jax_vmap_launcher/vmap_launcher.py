@@ -10,13 +10,21 @@ with the same files a sequential run writes.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -37,16 +45,18 @@ ConfigStore.instance().store(group="hydra/launcher", name="vmap", node=VmapLaunc
 class VmapLauncher(Launcher):
     def __init__(self) -> None:
         super().__init__()
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-               ) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         from ae_jax.config import register_configs, to_config, validate
         from ae_jax.run_io import write_json_atomic
         from ae_jax.sweeps.vectorized import group_by_program, train_group
@@ -59,7 +69,7 @@ class VmapLauncher(Launcher):
 
         # 1. Let Hydra set up each job (directory, .hydra/ files, logging) with a task that only
         #    records the job's config and directory.
-        jobs: List[Tuple[Any, Path, JobReturn]] = []
+        jobs: list[tuple[Any, Path, JobReturn]] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             sweep_config = self.hydra_context.config_loader.load_sweep_config(
@@ -74,9 +84,13 @@ class VmapLauncher(Launcher):
                 seen["cfg"] = cfg
                 seen["dir"] = Path(HydraConfig.get().runtime.output_dir)
 
-            ret = run_job(hydra_context=self.hydra_context, task_function=record,
-                          config=sweep_config, job_dir_key="hydra.sweep.dir",
-                          job_subdir_key="hydra.sweep.subdir")
+            ret = run_job(
+                hydra_context=self.hydra_context,
+                task_function=record,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
             jobs.append((seen.get("cfg"), seen.get("dir"), ret))
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
@@ -97,8 +111,10 @@ class VmapLauncher(Launcher):
             except Exception as err:
                 log.exception("vectorised group of jobs %s failed", members)
                 for m in members:
-                    write_json_atomic(jobs[m][1] / "status.json",
-                                      {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+                    write_json_atomic(
+                        jobs[m][1] / "status.json",
+                        {"status": "failed", "error": f"{type(err).__name__}: {err}"},
+                    )
                     jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
                 continue
             for m, metrics in zip(members, results):
