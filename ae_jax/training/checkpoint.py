@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 from ae_jax.training.state import TrainState
 
 log = logging.getLogger("ae_jax")
+# Orbax reports every save at INFO through absl; our own log line says what matters.
+logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class CheckpointError(RuntimeError):
