@@ -18,13 +18,16 @@ log = logging.getLogger("ae_jax")
 USER_ERRORS = (ConfigError, DataError)
 
 
-def run_or_exit(fn: Callable[..., dict], cfg: Any, workdir: str | Path) -> dict:
+def run_or_exit(fn: Callable[..., dict], cfg: Any, workdir: str | Path,
+                exit_on_error: bool = True) -> dict:
     """Run ``fn(cfg, workdir)``, recording ``status.json`` (running / completed / failed /
     preempted).
 
     A configuration or data problem is the user's to fix: it is reported as one clear line and
     the process exits with status 2 instead of a traceback. Anything else is re-raised.
-    In a multi-process run only process 0 writes ``status.json``.
+    In a multi-process run only process 0 writes ``status.json``. With ``exit_on_error=False``
+    (a Hydra multirun) the error is recorded and re-raised, so Hydra marks this job failed and
+    goes on with the next one.
     """
     from ae_jax.config import to_config, validate
     from ae_jax.train import fresh_or_resumed_workdir
@@ -54,6 +57,8 @@ def run_or_exit(fn: Callable[..., dict], cfg: Any, workdir: str | Path) -> dict:
     except (*USER_ERRORS, TrainingDiverged, CheckpointError) as err:
         record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time())
         log.error("%s: %s", type(err).__name__, err)
+        if not exit_on_error:
+            raise
         sys.exit(2)
     except BaseException as err:
         record(

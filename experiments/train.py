@@ -9,6 +9,7 @@ All the work happens in ``ae_jax.train.train_and_evaluate``; outputs go to Hydra
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ae_jax.cli import run_or_exit
@@ -20,8 +21,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    workdir = HydraConfig.get().runtime.output_dir
-    metrics = run_or_exit(train_and_evaluate, cfg, workdir)
+    hydra_cfg = HydraConfig.get()
+    # In a multirun a bad job must fail alone: Hydra records it and runs the others.
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    metrics = run_or_exit(train_and_evaluate, cfg, hydra_cfg.runtime.output_dir,
+                          exit_on_error=not multirun)
     return metrics.get("test/mse", float("nan"))  # processes other than 0 return no metrics
 
 

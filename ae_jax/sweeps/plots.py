@@ -1,0 +1,298 @@
+"""The figures of a sweep report: a metric-vs-axis figure per swept axis and a grid of
+reconstructions across the sweep.
+
+Axis figures have one panel per metric: the mean over seeds with the sample std as error bars,
+one line per value of the other axes (a crossed sweep), the PCA baseline of the same code size
+dashed in the ``test/mse`` panel, and a red cross on the x axis where runs did not complete.
+The x axis is logarithmic when the values are positive and span a decade or more, symmetric-
+log when they also include 0 (e.g. regularisation strengths 0, 1e-3 ... 1e-1), categorical
+for non-numbers; the y axis is logarithmic when everything drawn on it spans over a decade.
+Figures are built on the Agg canvas without pyplot, like the run figures, and saved at 150 dpi.
+
+    fig = axis_figure(rows, axes, 0, ["test/mse", "test/pca_mse"], title="sweep_latent")
+    fig = reconstruction_grid(rows, axes, title="sweep_latent")   # None without reconstructions
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from ae_jax.evaluation.figures import reconstructions_figure
+from ae_jax.sweeps.collect import Axis
+from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, sort_key
+
+DPI = 150
+METRIC_UNITS = {
+    "test/mse": "test MSE (per input element)",
+    "test/pca_mse": "PCA test MSE (per input element)",
+    "test/denoise_mse": "denoising MSE (corrupted in, clean target)",
+    "test/jacobian_fro": "‖∂code/∂x‖_F (mean over test examples)",
+    "test/mean_code_activation": "mean code activation",
+    "test/code_nonzero_per_example": "active code units per example",
+    "test/rmse": "test RMSE",
+    "test/bce": "test BCE (nats per element)",
+    "test/sse_per_example": "squared error per example",
+    "time/train_seconds": "training time (s)",
+    "train/samples_per_second": "training throughput (examples/s)",
+}
+AXIS_UNITS = {
+    "model.latent_dim": "code size k (units)",
+    "model.depth": "encoder hidden layers",
+    "reg.strength": "regularisation strength λ",
+    "optim.lr": "learning rate",
+    "trainer.batch_size": "batch size (examples)",
+    "trainer.epochs": "epochs",
+}
+NOISE_UNITS = {
+    "gaussian": "Gaussian noise σ (inputs in [0, 1])",
+    "masking": "masking noise: fraction of inputs zeroed",
+    "salt_pepper": "salt-and-pepper: fraction of inputs set to min or max",
+}
+
+
+def x_scale(values: list[Any]) -> str:
+    """``log`` for positive values spanning a decade or more, ``symlog`` when 0 joins them,
+    ``category`` for non-numbers, else ``linear``."""
+    if not values or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        return "category"
+    positive = [float(v) for v in values if v > 0]
+    if any(v < 0 for v in values) or len(positive) < 2 or max(positive) / min(positive) < 10:
+        return "linear"
+    return "log" if len(positive) == len(values) else "symlog"
+
+
+def axis_label(axis: Axis, rows: list[Row]) -> str:
+    """The x label: the key with its unit (the reg kind or noise kind when all runs share it)."""
+    key = axis.keys[0]
+    configs = [r.config for row in rows for r in row.runs if r.config]
+    if key == "noise.level":
+        kinds = {c.get("noise.kind") for c in configs}
+        unit = NOISE_UNITS.get(kinds.pop()) if len(kinds) == 1 else None
+        return f"{axis.name}: {unit or 'noise level'}"
+    if key == "reg.strength":
+        kinds = {c.get("reg.kind") for c in configs}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        return f"{axis.name}: {kind + ' ' if kind else ''}strength λ"
+    return f"{axis.name}: {AXIS_UNITS[key]}" if key in AXIS_UNITS else axis.name
+
+
+def _first(value: Any) -> Any:
+    """The x value of a merged axis (a tuple of values, numeric key first)."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _short(axis: Axis) -> str:
+    return axis.keys[0].rsplit(".", 1)[-1]
+
+
+def _set_x(ax, xs: list[Any], scale: str) -> None:
+    if scale == "category":
+        ax.set_xticks(range(len(xs)), [format_value(x) for x in xs])
+        return
+    if scale == "log":
+        ax.set_xscale("log")
+    elif scale == "symlog":
+        smallest = min(float(x) for x in xs if x > 0)
+        ax.set_xscale("symlog", linthresh=smallest, linscale=0.5)
+    ax.xaxis.set_major_locator(FixedLocator([float(x) for x in xs]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([format_value(x) for x in xs])
+
+
+def axis_figure(
+    rows: list[Row], axes: list[Axis], index: int, metrics: list[str], title: str = ""
+) -> Figure:
+    """Metric vs ``axes[index]``: a panel per metric (test/pca_mse drawn inside test/mse)."""
+    axis = axes[index]
+    others = [i for i in range(len(axes)) if i != index]
+    xs = sorted({_first(row.values[index]) for row in rows}, key=sort_key)
+    scale = x_scale(xs)
+    position = {x: (i if scale == "category" else x) for i, x in enumerate(xs)}
+    lines: dict[tuple, list[Row]] = {}
+    for row in rows:
+        lines.setdefault(tuple(row.values[i] for i in others), []).append(row)
+    panels = [m for m in metrics if not (m == "test/pca_mse" and "test/mse" in metrics)]
+    fig = Figure(figsize=(4.6 * len(panels) + 0.4, 3.8), layout="constrained")
+    subplots = fig.subplots(1, len(panels), squeeze=False)[0]
+    colors = [f"C{i % 10}" for i in range(len(lines))]
+    # PCA depends on the code size and the data only: one line unless those vary across lines.
+    pca_shared = _shared_baseline(rows, index, position)
+    for ax, metric in zip(subplots, panels, strict=True):
+        failed_label = "runs not completed"
+        ordered = sorted(lines.items(), key=lambda kv: [sort_key(v) for v in kv[0]])
+        for color, (key, members) in zip(colors, ordered, strict=True):
+            members = sorted(members, key=lambda r: sort_key(_first(r.values[index])))
+            label = ", ".join(
+                f"{_short(axes[i])}={format_value(v)}" for i, v in zip(others, key, strict=True)
+            )
+            with_pca = metric == "test/mse" and "test/pca_mse" in metrics
+            _draw_line(
+                ax,
+                members,
+                index,
+                metric,
+                position,
+                color,
+                label or ("autoencoder" if with_pca else None),
+            )
+            if with_pca and pca_shared is None:
+                pca_label = f"PCA, same k, {label}" if label else "PCA, same k"
+                _draw_line(ax, members, index, "test/pca_mse", position, color, pca_label, True)
+            bad = [position[_first(r.values[index])] for r in members if r.not_completed]
+            if bad:
+                ax.plot(
+                    bad,
+                    [0.0] * len(bad),
+                    "x",
+                    color="red",
+                    markersize=9,
+                    mew=2,
+                    clip_on=False,
+                    transform=ax.get_xaxis_transform(),
+                    label=failed_label,
+                )
+                failed_label = None
+        if metric == "test/mse" and pca_shared:
+            x, y = zip(*sorted(pca_shared.items()), strict=True)
+            ax.plot(x, y, "--", color="0.35", linewidth=1.5, label="PCA, same k")
+        _set_x(ax, xs, scale)
+        _log_y_if_wide(ax)
+        ax.set_xlabel(axis_label(axis, rows))
+        ax.set_ylabel(METRIC_UNITS.get(metric, METRIC_LABELS.get(metric, metric)))
+        ax.set_title(METRIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    n = sorted({row.stats[m].n for row in rows for m in metrics if m in row.stats})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
+    plural = "" if seeds == "1" else "s"
+    fig.suptitle(
+        f"{title + ': ' if title else ''}{axis.name} (mean ± std over {seeds} seed{plural})"
+    )
+    return fig
+
+
+def _shared_baseline(rows: list[Row], index: int, position: dict) -> dict | None:
+    """x -> mean test/pca_mse when every row at that x has the same one (None otherwise)."""
+    by_x: dict = {}
+    for row in rows:
+        stat = row.stats.get("test/pca_mse")
+        if stat is not None and stat.n:
+            by_x.setdefault(position[_first(row.values[index])], []).append(stat.mean)
+    if not by_x or any(not np.allclose(v, v[0], rtol=1e-6, atol=0) for v in by_x.values()):
+        return None
+    return {x: v[0] for x, v in by_x.items()}
+
+
+def _log_y_if_wide(ax) -> None:
+    """Log y when every drawn value is positive and they span more than a decade (MSE vs code
+    size does), as in the run's training curves."""
+    ys = np.concatenate(
+        [np.asarray(ln.get_ydata(), float) for ln in ax.get_lines() if ln.get_marker() != "x"]
+        or [np.zeros(0)]
+    )
+    ys = ys[np.isfinite(ys)]
+    if ys.size and ys.min() > 0 and ys.max() / ys.min() > 10:
+        ax.set_yscale("log")
+
+
+def _draw_line(
+    ax,
+    rows: list[Row],
+    index: int,
+    metric: str,
+    position: dict,
+    color: str,
+    label: str | None,
+    dashed: bool = False,
+) -> None:
+    pts = [
+        (position[_first(r.values[index])], r.stats[metric])
+        for r in rows
+        if metric in r.stats and r.stats[metric].n > 0
+    ]
+    if not pts:
+        return
+    x = [p for p, _ in pts]
+    mean = np.array([s.mean for _, s in pts])
+    std = np.array([s.std if math.isfinite(s.std) else 0.0 for _, s in pts])
+    if dashed:
+        ax.plot(x, mean, "--", color=color, linewidth=1.5, label=label)
+    else:
+        ax.errorbar(
+            x,
+            mean,
+            yerr=std,
+            marker="o",
+            markersize=4,
+            capsize=3,
+            color=color,
+            linewidth=1.5,
+            label=label,
+        )
+
+
+def _reconstruction_of(row: Row) -> tuple[dict[str, np.ndarray], str] | None:
+    """The saved arrays of the row's completed run with the lowest seed, and the name of the
+    corruption its ``corrupted`` array shows (None if no run saved reconstructions)."""
+    done = [r for r in row.runs if r.reconstructions is not None]
+    for run in sorted(done, key=lambda r: sort_key(r.config.get("trainer.seed"))):
+        try:
+            with np.load(run.reconstructions) as saved:
+                arrays = {k: saved[k] for k in saved.files}
+        except (OSError, ValueError):  # a truncated file: try the next seed
+            continue
+        if "input" in arrays and "reconstruction" in arrays:
+            level = run.config.get("noise.eval_level")
+            level = run.config.get("noise.level") if level is None else level
+            kind = run.config.get("noise.kind")
+            noise = f"{kind} {format_value(level)}" if kind and level is not None else "corrupted"
+            return arrays, noise
+    return None
+
+
+def reconstruction_grid(
+    rows: list[Row], axes: list[Axis], title: str = "", n: int = 10
+) -> Figure | None:
+    """The first n test inputs on top, then one reconstruction row per swept value.
+
+    Each row comes from the lowest-seed completed run of that value. When every run shows the
+    same corrupted inputs (one test corruption, one seed) they get one row under the inputs;
+    otherwise each reconstruction row has its own corrupted row above it, and likewise inputs.
+    Returns None when no run saved reconstructions.
+    """
+    loaded = [(row, found) for row in rows if (found := _reconstruction_of(row)) is not None]
+    if not loaded:
+        return None
+    first, first_noise = loaded[0][1]
+    images = {"input": first["input"][:n]}
+    shared_corruption = "corrupted" in first and all(
+        "corrupted" in s and np.array_equal(s["corrupted"], first["corrupted"])
+        for _, (s, _) in loaded
+    )
+    if shared_corruption:
+        images[first_noise] = first["corrupted"][:n]
+    for row, (saved, noise) in loaded:
+        if saved["input"].shape != first["input"].shape:
+            continue  # another dataset's examples cannot share the grid
+        label = ", ".join(
+            f"{_short(a)}={format_value(v)}" for a, v in zip(axes, row.values, strict=True)
+        )
+        label = label or "reconstruction"
+        if not np.array_equal(saved["input"], first["input"]):
+            images[f"input ({label})"] = saved["input"][:n]
+        if "corrupted" in saved and not shared_corruption:
+            images[f"{noise} ({label})"] = saved["corrupted"][:n]
+        images[label] = saved["reconstruction"][:n]
+    return reconstructions_figure(images, tuple(first["input"].shape[1:]), title=title, n=n)
+
+
+def save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")

@@ -1,0 +1,300 @@
+"""A sweep reduced to one row per swept value (or value combination): mean +- std over seeds,
+run counts and failures, written as a paper-style table in Markdown, CSV and LaTeX.
+
+The spread is the sample standard deviation (ddof = 1) over the completed runs of a row, the
+usual "mean +- std over n seeds"; a row with one completed run shows its value alone. Failed,
+unfinished and never-started runs are counted in the ``runs`` / ``not completed`` columns and
+their errors listed under the Markdown table, never dropped.
+
+    rows = summarize(runs, axes, metrics=["test/mse", "test/pca_mse"])
+    Path("table.md").write_text(to_markdown(rows, axes, metrics))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ae_jax.sweeps.collect import STATUSES, Axis, Run
+
+# Shown when present, in this order; test/pca_mse sits beside test/mse as its baseline.
+DEFAULT_METRICS = (
+    "test/mse",
+    "test/pca_mse",
+    "test/denoise_mse",
+    "test/jacobian_fro",
+    "test/mean_code_activation",
+)
+METRIC_LABELS = {
+    "test/mse": "AE test MSE",
+    "test/pca_mse": "PCA test MSE",
+    "test/denoise_mse": "denoising MSE",
+    "test/jacobian_fro": "Jacobian ‖J‖_F",
+    "test/mean_code_activation": "mean code",
+    "test/code_nonzero_per_example": "active code units",
+    "test/rmse": "AE test RMSE",
+    "test/bce": "test BCE",
+    "test/sse_per_example": "SSE per image",
+    "test/subspace_angle_max_deg": "max angle to PCA (deg)",
+    "time/train_seconds": "train time (s)",
+}
+LATEX_LABELS = {
+    "test/mse": "AE MSE",
+    "test/pca_mse": "PCA MSE",
+    "test/denoise_mse": "denoising MSE",
+    "test/jacobian_fro": r"$\|J\|_F$",
+    "test/mean_code_activation": "mean code",
+}
+# Metrics where lower is better: the best row's mean is set in bold.
+LOWER_IS_BETTER = ("test/mse", "test/denoise_mse", "test/rmse", "test/bce", "test/sse_per_example")
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # nan with fewer than two values
+    n: int
+
+
+@dataclass
+class Row:
+    """The runs that share one value of every axis, and their statistics."""
+
+    values: tuple  # one per axis
+    runs: list[Run]
+    stats: dict[str, Stat] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.status for r in self.runs)
+
+    @property
+    def not_completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status != "completed"]
+
+
+def present_metrics(
+    runs: list[Run], wanted: list[str] | tuple[str, ...] | None = None
+) -> list[str]:
+    """The metrics to show: ``wanted`` (default DEFAULT_METRICS) that some completed run has,
+    with test/pca_mse placed right after test/mse whenever test/mse is shown."""
+    have = {k for r in runs for k in r.metrics}
+    wanted = list(wanted or DEFAULT_METRICS)
+    if "test/mse" in wanted and "test/pca_mse" not in wanted:
+        wanted.insert(wanted.index("test/mse") + 1, "test/pca_mse")
+    return [m for m in dict.fromkeys(wanted) if m in have]
+
+
+def mean_std(values: list[float]) -> Stat:
+    """Mean and sample standard deviation (ddof=1; nan for one value) of finite values."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    std = float(np.std(x, ddof=1)) if x.size > 1 else math.nan
+    return Stat(float(np.mean(x)), std, int(x.size))
+
+
+def sort_key(value: Any) -> tuple:
+    """Orders axis values: None, then numbers by size, then anything else by its text."""
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, tuple):
+        return (1, 0.0, tuple(sort_key(v) for v in value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def summarize(runs: list[Run], axes: list[Axis], metrics: list[str]) -> list[Row]:
+    """One Row per distinct combination of axis values, sorted along the axes."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(axis.value(run) for axis in axes), []).append(run)
+    rows = []
+    for values in sorted(groups, key=lambda vs: tuple(sort_key(v) for v in vs)):
+        members = groups[values]
+        done = [r for r in members if r.status == "completed"]
+        stats = {m: mean_std([r.metrics[m] for r in done if m in r.metrics]) for m in metrics}
+        rows.append(Row(values, members, stats))
+    return rows
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, tuple):
+        return ", ".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def format_mean_std(stat: Stat, pm: str = " ± ") -> str:
+    """``mean ± std`` with the std to two significant digits and the mean to the same place."""
+    if stat.n == 0 or not math.isfinite(stat.mean):
+        return "—"
+    # A spread below float32 resolution (the PCA baseline is the same for every seed) is none.
+    if not (math.isfinite(stat.std) and stat.std > 1e-6 * abs(stat.mean)):
+        return f"{stat.mean:.4g}"
+    decimals = min(max(1 - math.floor(math.log10(stat.std)), 0), 10)
+    return f"{stat.mean:.{decimals}f}{pm}{stat.std:.{decimals}f}"
+
+
+def _status_text(row: Row) -> str:
+    counts = row.counts
+    parts = [f"{counts[s]} {s}" for s in STATUSES[1:] if counts[s]]
+    return ", ".join(parts)
+
+
+def _best(rows: list[Row], metric: str) -> int | None:
+    if metric not in LOWER_IS_BETTER or len(rows) < 2:
+        return None
+    means = [row.stats[metric].mean if row.stats[metric].n else math.inf for row in rows]
+    best = int(np.argmin(means))
+    return best if math.isfinite(means[best]) else None
+
+
+def run_label(run: Run, root: Path | None = None) -> str:
+    """Where a run is: its directory (relative to root when inside it), or for a job that never
+    started, the overrides it would have run with."""
+    if run.status == "not started":
+        return "job " + " ".join(run.overrides)
+    if root is not None:
+        try:
+            return str(run.path.relative_to(root))
+        except ValueError:
+            pass
+    return str(run.path)
+
+
+def to_markdown(
+    rows: list[Row], axes: list[Axis], metrics: list[str], root: Path | None = None
+) -> str:
+    """A Markdown table (best mean in bold), then the error of every run that did not complete."""
+    status = any(row.not_completed for row in rows)  # the column only when there is news
+    header = [a.name for a in axes] or ["sweep"]
+    header += ["runs"] + [METRIC_LABELS.get(m, m) for m in metrics]
+    header += ["not completed"] if status else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    best = {m: _best(rows, m) for m in metrics}
+    for i, row in enumerate(rows):
+        cells = [format_value(v) for v in row.values] or ["all runs"]
+        cells.append(f"{row.counts['completed']}/{len(row.runs)}")
+        for m in metrics:
+            text = format_mean_std(row.stats[m])
+            cells.append(f"**{text}**" if best[m] == i else text)
+        cells += [_status_text(row)] if status else []
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Mean ± sample std over the completed runs (seeds) of each row; `runs` = completed / all."
+    )
+    failures = [(row, r) for row in rows for r in row.not_completed]
+    if failures:
+        lines += ["", "Runs that did not complete:", ""]
+        for row, run in failures:
+            where = ", ".join(
+                f"{a.name}={format_value(v)}" for a, v in zip(axes, row.values, strict=True)
+            )
+            label = run_label(run, root)
+            lines.append(f"- `{label}` ({where or 'all'}): **{run.status}**: {run.error}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[Row], axes: list[Axis], metrics: list[str]) -> str:
+    """Machine-readable: one line per row, ``<metric>/mean``, ``/std``, ``/n`` and status counts."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = [a.name for a in axes] + ["runs"] + [f"n_{s.replace(' ', '_')}" for s in STATUSES]
+    for m in metrics:
+        header += [f"{m}/mean", f"{m}/std", f"{m}/n"]
+    writer.writerow(header + ["errors"])
+    for row in rows:
+        counts = row.counts
+        line = [format_value(v) for v in row.values] + [len(row.runs)]
+        line += [counts[s] for s in STATUSES]
+        for m in metrics:
+            s = row.stats[m]
+            line += [repr(s.mean), repr(s.std), s.n]
+        line.append(" | ".join(f"{r.status}: {r.error}" for r in row.not_completed))
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("‖", r"$\|$"),
+        ("—", "--"),
+    ):
+        text = text.replace(char, repl)
+    return text
+
+
+def to_latex(rows: list[Row], axes: list[Axis], metrics: list[str], caption: str = "") -> str:
+    """A booktabs ``table`` environment; the best mean of lower-is-better metrics in bold."""
+    header = [_latex_escape(a.name) for a in axes] + ["runs"]
+    header += [LATEX_LABELS.get(m, _latex_escape(METRIC_LABELS.get(m, m))) for m in metrics]
+    status = any(row.not_completed for row in rows)
+    header += ["not completed"] if status else []
+    best = {m: _best(rows, m) for m in metrics}
+    body = []
+    for i, row in enumerate(rows):
+        cells = [_latex_escape(format_value(v)) for v in row.values]
+        cells.append(f"{row.counts['completed']}/{len(row.runs)}")
+        for m in metrics:
+            text = format_mean_std(row.stats[m], pm=r" \pm ")
+            if text == "—":
+                cells.append("--")
+            else:
+                cells.append(f"$\\mathbf{{{text}}}$" if best[m] == i else f"${text}$")
+        cells += [_latex_escape(_status_text(row))] if status else []
+        body.append(" & ".join(cells) + r" \\")
+    cols = "l" * len(axes) + "r" * (len(metrics) + 1) + ("l" if status else "")
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{_latex_escape(caption)} Mean $\\pm$ std over seeds.}}",
+        f"\\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def runs_csv(
+    runs: list[Run], axes: list[Axis], seed_keys: tuple[str, ...], root: Path | None = None
+) -> str:
+    """Every run on its own line (where, status, error, axis values, seed, all metrics)."""
+    metric_keys = sorted({k for r in runs for k in r.metrics})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["run", "status", "error", *(a.name for a in axes), *seed_keys, *metric_keys])
+    for r in runs:
+        writer.writerow(
+            [
+                run_label(r, root),
+                r.status,
+                r.error or "",
+                *(format_value(a.value(r)) for a in axes),
+                *(format_value(r.config.get(k)) for k in seed_keys),
+                *(repr(r.metrics[k]) if k in r.metrics else "" for k in metric_keys),
+            ]
+        )
+    return buf.getvalue()

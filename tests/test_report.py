@@ -1,0 +1,361 @@
+"""Tests of the sweep report: collection (failed, unfinished and never-started runs kept),
+swept-axis detection, mean +- std over seeds, the tables, the figures, the command line, and a
+real tiny multirun of a committed sweep followed by its report."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+from ae_jax.sweeps.collect import Axis, Run, collect_runs, find_run_dirs, load_run, swept_axes
+from ae_jax.sweeps.plots import axis_figure, reconstruction_grid, x_scale
+from ae_jax.sweeps.report import main, write_report
+from ae_jax.sweeps.summary import Stat, format_mean_std, present_metrics, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+LATENTS = (2, 4, 8, 32)
+SEEDS = (0, 1, 2)
+# test/mse of each completed (latent, seed); the PCA baseline depends on the latent size only.
+MSE = {
+    (2, 0): 0.040,
+    (2, 1): 0.050,
+    (4, 0): 0.020,
+    (4, 1): 0.022,
+    (4, 2): 0.027,
+    (8, 0): 0.010,
+    (8, 1): 0.014,
+}
+PCA = {2: 0.060, 4: 0.045, 8: 0.025}
+FAILED = (8, 2)  # status failed, no metrics, no config.yaml (as after a ConfigError)
+UNFINISHED = (2, 2)  # status running forever (killed)
+ERROR = "TrainingDiverged: train/loss is nan at epoch 3"
+
+
+def _write_run(d: Path, latent: int, seed: int, rng: np.random.Generator) -> None:
+    config = {
+        "name": "sweep_latent",
+        "model": {"latent_dim": latent, "depth": 2, "widths": None, "channels": [32, 64]},
+        "noise": {"kind": "none", "level": 0.0},
+        "trainer": {"seed": seed, "epochs": 300, "progress": seed == 0},
+    }
+    (d / ".hydra").mkdir(parents=True)
+    overrides = [f"model.latent_dim={latent}", f"trainer.seed={seed}", "+sweep=latent"]
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if (latent, seed) == FAILED:
+        status = {"status": "failed", "error": ERROR, "started": 1.0, "ended": 2.0}
+    elif (latent, seed) == UNFINISHED:
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        status = {"status": "running", "started": 1.0}
+    else:
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        status = {"status": "completed", "started": 1.0, "ended": 2.0}
+        metrics = {
+            "test/mse": MSE[latent, seed],
+            "test/pca_mse": PCA[latent],
+            "test/jacobian_fro": 10.0 + latent,
+            "train/loss": "nan",
+        }
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        x = rng.uniform(size=(10, 8, 8, 1)).astype(np.float32)
+        x = np.full_like(x, 0.5) if seed else x  # inputs are the same test examples per seed
+        np.savez(
+            d / "reconstructions.npz",
+            input=np.linspace(0, 1, 640).reshape(10, 8, 8, 1),
+            reconstruction=x,
+            codes=rng.normal(size=(20, latent)),
+        )
+    (d / "status.json").write_text(json.dumps(status))
+
+
+@pytest.fixture()
+def sweep(tmp_path) -> Path:
+    """A fake multirun: latent 2, 4, 8 on disk with a failed and an unfinished run; latent 32
+    in the grid (multirun.yaml) but never started."""
+    root = tmp_path / "multirun" / "2026-11-26" / "16-30-00_sweep_latent"
+    root.mkdir(parents=True)
+    multirun = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": {
+                    "model.latent_dim": ",".join(map(str, LATENTS)),
+                    "trainer.seed": ",".join(map(str, SEEDS)),
+                },
+            },
+            "overrides": {"task": ["+sweep=latent"], "hydra": []},
+        },
+        "name": "sweep_latent",
+    }
+    (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    (root / ".submitit" / "123").mkdir(parents=True)  # launcher logs: not runs
+    rng = np.random.default_rng(0)
+    num = 0
+    for latent in LATENTS[:3]:
+        for seed in SEEDS:
+            _write_run(root / str(num), latent, seed, rng)
+            num += 1
+    return root
+
+
+def test_collect_keeps_failed_unfinished_and_never_started_runs(sweep):
+    runs = collect_runs(sweep)
+    by_status = {
+        s: sorted(
+            (r.config["model.latent_dim"], r.config["trainer.seed"]) for r in runs if r.status == s
+        )
+        for s in ("completed", "failed", "unfinished", "not started")
+    }
+    assert by_status["completed"] == sorted(MSE)
+    assert by_status["failed"] == [FAILED]
+    assert by_status["unfinished"] == [UNFINISHED]
+    assert by_status["not started"] == [(32, s) for s in SEEDS]
+    failed = next(r for r in runs if r.status == "failed")
+    assert failed.error == ERROR and failed.metrics == {}
+    completed = next(r for r in runs if r.status == "completed")
+    assert math.isnan(completed.metrics["train/loss"])  # "nan" in JSON read back as a float
+
+
+def test_axes_exclude_the_seed_and_merge_keys_that_move_together(sweep):
+    runs = collect_runs(sweep)
+    assert swept_axes(runs) == [Axis(("model.latent_dim",))]
+    assert swept_axes(runs, seed_keys=()) == [Axis(("model.latent_dim",)), Axis(("trainer.seed",))]
+    # model=shallow vs mlp: depth and code activation change together -> one axis, number first.
+    for r in runs:
+        shallow = r.config["model.latent_dim"] == 2
+        r.config["model.depth"] = 0 if shallow else 2
+        r.config["model.code_activation"] = "sigmoid" if shallow else "linear"
+    axes = swept_axes(runs)
+    assert Axis(("model.depth", "model.code_activation")) in axes and len(axes) == 2
+
+
+def test_means_and_sample_stds_over_seeds_in_the_csv_table(sweep, tmp_path):
+    report = write_report(sweep, tmp_path / "out")
+    assert report.axes == ["model.latent_dim"]
+    assert report.metrics == ["test/mse", "test/pca_mse", "test/jacobian_fro"]
+    assert report.counts == {"completed": 7, "failed": 1, "unfinished": 1, "not started": 3}
+    with open(tmp_path / "out" / "table.csv") as f:
+        rows = {int(r["model.latent_dim"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == list(LATENTS)
+    for latent in PCA:
+        values = [v for (k, _), v in MSE.items() if k == latent]
+        r = rows[latent]
+        assert float(r["test/mse/mean"]) == pytest.approx(np.mean(values))
+        assert float(r["test/mse/std"]) == pytest.approx(np.std(values, ddof=1))
+        assert int(r["test/mse/n"]) == len(values)
+        assert float(r["test/pca_mse/mean"]) == pytest.approx(PCA[latent])
+    assert float(rows[4]["test/mse/std"]) == pytest.approx(math.sqrt(13e-6))  # by hand
+    assert (rows[8]["n_failed"], rows[2]["n_unfinished"], rows[32]["n_not_started"]) == (
+        "1",
+        "1",
+        "3",
+    )
+    assert ERROR in rows[8]["errors"] and rows[32]["test/mse/n"] == "0"
+
+
+def test_markdown_and_latex_show_failures_and_the_best_row(sweep, tmp_path):
+    write_report(sweep, tmp_path / "out")
+    md = (tmp_path / "out" / "table.md").read_text()
+    header, _, *lines = md.splitlines()
+    assert "AE test MSE" in header and "PCA test MSE" in header
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert "| 3/3 |" in row["4"] and "0.0230 ± 0.0036" in row["4"]
+    assert "2/3" in row["8"] and "1 failed" in row["8"]
+    assert "1 unfinished" in row["2"] and "3 not started" in row["32"]
+    assert "**0.0120 ± 0.0028**" in row["8"]  # lowest mean test MSE in bold
+    assert ERROR in md and "status.json says running" in md  # every error listed below
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert r"model.latent\_dim" in tex and r"$0.0230 \pm 0.0036$" in tex
+    assert tex.count(r"\\") == 1 + len(LATENTS) and r"\bottomrule" in tex
+    assert "- `8` (model.latent_dim=8): **failed**: " + ERROR in md  # relative to the sweep
+    assert "`job model.latent_dim=32 trainer.seed=0 +sweep=latent`" in md
+    runs = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [r["run"] for r in runs[:3]] == ["0", "1", "2"]
+    assert len(runs) == 12 and {r["status"] for r in runs} == {
+        "completed",
+        "failed",
+        "unfinished",
+        "not started",
+    }
+
+
+def test_axis_figure_has_error_bars_pca_baseline_log_x_and_failure_marks(sweep):
+    runs = collect_runs(sweep)
+    axes = swept_axes(runs)
+    metrics = present_metrics(runs)
+    rows = summarize(runs, axes, metrics)
+    fig = axis_figure(rows, axes, 0, metrics, title="sweep_latent")
+    panels = fig.get_axes()
+    assert len(panels) == 2  # test/mse (with PCA inside) and test/jacobian_fro
+    mse = panels[0]
+    assert mse.get_xscale() == "log"
+    dashed = [ln for ln in mse.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx(
+        [PCA[k] for k in (2, 4, 8)]
+    )
+    assert len(mse.containers) == 1  # one errorbar line: mean +- std
+    caps = mse.containers[0].lines[2][0].get_segments()  # the error bars, one per x
+    assert caps[1][:, 1] == pytest.approx(0.023 + np.array([-1, 1]) * math.sqrt(13e-6))
+    crosses = [ln for ln in mse.get_lines() if ln.get_marker() == "x"]
+    assert list(crosses[0].get_xdata()) == [2, 8, 32]  # rows with runs that did not complete
+    assert "sweep_latent" in fig._suptitle.get_text()
+    assert mse.get_xlabel().startswith("model.latent_dim") and "MSE" in mse.get_ylabel()
+
+
+def test_reconstruction_grid_has_the_input_row_then_one_row_per_value(sweep):
+    runs = collect_runs(sweep)
+    axes = swept_axes(runs)
+    fig = reconstruction_grid(summarize(runs, axes, ["test/mse"]), axes, title="t")
+    labels = [ax.get_ylabel() for ax in fig.get_axes() if ax.get_ylabel()]
+    assert labels == ["input", "latent_dim=2", "latent_dim=4", "latent_dim=8"]
+    # The lowest seed's reconstruction is shown (seed 0 saved noise, the others a flat 0.5).
+    assert fig.get_axes()[10].get_images()[0].get_array().std() > 0.1
+
+
+def test_crossed_sweep_draws_a_line_per_other_value_and_one_shared_pca_line(tmp_path):
+    runs = []
+    for level in (0.0, 0.25, 0.5):
+        for strength in (0.0, 0.001, 0.01):
+            for seed in (0, 1):
+                config = {
+                    "noise.kind": "masking",
+                    "noise.level": level,
+                    "reg.kind": "contractive",
+                    "reg.strength": strength,
+                    "trainer.seed": seed,
+                }
+                mse = 0.01 + level * 0.02 + strength + seed * 1e-4
+                runs.append(
+                    Run(
+                        tmp_path,
+                        "completed",
+                        None,
+                        config,
+                        {"test/mse": mse, "test/pca_mse": 0.0026},
+                    )
+                )
+    axes = swept_axes(runs)
+    assert [a.name for a in axes] == ["noise.level", "reg.strength"]
+    metrics = present_metrics(runs)
+    rows = summarize(runs, axes, metrics)
+    assert len(rows) == 9 and all(r.stats["test/mse"].n == 2 for r in rows)
+    fig = axis_figure(rows, axes, 1, metrics)
+    (ax,) = fig.get_axes()
+    assert ax.get_xscale() == "symlog" and len(ax.containers) == 3  # one line per noise level
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert legend == {"level=0", "level=0.25", "level=0.5", "PCA, same k"}  # one PCA line
+    assert ax.get_xlabel() == "reg.strength: contractive strength λ"
+    assert (
+        "noise.level: masking noise"
+        in axis_figure(rows, axes, 0, metrics).get_axes()[0].get_xlabel()
+    )
+
+
+def test_x_scale_rules():
+    assert x_scale([2, 4, 8, 16, 32]) == "log"
+    assert x_scale([0, 1e-4, 1e-3, 1e-2, 1e-1]) == "symlog"
+    assert x_scale([0, 0.001, 0.01]) == "symlog"  # exactly one decade, and 0
+    assert x_scale([0, 0.1, 0.25, 0.4, 0.5]) == "linear"
+    assert x_scale([1, 2, 3]) == "linear"
+    assert x_scale(["masking", "gaussian"]) == "category"
+
+
+def test_mean_std_formatting():
+    assert format_mean_std(Stat(0.023, math.sqrt(13e-6), 3)) == "0.0230 ± 0.0036"
+    assert format_mean_std(Stat(15.849, 0.5, 3)) == "15.85 ± 0.50"
+    assert format_mean_std(Stat(0.0121275, math.nan, 1)) == "0.01213"
+    assert format_mean_std(Stat(math.nan, math.nan, 0)) == "—"
+
+
+def test_a_job_holding_member_runs_is_their_container(tmp_path):
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "pretrain" / "layer1").mkdir(parents=True)  # a run's own subfolders stay inside it
+    (job / "pretrain" / "layer1" / "history.csv").write_text("epoch\n1\n")
+    assert find_run_dirs(tmp_path) == [job]
+    for member in ("member_0", "member_1"):  # e.g. one job training several sweep members
+        (job / member).mkdir()
+        (job / member / "config.yaml").write_text("trainer: {seed: 0}\n")
+    assert find_run_dirs(tmp_path) == [job / "member_0", job / "member_1"]
+
+
+def test_broken_files_become_errors_not_crashes(tmp_path):
+    run = tmp_path / "0"
+    run.mkdir()
+    (run / "config.yaml").write_text("trainer: {seed: 0}\n")
+    (run / "status.json").write_text('{"status": "completed"}')
+    (run / "metrics.json").write_text('{"test/mse": 0.0')  # cut off mid-write
+    loaded = load_run(run)
+    assert loaded.status == "failed" and "unreadable metrics.json" in loaded.error
+
+
+def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main([str(sweep), "--out", str(out), "--metric", "test/mse"]) == 0
+    printed = capsys.readouterr().out
+    assert "7 completed, 1 failed, 1 unfinished, 3 not started" in printed
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "table.md",
+        "table.csv",
+        "table.tex",
+        "runs.csv",
+        "report.md",
+        "model.latent_dim.png",
+        "reconstructions.png",
+    } <= names
+    png = matplotlib.image.imread(out / "model.latent_dim.png")
+    assert png.shape[1] > 600 and png[..., :3].std() > 0.05  # ~150 dpi, not blank
+    report_md = (out / "report.md").read_text()
+    assert "](model.latent_dim.png)" in report_md and "PCA test MSE" in report_md
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_real_multirun_of_a_committed_sweep_and_its_report(tmp_path):
+    """The committed latent sweep shrunk to 2 sizes x 2 seeds x 2 epochs, then reported."""
+    sweep_dir = tmp_path / "mr"
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        "+sweep=latent",
+        "model.latent_dim=2,4",
+        "trainer.seed=0,1",
+        "trainer.epochs=2",
+        "trainer.devices=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = write_report(sweep_dir)
+    # The command line's latent_dim=2,4 replaced the file's 2..32: 4 jobs expected, 4 ran.
+    assert report.counts == {"completed": 4, "failed": 0, "unfinished": 0, "not started": 0}
+    assert report.axes == ["model.latent_dim"] and report.title == "sweep_latent"
+    with open(sweep_dir / "report" / "table.csv") as f:
+        rows = {int(r["model.latent_dim"]): r for r in csv.DictReader(f)}
+    for latent in (2, 4):
+        values = [
+            json.loads((sweep_dir / str(n) / "metrics.json").read_text())["test/mse"]
+            for n in range(4)
+            if yaml.safe_load((sweep_dir / str(n) / "config.yaml").read_text())["model"][
+                "latent_dim"
+            ]
+            == latent
+        ]
+        assert len(values) == 2
+        assert float(rows[latent]["test/mse/mean"]) == pytest.approx(np.mean(values))
+        assert float(rows[latent]["test/mse/std"]) == pytest.approx(np.std(values, ddof=1))
+    assert float(rows[4]["test/pca_mse/mean"]) < float(rows[2]["test/pca_mse/mean"])
+    assert "not completed" not in (sweep_dir / "report" / "table.md").read_text()
+    assert (sweep_dir / "report" / "model.latent_dim.png").stat().st_size > 10_000
+    assert (sweep_dir / "report" / "reconstructions.png").stat().st_size > 10_000

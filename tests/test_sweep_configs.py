@@ -1,0 +1,107 @@
+"""Tests of the committed sweeps in conf/sweep/: each file composes with ``+sweep=<name>``, its
+grid parses as Hydra's basic sweeper expands it, and every job of the grid passes validation
+with the swept value in place. Together the files cover the four axes and one crossed sweep."""
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from ae_jax.config import register_configs, to_config, validate
+from ae_jax.sweeps.collect import flatten
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_DIR = REPO / "conf" / "sweep"
+SWEEPS = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+MAX_RUNS = 25  # "runnable on digits in a few minutes": ~10-25 s a run on a 2-core CPU
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf"), job_name="t"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def grid(name: str) -> tuple[dict, list[list[str]]]:
+    """The sweep's params and its jobs (override lists), expanded as BasicSweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return params, jobs
+
+
+def test_there_are_committed_sweeps():
+    assert len(SWEEPS) >= 5, SWEEPS
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_file_header_states_package_command_and_duration(name):
+    text = (SWEEP_DIR / f"{name}.yaml").read_text()
+    assert text.splitlines()[0] == "# @package _global_"
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert f"python experiments/train.py --multirun +sweep={name}\n" in comments + "\n"
+    assert re.search(r"\d+ runs on digits, about \d+(\.\d+)? min", comments), "document the cost"
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_job_of_the_grid_composes_validates_and_takes_its_value(hydra_conf, name):
+    params, jobs = grid(name)
+    seeds = str(params.get("trainer.seed", "")).split(",")
+    assert len(seeds) >= 2, f"{name}: sweep trainer.seed over several seeds, got {seeds}"
+    axes = [k for k in params if k != "trainer.seed"]
+    assert axes, f"{name}: sweeps no hyperparameter"
+    assert len(jobs) == len(seeds) * _product(len(str(params[k]).split(",")) for k in axes)
+    assert len(jobs) <= MAX_RUNS
+    # Seeds cannot make a config invalid: compose each value combination once, at one seed.
+    for job in [j for j in jobs if f"trainer.seed={seeds[0]}" in j]:
+        cfg = compose("config", overrides=[f"+sweep={name}", *job])
+        typed = validate(to_config(cfg))  # raises ConfigError for an invalid combination
+        assert typed.name == f"sweep_{name}"  # the multirun dir is named after the sweep
+        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+        for item in job:
+            key, value = item.split("=", 1)
+            assert flat[key] == pytest.approx(float(value)), (name, item)
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def test_sweeps_cover_the_four_axes_and_a_crossed_sweep(hydra_conf):
+    swept = {name: set(grid(name)[0]) - {"trainer.seed"} for name in SWEEPS}
+    covered = set().union(*swept.values())
+    assert {"model.latent_dim", "model.depth", "noise.level", "reg.strength"} <= covered
+    assert any({"noise.level", "reg.strength"} <= keys for keys in swept.values())
+
+
+def test_noise_and_regularisation_sweeps_pick_their_kind_and_model(hydra_conf):
+    for name in SWEEPS:
+        params, _ = grid(name)
+        cfg = compose("config", overrides=[f"+sweep={name}"])
+        if "noise.level" in params:
+            assert cfg.noise.kind in ("masking", "gaussian")
+            # One test corruption for every run: denoise_mse is comparable across the grid.
+            assert cfg.noise.eval_level is not None and cfg.noise.eval_level > 0
+        if "reg.strength" in params:
+            assert cfg.reg.kind in ("contractive", "kl_sparse")
+            assert cfg.model.code_activation == "sigmoid" and cfg.model.depth == 0
+            assert "0" in str(params["reg.strength"]).split(","), "include the unregularised run"
+
+
+def test_the_latent_sweep_spans_a_geometric_range(hydra_conf):
+    params, _ = grid("latent")
+    sizes = [int(v) for v in str(params["model.latent_dim"]).split(",")]
+    assert sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 8
