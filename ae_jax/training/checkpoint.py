@@ -83,6 +83,13 @@ class Checkpointer:
     def epochs(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def newest(self) -> Path | None:
+        """The checkpoint saved or restored last by this object, else the newest on disk."""
+        if self.last_saved is not None:
+            return self.last_saved
+        epochs = self.epochs()
+        return self.path(epochs[-1]) if epochs else None
+
     def save(self, epoch: int, state: TrainState, history: list[dict]) -> Path:
         """Write the state after ``epoch`` epochs (collectively, on every process)."""
         tree = _to_saveable(state)

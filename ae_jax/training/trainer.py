@@ -226,7 +226,7 @@ class Trainer:
         if bad.size:
             step = epoch * self.steps_per_epoch + int(bad[0])
             saved = getattr(self, "checkpointer", None)
-            last = saved.last_saved if saved is not None else None
+            last = saved.newest() if saved is not None else None
             where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
             raise TrainingDiverged(
                 f"non-finite loss ({per_step['loss'][bad[0]]}) at epoch {epoch + 1}, global step "
