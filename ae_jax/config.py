@@ -333,6 +333,12 @@ def validate(cfg: Config) -> Config:
             ">= 0 (epochs between checkpoints; 0 saves only at the end)"
         )
     _positive_int("trainer.num_processes", t.num_processes, allow_none=True)
+    from ae_jax.pretraining.config import PretrainConfigError, validate_pretrain
+
+    try:
+        validate_pretrain(cfg)
+    except PretrainConfigError as err:
+        raise ConfigError(str(err)) from None
     if t.process_id is not None:
         if not isinstance(t.process_id, int) or t.process_id < 0:
             raise ConfigError(f"trainer.process_id={t.process_id!r} must be an integer >= 0")

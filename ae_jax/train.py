@@ -19,6 +19,7 @@ import numpy as np
 from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.evaluation.metrics import evaluate_test_split
+from ae_jax.features import write_run_info
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training import distributed
 from ae_jax.training.checkpoint import Checkpointer
@@ -110,6 +111,8 @@ def train_and_evaluate(cfg: Any, workdir: str | Path) -> dict[str, float]:
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data)
     log.info(describe(cfg, trainer))
+    if main:  # shapes and output activation, so that ae_jax.features.load_run needs no data
+        write_run_info(workdir, data, trainer.output_activation)
 
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
     state, start_epoch, history = trainer.init_state(), 0, []

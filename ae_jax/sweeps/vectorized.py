@@ -62,7 +62,9 @@ def group_by_program(configs: list[Config]) -> list[list[int]]:
     return list(groups.values())
 
 
+@jax.jit
 def _stack(trees):
+    """Stack a list of equal pytrees along a new leading (member) axis, in one program."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -64,17 +65,27 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
     return optax.chain(*parts)
 
 
+@functools.lru_cache(maxsize=32)
+def _init_fn(model, tx, example_shape: tuple[int, ...]):
+    """The jitted initialiser of (params, opt_state) for a (hashable) model and optimiser:
+    compiled once, reused by every seed. (Op by op, init would compile each op separately.)"""
+
+    def init(key):
+        params = model.init(key, jnp.zeros((1, *example_shape), jnp.float32))["params"]
+        return params, tx.init(params)
+
+    return jax.jit(init)
+
+
 def create_state(model, tx, example_shape, seed: int, running: dict) -> TrainState:
     """Initial parameters and optimiser state for ``seed`` (deterministic)."""
     root = jax.random.key(seed)
     init_key, noise_key, data_key = jax.random.split(root, 3)
-    # jitted: an op-by-op init would compile every layer's ops one by one
-    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *example_shape), jnp.float32))["params"])
-    params = init(init_key)
+    params, opt_state = _init_fn(model, tx, tuple(example_shape))(init_key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=opt_state,
         key=noise_key,
         data_key=data_key,
         running=running,

@@ -1,0 +1,210 @@
+"""Feature extraction from a trained run: load it, embed data, reconstruct, probe the codes.
+
+    run = load_run("outputs/2026-11-26/16-11-17_autoencoder")
+    codes = embed(run, x)                  # (N, k), deterministic: the clean encoder, no noise
+    x_hat = reconstruct(run, x)            # (N, *example_shape), in data space
+    z_train, y_train, z_test, y_test = embed_dataset(run)   # the run's own dataset, both splits
+    probe_report(z_train, z_test, data)    # probe/error_pct, probe/raw/..., probe/pca/...
+
+A run directory is what ``ae_jax.train.train_and_evaluate`` (or the pretraining pipeline)
+writes: ``config.yaml`` and ``params.msgpack``, plus ``run.json`` (example shape and output
+activation) when the writer recorded it; without ``run.json`` those are recovered by loading the
+run's dataset. The codes are what a downstream model should see: the encoder's output on clean
+inputs (after k-sparsification for k-sparse runs), never corrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ae_jax.config import Config, load_config
+from ae_jax.data import Dataset, load_dataset
+from ae_jax.models import build_model, resolve_output_activation
+from ae_jax.training.objective import Objective, build_objective
+
+RUN_INFO = "run.json"
+CONFIG_FILE = "config.yaml"
+PARAMS_FILE = "params.msgpack"
+CHUNK = 4096  # examples per compiled call (one compilation, bounded memory)
+
+
+class RunError(ValueError):
+    """A run directory or the data given to it is unusable; the message says what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run, ready to embed and reconstruct."""
+
+    path: Path
+    cfg: Config
+    params: Any
+    objective: Objective
+    example_shape: tuple[int, ...]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.cfg.model.latent_dim)
+
+
+def run_info(data: Dataset, output_activation: str) -> dict:
+    """What ``load_run`` needs beyond config.yaml and the params, as written to ``run.json``."""
+    return {
+        "example_shape": list(data.example_shape),
+        "output_activation": output_activation,
+        "low": float(data.x_train.min()),
+        "high": float(data.x_train.max()),
+        "dataset": data.name,
+    }
+
+
+def write_run_info(workdir: str | Path, data: Dataset, output_activation: str) -> None:
+    from ae_jax.run_io import write_json_atomic
+
+    write_json_atomic(Path(workdir) / RUN_INFO, run_info(data, output_activation))
+
+
+def _info_from_data(cfg: Config) -> dict:
+    data = load_dataset(cfg.data)
+    out = resolve_output_activation(cfg.model, cfg.loss.kind, data.in_unit_interval)
+    return run_info(data, out)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load the config and parameters of a run directory.
+
+    Raises:
+      RunError: when the directory, its ``config.yaml`` or its ``params.msgpack`` is missing, or
+        the params do not fit the configured model.
+    """
+    from flax import serialization
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunError(f"run directory {str(path)!r} does not exist")
+    for name in (CONFIG_FILE, PARAMS_FILE):
+        if not (path / name).is_file():
+            raise RunError(
+                f"{str(path)!r} has no {name}; give the directory of a finished run (written by "
+                "experiments/train.py: it holds config.yaml and params.msgpack)"
+            )
+    cfg = load_config(str(path / CONFIG_FILE))
+    info_path = path / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else _info_from_data(cfg)
+    shape = tuple(int(s) for s in info["example_shape"])
+    model = build_model(cfg.model, shape)
+    template = jax.jit(lambda k: model.init(k, np.zeros((1, *shape), np.float32))["params"])(
+        jax.random.key(0)
+    )
+    try:
+        params = serialization.from_bytes(template, (path / PARAMS_FILE).read_bytes())
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(
+            f"{str(path / PARAMS_FILE)!r} does not fit the model in config.yaml ({err})"
+        ) from err
+    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params), strict=True):
+        if np.shape(a) != np.shape(b):
+            raise RunError(
+                f"{str(path / PARAMS_FILE)!r} holds a parameter of shape {np.shape(b)} where the "
+                f"model in config.yaml has {np.shape(a)}"
+            )
+    objective = build_objective(
+        cfg, model, info["output_activation"], info["low"], info["high"], steps_per_epoch=1
+    )
+    return Run(path, cfg, params, objective, shape)
+
+
+def _as_examples(run: Run, x) -> np.ndarray:
+    """x as float32 (N, *example_shape); (N, D) rows are reshaped when D matches."""
+    x = np.asarray(x, dtype=np.float32)
+    d = int(np.prod(run.example_shape))
+    if x.ndim >= 2 and x.shape[1:] == run.example_shape:
+        return x
+    if x.ndim == 2 and x.shape[1] == d:
+        return x.reshape(x.shape[0], *run.example_shape)
+    raise RunError(
+        f"x has shape {x.shape}; this run's model takes (N, "
+        f"{', '.join(map(str, run.example_shape))}) or (N, {d})"
+    )
+
+
+def _chunked(fn, params, x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    if n == 0:
+        raise RunError("x holds no examples; give at least one")
+    chunk = min(n, CHUNK)
+    pad = (-n) % chunk
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    parts = [fn(params, xp[s : s + chunk]) for s in range(0, xp.shape[0], chunk)]
+    return np.concatenate(jax.device_get(parts))[:n]
+
+
+def embed(run: Run, x) -> np.ndarray:
+    """The codes (N, k) of x: the clean encoder (k-sparsified for k-sparse runs); deterministic."""
+    return _chunked(run.objective.jitted.encode, run.params, _as_examples(run, x)).astype(
+        np.float32
+    )
+
+
+def reconstruct(run: Run, x) -> np.ndarray:
+    """Reconstructions (N, *example_shape) of x, after the output activation (data space)."""
+    forward = run.objective.jitted.forward
+    return _chunked(lambda p, xb: forward(p, xb)[1], run.params, _as_examples(run, x))
+
+
+def embed_dataset(run: Run, data: Dataset | None = None):
+    """``(z_train, y_train, z_test, y_test)`` of ``data`` (default: the run's own dataset)."""
+    data = load_dataset(run.cfg.data) if data is None else data
+    return embed(run, data.x_train), data.y_train, embed(run, data.x_test), data.y_test
+
+
+def probe_report(
+    z_train: np.ndarray,
+    z_test: np.ndarray,
+    data: Dataset,
+    *,
+    steps: int = 500,
+    seed: int = 0,
+    baselines: bool = True,
+) -> dict[str, float]:
+    """Linear-probe test error of codes, with raw inputs and PCA codes of the same size beside.
+
+    Multinomial logistic regression on frozen features (``ae_jax.evaluation.probe``; Vincent et
+    al. 2010, sec. 7), trained on the training split, error on the test split:
+    ``probe/error_pct`` (the codes), ``probe/raw/error_pct`` (the inputs) and
+    ``probe/pca/error_pct`` (PCA-k of the inputs, k = the code size).
+
+    Raises:
+      RunError: when the dataset has no labels.
+    """
+    from ae_jax.evaluation.pca import fit_pca
+    from ae_jax.evaluation.probe import linear_probe
+
+    if data.y_train is None:
+        raise RunError(f"{data.name} has no labels; a linear probe needs class labels")
+    codes = linear_probe(z_train, data.y_train, z_test, data.y_test, steps=steps, seed=seed)
+    out = {"probe/error_pct": codes["error_pct"], "probe/train_error_pct": codes["train_error_pct"]}
+    if not baselines:
+        return out
+    flat_train = data.x_train.reshape(data.x_train.shape[0], -1)
+    flat_test = data.x_test.reshape(data.x_test.shape[0], -1)
+    raw = linear_probe(flat_train, data.y_train, flat_test, data.y_test, steps=steps, seed=seed)
+    out["probe/raw/error_pct"] = raw["error_pct"]
+    k = min(np.shape(z_train)[1], *flat_train.shape)
+    pca = fit_pca(flat_train, k)
+    pcs = linear_probe(
+        pca.encode(flat_train).astype(np.float32),
+        data.y_train,
+        pca.encode(flat_test).astype(np.float32),
+        data.y_test,
+        steps=steps,
+        seed=seed,
+    )
+    out["probe/pca/error_pct"] = pcs["error_pct"]
+    return out

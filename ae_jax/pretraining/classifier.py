@@ -1,0 +1,287 @@
+"""Supervised fine-tuning: a (pretrained) encoder plus a softmax output layer, trained on labels.
+
+After greedy pretraining, "a logistic regression layer is added on top of the encoders and the
+whole network is fine-tuned on the supervised criterion" (Vincent et al. 2010, JMLR 11:3371,
+sec. 3.5; Rifai et al. 2011 do the same with one contractive layer). The classifier's Dense
+layers are named like the autoencoder's (``encoder_0..encoder_L``), so the pretrained encoder
+drops in as it is, and ``classifier`` is the new softmax layer.
+
+The train step is written for one device holding a slice of the global batch, with gradients
+``pmean``-ed over ``DATA_AXIS``; one ``lax.scan`` is one epoch, compiled once through
+``ae_jax.training.parallel.Parallel`` (the same pattern as ``ae_jax/training/step.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ae_jax.config import OptimConfig
+from ae_jax.data import DataError
+from ae_jax.models.activations import activation_fn
+from ae_jax.training.parallel import Parallel, select_devices
+from ae_jax.training.state import make_optimizer
+from ae_jax.training.step import device_offset
+
+EVAL_CHUNK = 4096  # test examples per compiled prediction call
+
+
+class SupervisedError(DataError):
+    """Supervised fine-tuning cannot run with these inputs (no labels, bad shapes); says why.
+
+    A ``DataError``, so the command line reports it as one line, like any data problem.
+    """
+
+
+class EncoderClassifier(nn.Module):
+    """``softmax(W_out h_L(x) + b)`` with ``h_L`` the deep encoder (hidden + code layers)."""
+
+    sizes: tuple[int, ...]  # encoder output sizes, bottom first (the code last)
+    num_classes: int
+    activation: str = "sigmoid"  # hidden layers
+    code_activation: str = "sigmoid"  # the top encoder layer
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.reshape(x.shape[0], -1)  # (B, D)
+        last = len(self.sizes) - 1
+        for i, width in enumerate(self.sizes):
+            act = activation_fn(self.code_activation if i == last else self.activation)
+            h = act(nn.Dense(width, name=f"encoder_{i}")(h))  # (B, width)
+        return nn.Dense(self.num_classes, name="classifier")(h)  # (B, C) logits
+
+
+@flax.struct.dataclass
+class SupervisedState:
+    step: jax.Array  # int32 scalar
+    params: Any
+    opt_state: Any
+    data_key: jax.Array  # typed key: data order, folded with the epoch
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy ``-mean_b log softmax(z_b)[y_b]`` of a batch; scalar."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make_supervised_epoch(
+    model: EncoderClassifier,
+    tx: optax.GradientTransformation,
+    *,
+    num_examples: int,
+    batch_size: int,
+    num_devices: int,
+    axis_name: str | None,
+) -> Callable:
+    """``epoch(state, (x, y), epoch, lr) -> (state, metrics)``, per device; metrics (steps,)."""
+    steps = num_examples // batch_size
+    local = batch_size // num_devices
+
+    def step_fn(state: SupervisedState, x, y, lr):
+        def loss_fn(params):
+            logits = model.apply({"params": params}, x)  # (b, C)
+            return cross_entropy(logits, y), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        errors = jnp.mean((jnp.argmax(logits, -1) != y).astype(jnp.float32))
+        if axis_name is not None:
+            # equal slices per device: the mean of local means is the global-batch mean
+            grads, loss, errors = jax.lax.pmean((grads, loss, errors), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: lr * u, updates)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new, {"loss": loss, "error_pct": 100.0 * errors}
+
+    def epoch_fn(state: SupervisedState, data, epoch: jax.Array, lr: jax.Array):
+        x_all, y_all = data
+        order = jax.random.permutation(jax.random.fold_in(state.data_key, epoch), num_examples)
+        order = order[: steps * batch_size].reshape(steps, batch_size)  # (steps, B) global
+        order = jax.lax.dynamic_slice_in_dim(order, device_offset(axis_name, local), local, axis=1)
+
+        def body(state, idx):  # idx: (b,) this device's share of the global batch
+            return step_fn(state, jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0), lr)
+
+        return jax.lax.scan(body, state, order)
+
+    return epoch_fn
+
+
+def make_predict(model: EncoderClassifier) -> Callable:
+    """A jitted ``fn(params, x) -> (N,)`` predicted classes."""
+    return jax.jit(lambda params, x: jnp.argmax(model.apply({"params": params}, x), -1))
+
+
+def error_pct(
+    model: EncoderClassifier,
+    params,
+    x: np.ndarray,
+    y: np.ndarray,
+    predict_fn: Callable | None = None,
+) -> float:
+    """Classification error in % on (x, y), predicted in fixed-size chunks (one compilation)."""
+    fn = make_predict(model) if predict_fn is None else predict_fn
+    n = x.shape[0]
+    chunk = min(n, EVAL_CHUNK)
+    pad = (-n) % chunk
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    parts = [fn(params, xp[s : s + chunk]) for s in range(0, xp.shape[0], chunk)]
+    return float(100.0 * np.mean(np.concatenate(jax.device_get(parts))[:n] != y))
+
+
+def init_classifier(
+    model: EncoderClassifier, example_shape: Sequence[int], seed: int, encoder: dict | None = None
+) -> dict:
+    """Random params for ``model``, with ``encoder_i`` replaced by a pretrained encoder's."""
+    x0 = jnp.zeros((1, *example_shape), jnp.float32)
+    params = jax.device_get(jax.jit(model.init)(jax.random.key(seed), x0)["params"])
+    params = dict(params)
+    if encoder is not None:
+        for name in [k for k in params if k.startswith("encoder_")]:
+            if name not in encoder:
+                raise SupervisedError(
+                    f"the pretrained encoder has no {name} (keys {sorted(encoder)}); "
+                    f"the classifier needs {len(model.sizes)} encoder layers"
+                )
+            for leaf in ("kernel", "bias"):
+                got, want = np.shape(encoder[name][leaf]), np.shape(params[name][leaf])
+                if got != want:
+                    raise SupervisedError(
+                        f"pretrained {name}.{leaf} has shape {got}; the classifier needs {want}"
+                    )
+            params[name] = {k: np.asarray(v) for k, v in encoder[name].items()}
+    return params
+
+
+def train_classifier(
+    model: EncoderClassifier,
+    params: dict,
+    x_train: np.ndarray,
+    y_train: np.ndarray | None,
+    x_test: np.ndarray,
+    y_test: np.ndarray | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optim: str = "adam",
+    schedule: str = "constant",
+    seed: int = 0,
+    devices: int | None = None,
+    parallel: str = "shard_map",
+    eval_every: int = 5,
+    on_epoch: Callable[[dict], None] | None = None,
+):
+    """Fine-tune ``params`` on the labels; returns ``(params, history, metrics)``.
+
+    ``metrics``: ``test/error_pct``, ``train/error_pct`` (full splits, after training),
+    ``train/loss`` (last epoch), ``time/train_seconds``, ``time/compile_seconds``,
+    ``compile/epoch_traces`` (1: the epoch program was traced once).
+
+    Raises:
+      SupervisedError: when labels are missing or do not match the inputs.
+    """
+    if y_train is None or y_test is None:
+        raise SupervisedError(
+            "supervised fine-tuning needs class labels, but this dataset has none; use a "
+            "labelled source (data=idx, digits, tfds, or array with data.label_column) or set "
+            "pretrain.supervised=false"
+        )
+    if y_train.shape != (x_train.shape[0],) or y_test.shape != (x_test.shape[0],):
+        raise SupervisedError(
+            f"labels {y_train.shape} / {y_test.shape} do not match inputs {x_train.shape[0]} / "
+            f"{x_test.shape[0]}"
+        )
+    if batch_size > x_train.shape[0]:
+        raise SupervisedError(
+            f"pretrain.supervised_batch_size={batch_size} exceeds the {x_train.shape[0]} "
+            "training examples"
+        )
+    n = x_train.shape[0]
+    steps = n // batch_size
+    opt_cfg = OptimConfig(name=optim, lr=lr, schedule=schedule)
+    tx = make_optimizer(opt_cfg, steps * epochs, steps)
+    par = Parallel(select_devices(devices, batch_size), parallel)
+    epoch_fn = make_supervised_epoch(
+        model,
+        tx,
+        num_examples=n,
+        batch_size=batch_size,
+        num_devices=len(par.devices),
+        axis_name=par.axis_name,
+    )
+    state = SupervisedState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        data_key=jax.random.fold_in(jax.random.key(seed), 0xC1A5),
+    )
+    data = par.place((jnp.asarray(x_train), jnp.asarray(y_train, jnp.int32)))
+    state = par.place(state)
+    lr_dev = par.place(jnp.float32(lr))
+    program = par.compile(epoch_fn, state, data, jnp.zeros((), jnp.int32), lr_dev)
+    predict_fn = make_predict(model)
+    x_eval = jnp.asarray(x_test[:EVAL_CHUNK])
+    y_eval = jnp.asarray(y_test[:EVAL_CHUNK])
+    eval_errors = jax.jit(lambda p, x, y: 100.0 * jnp.mean(predict_fn(p, x) != y))
+    history: list[dict] = []
+    start = time.perf_counter()
+    pending: list[tuple[int, Any, Any]] = []
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            row = _row(*pending.pop(0), start)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+
+    for epoch in range(epochs):
+        state, metrics = program(state, data, jnp.int32(epoch), lr_dev)
+        dev_eval = None
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            dev_eval = eval_errors(
+                state.params, x_eval, y_eval
+            )  # dispatched before the next epoch donates
+        pending.append((epoch, metrics, dev_eval))
+        drain(keep=1)  # the host reads epoch e-1 while epoch e runs
+    drain(keep=0)
+    seconds = time.perf_counter() - start
+    params = jax.device_get(state.params)
+    metrics = {
+        "test/error_pct": error_pct(model, params, x_test, y_test, predict_fn),
+        "train/error_pct": error_pct(model, params, x_train, y_train, predict_fn),
+        "train/loss": history[-1]["train/loss"],
+        "time/train_seconds": seconds,
+        "time/compile_seconds": par.compile_seconds,
+        "compile/epoch_traces": par.traces,
+    }
+    return params, history, metrics
+
+
+def _row(epoch: int, metrics, dev_eval, start: float) -> dict:
+    """One history row: mean train loss / error of the epoch, eval error on the test head."""
+    per_step = jax.device_get(metrics)
+    loss = float(np.mean(per_step["loss"]))
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"supervised fine-tuning loss is {loss} at epoch {epoch + 1}; lower "
+            "pretrain.supervised_lr"
+        )
+    row = {
+        "epoch": epoch + 1,
+        "train/loss": loss,
+        "train/error_pct": float(np.mean(per_step["error_pct"])),
+    }
+    if dev_eval is not None:
+        row["eval/error_pct"] = float(dev_eval)
+    row["time/elapsed"] = time.perf_counter() - start
+    return row

@@ -1,0 +1,287 @@
+"""``pretrain_and_finetune(cfg, workdir)``: greedy pretraining, unrolling, fine-tuning, baseline.
+
+The run that ``ae_jax.train.train_and_evaluate`` hands over when ``cfg.pretrain.enabled``:
+
+1. every encoder layer is pretrained as a shallow autoencoder (``layerwise.pretrain_layers``);
+2. the layers are unrolled into the deep autoencoder (``unrolled/test/...``);
+3. unsupervised fine-tuning of the whole deep AE on reconstruction (``test/...``: the run's
+   result, with ``test/sse_per_example`` beside ``test/pca_sse_per_example``; Hinton &
+   Salakhutdinov 2006 minimise cross-entropy and report squared error, so does ``loss=bce``);
+4. supervised fine-tuning of the encoder plus a softmax layer (``supervised/test/error_pct``;
+   Vincent et al. 2010, sec. 3.5);
+5. the same network and stages from a random start (``baseline/...``);
+6. a linear probe on the final codes (``probe/error_pct``), raw pixels (``probe/raw/...``) and
+   PCA codes of the same size (``probe/pca/...``).
+
+Outputs in ``workdir``: ``metrics.json`` (every stage), ``params.msgpack`` (the final deep AE,
+what ``ae_jax.features`` loads), ``history.*`` (unsupervised fine-tuning),
+``pretrain/layer_<i>/history.*``, ``pretrain/unrolled.msgpack``, ``supervised/params.msgpack``
+and ``history.*``, ``baseline/...``, ``reconstructions.npz`` and the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from ae_jax.config import Config, ConfigError, to_config, validate
+from ae_jax.data import Dataset, load_dataset
+from ae_jax.evaluation.metrics import evaluate_test_split
+from ae_jax.features import probe_report, write_run_info
+from ae_jax.pretraining.classifier import (
+    EncoderClassifier,
+    SupervisedError,
+    init_classifier,
+    train_classifier,
+)
+from ae_jax.pretraining.config import PretrainConfigError, validate_pretrain
+from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain_layers, unroll
+from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.training.trainer import Trainer
+
+log = logging.getLogger("ae_jax")
+LAYER_METRICS = (
+    "test/mse",
+    "test/sse_per_example",
+    "test/bce",
+    "test/denoise_mse",
+    "test/jacobian_fro",
+    "test/mean_code_activation",
+    "train/loss",
+    "time/train_seconds",
+)
+
+
+def finetune_config(cfg: Config, sizes: list[int]) -> Config:
+    """The deep autoencoder's config for unsupervised fine-tuning (and the baseline).
+
+    Plain reconstruction unless ``pretrain.finetune_keep_objective``: Hinton & Salakhutdinov
+    fine-tune on the reconstruction error alone, and Vincent et al. corrupt only during
+    pretraining.
+    """
+    c = copy.deepcopy(cfg)
+    c.model.widths = list(sizes[:-1])
+    c.model.depth = len(sizes) - 1
+    if not cfg.pretrain.finetune_keep_objective:
+        c.noise.kind, c.noise.level, c.noise.eval_level = "none", 0.0, None
+        c.reg.kind, c.reg.strength = "none", 0.0
+    return validate(c)
+
+
+def evaluate_autoencoder(cfg: Config, trainer: Trainer, params) -> dict[str, float]:
+    """Every ``test/...`` metric of deep-AE params, plus the PCA per-image SSE beside it."""
+    data = trainer.data
+    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    out = evaluate_test_split(
+        trainer.objective,
+        params,
+        data.x_train,
+        data.x_test,
+        latent_dim=cfg.model.latent_dim,
+        eval_level=eval_level,
+        in_unit_interval=data.in_unit_interval,
+        jacobian_examples=cfg.trainer.jacobian_examples,
+        linear=cfg.model.kind == "linear",
+        seed=cfg.trainer.seed,
+    )
+    out["test/pca_sse_per_example"] = out["test/pca_mse"] * data.num_features
+    return out
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any], keys=None) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in metrics.items() if keys is None or k in keys}
+
+
+def _save_params(path: Path, params) -> None:
+    from ae_jax.train import save_params
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_params(path, params)
+
+
+def _classifier(cfg: Config, sizes: list[int], data: Dataset) -> EncoderClassifier:
+    m = cfg.model
+    linear = m.kind == "linear"
+    return EncoderClassifier(
+        sizes=tuple(sizes),
+        num_classes=int(data.num_classes),
+        activation="linear" if linear else m.activation,
+        code_activation="linear" if linear else m.code_activation,
+    )
+
+
+def supervised_stage(
+    cfg: Config, sizes: list[int], data: Dataset, encoder: dict | None, workdir: Path, prefix: str
+) -> dict[str, float]:
+    """Fine-tune ``encoder`` (None: a random start) plus a softmax layer on the labels."""
+    p, t = cfg.pretrain, cfg.trainer
+    model = _classifier(cfg, sizes, data)
+    params = init_classifier(model, data.example_shape, t.seed + 1000, encoder)
+    flat = (-1, data.num_features)
+    log.info(
+        "%s: supervised fine-tuning %s-%s-%d, %d epochs (%s lr %g)",
+        prefix.rstrip("/"),
+        data.num_features,
+        "-".join(map(str, sizes)),
+        model.num_classes,
+        p.supervised_epochs,
+        p.supervised_optim,
+        p.supervised_lr,
+    )
+    params, history, metrics = train_classifier(
+        model,
+        params,
+        data.x_train.reshape(flat),
+        data.y_train,
+        data.x_test.reshape(flat),
+        data.y_test,
+        epochs=p.supervised_epochs,
+        batch_size=p.supervised_batch_size or t.batch_size,
+        lr=p.supervised_lr,
+        optim=p.supervised_optim,
+        schedule=p.supervised_schedule,
+        seed=t.seed,
+        devices=t.devices,
+        parallel=t.parallel,
+        eval_every=max(1, min(t.eval_every, p.supervised_epochs)),
+    )
+    out_dir = workdir / prefix
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_history(out_dir, history)
+    _save_params(out_dir / "params.msgpack", params)
+    log.info(
+        "%s: test error %.2f%% (train %.2f%%) in %.1fs",
+        prefix.rstrip("/"),
+        metrics["test/error_pct"],
+        metrics["train/error_pct"],
+        metrics["time/train_seconds"],
+    )
+    return _prefixed(prefix, metrics)
+
+
+def probe_stage(cfg: Config, trainer: Trainer, params, data: Dataset) -> dict[str, float]:
+    """Linear probe on the codes, the raw inputs and PCA codes of the same size (test error %)."""
+    enc = trainer.objective.jitted.encode
+    flat = (-1, data.num_features)
+    z_train = encode_in_chunks(enc, params, data.x_train.reshape(flat))
+    z_test = encode_in_chunks(enc, params, data.x_test.reshape(flat))
+    return probe_report(
+        z_train, z_test, data, steps=cfg.pretrain.probe_steps, seed=cfg.trainer.seed
+    )
+
+
+def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
+    """Run every configured stage (see the module docstring); return and write the metrics."""
+    from ae_jax.train import ProgressLog, describe, summary, write_figures, write_reconstructions
+
+    cfg = validate(to_config(cfg))
+    try:
+        validate_pretrain(cfg)
+    except PretrainConfigError as err:  # a ConfigError: the command line reports it in one line
+        raise ConfigError(str(err)) from None
+    p = cfg.pretrain
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data)
+    if p.supervised and data.y_train is None:
+        raise SupervisedError(
+            f"pretrain.supervised=true needs class labels, but {data.name} has none; use a "
+            "labelled dataset or set pretrain.supervised=false"
+        )
+    sizes = layer_sizes(cfg, data.num_features)
+    metrics: dict[str, float] = {}
+
+    # 1. greedy layer-wise pretraining
+    layers = pretrain_layers(cfg, data)
+    for layer in layers:
+        name = f"pretrain/layer_{layer.index}"
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        write_history(workdir / name, layer.history)
+        metrics.update(_prefixed(f"{name}/", layer.metrics, LAYER_METRICS))
+    metrics["pretrain/time/train_seconds"] = sum(r.metrics["time/train_seconds"] for r in layers)
+
+    # 2. unroll into the deep autoencoder
+    ft_cfg = finetune_config(cfg, sizes)
+    trainer = Trainer(ft_cfg, data)
+    log.info(describe(ft_cfg, trainer))
+    write_run_info(workdir, data, trainer.output_activation)
+    state = trainer.init_state()
+    random_start = jax.device_get(state.params)
+    unrolled = unroll([layer.params for layer in layers], random_start, p.decoder_init)
+    _save_params(workdir / "pretrain" / "unrolled.msgpack", unrolled)
+    metrics.update(_prefixed("unrolled/", evaluate_autoencoder(ft_cfg, trainer, unrolled)))
+    log.info(
+        "unrolled (before fine-tuning): test mse %.5f, sse/image %.3f",
+        metrics["unrolled/test/mse"],
+        metrics["unrolled/test/sse_per_example"],
+    )
+
+    # 3. unsupervised fine-tuning
+    params, history = unrolled, []
+    if p.unsupervised:
+        state = state.replace(params=unrolled, opt_state=trainer.tx.init(unrolled))
+        state, history, timing = trainer.fit(
+            state, on_epoch=ProgressLog(ft_cfg, trainer.steps_per_epoch)
+        )
+        params = jax.device_get(state.params)
+        metrics.update(_prefixed("finetune/", timing))
+        metrics["train/loss"] = history[-1]["train/loss"]
+    metrics.update(evaluate_autoencoder(ft_cfg, trainer, params))
+    _save_params(workdir / "params.msgpack", params)
+    if history:
+        write_history(workdir, history)
+    write_reconstructions(trainer, params, workdir, 0.0, cfg.trainer.seed)
+    if cfg.trainer.figures and history:
+        write_figures(trainer, history, workdir, ft_cfg)
+    log.info("deep autoencoder (%s): %s", "fine-tuned" if history else "unrolled", summary(metrics))
+
+    # 4. supervised fine-tuning of the encoder + softmax
+    if p.supervised:
+        metrics.update(supervised_stage(cfg, sizes, data, params, workdir, "supervised/"))
+
+    # 5. the same network and stages without pretraining
+    if p.baseline:
+        base = random_start
+        if p.unsupervised:
+            bstate = trainer.init_state()
+            bstate, bhistory, btiming = trainer.fit(
+                bstate, on_epoch=ProgressLog(ft_cfg, trainer.steps_per_epoch)
+            )
+            base = jax.device_get(bstate.params)
+            (workdir / "baseline").mkdir(parents=True, exist_ok=True)
+            write_history(workdir / "baseline", bhistory)
+            metrics.update(_prefixed("baseline/", btiming))
+            metrics.update(_prefixed("baseline/", evaluate_autoencoder(ft_cfg, trainer, base)))
+            log.info(
+                "no pretraining: test mse %.5f, sse/image %.3f",
+                metrics["baseline/test/mse"],
+                metrics["baseline/test/sse_per_example"],
+            )
+        if p.supervised:
+            encoder = base if p.unsupervised else None
+            metrics.update(
+                supervised_stage(cfg, sizes, data, encoder, workdir, "baseline/supervised/")
+            )
+
+    # 6. linear probe
+    if p.probe and data.y_train is not None:
+        metrics.update(probe_stage(cfg, trainer, params, data))
+        log.info(
+            "probe test error: codes %.2f%%, raw %.2f%%, PCA-%d %.2f%%",
+            metrics["probe/error_pct"],
+            metrics["probe/raw/error_pct"],
+            sizes[-1],
+            metrics["probe/pca/error_pct"],
+        )
+
+    metrics["time/total_seconds"] = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in metrics.items()}
+    write_json_atomic(workdir / "metrics.json", metrics)
+    log.info("outputs in %s", workdir.resolve())
+    return metrics
