@@ -18,8 +18,9 @@ log = logging.getLogger("ae_jax")
 USER_ERRORS = (ConfigError, DataError)
 
 
-def run_or_exit(fn: Callable[..., dict], cfg: Any, workdir: str | Path,
-                exit_on_error: bool = True) -> dict:
+def run_or_exit(
+    fn: Callable[..., dict], cfg: Any, workdir: str | Path, exit_on_error: bool = True
+) -> dict:
     """Run ``fn(cfg, workdir)``, recording ``status.json`` (running / completed / failed /
     preempted).
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import load_dataset
-from ae_jax.evaluation.metrics import evaluate_test_split
+from ae_jax.evaluation.metrics import evaluate_trained
 from ae_jax.features import write_run_info
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training import distributed
@@ -159,20 +159,8 @@ def evaluate_and_write(
 ) -> dict[str, float]:
     """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
     figures to ``workdir``. Shared by single runs and the vectorised sweep engine."""
-    data = trainer.data
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
-    metrics = evaluate_test_split(
-        trainer.objective,
-        params,
-        data.x_train,
-        data.x_test,
-        latent_dim=cfg.model.latent_dim,
-        eval_level=eval_level,
-        in_unit_interval=data.in_unit_interval,
-        jacobian_examples=cfg.trainer.jacobian_examples,
-        linear=cfg.model.kind == "linear",
-        seed=cfg.trainer.seed,
-    )
+    metrics = evaluate_trained(cfg, trainer, params)
     metrics.update(timing)
     metrics["train/loss"] = history[-1]["train/loss"]
     metrics["train/loss/rec"] = history[-1]["train/loss/rec"]

@@ -24,8 +24,9 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     # In a multirun a bad job must fail alone: Hydra records it and runs the others.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    metrics = run_or_exit(train_and_evaluate, cfg, hydra_cfg.runtime.output_dir,
-                          exit_on_error=not multirun)
+    metrics = run_or_exit(
+        train_and_evaluate, cfg, hydra_cfg.runtime.output_dir, exit_on_error=not multirun
+    )
     return metrics.get("test/mse", float("nan"))  # processes other than 0 return no metrics
 
 

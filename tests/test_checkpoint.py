@@ -172,8 +172,11 @@ def test_resume_false_never_touches_the_earlier_run(tmp_path, reference):
 def test_divergence_names_the_last_good_checkpoint_and_never_overwrites_it(tmp_path):
     # the same optimiser (so the same state structure) first with a sane, then a wild rate
     good = make_config(
-        "trainer.epochs=10", "trainer.checkpoint_every=5", "model.output_activation=linear",
-        "optim=sgd", "optim.lr=0.1",
+        "trainer.epochs=10",
+        "trainer.checkpoint_every=5",
+        "model.output_activation=linear",
+        "optim=sgd",
+        "optim.lr=0.1",
     )
     data = load_dataset(good.data)
     ckpt = Checkpointer(tmp_path / "checkpoints")

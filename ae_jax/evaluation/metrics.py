@@ -93,6 +93,27 @@ def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.nd
     return np.asarray(jax.jacfwd(decode_flat)(jnp.zeros((latent_dim,), jnp.float32)))
 
 
+def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
+    """Every ``test/...`` metric of a trainer's model with ``params`` on its dataset's test
+    split (the run's own noise.eval_level), plus the PCA per-image SSE beside the AE's."""
+    data = trainer.data
+    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    out = evaluate_test_split(
+        trainer.objective,
+        params,
+        data.x_train,
+        data.x_test,
+        latent_dim=cfg.model.latent_dim,
+        eval_level=eval_level,
+        in_unit_interval=data.in_unit_interval,
+        jacobian_examples=cfg.trainer.jacobian_examples,
+        linear=cfg.model.kind == "linear",
+        seed=cfg.trainer.seed,
+    )
+    out["test/pca_sse_per_example"] = out["test/pca_mse"] * data.num_features
+    return out
+
+
 def evaluate_test_split(
     objective: Objective,
     params,

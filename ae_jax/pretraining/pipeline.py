@@ -31,7 +31,7 @@ import jax
 
 from ae_jax.config import Config, ConfigError, to_config, validate
 from ae_jax.data import Dataset, load_dataset
-from ae_jax.evaluation.metrics import evaluate_test_split
+from ae_jax.evaluation.metrics import evaluate_trained
 from ae_jax.features import probe_report, write_run_info
 from ae_jax.pretraining.classifier import (
     EncoderClassifier,
@@ -75,22 +75,7 @@ def finetune_config(cfg: Config, sizes: list[int]) -> Config:
 
 def evaluate_autoencoder(cfg: Config, trainer: Trainer, params) -> dict[str, float]:
     """Every ``test/...`` metric of deep-AE params, plus the PCA per-image SSE beside it."""
-    data = trainer.data
-    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
-    out = evaluate_test_split(
-        trainer.objective,
-        params,
-        data.x_train,
-        data.x_test,
-        latent_dim=cfg.model.latent_dim,
-        eval_level=eval_level,
-        in_unit_interval=data.in_unit_interval,
-        jacobian_examples=cfg.trainer.jacobian_examples,
-        linear=cfg.model.kind == "linear",
-        seed=cfg.trainer.seed,
-    )
-    out["test/pca_sse_per_example"] = out["test/pca_mse"] * data.num_features
-    return out
+    return evaluate_trained(cfg, trainer, params)
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any], keys=None) -> dict[str, Any]:
