@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 
 from ae_jax.models.activations import activation_fn
+from ae_jax.models.conv_ops import Conv, ConvTranspose
 
 
 class ConvAutoencoder(nn.Module):
@@ -32,12 +33,13 @@ class ConvAutoencoder(nn.Module):
         return h, w, self.channels[-1]
 
     def setup(self):
-        k = (self.kernel_size, self.kernel_size)
-        self.down = [nn.Conv(c, k, strides=(2, 2), padding="SAME") for c in self.channels]
+        # conv_ops: flax's Conv / ConvTranspose (same parameters and outputs) with backward
+        # passes that XLA:CPU compiles to fast kernels inside the epoch's scan.
+        self.down = [Conv(c, self.kernel_size, stride=2) for c in self.channels]
         self.to_code = nn.Dense(self.latent_dim)
         self.from_code = nn.Dense(math.prod(self._bottom_shape()))
         up = (*reversed(self.channels[:-1]), self.example_shape[-1])
-        self.up = [nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME") for c in up]
+        self.up = [ConvTranspose(c, self.kernel_size, stride=2) for c in up]
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, dict]:
         act = activation_fn(self.activation)

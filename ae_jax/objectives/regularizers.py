@@ -161,7 +161,8 @@ def jacobian_frobenius_sq(
     encoders
     where the closed form of ``sigmoid_contractive_sq`` does not apply. The Jacobian is k x D;
     reverse mode costs k backward passes and forward mode D forward passes, so ``jacrev`` is used
-    when k < D (the usual undercomplete code) and ``jacfwd`` otherwise (overcomplete codes).
+    when k < D (the usual undercomplete code) and ``jacfwd`` otherwise (overcomplete codes), unless
+    the encoder has layers with a custom VJP only (the conv model's), which take ``jacrev``.
 
     Args:
       encode_fn: maps ONE example (*S) to its code (k,) (any output shape; k = its size).
@@ -177,7 +178,13 @@ def jacobian_frobenius_sq(
     for n in out.shape:
         k *= n
     d = x[0].size
-    jac = jax.jacrev(encode_fn) if k < d else jax.jacfwd(encode_fn)
+    jac = jax.jacrev(encode_fn)
+    if k >= d:
+        try:  # forward mode is cheaper here, unless a layer defines only its VJP (conv_ops)
+            jax.eval_shape(jax.jacfwd(encode_fn), x[0])
+            jac = jax.jacfwd(encode_fn)
+        except TypeError:
+            pass
 
     def one(xb: jnp.ndarray) -> jnp.ndarray:
         return jnp.sum(jnp.square(jac(xb)))  # J: (*K, *S)
