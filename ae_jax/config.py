@@ -113,6 +113,7 @@ class TrainerConfig:
     devices: int | None = None  # data-parallel devices; None: all local devices
     parallel: str = "shard_map"  # shard_map | pmap (same per-device step either way)
     jacobian_examples: int = 256  # test examples used for test/jacobian_fro
+    step_norms: bool = False  # l2 of grads/params/updates every step (false: params once/epoch)
     checkpoint_every: int = 50  # epochs between checkpoints (and one at the end); 0: end only
     keep_checkpoints: int = 3  # newest checkpoints kept in <run dir>/checkpoints
     resume: bool = True  # continue from the newest valid checkpoint in the run directory

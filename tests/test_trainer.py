@@ -55,8 +55,9 @@ def test_history_has_one_row_per_epoch_with_eval_points(tmp_path):
     rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(rows) == 1 + 7
     header = rows[0].split(",")
-    for key in ("epoch", "train/loss", "train/loss/rec", "train/l2_grads", "eval/mse"):
+    for key in ("epoch", "train/loss", "train/loss/rec", "train/l2_params", "eval/mse"):
         assert key in header
+    assert "train/l2_grads" not in header  # per-step norms only with trainer.step_norms=true
     eval_col = header.index("eval/mse")
     filled = [i + 1 for i, r in enumerate(rows[1:]) if r.split(",")[eval_col]]
     assert filled == [3, 6, 7]
@@ -101,3 +102,23 @@ def test_step_matches_a_hand_written_adam_step():
     for a, e in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
         # Adam divides by |g|: float32 round-off in tiny gradients moves updates by ~1e-6
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_step_norms_are_per_step_and_leave_training_unchanged():
+    """trainer.step_norms=true adds the three per-step norms; the trained parameters and the
+    losses are the same either way, and l2_params of the epoch's last step is the epoch's."""
+    runs = {}
+    for flag in ("false", "true"):
+        cfg = make_config("trainer.epochs=1", f"trainer.step_norms={flag}")
+        trainer = Trainer(cfg, load_dataset(cfg.data))
+        state = trainer.parallel.place(trainer.init_state())
+        x = trainer.parallel.place(jnp.asarray(trainer.data.x_train))
+        hparams = trainer.parallel.place(trainer.hparams())
+        program = trainer.compile(state, x, hparams)
+        runs[flag] = jax.device_get(program(state, x, jnp.int32(0), hparams))
+    (s0, m0), (s1, m1) = runs["false"], runs["true"]
+    assert "l2_grads" not in m0 and m1["l2_grads"].shape == m1["loss"].shape
+    np.testing.assert_array_equal(m0["loss"], m1["loss"])
+    for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s1.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(m0["l2_params"], m1["l2_params"][-1], rtol=1e-6)

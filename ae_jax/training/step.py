@@ -31,8 +31,18 @@ def device_offset(axis_name: str | None, local_batch: int) -> jax.Array:
     return jax.lax.axis_index(axis_name) * local_batch
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation, axis_name: str | None):
-    """``step(state, x, hparams) -> (state, metrics)`` for a per-device batch x (b, *S)."""
+def make_train_step(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    axis_name: str | None,
+    norms: bool = True,
+):
+    """``step(state, x, hparams) -> (state, metrics)`` for a per-device batch x (b, *S).
+
+    ``norms`` adds ``l2_grads``, ``l2_params`` and ``l2_updates``: three more passes over the
+    parameters, which on a 2-core CPU cost ~10% of a batch-128 step of the 784-1000-500-250-30
+    autoencoder and a third of its compile time (see PERFORMANCE.md).
+    """
 
     def train_step(state: TrainState, x: jax.Array, hparams: HParams):
         b = x.shape[0]
@@ -47,12 +57,13 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, axis
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: hparams["lr"] * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            **metrics,
-            "l2_grads": optax.tree.norm(grads),
-            "l2_params": optax.tree.norm(params),
-            "l2_updates": optax.tree.norm(updates),
-        }
+        if norms:
+            metrics = {
+                **metrics,
+                "l2_grads": optax.tree.norm(grads),
+                "l2_params": optax.tree.norm(params),
+                "l2_updates": optax.tree.norm(updates),
+            }
         new = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, running=running
         )
@@ -69,16 +80,19 @@ def make_train_epoch(
     batch_size: int,
     num_devices: int,
     axis_name: str | None,
+    step_norms: bool = False,
 ):
     """``epoch(state, data, epoch, hparams) -> (state, per_step_metrics)``: one compiled program.
 
     ``data`` (N, *S) is the whole training split, resident on the device; each step gathers its
     batch from a permutation drawn inside the program (``state.data_key`` folded with the epoch),
-    so the host does nothing between steps. Metrics come back per step, (steps,) each.
+    so the host does nothing between steps. Metrics come back per step, (steps,) each, except
+    ``l2_params``, the parameters' norm at the end of the epoch (a scalar), unless
+    ``step_norms`` asks for the three norms of every step.
     """
     steps = num_examples // batch_size
     local = batch_size // num_devices
-    step_fn = make_train_step(objective, tx, axis_name)
+    step_fn = make_train_step(objective, tx, axis_name, norms=step_norms)
 
     def train_epoch(state: TrainState, data: jax.Array, epoch: jax.Array, hparams: HParams):
         order = jax.random.permutation(jax.random.fold_in(state.data_key, epoch), num_examples)
@@ -88,6 +102,9 @@ def make_train_epoch(
         def body(state, idx):  # idx: (b,) this device's share of the global batch
             return step_fn(state, jnp.take(data, idx, axis=0), hparams)
 
-        return jax.lax.scan(body, state, order)
+        state, metrics = jax.lax.scan(body, state, order)
+        if not step_norms:  # once an epoch: finite losses and finite final parameters suffice
+            metrics["l2_params"] = optax.tree.norm(state.params)
+        return state, metrics
 
     return train_epoch

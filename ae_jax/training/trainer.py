@@ -117,6 +117,7 @@ class Trainer:
             batch_size=t.batch_size,
             num_devices=len(self.parallel.devices),
             axis_name=self.parallel.axis_name,
+            step_norms=t.step_norms,
         )
         self._program: Callable | None = None
         objective = self.objective
@@ -221,7 +222,12 @@ class Trainer:
 
     def _check_finite(self, epoch: int, per_step: dict) -> None:
         """Raise TrainingDiverged at the first step whose loss or parameters are not finite."""
-        ok = np.isfinite(per_step["loss"]) & np.isfinite(per_step["l2_params"])
+        ok = np.isfinite(per_step["loss"])
+        params = np.asarray(per_step["l2_params"])
+        if params.ndim:  # trainer.step_norms: the norm after every step
+            ok &= np.isfinite(params)
+        elif ok.all() and not np.isfinite(params):  # only the epoch's last update broke them
+            ok[-1] = False
         bad = np.flatnonzero(~ok)
         if bad.size:
             step = epoch * self.steps_per_epoch + int(bad[0])
