@@ -12,11 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ae_jax.cli import run_or_exit
+from ae_jax.cli import enable_compilation_cache, run_or_exit
 from ae_jax.config import register_configs
 from ae_jax.train import train_and_evaluate
 
 register_configs()
+enable_compilation_cache()  # a later run of the same shapes loads its programs, not compiles
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
