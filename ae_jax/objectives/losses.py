@@ -72,6 +72,13 @@ def _feature_axes(x: jnp.ndarray) -> tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
+def _flat(a: jnp.ndarray) -> jnp.ndarray:
+    """(B, *S) -> (B, D), a free reshape. XLA:CPU vectorises an elementwise loop along the
+    minor dimension, which is 1 for (B, H, W, 1) images: on (B, 784) the losses and their
+    gradients ran 3-5x faster (1.8 ms of a 6.7 ms forward pass at batch 128, PERFORMANCE.md)."""
+    return a.reshape(a.shape[0], -1)
+
+
 def _per_example_mean(values: jnp.ndarray, weights: jnp.ndarray | None) -> jnp.ndarray:
     """Mean over features of ``weights * values``: (B, *S) -> (B,).
 
@@ -87,13 +94,13 @@ def _per_example_mean(values: jnp.ndarray, weights: jnp.ndarray | None) -> jnp.n
 
 def _squared(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     _check_same_shape("recon", recon, target)
-    return jnp.square(recon - target)  # (B, *S)
+    return jnp.square(_flat(recon) - _flat(target))  # (B, D)
 
 
 def _bce(logits: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     _check_same_shape("logits", logits, target)
     # optax's form, max(z, 0) - z t + log(1 + exp(-|z|)), is stable for any logit.
-    return optax.sigmoid_binary_cross_entropy(logits, target)  # (B, *S)
+    return optax.sigmoid_binary_cross_entropy(_flat(logits), _flat(target))  # (B, D)
 
 
 def squared_error(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -119,7 +126,7 @@ def sum_squared_error(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     Returns:
       (B,) sum over the features.
     """
-    sq = _squared(recon, target)  # (B, *S)
+    sq = _squared(recon, target)  # (B, D)
     return jnp.sum(sq, axis=_feature_axes(sq))
 
 
@@ -175,6 +182,8 @@ def reconstruction_loss(
     Raises:
       LossError: unknown ``kind`` or mismatched shapes.
     """
+    if weights is not None:  # (B, D), as the elementwise losses
+        weights = _flat(jnp.broadcast_to(weights, target.shape))
     if kind in ("mse", "rmse"):
         per_example = _per_example_mean(_squared(recon, target), weights)  # (B,)
     elif kind == "bce":
