@@ -122,3 +122,31 @@ def test_step_norms_are_per_step_and_leave_training_unchanged():
     for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s1.params)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(m0["l2_params"], m1["l2_params"][-1], rtol=1e-6)
+
+
+def test_cpu_compiler_options_drop_parameter_copies_and_change_no_value():
+    """The epoch program compiled with CPU_COMPILER_OPTIONS has no per-step copies of the
+    parameters it updates in place, and computes bitwise what XLA's default compile does."""
+    import re
+
+    from ae_jax.training.parallel import CPU_COMPILER_OPTIONS
+
+    cfg = make_config("trainer.epochs=1", "model.widths=[48,32]")
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    place = trainer.parallel.place
+    x, hparams = place(jnp.asarray(trainer.data.x_train)), place(trainer.hparams())
+    lowered = jax.jit(trainer.epoch_fn, donate_argnums=0).lower(
+        place(trainer.init_state()), x, jnp.int32(0), hparams
+    )
+    kernel_shapes = {f"f32[{a},{b}]" for a, b in ((64, 48), (48, 32), (32, 48), (48, 64))}
+    results = {}
+    for name, options in (("default", {}), ("ours", CPU_COMPILER_OPTIONS)):
+        program = lowered.compile(compiler_options=options)
+        copies = re.findall(r"= (f32\[\d+,\d+\])\{[^}]*\} copy\(", program.as_text())
+        state, metrics = program(place(trainer.init_state()), x, jnp.int32(0), hparams)
+        results[name] = ({c for c in copies if c in kernel_shapes}, (state.params, metrics))
+    assert results["default"][0], "XLA's default compile no longer copies parameters: recheck"
+    assert not results["ours"][0]
+    default, ours = (jax.tree.leaves(jax.device_get(results[k][1])) for k in ("default", "ours"))
+    for a, b in zip(default, ours, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -26,6 +26,7 @@ import numpy as np
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.training.objective import make_hparams
+from ae_jax.training.parallel import compiler_options
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -103,9 +104,8 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
 
     compile_start = time.perf_counter()
     epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
-    program = (
-        jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams).compile()
-    )
+    lowered = jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams)
+    program = lowered.compile(compiler_options=compiler_options(trainer.parallel.devices))
     compile_seconds = time.perf_counter() - compile_start
 
     epochs = base.trainer.epochs

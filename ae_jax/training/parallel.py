@@ -22,6 +22,19 @@ from ae_jax.config import ConfigError
 from ae_jax.training.step import DATA_AXIS
 
 
+# XLA:CPU's copy insertion, left to its default analysis, copies every parameter that the epoch
+# loop's body both reads (the forward pass) and rewrites in place (the optimiser update): 2.83 M
+# floats a step for the 784-1000-500-250-30 autoencoder, 5% of its batch-128 step. XLA's region
+# analysis (off by default on CPU) proves those copies unneeded; the programs compute bitwise the
+# same values (tests/test_trainer.py, PERFORMANCE.md).
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def compiler_options(devices: list) -> dict[str, Any]:
+    """XLA options for programs that run on ``devices`` (``jax.stages.Lowered.compile``)."""
+    return dict(CPU_COMPILER_OPTIONS) if devices[0].platform == "cpu" else {}
+
+
 def select_devices(requested: int | None, batch_size: int) -> list:
     """The devices to use (all processes' devices in a multi-process run); the global batch
     must split evenly across them."""
@@ -90,8 +103,10 @@ class Parallel:
 
         start = time.perf_counter()
         n = len(self.devices)
+        options = compiler_options(self.devices)
         if n == 1:
-            program = jax.jit(counted, donate_argnums=0).lower(*example_args).compile()
+            lowered = jax.jit(counted, donate_argnums=0).lower(*example_args)
+            program = lowered.compile(compiler_options=options)
         elif self.mode == "shard_map":
             mapped = jax.shard_map(
                 counted,
@@ -100,7 +115,8 @@ class Parallel:
                 out_specs=P(),
                 check_vma=False,  # outputs are replicated by construction (pmean'd gradients)
             )
-            program = jax.jit(mapped, donate_argnums=0).lower(*example_args).compile()
+            lowered = jax.jit(mapped, donate_argnums=0).lower(*example_args)
+            program = lowered.compile(compiler_options=options)
         elif self.mode == "pmap":
             # Every argument is replicated (in_axes None); pmap insists on one mapped argument,
             # so a dummy device index is mapped and dropped.
