@@ -21,7 +21,6 @@ from jax.sharding import PartitionSpec as P
 from ae_jax.config import ConfigError
 from ae_jax.training.step import DATA_AXIS
 
-
 # XLA:CPU's copy insertion, left to its default analysis, copies every parameter that the epoch
 # loop's body both reads (the forward pass) and rewrites in place (the optimiser update): 2.83 M
 # floats a step for the 784-1000-500-250-30 autoencoder, 5% of its batch-128 step. XLA's region
