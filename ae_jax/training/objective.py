@@ -129,7 +129,10 @@ class Objective:
             )
             return xt[0], m[0]
 
-        return jax.vmap(one)(keys, x)
+        # On (B, D) rows: the same draws (random bits come in row-major order) in loops that
+        # XLA:CPU vectorises, which it does not over the trailing 1 of (B, H, W, 1) images.
+        x_tilde, mask = jax.vmap(one)(keys, x.reshape(x.shape[0], -1))
+        return x_tilde.reshape(x.shape), mask.reshape(x.shape)
 
     def __call__(self, params, x, keys, hparams: HParams, running: dict, step, axis_name=None):
         """Loss of a per-device batch x (B, *S) and its metrics; running stats updated.
