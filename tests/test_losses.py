@@ -69,6 +69,13 @@ def test_bce_is_finite_for_saturated_logits():
     np.testing.assert_allclose(binary_cross_entropy_with_logits(logits, target), [200.0])
 
 
+def test_bce_gradient_is_sigmoid_minus_target_at_zero_and_saturated_logits():
+    z = jnp.array([[0.0, 0.0, 3.0, -3.0, 80.0, -80.0]])
+    t = jnp.array([[0.0, 1.0, 0.2, 0.7, 0.0, 1.0]])
+    grad = jax.grad(lambda z: jnp.sum(binary_cross_entropy_with_logits(z, t)))(z)
+    np.testing.assert_allclose(grad, (_np_sigmoid(np.asarray(z)) - t) / z.shape[1], atol=1e-7)
+
+
 def _batch(seed=0, b=16, d=12):
     rng = np.random.default_rng(seed)
     recon = jnp.asarray(rng.uniform(size=(b, d)), jnp.float32)
