@@ -26,6 +26,8 @@ SWEEP = ("noise=masking", "noise.level=0,0.1,0.2,0.3", "trainer.seed=0,1", "trai
 
 
 def run(extra: list[str], sweep_dir: Path) -> float:
+    """Wall seconds of one multirun, with an empty compilation cache of its own (as a first
+    sweep on a fresh machine; members after the first load the programs it compiled)."""
     cmd = [
         sys.executable,
         "experiments/train.py",
@@ -35,7 +37,11 @@ def run(extra: list[str], sweep_dir: Path) -> float:
         f"hydra.sweep.dir={sweep_dir}",
     ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "AE_JAX_COMPILATION_CACHE": str(sweep_dir.parent / f"{sweep_dir.name}-xla"),
+    }
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
