@@ -130,12 +130,14 @@ def _conv_transpose_bwd(stride, residuals, g):
 conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
-class Conv(nn.Module):
-    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")``: same parameters, outputs."""
+class _SameConvLayer(nn.Module):
+    """A SAME-padded (transposed) convolution layer with flax's parameters: a ``kernel``
+    (k, k, C_in, C_out), LeCun-normal, and a zero ``bias`` (C_out,)."""
 
     features: int
     kernel_size: int
     stride: int = 1
+    op = staticmethod(conv)  # (x, kernel, stride) -> y; not a dataclass field
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,22 +146,17 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
         )  # (k, k, C_in, C_out)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv(x, kernel, self.stride) + bias  # (B, H/s, W/s, C_out)
+        return self.op(x, kernel, self.stride) + bias
 
 
-class ConvTranspose(nn.Module):
+class Conv(_SameConvLayer):
+    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")``: same parameters, outputs
+    (B, H/s, W/s, C_out)."""
+
+
+class ConvTranspose(_SameConvLayer):
     """``nn.ConvTranspose(features, (k, k), strides=(s, s), padding="SAME")``: same parameters
-    and outputs."""
+    and outputs (B, s h, s w, C_out)."""
 
-    features: int
-    kernel_size: int
     stride: int = 2
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
-        )  # (k, k, C_in, C_out)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_transpose(x, kernel, self.stride) + bias  # (B, s h, s w, C_out)
+    op = staticmethod(conv_transpose)
