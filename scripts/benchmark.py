@@ -187,7 +187,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e-batch", type=int, default=128, help="batch of the full MNIST run")
     p.add_argument("--e2e-epochs", type=int, default=3, help="epochs of the full MNIST run")
     p.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    at_least = {"--repeats": (args.repeats, 1), "--e2e-batch": (args.e2e_batch, 1)}
+    at_least["--e2e-epochs"] = (args.e2e_epochs, 1)
+    if not args.tiny:  # every timed epoch needs whole batches: 1000 for Hinton, 128 for conv
+        at_least["--examples"] = (args.examples, 1000)
+        at_least["--conv-examples"] = (args.conv_examples, 128)
+    for flag, (value, low) in at_least.items():
+        if value < low:
+            p.error(f"{flag}={value} is too small; it must be at least {low}")
+    if args.out is not None and args.out.is_dir():
+        p.error(f"--out={args.out} is a directory; give a file path for the JSON")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -362,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.startup_probe:
         print(json.dumps(startup_probe(STARTUP_OVERRIDES)))
         return 0
+    mnist = Path(args.mnist_dir)
+    if "end_to_end" in args.only and not (mnist.is_dir() and any(mnist.iterdir())):
+        print(
+            f"warning: no MNIST IDX files in --mnist-dir={mnist} ($AE_JAX_MNIST_DIR): the full "
+            "MNIST epoch (end_to_end) will not be measured and the exit status will be 1. "
+            "Point --mnist-dir at the four official files, or leave end_to_end out of --only.",
+            file=sys.stderr,
+        )
     result = run(args)
     print(table(result))
     if args.out is not None:

@@ -138,3 +138,39 @@ def test_tiny_end_to_end_and_startup_phases_add_up(tiny_result):
     assert all(v >= 0 for v in phases)
     assert sum(phases) == pytest.approx(startup["total_to_first_step"])
     assert _positive(result["memory"]["max_rss_mib"])
+
+
+def _benchmark(*args):
+    return subprocess.run(
+        [sys.executable, "scripts/benchmark.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--repeats", "0"], "--repeats=0 is too small; it must be at least 1"),
+        (["--examples", "500"], "--examples=500 is too small; it must be at least 1000"),
+        (["--only", "speed"], "invalid choice: 'speed'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_measurement(args, message):
+    done = _benchmark(*args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_missing_mnist_is_said_up_front_and_fails_the_run(tmp_path):
+    out = tmp_path / "b.json"
+    missing = tmp_path / "no-mnist"
+    done = _benchmark(
+        "--tiny", "--only", "end_to_end", "--mnist-dir", str(missing), "--out", str(out)
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"no MNIST IDX files in --mnist-dir={missing}" in done.stderr
+    assert "MNIST end to end: not measured" in done.stdout
+    assert str(missing) in json.loads(out.read_text())["end_to_end"]["error"]
