@@ -77,7 +77,8 @@ def test_unknown_dataset_lists_what_exists(tmp_path):
 
 def test_compilation_cache_keeps_programs_between_runs(tmp_path):
     """enable_compilation_cache points JAX's persistent cache at $AE_JAX_COMPILATION_CACHE,
-    where compiled programs are written for the next run; "off" disables it."""
+    where compiled programs are written for the next run; "off" disables it, and so does a
+    directory that cannot be created, with one warning that names it."""
     code = (
         "import jax, jax.numpy as jnp; from ae_jax.cli import enable_compilation_cache; "
         "print(enable_compilation_cache()); "
@@ -86,7 +87,13 @@ def test_compilation_cache_keeps_programs_between_runs(tmp_path):
         "(jax.random.key(0)).block_until_ready()"
     )
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    for setting, expected in ((str(tmp_path / "xla"), str(tmp_path / "xla")), ("off", "None")):
+    (tmp_path / "a-file").write_text("")
+    unwritable = str(tmp_path / "a-file" / "xla")  # under a file: cannot be created
+    for setting, expected in (
+        (str(tmp_path / "xla"), str(tmp_path / "xla")),
+        ("off", "None"),
+        (unwritable, "None"),
+    ):
         done = subprocess.run(
             [sys.executable, "-c", code],
             cwd=REPO,
@@ -96,4 +103,6 @@ def test_compilation_cache_keeps_programs_between_runs(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == expected
+        warned = f"compilation cache off: cannot create {unwritable}" in done.stderr
+        assert warned == (setting == unwritable), done.stderr[-2000:]
     assert any((tmp_path / "xla").iterdir())  # the program was written for the next run
