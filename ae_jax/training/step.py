@@ -35,7 +35,7 @@ def make_train_step(
     objective: Objective,
     tx: optax.GradientTransformation,
     axis_name: str | None,
-    norms: bool = True,
+    norms: bool = False,
 ):
     """``step(state, x, hparams) -> (state, metrics)`` for a per-device batch x (b, *S).
 
