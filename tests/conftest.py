@@ -58,3 +58,18 @@ def train(tmp_path, *overrides: str) -> dict:
 
     workdir = tmp_path / "run"
     return train_and_evaluate(make_config(*overrides), workdir)
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    """Hydra initialised on conf/ for compose() in a test module; cleared before and after."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ae_jax.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf"), job_name="t"):
+        yield
+    GlobalHydra.instance().clear()

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf
-
-from ae_jax.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "hydra" / "launcher").glob("*.yaml"))
 PLUGIN = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
 SHARED_GPU = ("local_gpu", "slurm_gpu_shared")
-
-
-@pytest.fixture(scope="module")
-def hydra_conf():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf"), job_name="t"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def hydra_section(preset: str):

@@ -6,26 +6,16 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf
 
-from ae_jax.config import register_configs, to_config, validate
+from ae_jax.config import to_config, validate
 from ae_jax.sweeps.collect import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPO / "conf" / "sweep"
 SWEEPS = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
 MAX_RUNS = 25  # "runnable on digits in a few minutes": ~10-25 s a run on a 2-core CPU
-
-
-@pytest.fixture(scope="module")
-def hydra_conf():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf"), job_name="t"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def grid(name: str) -> tuple[dict, list[list[str]]]:
