@@ -8,7 +8,9 @@ from sklearn.datasets import load_digits
 from ae_jax.evaluation.figures import (
     FigureError,
     code_histogram_figure,
+    filters_figure,
     plot_code_histogram,
+    plot_filters,
     plot_reconstructions,
     plot_training_curves,
     reconstructions_figure,
@@ -33,7 +35,7 @@ def _history(epochs: int = 12, eval_every: int = 3) -> list[dict[str, float]]:
             "epoch": e,
             "train/loss": 1.0 / e,
             "train/loss/rec": 0.9 / e,
-            "train/loss/reg": 0.1 / e,
+            "train/loss/l1": 0.1 / e,
             "train/l2_grads": 50.0,  # not loss-like: must stay off the axes
             **({"eval/loss": 1.2 / e} if e % eval_every == 0 else {}),
         }
@@ -127,10 +129,13 @@ def test_training_curves(tmp_path):
     history = _history()
     plot_training_curves(tmp_path / "curves.png", history, title="run")
     png = _png(tmp_path / "curves.png")
-    assert 600 < png.shape[1] < 1400 and 400 < png.shape[0] < 900
-    ax = training_curves_figure(history).get_axes()[0]
+    assert 1000 < png.shape[1] < 1600 and 400 < png.shape[0] < 900  # two panels
+    ax, terms_ax = training_curves_figure(history).get_axes()
     lines = {line.get_label(): line for line in ax.get_lines()}
-    assert list(lines) == ["train/loss", "train/loss/rec", "train/loss/reg", "eval/loss"]
+    assert list(lines) == ["train/loss", "train/loss/rec", "eval/loss"]
+    # The weighted terms live on their own scale: a panel of their own.
+    assert [line.get_label() for line in terms_ax.get_lines()] == ["train/loss/l1"]
+    assert terms_ax.get_title() == "weighted objective terms"
     assert lines["train/loss"].get_linestyle() == "-"
     assert lines["eval/loss"].get_linestyle() == "--"
     assert lines["eval/loss"].get_color() == lines["train/loss"].get_color()  # same metric
@@ -142,7 +147,7 @@ def test_training_curves(tmp_path):
 def test_training_curves_stay_linear_within_a_decade():
     history = [{"epoch": e, "train/loss": 1.0 - 0.05 * e, "eval/mse": 0.5} for e in range(5)]
     assert training_curves_figure(history).get_axes()[0].get_yscale() == "linear"
-    with_zero = [{"epoch": e, "train/loss/reg": 0.1 * e} for e in range(5)]  # log impossible
+    with_zero = [{"epoch": e, "train/loss/l1": 0.1 * e} for e in range(5)]  # log impossible
     assert training_curves_figure(with_zero).get_axes()[0].get_yscale() == "linear"
 
 
@@ -178,3 +183,127 @@ def test_code_histogram_errors():
         code_histogram_figure(np.zeros(10))
     with pytest.raises(FigureError, match="1 non-finite"):
         code_histogram_figure(np.array([[0.0, np.nan]]))
+
+
+def test_training_curves_reference_line_and_last_values(tmp_path):
+    history = [{"epoch": e, "train/loss": 0.1 / e, "eval/mse": 0.12 / e} for e in range(1, 11)]
+    fig = training_curves_figure(history, reference={"PCA k=8 test MSE": 0.0246})
+    (ax,) = fig.get_axes()  # no objective terms: one panel
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["train/loss", "eval/mse", "PCA k=8 test MSE"]
+    np.testing.assert_array_equal(lines["PCA k=8 test MSE"].get_ydata(), [0.0246, 0.0246])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["train/loss  0.01", "eval/mse  0.012", "PCA k=8 test MSE  0.0246"]
+    assert ax.get_yscale() == "log"  # 0.12 down to 0.01: more than a decade
+    plot_training_curves(tmp_path / "ref.png", history, reference={"PCA": 0.0246})
+    assert _png(tmp_path / "ref.png").shape[1] < 1100  # one panel
+
+
+def test_training_curves_log_scale_can_be_forced():
+    history = [{"epoch": e, "train/loss": 1.0 - 0.05 * e} for e in range(1, 5)]
+    assert training_curves_figure(history).get_axes()[0].get_yscale() == "linear"
+    forced = training_curves_figure(history, log_scale=True).get_axes()[0]
+    assert forced.get_yscale() == "log"
+    steep = [{"epoch": e, "train/loss": 10.0**-e} for e in range(1, 5)]
+    assert training_curves_figure(steep, log_scale=False).get_axes()[0].get_yscale() == "linear"
+
+
+def test_training_curves_reference_must_be_finite():
+    with pytest.raises(FigureError, match=r"reference\['PCA'\]=nan must be a finite number"):
+        training_curves_figure([{"epoch": 1, "train/loss": 1.0}], reference={"PCA": float("nan")})
+
+
+def test_reconstructions_with_a_pca_row(digits, tmp_path):
+    rows = {"input": digits, "reconstruction": 0.9 * digits, "PCA k=8": 0.8 * digits}
+    fig = reconstructions_figure(rows, (8, 8, 1), n=6)
+    assert [ax.get_ylabel() for ax in fig.get_axes()[::6]] == list(rows)
+    plot_reconstructions(tmp_path / "pca.png", rows, (8, 8, 1), title="digits, k=8", n=6)
+    png = _png(tmp_path / "pca.png")
+    # The row labels widen the figure on the left; they are not clipped (tight bounding box).
+    assert png.shape[0] > 3 * 120 and png.shape[1] > 6 * 130
+    tab = np.random.default_rng(4).random((5, 12))
+    fig = reconstructions_figure({"input": tab, "PCA k=3": tab * 0.5}, (12,), n=5)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["input", "PCA k=3"]
+
+
+def test_code_histogram_marks_exact_zeros_dead_units_and_the_target(tmp_path):
+    rng = np.random.default_rng(5)
+    codes = np.maximum(rng.normal(size=(400, 12)) - 1.0, 0.0)
+    codes[:, 3] = 0.0  # a dead unit
+    fig = code_histogram_figure(codes, "relu", target=0.05)
+    hist_ax, bar_ax = fig.get_axes()
+    zero_bar = hist_ax.patches[-1]
+    assert zero_bar.get_height() == np.sum(codes == 0)
+    labels = [t.get_text() for t in hist_ax.get_legend().get_texts()]
+    assert labels == ["non-zero values", f"exactly 0 ({100 * np.mean(codes == 0):.1f}%)"]
+    assert hist_ax.get_yscale() == "log"  # the spike at 0 holds most values
+    assert sum(p.get_height() for p in hist_ax.patches) == codes.size
+    np.testing.assert_allclose([p.get_height() for p in bar_ax.patches], codes.mean(axis=0))
+    dead = next(line for line in bar_ax.get_lines() if line.get_label() == "dead unit")
+    np.testing.assert_array_equal(dead.get_xdata(), [3])
+    target = next(line for line in bar_ax.get_lines() if line.get_label() == "target ρ = 0.05")
+    np.testing.assert_array_equal(target.get_ydata(), [0.05, 0.05])
+    assert "1 of 12 dead" in bar_ax.get_title()
+    assert "near zero" in fig.get_suptitle()
+    plot_code_histogram(tmp_path / "c.png", codes, target=0.05, log_counts=False)
+    assert _png(tmp_path / "c.png").shape[1] > 1000
+
+
+def test_dense_code_histogram_stays_linear_without_zero_bar():
+    codes = np.random.default_rng(6).normal(size=(500, 8))
+    hist_ax, bar_ax = code_histogram_figure(codes).get_axes()
+    assert hist_ax.get_yscale() == "linear" and hist_ax.get_legend() is None
+    assert bar_ax.get_legend() is None and "dead" not in bar_ax.get_title()
+    assert code_histogram_figure(codes, log_counts=True).get_axes()[0].get_yscale() == "log"
+    with pytest.raises(FigureError, match="target=nan"):
+        code_histogram_figure(codes, target=float("nan"))
+
+
+def _filter_panels(fig) -> list:
+    return [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_images()]
+
+
+def test_filters_one_panel_per_unit_symmetric_diverging(digits, tmp_path):
+    kernel = np.random.default_rng(7).normal(size=(64, 10))  # (D, H1)
+    kernel[:, 0] *= 10.0
+    fig = filters_figure(kernel, (8, 8, 1), title="first layer")
+    panels = _filter_panels(fig)
+    assert len(panels) == 10
+    assert len([ax for ax in fig.get_axes() if not ax.get_visible()]) == 2  # a 3x4 grid
+    for j, ax in enumerate(panels):
+        image = ax.get_images()[0]
+        bound = np.abs(kernel[:, j]).max()
+        assert image.get_clim() == (-bound, bound)  # each filter on its own symmetric range
+        assert image.get_cmap().name == "RdBu_r"
+        np.testing.assert_allclose(image.get_array(), kernel[:, j].reshape(8, 8))
+        assert not ax.get_xticks().size and not ax.get_yticks().size
+    assert fig.get_suptitle() == "first layer (10 filters)"
+    plot_filters(tmp_path / "filters.png", kernel, (8, 8, 1))
+    png = _png(tmp_path / "filters.png")
+    assert 300 < png.shape[1] < 1200 and png[..., :3].std() > 0.1
+
+
+def test_filters_at_most_max_filters_and_rgb():
+    kernel = np.random.default_rng(8).normal(size=(64, 130))
+    fig = filters_figure(kernel, (8, 8))
+    assert len(_filter_panels(fig)) == 100
+    assert fig.get_suptitle() == "100 of 130 filters"
+    assert len(_filter_panels(filters_figure(kernel, (8, 8), max_filters=7))) == 7
+    rgb = np.random.default_rng(9).normal(size=(4 * 4 * 3, 5))
+    panels = _filter_panels(filters_figure(rgb, (4, 4, 3)))
+    assert len(panels) == 5 and panels[0].get_images()[0].get_array().shape == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "shape", "kwargs", "match"),
+    [
+        (np.zeros((64, 4)), (64,), {}, r"example_shape=\(64,\) is not an image"),
+        (np.zeros(64), (8, 8, 1), {}, r"\(D, H1\).*\(64,\)"),
+        (np.zeros((63, 4)), (8, 8, 1), {}, "63 rows but example_shape=\\(8, 8, 1\\) has 64"),
+        (np.zeros((64, 4)), (8, 8, 1), {"max_filters": 0}, "max_filters=0"),
+        (np.full((64, 4), np.nan), (8, 8, 1), {}, "256 non-finite"),
+    ],
+)
+def test_filters_errors(kernel, shape, kwargs, match):
+    with pytest.raises(FigureError, match=match):
+        filters_figure(kernel, shape, **kwargs)

@@ -164,107 +164,337 @@ def _is_loss_key(key: str) -> bool:
     return key.startswith(tuple(_PREFIX_STYLES)) and any(w in key for w in _LOSS_WORDS)
 
 
+def _is_term_key(key: str) -> bool:
+    """A weighted objective term ``<prefix>loss/<term>`` (not ``loss/rec``): its own panel."""
+    prefix = next((p for p in _PREFIX_STYLES if key.startswith(p)), None)
+    rest = key[len(prefix) :] if prefix else ""
+    return rest.startswith("loss/") and rest != "loss/rec"
+
+
 def plot_training_curves(
-    path: str | os.PathLike, history: Sequence[Mapping[str, float]], title: str = ""
+    path: str | os.PathLike,
+    history: Sequence[Mapping[str, float]],
+    title: str = "",
+    *,
+    reference: Mapping[str, float] | None = None,
+    log_scale: bool | None = None,
 ) -> None:
-    """Writes ``training_curves_figure(history, title)`` to the PNG ``path``."""
-    _save(training_curves_figure(history, title), path)
+    """Writes ``training_curves_figure(history, title, ...)`` to the PNG ``path``."""
+    _save(training_curves_figure(history, title, reference=reference, log_scale=log_scale), path)
 
 
-def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+def training_curves_figure(
+    history: Sequence[Mapping[str, float]],
+    title: str = "",
+    *,
+    reference: Mapping[str, float] | None = None,
+    log_scale: bool | None = None,
+) -> Figure:
     """Draws the loss-like metrics of a run against the epoch.
 
     Loss-like keys are ``train/*``, ``eval/*`` and ``test/*`` keys that contain loss, mse, sse, bce
-    or nll (``train/loss``, ``train/loss/rec``, ``eval/mse``, ...). Train is solid, eval dashed,
-    test dotted; a metric keeps its colour across prefixes (``train/loss`` and ``eval/loss``).
-    Epochs where a key is missing (evaluation every few epochs) are skipped for that key. The y
-    axis is logarithmic when every plotted value is positive and they span more than one decade.
+    or nll (``train/loss``, ``train/loss/rec``, ``eval/mse``, ...). The left panel holds the losses
+    and the evaluation metrics (eval beside train on the same axes); the weighted objective terms
+    ``train/loss/<term>`` (all but ``loss/rec``), which live on their own scales, get a panel on
+    the right when there are any. Train is solid, eval dashed, test dotted; a metric keeps its
+    colour across prefixes (``train/loss`` and ``eval/loss``). Epochs where a key is missing
+    (evaluation every few epochs) are skipped for that key. Each legend entry ends with the
+    metric's last value. A panel's y axis is logarithmic when every value on it is positive and
+    they span more than one decade (``log_scale`` forces it on or off).
+
+    Args:
+      history: one mapping per epoch, each with ``"epoch"``.
+      title: figure title.
+      reference: label -> value drawn as a horizontal grey line on the loss panel, e.g.
+        ``{"PCA k=8 test MSE": 0.0246}`` (the error of PCA with as many components as the code).
+      log_scale: None: automatic; True/False: logarithmic/linear loss axes.
 
     Raises:
-      FigureError: for an empty history, an entry without "epoch", or no loss-like key.
+      FigureError: for an empty history, an entry without "epoch", no loss-like key, or a
+        reference value that is not a finite number.
     """
     if not history:
         raise FigureError("history must hold at least one epoch's metrics, got none")
     missing = [i for i, h in enumerate(history) if "epoch" not in h]
     if missing:
         raise FigureError(f"every history entry needs an 'epoch' key; entries {missing} lack it")
-    # Train first, then eval, then test, each in name order: the legend reads in that order.
+    reference = dict(reference or {})
+    for label, value in reference.items():
+        if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise FigureError(
+                f"reference[{label!r}]={value!r} must be a finite number (a loss value)"
+            )
+    # Train first, then eval, then test, each with loss and loss/rec first and then in name
+    # order (the objective's terms loss/<term>): the legend reads in that order.
     order = {p: i for i, p in enumerate(_PREFIX_STYLES)}
-    keys = sorted(
-        {k for h in history for k in h if _is_loss_key(k)},
-        key=lambda k: (next(order[p] for p in order if k.startswith(p)), k),
-    )
+
+    def rank(k: str) -> tuple:
+        prefix = next(p for p in order if k.startswith(p))
+        return (order[prefix], k[len(prefix) :] not in ("loss", "loss/rec"), k)
+
+    keys = sorted({k for h in history for k in h if _is_loss_key(k)}, key=rank)
     if not keys:
         found = sorted({k for h in history for k in h})
         raise FigureError(
             f"history has no loss-like key (train/*, eval/* or test/* containing one of "
             f"{_LOSS_WORDS}); keys found: {found}"
         )
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    ax = fig.subplots()
-    colours: dict[str, str] = {}
-    values = []
+    series = {}
     for key in keys:
-        prefix = next(p for p in _PREFIX_STYLES if key.startswith(p))
-        metric = key[len(prefix) :]
-        points = [(h["epoch"], h[key]) for h in history if key in h and np.isfinite(h[key])]
-        if not points:
-            continue
-        epochs, ys = zip(*points, strict=True)
-        colour = colours.setdefault(metric, f"C{len(colours) % 10}")
-        ax.plot(epochs, ys, _PREFIX_STYLES[prefix], color=colour, marker=".", label=key)
-        values.extend(ys)
-    values = np.asarray(values)
-    if values.size and values.min() > 0 and values.max() / values.min() > 10:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+        points = [(h["epoch"], float(h[key])) for h in history if key in h]
+        points = [(e, y) for e, y in points if np.isfinite(y)]
+        if points:
+            series[key] = points
+    main_keys = [k for k in series if not _is_term_key(k)]
+    term_keys = [k for k in series if _is_term_key(k)]
+    panels = [main_keys] + ([term_keys] if term_keys else [])
+    fig = Figure(figsize=(6.4 if len(panels) == 1 else 9.2, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours: dict[str, str] = {}
+    for ax, panel_keys in zip(axes, panels):
+        values: list[float] = []
+        labels = []
+        for key in panel_keys:
+            prefix = next(p for p in _PREFIX_STYLES if key.startswith(p))
+            epochs, ys = zip(*series[key])
+            colour = colours.setdefault(key[len(prefix) :], f"C{len(colours) % 10}")
+            ax.plot(
+                epochs,
+                ys,
+                _PREFIX_STYLES[prefix],
+                color=colour,
+                marker="." if len(epochs) <= 60 else None,
+                markersize=4,
+                linewidth=1.4,
+                label=key,
+            )
+            labels.append(f"{key}  {ys[-1]:.4g}")
+            values.extend(ys)
+        if ax is axes[0]:
+            for i, (label, value) in enumerate(reference.items()):
+                ax.axhline(
+                    value,
+                    color="0.35",
+                    linestyle=(0, (4, 2, 1, 2)) if i % 2 else (0, (1, 1.5)),
+                    linewidth=1.2,
+                    label=label,
+                )
+                labels.append(f"{label}  {value:.4g}")
+                values.append(float(value))
+            ax.set_ylabel("loss")
+        else:
+            ax.set_title("weighted objective terms", fontsize=9)
+            ax.set_ylabel("strength x term")
+        v = np.asarray(values)
+        auto = v.size > 0 and v.min() > 0 and v.max() / v.min() > 10
+        if (log_scale is None and auto) or (log_scale and v.size and v.min() > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="major")
+        ax.grid(alpha=0.12, which="minor")
+        handles = ax.get_lines()
+        ax.legend(handles, labels, fontsize=8, title_fontsize=8, title="last value")
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return fig
 
 
-def plot_code_histogram(path: str | os.PathLike, codes: np.ndarray, title: str = "") -> None:
-    """Writes ``code_histogram_figure(codes, title)`` to the PNG ``path``."""
-    _save(code_histogram_figure(codes, title), path)
+def plot_code_histogram(
+    path: str | os.PathLike,
+    codes: np.ndarray,
+    title: str = "",
+    *,
+    target: float | None = None,
+    log_counts: bool | None = None,
+) -> None:
+    """Writes ``code_histogram_figure(codes, title, ...)`` to the PNG ``path``."""
+    _save(code_histogram_figure(codes, title, target=target, log_counts=log_counts), path)
 
 
-def code_histogram_figure(codes: np.ndarray, title: str = "") -> Figure:
+# An activation is "near zero" below this fraction of the largest |activation| of the code
+# (a sigmoid code under a KL penalty is never exactly 0 but mostly ~1e-3).
+_NEAR_ZERO = 0.01
+
+
+def code_histogram_figure(
+    codes: np.ndarray,
+    title: str = "",
+    *,
+    target: float | None = None,
+    log_counts: bool | None = None,
+) -> Figure:
     """Draws the distribution of code activations: all values, and the mean of each unit.
 
-    Left: a histogram of every entry of ``codes`` (log counts when they span several decades, which
-    sparse codes do). Right: a bar per code unit with its mean activation over the examples, the
-    quantity a KL sparsity penalty drives to ρ (Ng, CS294A notes). The title reports the mean
-    activation and the fraction of exact zeros (the sparsity of k-sparse and ReLU codes).
+    Left: a histogram of every entry of ``codes``; exact zeros (k-sparse and ReLU codes) are one
+    red bar of their own at 0, so the spread of the active values stays visible beside them. The
+    count axis is logarithmic when one bar holds more than 20% of all values (a sparse code's
+    spike at 0; ``log_counts`` forces it on or off). Right: a bar per code unit with its mean
+    activation over the examples, the quantity a KL sparsity penalty drives to ρ (Ng, CS294A
+    notes), with ``target`` (ρ) as a dashed line; dead units (near zero on every example) are
+    marked with a red cross. The title reports the mean activation and the fractions of exact
+    zeros and of near-zero values (below 1% of the largest |activation|).
 
     Args:
       codes: (N, k) code activations.
+      title: figure title.
+      target: a target mean activation to mark (the KL penalty's ρ), or None.
+      log_counts: None: automatic; True/False: logarithmic/linear count axis.
 
     Raises:
-      FigureError: if codes is not a non-empty 2-D array of finite values.
+      FigureError: if codes is not a non-empty 2-D array of finite values, or target is not
+        finite.
     """
     codes = np.asarray(codes, dtype=np.float64)
     if codes.ndim != 2 or codes.size == 0:
         raise FigureError(f"codes must have shape (N, k) with N, k >= 1, got {codes.shape}")
     if not np.all(np.isfinite(codes)):
         raise FigureError(f"codes holds {int(np.sum(~np.isfinite(codes)))} non-finite values")
+    if target is not None and not np.isfinite(target):
+        raise FigureError(f"target={target!r} must be a finite mean activation or None")
+    n, k = codes.shape
     unit_means = codes.mean(axis=0)  # (k,)
+    scale = float(np.abs(codes).max())
+    near = np.abs(codes) <= _NEAR_ZERO * scale if scale > 0 else np.ones(codes.shape, bool)
+    zero = codes == 0
+    dead = near.all(axis=0)  # (k,)
     fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     hist_ax, bar_ax = fig.subplots(1, 2)
-    counts, _, _ = hist_ax.hist(codes.ravel(), bins=50, color="C0")
-    nonzero = counts[counts > 0]
-    if nonzero.size and nonzero.max() / nonzero.min() > 100:
+    values = codes[~zero]
+    counts = np.zeros(0)
+    if values.size:
+        counts, edges, _ = hist_ax.hist(values, bins=50, color="C0", label="non-zero values")
+    if zero.any():
+        # One bar for the exact zeros, as wide as a histogram bin, in front of the histogram.
+        width = (edges[1] - edges[0]) if values.size else 1.0
+        hist_ax.bar(
+            0.0,
+            zero.sum(),
+            width=width,
+            color="C3",
+            alpha=0.85,
+            label=f"exactly 0 ({100 * zero.mean():.1f}%)",
+        )
+        hist_ax.legend(fontsize=8)
+        counts = np.append(counts, zero.sum())
+    # Log counts when one bin (the exact zeros, or the bin at 0 of a sigmoid code under a
+    # sparsity penalty) holds a large share of all values: the rest would be flat on a linear
+    # axis. Dense codes (a bell of values) stay linear.
+    peaked = counts.size and counts.max() > 0.2 * codes.size
+    if log_counts or (log_counts is None and peaked):
         hist_ax.set_yscale("log")
     hist_ax.set_xlabel("activation")
     hist_ax.set_ylabel("count")
-    hist_ax.set_title(f"all {codes.shape[0]} x {codes.shape[1]} values", fontsize=9)
-    bar_ax.bar(np.arange(codes.shape[1]), unit_means, width=0.8, color="C1")
+    hist_ax.set_title(f"all {n} x {k} values", fontsize=9)
+    colours = np.where(dead, "C3", "C1")
+    bar_ax.bar(np.arange(k), unit_means, width=0.8, color=list(colours))
     bar_ax.axhline(0.0, color="black", linewidth=0.5)
+    if dead.any():  # their bars are too short to see: a red cross on the axis for each
+        idx = np.flatnonzero(dead)
+        bar_ax.plot(idx, np.zeros(idx.size), "x", color="C3", markersize=6, label="dead unit")
+    if target is not None:
+        bar_ax.axhline(
+            target, color="0.2", linestyle="--", linewidth=1, label=f"target ρ = {target:g}"
+        )
+    if dead.any() or target is not None:  # above the bars, in headroom made for it
+        top = max(float(unit_means.max()), target or 0.0)
+        if top > 0:
+            bar_ax.set_ylim(top=1.3 * top)
+        bar_ax.legend(fontsize=8, loc="upper right", ncols=2)
     bar_ax.set_xlabel("code unit")
     bar_ax.set_ylabel("mean activation")
-    bar_ax.set_title("per-unit mean", fontsize=9)
-    summary = f"mean {codes.mean():.3g}, zeros {100 * np.mean(codes == 0):.1f}%"
+    if k <= 32:
+        bar_ax.set_xticks(np.arange(k))
+        bar_ax.tick_params(axis="x", labelsize=7 if k > 16 else 9)
+    dead_note = f", {int(dead.sum())} of {k} dead" if dead.any() else ""
+    bar_ax.set_title(f"per-unit mean over {n} examples{dead_note}", fontsize=9)
+    summary = (
+        f"mean {codes.mean():.3g}, zeros {100 * zero.mean():.1f}%, "
+        f"near zero {100 * near.mean():.1f}%"
+    )
     fig.suptitle(f"{title} ({summary})" if title else summary)
+    return fig
+
+
+def plot_filters(
+    path: str | os.PathLike,
+    kernel: np.ndarray,
+    example_shape: tuple[int, ...],
+    title: str = "",
+    max_filters: int = 100,
+) -> None:
+    """Writes ``filters_figure(kernel, example_shape, title, max_filters)`` to the PNG ``path``."""
+    _save(filters_figure(kernel, example_shape, title, max_filters), path)
+
+
+def filters_figure(
+    kernel: np.ndarray,
+    example_shape: tuple[int, ...],
+    title: str = "",
+    max_filters: int = 100,
+) -> Figure:
+    """Draws the first encoder layer's filters of an image model: one panel per hidden unit.
+
+    Column j of ``kernel`` (D, H1) holds the weights of hidden unit j on the D input pixels;
+    reshaped to ``example_shape`` it shows what the unit responds to (strokes, blobs, edges).
+    Each filter is drawn on its own range, symmetric around 0 (``±max|w|``), with a diverging
+    colormap (red positive, blue negative, white 0), so the sign structure is visible whatever
+    the filter's norm. Colour images (C = 3) show the mean over channels. At most
+    ``max_filters`` filters, the first ones, in a near-square grid without ticks.
+
+    Args:
+      kernel: (D, H1) first-layer kernel, D = prod(example_shape).
+      example_shape: (H, W), (H, W, 1) or (H, W, 3).
+      title: figure title (the number of filters shown is added).
+      max_filters: the most filters to draw (>= 1).
+
+    Raises:
+      FigureError: for a kernel that is not 2-D, D that does not match example_shape, an
+        example_shape that is not an image, max_filters < 1, or non-finite weights.
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    example_shape = tuple(int(s) for s in example_shape)
+    is_image = len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[2] in (1, 3))
+    if not is_image:
+        raise FigureError(
+            f"example_shape={example_shape} is not an image (H, W) or (H, W, C) with C in "
+            f"{{1, 3}}; first-layer filters are only drawn for image data"
+        )
+    if kernel.ndim != 2 or kernel.size == 0:
+        raise FigureError(f"kernel must have shape (D, H1) with D, H1 >= 1, got {kernel.shape}")
+    d = math.prod(example_shape)
+    if kernel.shape[0] != d:
+        raise FigureError(
+            f"kernel has {kernel.shape[0]} rows but example_shape={example_shape} has "
+            f"{d} pixels; give the first layer's (D, H1) kernel with D = {d}"
+        )
+    if max_filters < 1:
+        raise FigureError(f"max_filters={max_filters!r} must be >= 1")
+    if not np.all(np.isfinite(kernel)):
+        raise FigureError(f"kernel holds {int(np.sum(~np.isfinite(kernel)))} non-finite weights")
+    total = kernel.shape[1]
+    shown = min(total, max_filters)
+    cols = math.ceil(math.sqrt(shown))
+    rows = math.ceil(shown / cols)
+    h, w = example_shape[:2]
+    size = 0.75 if cols <= 10 else 0.55
+    panel_w, panel_h = size, size * h / w
+    fig = Figure(figsize=(max(cols * panel_w, 3.0), rows * panel_h + 0.7), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for j, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if j >= shown:
+            ax.set_visible(False)
+            continue
+        image = kernel[:, j].reshape(example_shape)
+        if image.ndim == 3:
+            image = image.mean(axis=2)
+        bound = float(np.abs(image).max()) or 1.0
+        ax.imshow(image, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.4)
+    count = f"{shown} of {total} filters" if shown < total else f"{total} filters"
+    fig.suptitle(f"{title} ({count})" if title else count, fontsize=10)
+    fig.supxlabel("each on its own range ±max|w|: red > 0, blue < 0", fontsize=8)
     return fig

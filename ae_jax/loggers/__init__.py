@@ -1,0 +1,262 @@
+"""Experiment trackers: TensorBoard, Weights & Biases, MLflow and a live CSV table.
+
+The ``logger`` config group selects any number of them (``logger=tensorboard``, the default;
+``'logger=[tensorboard,wandb]'``; ``logger=none``); ``cfg.logger`` is a mapping name ->
+settings (``ae_jax.loggers.registry``). The training loop opens them once and feeds them the
+run's own records, so every tracker shows exactly the names of ``history.jsonl``::
+
+    loggers = open_loggers(cfg.logger, workdir=workdir, run_name=name, config=resolved,
+                           group=sweep_name, main=jax.process_index() == 0)
+    try:
+        for row in ...:                                   # one history row per epoch
+            loggers.log_metrics(row, step=row["epoch"])
+        loggers.log_image("reconstructions", workdir / "reconstructions.png", step=epochs)
+        loggers.log_hparams(flatten_config(resolved), final_metrics)
+    finally:
+        loggers.close()
+
+With ``main=False`` (process > 0 of a multi-process run) nothing is opened or written. A tracker
+whose library is missing fails at ``open_loggers`` with a ``LoggerError`` that names the pip
+extra to install; one that fails later (a full disk, a lost connection) is reported once with a
+warning and dropped, so it cannot stop the training run.
+
+This module imports neither JAX nor any tracker library; each tracker's library is imported when
+it is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ae_jax.loggers.registry import LOGGERS, loggers_settings
+
+__all__ = [
+    "LOGGERS",
+    "Logger",
+    "LoggerError",
+    "Loggers",
+    "clean_row",
+    "flatten_config",
+    "open_loggers",
+]
+
+log = logging.getLogger(__name__)
+
+
+class LoggerError(RuntimeError):
+    """A selected logger cannot be opened (its library is missing, its store unreachable, ...);
+    the message names the logger and, for a missing library, the pip extra to install."""
+
+
+class Logger(Protocol):
+    """What a factory of ``LOGGERS`` returns."""
+
+    def log_metrics(self, row: dict[str, float], step: int) -> None: ...
+
+    def log_image(self, tag: str, png_path: Path, step: int) -> None: ...
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def clean_row(row: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of ``row`` as floats (numpy scalars and 0-d arrays included);
+    strings, None, arrays with more than one value, NaN and infinities are left out."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, numbers.Real):
+            size = getattr(value, "size", None)
+            if size != 1 or not hasattr(value, "item"):
+                continue
+            value = value.item()
+            if not isinstance(value, numbers.Real):
+                continue
+        value = float(value)
+        if math.isfinite(value):
+            out[str(key)] = value
+    return out
+
+
+def flatten_config(config: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """A nested config as one level of dotted keys (``model.latent_dim``), each value a bool,
+    int, float or str: None becomes ``"None"``, a list or tuple its ``str`` (``"[64, 32]"``);
+    an empty mapping is kept as ``"{}"`` (``reg: {}``: no regulariser)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            if not value and prefix:
+                out[prefix] = "{}"
+            for k, v in value.items():
+                walk(f"{prefix}{sep}{k}" if prefix else str(k), v)
+        elif isinstance(value, (bool, int, float, str)):
+            out[prefix] = value
+        elif isinstance(value, (list, tuple)):
+            out[prefix] = str(list(value))
+        elif isinstance(value, numbers.Real):  # numpy scalars
+            out[prefix] = value.item() if hasattr(value, "item") else float(value)
+        else:
+            out[prefix] = str(value)
+
+    walk("", config)
+    return out
+
+
+def _to_plain(value: Any) -> Any:
+    """OmegaConf containers and dataclasses as plain dicts/lists (anything else unchanged)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class Loggers:
+    """The selected loggers behind one interface; every call goes to each of them.
+
+    Falsy when none is open (``logger=none``, or a non-main process). ``close`` is idempotent.
+    """
+
+    def __init__(self, loggers: Mapping[str, Logger] | None = None, image_every: int = 0):
+        self._loggers: dict[str, Logger] = dict(loggers or {})
+        self.image_every = image_every  # smallest positive image_every of the selected ones
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._loggers)
+
+    def __bool__(self) -> bool:
+        return bool(self._loggers)
+
+    def __enter__(self) -> Loggers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def image_due(self, epoch: int) -> bool:
+        """Whether a selected logger asked for images every N epochs and ``epoch`` is one."""
+        return bool(self._loggers) and self.image_every > 0 and epoch % self.image_every == 0
+
+    def _each(self, what: str, call) -> None:
+        for name in list(self._loggers):
+            try:
+                call(self._loggers[name])
+            except Exception as e:  # a tracker must never stop the training run
+                log.warning(
+                    "logger %s failed in %s and is dropped: %s: %s", name, what, type(e).__name__, e
+                )
+                bad = self._loggers.pop(name)
+                try:
+                    bad.close()
+                except Exception:
+                    pass
+
+    def log_metrics(self, row: Mapping[str, Any], step: int) -> None:
+        """One history row (``train/loss``, ``eval/mse``, ``epoch``, ``time/elapsed``, ...) at
+        ``step`` (the epoch); non-numeric and non-finite values are left out."""
+        clean = clean_row(row)
+        if clean:
+            self._each("log_metrics", lambda lg: lg.log_metrics(clean, int(step)))
+
+    def log_image(self, tag: str, png_path: str | os.PathLike, step: int) -> None:
+        """A PNG the run has written (``reconstructions``, ``training_curves``, ...)."""
+        path = Path(png_path)
+        if not self._loggers:
+            return
+        if not path.is_file():
+            log.warning("not logging image %s: %s does not exist", tag, path)
+            return
+        self._each("log_image", lambda lg: lg.log_image(tag, path, int(step)))
+
+    def log_hparams(self, hparams: Any, metrics: Mapping[str, Any]) -> None:
+        """The resolved config (nested or flat mapping, a DictConfig or the ``Config``
+        dataclass) and the final metrics, once at the end."""
+        flat = flatten_config(_to_plain(hparams))
+        final = clean_row(metrics)
+        self._each("log_hparams", lambda lg: lg.log_hparams(flat, final))
+
+    def close(self) -> None:
+        """Flush and close every logger (idempotent)."""
+        loggers, self._loggers = self._loggers, {}
+        for name, lg in loggers.items():
+            try:
+                lg.close()
+            except Exception as e:
+                log.warning("logger %s failed to close: %s: %s", name, type(e).__name__, e)
+
+
+def _missing(name: str, error: ImportError) -> LoggerError:
+    entry = LOGGERS.entry(name)
+    extra = entry.info.get("extra")
+    pkgs = " ".join(entry.info.get("requires", ()))
+    how = f"pip install 'ae-jax[{extra}]'" if extra else f"pip install {pkgs}"
+    return LoggerError(
+        f"logger={name} needs {pkgs or 'a library'} ({error}); install it with {how}, "
+        f"or choose another logger (logger=none for none)"
+    )
+
+
+def open_loggers(
+    settings: Mapping[str, Any] | None,
+    *,
+    workdir: str | os.PathLike,
+    run_name: str,
+    config: Mapping[str, Any] | None = None,
+    group: str | None = None,
+    main: bool = True,
+) -> Loggers:
+    """Open every logger of ``settings`` (``cfg.logger``: name -> settings) for one run.
+
+    Args:
+      settings: name -> settings mapping or dataclass; None or {}: no logger.
+      workdir: the run directory; each logger writes under it (``tensorboard/``, ``wandb/``,
+        ``mlflow.db``, ``metrics.csv``) unless its settings point elsewhere.
+      run_name: the run's display name in the trackers.
+      config: the resolved config (nested), sent to W&B's config and MLflow's params.
+      group: groups a sweep's runs (W&B group, MLflow tag ``group``, TensorBoard: none needed,
+        each run is its own directory).
+      main: False on processes > 0 of a multi-process run: nothing is opened or written.
+
+    Raises:
+      ae_jax.registry.ConfigError: an unknown logger or setting.
+      LoggerError: a logger's library is missing or it cannot be opened.
+    """
+    parsed = loggers_settings(_to_plain(settings) if settings is not None else None)
+    if not main or not parsed:
+        return Loggers()
+    workdir = Path(workdir)
+    config = dict(_to_plain(config) or {})
+    opened: dict[str, Logger] = {}
+    try:
+        for name, s in parsed.items():
+            try:
+                opened[name] = LOGGERS.get(name)(
+                    s, workdir=workdir, run_name=run_name, config=config, group=group
+                )
+            except ImportError as e:
+                raise _missing(name, e) from e
+            except LoggerError:
+                raise
+            except Exception as e:
+                raise LoggerError(
+                    f"logger={name} could not be opened in {workdir}: {type(e).__name__}: {e}"
+                ) from e
+    except BaseException:
+        Loggers(opened).close()
+        raise
+    every = [s.image_every for s in parsed.values() if getattr(s, "image_every", 0) > 0]
+    return Loggers(opened, image_every=min(every, default=0))

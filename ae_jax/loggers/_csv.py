@@ -1,0 +1,70 @@
+"""``<run dir>/metrics.csv``: the history table as the run goes.
+
+The run writes ``history.csv`` when it ends; this one is rewritten after every epoch (atomically,
+a small file), so a running or killed run can be read with any spreadsheet or ``tail``. A new
+column (evaluation starts, a term appears) widens the whole table; a resumed run that logs an
+epoch again replaces that epoch and the ones after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from ae_jax.loggers.registry import CsvSettings
+
+
+class CsvLogger:
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[int, dict[str, float]] = {}
+        self.columns: list[str] = ["step"]
+        if path.is_file():  # a resumed run: keep what the earlier attempt wrote
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or ["step"])
+                for r in reader:
+                    try:
+                        step = int(r["step"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    self.rows[step] = {k: v for k, v in r.items() if k != "step" and v != ""}
+
+    def log_metrics(self, row: dict[str, float], step: int) -> None:
+        self.rows = {s: r for s, r in self.rows.items() if s < step}
+        self.rows[step] = dict(row)
+        self.columns += [k for k in row if k not in self.columns]
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
+            writer.writeheader()
+            for step in sorted(self.rows):
+                writer.writerow({"step": step, **self.rows[step]})
+        os.replace(tmp, self.path)
+
+    def log_image(self, tag: str, png_path: Path, step: int) -> None:
+        pass  # the PNG is already in the run directory
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        pass  # config.yaml and metrics.json already hold them
+
+    def close(self) -> None:
+        pass
+
+
+def open_csv(
+    settings: CsvSettings,
+    *,
+    workdir: Path,
+    run_name: str,
+    config: dict,
+    group: str | None = None,
+) -> CsvLogger:
+    del run_name, config, group
+    return CsvLogger(Path(workdir) / settings.filename)

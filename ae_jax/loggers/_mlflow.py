@@ -1,0 +1,169 @@
+"""MLflow: one MLflow run per ae-jax run, in a SQLite store ``<run dir>/mlflow.db`` (artifacts
+in ``<run dir>/mlartifacts``) unless ``logger.mlflow.tracking_uri`` or ``$MLFLOW_TRACKING_URI``
+names another store (a server, a database shared by a sweep).
+``mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db``.
+
+Why not a ``file:`` store (``mlruns/``): recent MLflow (3.17 here) refuses file stores unless
+``MLFLOW_ALLOW_FILE_STORE=true`` ("maintenance mode"), and a file store keeps each metric in a
+file named by its key, so ``train/loss`` (a file) and ``train/loss/rec`` (a file in a directory
+``train/loss``) cannot both exist. A ``file:`` URI given explicitly still works: the opt-out is
+set for it and ``/`` in metric names becomes ``.`` there (``train.loss.rec``).
+
+Params are the flattened resolved config (values cut to MLflow's 6000 characters), metrics the
+history rows with ``step`` = epoch plus the final metrics, images artifacts under
+``images/epoch_<step>/<tag>.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ae_jax.loggers.registry import MlflowSettings
+
+MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
+PARAMS_PER_BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
+METRICS_PER_BATCH = 1000  # MAX_METRICS_PER_BATCH
+
+
+def mlflow_key(key: str) -> str:
+    """``key`` with the characters MLflow refuses in a metric or param name replaced by ``_``
+    (allowed: letters, digits, ``_ - . : /`` and space; ``train/loss/rec`` is kept as it is)."""
+    return re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", key)[:MAX_KEY]
+
+
+def tracking_uri(settings: MlflowSettings, workdir: Path) -> str:
+    """The store: the setting, else ``$MLFLOW_TRACKING_URI``, else ``<workdir>/mlflow.db``."""
+    return (
+        settings.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
+    )
+
+
+def _is_file_store(uri: str) -> bool:
+    return uri.startswith("file:") or "://" not in uri
+
+
+@contextlib.contextmanager
+def _quiet():
+    names = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class MlflowLogger:
+    def __init__(self, client: Any, run_id: str, file_store: bool = False):
+        self.client = client
+        self.run_id = run_id
+        self._file_store = file_store
+        self._params: set[str] = set()
+        self._metrics: set[str] = set()
+        self._last_step = 0
+        self._closed = False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        new = [
+            Param(mlflow_key(k), str(v)[:MAX_PARAM_VALUE])
+            for k, v in params.items()
+            if mlflow_key(k) not in self._params
+        ]
+        for i in range(0, len(new), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
+        self._params.update(p.key for p in new)
+
+    def _log(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(self._metric_key(k), v, ts, step) for k, v in values.items()]
+        for i in range(0, len(metrics), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+
+    def _metric_key(self, key: str) -> str:
+        key = mlflow_key(key)
+        return key.replace("/", ".") if self._file_store else key
+
+    def log_metrics(self, row: dict[str, float], step: int) -> None:
+        self._log(row, step)
+        self._metrics.update(row)
+        self._last_step = max(self._last_step, step)
+
+    def log_image(self, tag: str, png_path: Path, step: int) -> None:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", tag) + ".png"
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            shutil.copyfile(png_path, local)
+            self.client.log_artifact(self.run_id, str(local), f"images/epoch_{step}")
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.log_params(hparams)  # only those the run did not log when it opened
+        final = {k: v for k, v in metrics.items() if k not in self._metrics}
+        self._log(final, self._last_step)
+        self._metrics.update(final)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def open_mlflow(
+    settings: MlflowSettings,
+    *,
+    workdir: Path,
+    run_name: str,
+    config: dict,
+    group: str | None = None,
+) -> MlflowLogger:
+    workdir = Path(workdir)
+    uri = tracking_uri(settings, workdir)
+    own_store = not settings.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
+    if _is_file_store(uri):
+        # An explicit MLFLOW_ALLOW_FILE_STORE=false is respected (MLflow then refuses).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from ae_jax.loggers import flatten_config
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _quiet():  # a new SQLite store announces its table creation on the console
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(settings.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifacts = (workdir / "mlartifacts").resolve().as_uri() if own_store else None
+        try:
+            experiment_id = client.create_experiment(
+                settings.experiment, artifact_location=artifacts
+            )
+        except MlflowException:  # another job of the sweep created it meanwhile
+            experiment_id = client.get_experiment_by_name(settings.experiment).experiment_id
+    tags = {"group": group} if group else {}
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    logger = MlflowLogger(client, run.info.run_id, file_store=_is_file_store(uri))
+    if config:
+        logger.log_params(flatten_config(config))
+    return logger

@@ -1,0 +1,94 @@
+"""Weights & Biases: one W&B run per ae-jax run, under ``<run dir>/wandb/``.
+
+Offline unless the machine is logged in (``mode: auto``): then ``wandb sync <run dir>/wandb/
+offline-run-*`` uploads it later. W&B's own messages go to its log files
+(``<run dir>/wandb/.../logs/``), not to the console; the training output is not captured.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ae_jax.loggers.registry import WandbSettings
+
+
+def logged_in() -> bool:
+    """Whether W&B has credentials: ``WANDB_API_KEY``, or a ``~/.netrc`` (``$NETRC``) login for
+    the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return bool(netrc.netrc(path).authenticators(host or "api.wandb.ai"))
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(settings: WandbSettings) -> str:
+    """``settings.mode``, with ``auto`` as ``$WANDB_MODE`` when set, else online when logged in
+    and offline otherwise."""
+    if settings.mode != "auto":
+        return settings.mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if logged_in() else "offline"
+
+
+class WandbLogger:
+    def __init__(self, run: Any, config_given: bool):
+        self.run = run
+        self._config_given = config_given
+        self._closed = False
+
+    def log_metrics(self, row: dict[str, float], step: int) -> None:
+        self.run.log(row, step=step)
+
+    def log_image(self, tag: str, png_path: Path, step: int) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Image(str(png_path))}, step=step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        if not self._config_given:  # the config went in at wandb.init otherwise
+            self.run.config.update(hparams, allow_val_change=True)
+        self.run.summary.update(metrics)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.run.finish()
+
+
+def open_wandb(
+    settings: WandbSettings,
+    *,
+    workdir: Path,
+    run_name: str,
+    config: dict,
+    group: str | None = None,
+) -> WandbLogger:
+    os.environ.setdefault("WANDB_SILENT", "true")  # before the import: W&B reads it early
+    import wandb
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=settings.project,
+        entity=settings.entity,
+        dir=str(workdir),  # W&B adds wandb/
+        name=run_name,
+        group=group,
+        config=dict(config) or None,
+        tags=list(settings.tags) or None,
+        notes=settings.notes,
+        mode=resolve_mode(settings),
+        reinit="create_new",  # several runs in one process (a vectorised sweep, tests)
+        settings=wandb.Settings(silent=True, console="off", disable_git=False),
+    )
+    return WandbLogger(run, config_given=bool(config))

@@ -1,0 +1,510 @@
+"""Tests of the experiment trackers with the real libraries, reading back what each one wrote:
+TensorBoard's own event reader, a W&B offline run's transaction log, MLflow's client on a file
+store, the live CSV table; the registry, the Hydra ``logger`` group, errors and ``main=False``."""
+
+import dataclasses
+import logging
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from ae_jax.loggers import LoggerError, Loggers, clean_row, flatten_config, open_loggers
+from ae_jax.loggers.registry import (
+    LOGGERS,
+    TensorBoardSettings,
+    WandbSettings,
+    loggers_settings,
+)
+from ae_jax.registry import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = {
+    "model": {"kind": "mlp", "latent_dim": 8, "widths": [64, 32], "sparse_k": None},
+    "reg": {},
+    "optim": {"name": "adam", "lr": 1e-3},
+    "name": "autoencoder",
+}
+EPOCHS = 5
+
+
+def _rows() -> list[dict]:
+    return [
+        {
+            "epoch": e,
+            "train/loss": 1.0 / e,
+            "train/loss/rec": 0.9 / e,
+            "time/elapsed": 0.1 * e,
+            **({"eval/mse": 1.1 / e} if e % 2 == 0 else {}),
+        }
+        for e in range(1, EPOCHS + 1)
+    ]
+
+
+FINAL = {"test/mse": 0.0121, "test/pca_mse": 0.0246, "train/loss": 0.2}
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("png") / "reconstructions.png"
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().imshow(np.random.default_rng(0).random((8, 16)), cmap="gray")
+    fig.savefig(path, dpi=50)
+    return path
+
+
+def _log_run(loggers: Loggers, png: Path) -> None:
+    for row in _rows():
+        loggers.log_metrics(row, step=row["epoch"])
+    loggers.log_image("reconstructions", png, step=EPOCHS)
+    loggers.log_hparams(CONFIG, FINAL)
+    loggers.close()
+    loggers.close()  # idempotent
+
+
+# ------------------------------------------------------------------------------ tensorboard
+
+
+def test_tensorboard_events_read_back_by_tensorboard(tmp_path, png):
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    loggers = open_loggers({"tensorboard": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    assert loggers.names == ("tensorboard",)
+    _log_run(loggers, png)
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"epoch", "train/loss", "train/loss/rec", "eval/mse", "time/elapsed"} <= set(
+        tags["scalars"]
+    )
+    loss = acc.Scalars("train/loss")
+    assert [s.step for s in loss] == list(range(1, EPOCHS + 1))
+    np.testing.assert_allclose([s.value for s in loss], [1.0 / e for e in range(1, 6)], rtol=1e-6)
+    assert [s.step for s in acc.Scalars("eval/mse")] == [2, 4]
+    # Final metrics that were no per-epoch scalar are scalars at the last step (HParams reads them).
+    assert [(s.step, round(s.value, 6)) for s in acc.Scalars("test/mse")] == [(EPOCHS, 0.0121)]
+    assert len(acc.Scalars("train/loss")) == EPOCHS  # not repeated by the final metrics
+    (image,) = acc.Images("reconstructions")
+    assert image.step == EPOCHS and image.encoded_image_string == png.read_bytes()
+    assert (image.width, image.height) == struct.unpack(">II", png.read_bytes()[16:24])
+    content = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["model.latent_dim"].number_value == 8
+    assert start.hparams["model.widths"].string_value == "[64, 32]"
+    assert start.hparams["optim.name"].string_value == "adam"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == set(FINAL)
+
+
+# ------------------------------------------------------------------------------------ wandb
+
+
+def _wandb_records(run_dir: Path) -> list:
+    """The protobuf records of an offline run's ``run-<id>.wandb`` (LevelDB log format: 7-byte
+    file header, 32 KiB blocks, each chunk a CRC, a length, a type FULL/FIRST/MIDDLE/LAST)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 2):
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk if kind == 4 else chunk)
+            records.append(record)
+    return records
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """No credentials, W&B's caches and config in tmp_path."""
+    pytest.importorskip("wandb")
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+
+
+def test_wandb_offline_run_read_back(tmp_path, png, wandb_env, capfd):
+    import json
+
+    from ae_jax.loggers._wandb import resolve_mode
+
+    assert resolve_mode(WandbSettings()) == "offline"  # no key, no netrc
+    workdir = tmp_path / "run"
+    loggers = open_loggers(
+        {"wandb": {"project": "ae-jax-test", "tags": ["t1"]}},
+        workdir=workdir,
+        run_name="run-0",
+        config=CONFIG,
+        group="sweep-a",
+    )
+    _log_run(loggers, png)
+    (run_dir,) = (workdir / "wandb").glob("offline-run-*")
+    records = _wandb_records(run_dir)
+    by_kind: dict[str, list] = {}
+    for r in records:
+        by_kind.setdefault(r.WhichOneof("record_type"), []).append(r)
+    (run,) = by_kind["run"]
+    assert (run.run.display_name, run.run.run_group, run.run.project) == (
+        "run-0",
+        "sweep-a",
+        "ae-jax-test",
+    )
+    assert list(run.run.tags) == ["t1"]
+    config = {item.key: json.loads(item.value_json) for item in run.run.config.update}
+    assert config["model"] == CONFIG["model"]
+    history = [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in by_kind["history"]
+    ]
+    assert [h["_step"] for h in history] == list(range(1, EPOCHS + 1))
+    np.testing.assert_allclose([h["train/loss"] for h in history], [1.0 / e for e in range(1, 6)])
+    assert [h["_step"] for h in history if "eval/mse" in h] == [2, 4]
+    assert history[-1]["reconstructions/_type"] == "image-file"  # the image at the last epoch
+    assert list(run_dir.glob("files/media/images/reconstructions_*.png"))
+    summary = {}
+    for r in by_kind["summary"]:
+        summary.update(
+            {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update}
+        )
+    assert summary["test/mse"] == pytest.approx(0.0121)
+    assert "exit" in by_kind  # finished cleanly
+    out, err = capfd.readouterr()
+    assert "wandb" not in (out + err).lower()  # W&B's messages stay in its log files
+
+
+# ----------------------------------------------------------------------------------- mlflow
+
+
+def test_mlflow_store_read_back(tmp_path, png, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    long_config = {**CONFIG, "notes": "x" * 7000, "odd key!": 1}
+    loggers = open_loggers(
+        {"mlflow": {}}, workdir=tmp_path, run_name="run-0", config=long_config, group="sweep-a"
+    )
+    _log_run(loggers, png)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ae-jax")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run-0" and run.info.status == "FINISHED"
+    assert run.data.tags["group"] == "sweep-a"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, EPOCHS + 1))  # not repeated at the end
+    np.testing.assert_allclose([m.value for m in history], [1.0 / e for e in range(1, 6)])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/mse")] == [2, 4]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss/rec")) == EPOCHS
+    assert run.data.metrics["test/mse"] == pytest.approx(0.0121)
+    params = run.data.params
+    assert params["model.latent_dim"] == "8" and params["model.widths"] == "[64, 32]"
+    assert params["model.sparse_k"] == "None" and params["reg"] == "{}"
+    assert len(params["notes"]) == 6000  # cut to MLflow's limit
+    assert params["odd key_"] == "1"  # a character MLflow refuses, replaced
+    artifacts = client.list_artifacts(run.info.run_id, f"images/epoch_{EPOCHS}")
+    assert [a.path for a in artifacts] == [f"images/epoch_{EPOCHS}/reconstructions.png"]
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the cwd
+
+
+def test_mlflow_explicit_file_store_renames_nested_metrics(tmp_path, png, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # restored after the test
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loggers = open_loggers({"mlflow": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    _log_run(loggers, png)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+    # train/loss (a file) and train/loss/rec (a file under train/loss/) cannot both exist there.
+    assert {"train.loss", "train.loss.rec", "eval.mse", "test.mse"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train.loss")) == EPOCHS
+
+
+# -------------------------------------------------------------------------------------- csv
+
+
+def test_csv_table_is_live_widens_and_resumes(tmp_path):
+    import csv
+
+    loggers = open_loggers({"csv": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    for row in _rows()[:3]:
+        loggers.log_metrics(row, step=row["epoch"])
+        with (tmp_path / "metrics.csv").open() as f:
+            assert len(list(csv.DictReader(f))) == row["epoch"]  # written after every epoch
+    loggers.close()
+    # A resumed run logs epoch 3 again (its checkpoint was epoch 2): 3 is replaced, not repeated.
+    loggers = open_loggers({"csv": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    for row in _rows()[2:]:
+        loggers.log_metrics({**row, "train/loss": 7.0}, step=row["epoch"])
+    loggers.close()
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [float(r["train/loss"]) for r in rows] == [1.0, 0.5, 7.0, 7.0, 7.0]
+    assert [r["eval/mse"] for r in rows][:2] == ["", str(1.1 / 2)]  # a column that came later
+
+
+# ------------------------------------------------------------------------- the fan-out itself
+
+
+def test_several_loggers_at_once_and_main_false_writes_nothing(tmp_path, png, monkeypatch):
+    pytest.importorskip("tensorboardX")
+    settings = {"tensorboard": TensorBoardSettings(flush_secs=1), "csv": None}
+    idle = open_loggers(settings, workdir=tmp_path / "p1", run_name="r", config=CONFIG, main=False)
+    assert not idle and idle.names == ()
+    _log_run(idle, png)
+    assert not (tmp_path / "p1").exists()
+    both = open_loggers(settings, workdir=tmp_path / "p0", run_name="r", config=CONFIG)
+    assert both.names == ("tensorboard", "csv")
+    _log_run(both, png)
+    assert list((tmp_path / "p0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "p0" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("settings", [None, {}])
+def test_no_logger_is_a_falsy_no_op(settings, tmp_path, png):
+    loggers = open_loggers(settings, workdir=tmp_path / "run", run_name="r", config=CONFIG)
+    assert not loggers and not loggers.image_due(10)
+    _log_run(loggers, png)
+    Loggers().close()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "extra"),
+    [
+        ("tensorboard", "tensorboardX", "tensorboard"),
+        ("wandb", "wandb", "trackers"),
+        ("mlflow", "mlflow", "trackers"),
+    ],
+)
+def test_missing_library_names_the_logger_and_the_extra(name, module, extra, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, f"{module}.tracking", None)
+    with pytest.raises(LoggerError, match=rf"logger={name} needs {module}.*ae-jax\[{extra}\]"):
+        open_loggers({name: {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+
+
+@dataclasses.dataclass
+class _FlakySettings:
+    fail_at: int = 2
+    image_every: int = 3
+
+
+class _Flaky:
+    def __init__(self, settings, calls):
+        self.settings, self.calls = settings, calls
+
+    def log_metrics(self, row, step):
+        if step == self.settings.fail_at:
+            raise OSError("disk full")
+        self.calls.append(step)
+
+    def log_image(self, tag, png_path, step):
+        self.calls.append(tag)
+
+    def log_hparams(self, hparams, metrics):
+        self.calls.append(("hparams", hparams, metrics))
+
+    def close(self):
+        self.calls.append("closed")
+
+
+@pytest.fixture
+def flaky():
+    calls: list = []
+    LOGGERS.register(
+        "flaky",
+        lambda s, **kw: _Flaky(s, calls),
+        config=_FlakySettings,
+        overwrite=True,
+    )
+    _FlakySettings.check = lambda self, prefix: None
+    yield calls
+    LOGGERS.unregister("flaky")
+
+
+def test_a_failing_logger_is_dropped_with_a_warning(flaky, tmp_path, png, caplog):
+    loggers = open_loggers({"flaky": {"fail_at": 3}}, workdir=tmp_path, run_name="r")
+    assert loggers.image_due(3) and loggers.image_due(6) and not loggers.image_due(4)
+    loggers.log_hparams({"model": {"latent_dim": 8, "widths": [4]}}, {"x": 1.0, "bad": math.nan})
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 5):
+            loggers.log_metrics({"train/loss": 1.0 / step}, step=step)
+    assert "logger flaky failed in log_metrics and is dropped: OSError: disk full" in caplog.text
+    assert flaky == [
+        ("hparams", {"model.latent_dim": 8, "model.widths": "[4]"}, {"x": 1.0}),
+        1,
+        2,
+        "closed",
+    ]
+    assert not loggers
+    loggers.close()
+
+
+def test_clean_row_and_flatten_config():
+    row = {
+        "epoch": 3,
+        "train/loss": np.float32(0.5),
+        "eval/mse": np.array(0.25),
+        "nan": math.nan,
+        "inf": math.inf,
+        "name": "x",
+        "none": None,
+        "vector": np.ones(3),
+        "flag": True,
+    }
+    assert clean_row(row) == {"epoch": 3.0, "train/loss": 0.5, "eval/mse": 0.25, "flag": 1.0}
+    flat = flatten_config({"a": {"b": 1, "c": [1, 2], "d": None, "e": {}}, "f": np.int64(2)})
+    assert flat == {"a.b": 1, "a.c": "[1, 2]", "a.d": "None", "a.e": "{}", "f": 2}
+
+
+def test_hparams_and_config_may_be_dataclasses_or_omegaconf(flaky, tmp_path):
+    from omegaconf import OmegaConf
+
+    @dataclasses.dataclass
+    class Inner:
+        latent_dim: int = 8
+
+    @dataclasses.dataclass
+    class Cfg:
+        model: Inner = dataclasses.field(default_factory=Inner)
+
+    loggers = open_loggers(
+        OmegaConf.create({"flaky": {"fail_at": 99}}), workdir=tmp_path, run_name="r", config=Cfg()
+    )
+    loggers.log_hparams(Cfg(), {"test/mse": np.float64(0.5)})
+    loggers.log_hparams(OmegaConf.structured(Cfg()), {})
+    assert flaky[:2] == [
+        ("hparams", {"model.latent_dim": 8}, {"test/mse": 0.5}),
+        ("hparams", {"model.latent_dim": 8}, {}),
+    ]
+
+
+def test_registry_settings_and_errors():
+    assert set(LOGGERS.names()) >= {"tensorboard", "wandb", "mlflow", "csv"}
+    parsed = loggers_settings({"tensorboard": {"flush_secs": 5}, "wandb": None})
+    assert parsed["tensorboard"] == TensorBoardSettings(flush_secs=5)
+    assert parsed["wandb"] == WandbSettings()
+    with pytest.raises(
+        ConfigError, match=r"logger.neptune is not a registered logger.*tensorboard"
+    ):
+        loggers_settings({"neptune": {}})
+    with pytest.raises(ConfigError, match=r"logger.wandb.projekt is not a setting.*project"):
+        loggers_settings({"wandb": {"projekt": "x"}})
+    with pytest.raises(ConfigError, match=r"logger.wandb.mode='cloud'.*offline"):
+        loggers_settings({"wandb": {"mode": "cloud"}})
+    with pytest.raises(ConfigError, match=r"image_every=-1"):
+        loggers_settings({"mlflow": {"image_every": -1}})
+    with pytest.raises(ConfigError, match="mapping logger name"):
+        loggers_settings(["tensorboard"])
+
+
+def test_registry_and_interface_import_no_heavy_library():
+    code = (
+        "import sys, ae_jax.loggers, ae_jax.loggers.registry; "
+        "heavy = [m for m in ('jax', 'tensorboardX', 'wandb', 'mlflow', 'tensorboard') "
+        "if m in sys.modules]; assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------------------- the Hydra group
+
+
+def _compose(config_dir: Path, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.logger, resolve=True)
+
+
+@pytest.fixture
+def mirror_config(tmp_path) -> Path:
+    """A config dir with conf/logger/ as it is and a primary config that mirrors conf/config.yaml:
+    a structured schema with ``logger: dict[str, Any]`` and ``- logger: tensorboard``."""
+    import shutil
+    from typing import Any
+
+    from hydra.core.config_store import ConfigStore
+
+    @dataclasses.dataclass
+    class Schema:
+        logger: dict[str, Any] = dataclasses.field(default_factory=dict)
+        name: str = "autoencoder"
+
+    ConfigStore.instance().store(name="logger_test_schema", node=Schema)
+    shutil.copytree(REPO / "conf" / "logger", tmp_path / "logger")
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - logger_test_schema\n  - logger: tensorboard\n  - _self_\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], ["tensorboard"]),
+        (["logger=none"], []),
+        (["logger=wandb"], ["wandb"]),
+        (["logger=[tensorboard,wandb]"], ["tensorboard", "wandb"]),
+        (["logger=[tensorboard,wandb,mlflow,csv]"], ["tensorboard", "wandb", "mlflow", "csv"]),
+        (["logger=[wandb,mlflow]", "logger.wandb.project=p"], ["wandb", "mlflow"]),
+    ],
+)
+def test_logger_group_composes_to_a_mapping(mirror_config, overrides, expected):
+    logger = _compose(mirror_config, overrides)
+    assert list(logger) == expected
+    parsed = loggers_settings(logger)  # every option file holds valid settings
+    if "logger.wandb.project=p" in overrides:
+        assert parsed["wandb"].project == "p"
+
+
+def test_real_config_selects_tensorboard_by_default():
+    if "logger:" not in (REPO / "conf" / "config.yaml").read_text():
+        pytest.skip("conf/config.yaml has no logger default yet")
+    from ae_jax.config import register_configs
+
+    register_configs()
+    assert list(_compose(REPO / "conf", [])) == ["tensorboard"]
+    assert list(_compose(REPO / "conf", ["logger=[tensorboard,mlflow]"])) == [
+        "tensorboard",
+        "mlflow",
+    ]
