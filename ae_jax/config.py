@@ -1,10 +1,17 @@
 """The typed configuration schema of ae-jax and its validation.
 
-Every Hydra config group (``model``, ``data``, ``noise``, ``reg``, ``loss``, ``optim``, ``trainer``)
-has a dataclass here, registered in Hydra's ConfigStore as ``<group>/base_<group>``; the YAML files
-in ``conf/<group>/`` start from it, so a misspelt key or a wrong type is refused by Hydra itself.
-``validate`` then checks values and combinations before any data is read or any program compiled,
-and ``validate_against_data`` checks what only the loaded dataset can tell (shapes, value range).
+Every Hydra config group (``model``, ``data``, ``noise``, ``loss``, ``optim``, ``trainer``,
+``pretrain``) has a dataclass here, registered in Hydra's ConfigStore as ``<group>/base_<group>``;
+the YAML files in ``conf/<group>/`` start from it, so a misspelt key or a wrong type is refused
+by Hydra itself. ``reg`` is a mapping term name -> that term's config (any number of terms, each
+option file of ``conf/reg/`` contributes one under its own name: ``reg=[kl_sparse,weight_decay]``);
+the terms and their config dataclasses come from ``ae_jax.registry.REGULARIZERS`` and are checked
+in ``to_config`` / ``validate``. ``validate`` checks values and combinations before any data is
+read or any program compiled, taking every list of valid names from ``ae_jax.registry``;
+``validate_against_data`` (``ae_jax.training.trainer``) checks what only the loaded dataset can
+tell (shapes, value range).
+
+This module imports nothing of ae-jax but the JAX-free ``ae_jax.registry``.
 """
 
 from __future__ import annotations
@@ -13,23 +20,27 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ae_jax.pretraining.config import PretrainConfig
+from ae_jax.loggers.registry import loggers_settings
+from ae_jax.registry import (
+    ACTIVATIONS,
+    CORRUPTIONS,
+    OPTIMIZERS,
+    RECONSTRUCTION_LOSSES,
+    REGULARIZERS,
+    SCHEDULES,
+    ConfigError,
+    TermConfig,
+    term_config,
+)
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu", "linear")
 MODEL_KINDS = ("mlp", "linear", "conv")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "linear")
 DATA_SOURCES = ("digits", "tfds", "idx", "array")
 SCALINGS = ("auto", "unit", "standardize", "none")
-NOISE_KINDS = ("none", "gaussian", "masking", "salt_pepper")
-REG_KINDS = ("none", "l1", "kl_sparse", "contractive", "k_sparse", "weight_decay")
-LOSS_KINDS = ("mse", "rmse", "bce")
-OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nesterov", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("shard_map", "pmap")
+DECODER_INITS = ("pretrained", "transposed")
 
-
-class ConfigError(ValueError):
-    """A configuration value is out of range or does not fit the data; the message says which."""
+__all__ = ["Config", "ConfigError", "PretrainConfig", "PretrainConfigError", "validate"]
 
 
 @dataclass
@@ -39,10 +50,13 @@ class ModelConfig:
     depth: int = 2  # hidden layers between input and code in the encoder (mlp)
     widths: list[int] | None = None  # encoder hidden widths, len == depth; None: geometric taper
     decoder_widths: list[int] | None = None  # None: the encoder's widths reversed (symmetric)
-    activation: str = "gelu"  # hidden units: sigmoid | tanh | relu | gelu | linear
+    activation: str = "gelu"  # hidden units: registry.ACTIVATIONS (sigmoid tanh relu gelu linear)
     code_activation: str = "linear"  # the code layer; sigmoid for KL sparsity, as in Ng's notes
     output_activation: str = "auto"  # auto: sigmoid for data in [0, 1] (or loss=bce), else linear
     tied: bool = False  # decoder kernels = transposed encoder kernels (needs a symmetric decoder)
+    sparse_k: int | None = None  # k-sparse code: keep the k largest units per example; None: dense
+    sparse_k_start: int | None = None  # initial k, annealed linearly to sparse_k; None: no anneal
+    sparse_anneal_epochs: int = 0  # epochs over which k goes from sparse_k_start to sparse_k
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: stride-2 layers
     kernel_size: int = 3  # conv kernel (square)
 
@@ -75,32 +89,20 @@ class NoiseConfig:
 
 
 @dataclass
-class RegConfig:
-    kind: str = "none"  # none | l1 | kl_sparse | contractive | k_sparse | weight_decay
-    strength: float = 0.0  # lambda (l1, contractive, weight_decay) or beta (kl_sparse)
-    target: float = 0.05  # kl_sparse: target mean activation rho
-    estimate: str = "batch"  # kl_sparse: batch (minibatch rho_hat) | running (EMA of rho_hat)
-    momentum: float = 0.99  # kl_sparse running estimate: EMA momentum
-    k: int | None = None  # k_sparse: code units kept per example
-    k_start: int | None = None  # k_sparse: initial k, annealed linearly to k; None: no anneal
-    anneal_epochs: int = 0  # k_sparse: epochs over which k goes from k_start to k
-    contractive_method: str = "auto"  # auto | closed_form (one sigmoid layer) | autodiff
-
-
-@dataclass
 class LossConfig:
-    kind: str = "mse"  # mse | rmse | bce (with logits; data must lie in [0, 1])
+    kind: str = "mse"  # RECONSTRUCTION_LOSSES: mse | rmse | bce (with logits; data in [0, 1])
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"
-    lr: float = 1e-3  # peak learning rate
-    schedule: str = "constant"  # constant | cosine | warmup_cosine | exponential
+    name: str = "adam"  # registry.OPTIMIZERS: adam adamw sgd momentum nesterov rmsprop adagrad
+    lr: float = 1e-3  # peak learning rate (traced: hparams["lr"])
+    schedule: str = "constant"  # registry.SCHEDULES: constant cosine warmup_cosine exponential
     warmup_epochs: int = 0
     decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
     momentum: float = 0.9  # momentum / nesterov / rmsprop
     grad_clip: float | None = None  # global-norm clipping
+    weight_decay: float = 0.0  # adamw only: decoupled decay, update -= lr * sched * wd * W
 
 
 @dataclass
@@ -127,11 +129,44 @@ class TrainerConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """The ``pretrain`` group: greedy layer-wise pretraining, unrolling and fine-tuning
+    (``ae_jax.pretraining``; see docs/pretraining.md)."""
+
+    enabled: bool = False  # train each layer as a shallow autoencoder first, then unroll
+    # --- greedy layer-wise stage (one shallow AE per encoder layer)
+    layer_epochs: int = 10  # epochs per layer
+    layer_lr: float | None = None  # None: optim.lr
+    layer_optim: str | None = None  # None: optim.name; else one of registry.OPTIMIZERS
+    layer_batch_size: int | None = None  # None: trainer.batch_size
+    layer_tied: bool = False  # tied shallow AEs (Vincent et al. 2010; Rifai et al. 2011)
+    decoder_init: str = "pretrained"  # pretrained: each layer's own decoder | transposed: W^T
+    # --- unsupervised fine-tuning of the unrolled deep AE (optim.*, trainer.epochs)
+    unsupervised: bool = True
+    finetune_keep_objective: bool = False  # false: plain reconstruction (Hinton); true: keep
+    #                                        the run's noise and regulariser while fine-tuning
+    # --- supervised fine-tuning: encoder + softmax output layer on the labels
+    supervised: bool = False
+    supervised_epochs: int = 30
+    supervised_lr: float = 1e-4  # peak learning rate
+    supervised_optim: str = "adam"  # one of registry.OPTIMIZERS
+    supervised_schedule: str = "constant"  # a registry.SCHEDULES entry without warmup
+    supervised_batch_size: int | None = None  # None: trainer.batch_size
+    # --- comparisons
+    baseline: bool = True  # also train the same network from a random start, same stages
+    probe: bool = True  # linear probe on the codes, raw pixels and PCA codes of the same size
+    probe_steps: int = 500  # L-BFGS iterations of each probe
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    reg: RegConfig = field(default_factory=RegConfig)
+    # term name -> its config (a dataclass of registry.REGULARIZERS); {}: no regulariser
+    reg: dict[str, Any] = field(default_factory=dict)
+    # tracker name -> its settings (a dataclass of ae_jax.loggers.registry.LOGGERS); {}: none
+    logger: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -149,7 +184,6 @@ def register_configs() -> None:
         ("model", ModelConfig),
         ("data", DataConfig),
         ("noise", NoiseConfig),
-        ("reg", RegConfig),
         ("loss", LossConfig),
         ("optim", OptimConfig),
         ("trainer", TrainerConfig),
@@ -179,7 +213,52 @@ def to_config(cfg: Any) -> Config:
     from omegaconf import OmegaConf
 
     structured = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-    return OmegaConf.to_object(structured)
+    out = OmegaConf.to_object(structured)
+    out.reg = _reg_terms(out.reg)
+    out.logger = loggers_settings(out.logger)
+    return out
+
+
+def _reg_terms(reg: Any) -> dict[str, TermConfig]:
+    """``cfg.reg`` with each entry as its registered term's dataclass (ConfigError otherwise)."""
+    if reg is None:
+        return {}
+    if not isinstance(reg, dict):
+        raise ConfigError(
+            f"reg={reg!r} is not valid; give a mapping term name -> settings, e.g. "
+            "reg=[kl_sparse,weight_decay] on the command line"
+        )
+    return {str(name): term_config(str(name), value) for name, value in reg.items()}
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Check the ``reg`` overrides of a command line before Hydra composes the config.
+
+    Hydra itself would refuse a misspelt ``reg.<term>.<key>`` or an unknown term with a
+    several-line message; this names them in one ConfigError instead (``reg=<name>``,
+    ``reg=[a,b]``, ``reg.<term>.<key>=value``, with or without ``+``/``++``). Other arguments
+    (and anything that does not parse) are left to Hydra.
+    """
+    import re
+
+    for arg in overrides:
+        m = re.match(r"^(\+\+|\+|~)?reg(?:@[^=]*)?(\.[^=]*)?=(.*)$", arg)
+        if m is None:
+            continue
+        dotted, value = m.group(2), m.group(3).strip()
+        if not dotted:  # reg=name or reg=[a,b]: choices of the reg group
+            if "(" in value or "$" in value:  # a sweep function (glob, choice...): Hydra's
+                continue
+            names = value.strip("[]")
+            for name in (n.strip() for n in names.split(",")):
+                if name and name != "none" and name not in REGULARIZERS:
+                    raise ConfigError(
+                        f"reg={value} names {name!r}, which is not a registered regulariser "
+                        f"term; registered: {', '.join(REGULARIZERS.names())} (or none)"
+                    )
+            continue
+        parts = dotted[1:].split(".")
+        term_config(parts[0], {parts[1]: None} if len(parts) > 1 else {})
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -204,13 +283,15 @@ def _finite(key: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -
 
 def validate(cfg: Config) -> Config:
     """Check every value and combination that does not need the data; raise ConfigError."""
-    m, n, r = cfg.model, cfg.noise, cfg.reg
+    m, n = cfg.model, cfg.noise
+    cfg.reg = _reg_terms(cfg.reg)
+    cfg.logger = loggers_settings(cfg.logger)
     _choice("model.kind", m.kind, MODEL_KINDS)
     _positive_int("model.latent_dim", m.latent_dim)
     if not isinstance(m.depth, int) or m.depth < 0:
         raise ConfigError(f"model.depth={m.depth!r} is not valid; it must be an integer >= 0")
     for key in ("activation", "code_activation"):
-        _choice(f"model.{key}", getattr(m, key), ACTIVATIONS)
+        ACTIVATIONS.check(f"model.{key}", getattr(m, key))
     _choice("model.output_activation", m.output_activation, OUTPUT_ACTIVATIONS)
     if m.widths is not None:
         if len(m.widths) != m.depth:
@@ -237,6 +318,7 @@ def validate(cfg: Config) -> Config:
         _positive_int("model.kernel_size", m.kernel_size)
         if m.tied:
             raise ConfigError("model.tied=true is only available for model.kind=mlp or linear")
+    _validate_sparse_code(m)
 
     d = cfg.data
     _choice("data.source", d.source, DATA_SOURCES)
@@ -249,12 +331,12 @@ def validate(cfg: Config) -> Config:
     _positive_int("data.max_train", d.max_train, allow_none=True)
     _positive_int("data.max_test", d.max_test, allow_none=True)
 
-    _choice("noise.kind", n.kind, NOISE_KINDS)
+    CORRUPTIONS.check("noise.kind", n.kind)
     for key in ("level", "eval_level"):
         value = getattr(n, key)
         if value is None:
             continue
-        if n.kind in ("masking", "salt_pepper"):
+        if CORRUPTIONS.entry(n.kind).info.get("probability"):
             _finite(f"noise.{key}", value, 0.0, 1.0)
         else:
             _finite(f"noise.{key}", value, 0.0)
@@ -268,50 +350,10 @@ def validate(cfg: Config) -> Config:
     if n.alpha == 0 and n.beta == 0:
         raise ConfigError("noise.alpha=0 and noise.beta=0 leave no reconstruction loss")
 
-    _choice("reg.kind", r.kind, REG_KINDS)
-    _finite("reg.strength", r.strength, 0.0)
-    _choice("reg.estimate", r.estimate, ("batch", "running"))
-    _choice("reg.contractive_method", r.contractive_method, ("auto", "closed_form", "autodiff"))
-    if r.kind == "kl_sparse":
-        if not (isinstance(r.target, (int, float)) and 0.0 < r.target < 1.0):
-            raise ConfigError(
-                f"reg.target={r.target!r} is not valid; KL sparsity needs 0 < target < 1"
-            )
-        _finite("reg.momentum", r.momentum, 0.0, 1.0)
-        if m.code_activation != "sigmoid":
-            raise ConfigError(
-                f"reg=kl_sparse needs activations in (0, 1) but model.code_activation="
-                f"{m.code_activation!r}; set model.code_activation=sigmoid"
-            )
-    if r.kind == "k_sparse":
-        if r.k is None:
-            raise ConfigError(
-                "reg=k_sparse needs reg.k, the code units kept per example (1..latent_dim)"
-            )
-        _positive_int("reg.k", r.k)
-        if r.k > m.latent_dim:
-            raise ConfigError(
-                f"reg.k={r.k} is larger than the code (model.latent_dim={m.latent_dim}); "
-                f"valid: 1..{m.latent_dim}"
-            )
-        if r.k_start is not None:
-            _positive_int("reg.k_start", r.k_start)
-            if not r.k <= r.k_start <= m.latent_dim:
-                raise ConfigError(
-                    f"reg.k_start={r.k_start} is not valid; it must lie in "
-                    f"[reg.k={r.k}, model.latent_dim={m.latent_dim}]"
-                )
-        if not isinstance(r.anneal_epochs, int) or r.anneal_epochs < 0:
-            raise ConfigError(f"reg.anneal_epochs={r.anneal_epochs!r} must be an integer >= 0")
-    if r.kind == "contractive" and r.contractive_method == "closed_form":
-        if not (m.depth == 0 and m.code_activation == "sigmoid" and m.kind == "mlp"):
-            raise ConfigError(
-                "reg.contractive_method=closed_form needs a single sigmoid encoder layer "
-                f"(model.depth=0, model.code_activation=sigmoid), got depth={m.depth}, "
-                f"code_activation={m.code_activation!r}; use reg.contractive_method=autodiff"
-            )
+    for name, term in cfg.reg.items():
+        term.check(cfg, f"reg.{name}")
 
-    _choice("loss.kind", cfg.loss.kind, LOSS_KINDS)
+    RECONSTRUCTION_LOSSES.check("loss.kind", cfg.loss.kind)
     if cfg.loss.kind == "bce" and m.output_activation == "linear":
         raise ConfigError(
             "loss=bce models the output as sigmoid(logits); model.output_activation=linear "
@@ -334,12 +376,7 @@ def validate(cfg: Config) -> Config:
             ">= 0 (epochs between checkpoints; 0 saves only at the end)"
         )
     _positive_int("trainer.num_processes", t.num_processes, allow_none=True)
-    from ae_jax.pretraining.config import PretrainConfigError, validate_pretrain
-
-    try:
-        validate_pretrain(cfg)
-    except PretrainConfigError as err:
-        raise ConfigError(str(err)) from None
+    validate_pretrain(cfg)
     if t.process_id is not None:
         if not isinstance(t.process_id, int) or t.process_id < 0:
             raise ConfigError(f"trainer.process_id={t.process_id!r} must be an integer >= 0")
@@ -357,8 +394,8 @@ def validate(cfg: Config) -> Config:
     if not isinstance(t.seed, int):
         raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
     o = cfg.optim
-    _choice("optim.name", o.name, OPTIMIZERS)
-    _choice("optim.schedule", o.schedule, SCHEDULES)
+    OPTIMIZERS.check("optim.name", o.name)
+    SCHEDULES.check("optim.schedule", o.schedule)
     _finite("optim.lr", o.lr, 0.0)
     if o.lr <= 0:
         raise ConfigError(f"optim.lr={o.lr} is not valid; it must be > 0")
@@ -370,5 +407,128 @@ def validate(cfg: Config) -> Config:
     _finite("optim.momentum", o.momentum, 0.0, 1.0)
     if o.grad_clip is not None:
         _finite("optim.grad_clip", o.grad_clip, 0.0)
+    _finite("optim.weight_decay", o.weight_decay, 0.0)
+    decoupled = OPTIMIZERS.entry(o.name).info.get("weight_decay", False)
+    if decoupled and o.weight_decay <= 0:
+        raise ConfigError(
+            f"optim.name={o.name} needs optim.weight_decay > 0 (decoupled weight decay; "
+            f"optim={o.name} sets 1e-4); with no decay use optim.name=adam"
+        )
+    if not decoupled and o.weight_decay != 0:
+        names = [k for k in OPTIMIZERS if OPTIMIZERS.entry(k).info.get("weight_decay")]
+        raise ConfigError(
+            f"optim.weight_decay={o.weight_decay} has no effect with optim.name={o.name}; "
+            f"it is for {', '.join(names)}. For an L2 penalty in the loss use reg=weight_decay"
+        )
 
     return cfg
+
+
+def _validate_sparse_code(m: ModelConfig) -> None:
+    """The k-sparse code layer (Makhzani & Frey 2013): model.sparse_k, sparse_k_start, ..."""
+    if m.sparse_k is None:
+        if m.sparse_k_start is not None:
+            raise ConfigError(
+                f"model.sparse_k_start={m.sparse_k_start} needs model.sparse_k (the final k)"
+            )
+        return
+    _positive_int("model.sparse_k", m.sparse_k)
+    if m.sparse_k > m.latent_dim:
+        raise ConfigError(
+            f"model.sparse_k={m.sparse_k} is larger than the code (model.latent_dim="
+            f"{m.latent_dim}); valid: 1..{m.latent_dim}"
+        )
+    if m.sparse_k_start is not None:
+        _positive_int("model.sparse_k_start", m.sparse_k_start)
+        if not m.sparse_k <= m.sparse_k_start <= m.latent_dim:
+            raise ConfigError(
+                f"model.sparse_k_start={m.sparse_k_start} is not valid; it must lie in "
+                f"[model.sparse_k={m.sparse_k}, model.latent_dim={m.latent_dim}]"
+            )
+    if not isinstance(m.sparse_anneal_epochs, int) or m.sparse_anneal_epochs < 0:
+        raise ConfigError(
+            f"model.sparse_anneal_epochs={m.sparse_anneal_epochs!r} must be an integer >= 0"
+        )
+
+
+class PretrainConfigError(ConfigError):
+    """A ``pretrain.*`` value, or its combination with the model, is invalid; says which."""
+
+
+def _positive_pretrain(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise PretrainConfigError(
+            f"pretrain.{key}={value!r} is not valid; it must be an integer > 0"
+        )
+
+
+def supervised_schedules() -> tuple[str, ...]:
+    """The schedules the supervised stage takes: those of SCHEDULES without a warmup."""
+    return tuple(k for k in SCHEDULES if not SCHEDULES.entry(k).info.get("warmup"))
+
+
+def validate_pretrain(cfg: Any) -> None:
+    """Check ``cfg.pretrain`` and how it fits ``cfg.model`` before any data is read.
+
+    Raises:
+      PretrainConfigError: naming the offending value and what would be valid.
+    """
+    p, m = cfg.pretrain, cfg.model
+    if not p.enabled:
+        return
+    if m.kind not in ("mlp", "linear"):
+        raise PretrainConfigError(
+            f"pretrain.enabled=true needs a stack of Dense layers, but model.kind={m.kind!r}; "
+            "use model=mlp (or linear), or pretrain.enabled=false"
+        )
+    if m.decoder_widths is not None and list(m.decoder_widths) != list(reversed(m.widths or [])):
+        raise PretrainConfigError(
+            f"model.decoder_widths={list(m.decoder_widths)} is not the encoder mirrored; "
+            "layer-wise pretraining unrolls each layer's decoder in reverse order, so set "
+            "decoder_widths=null"
+        )
+    for key in ("layer_epochs", "supervised_epochs", "probe_steps"):
+        _positive_pretrain(key, getattr(p, key))
+    for key in ("layer_batch_size", "supervised_batch_size"):
+        _positive_pretrain(key, getattr(p, key), allow_none=True)
+    if p.layer_lr is not None and not (isinstance(p.layer_lr, (int, float)) and p.layer_lr > 0):
+        raise PretrainConfigError(f"pretrain.layer_lr={p.layer_lr!r} must be > 0 (or null)")
+    if not (isinstance(p.supervised_lr, (int, float)) and p.supervised_lr > 0):
+        raise PretrainConfigError(f"pretrain.supervised_lr={p.supervised_lr!r} must be > 0")
+    if p.decoder_init not in DECODER_INITS:
+        raise PretrainConfigError(
+            f"pretrain.decoder_init={p.decoder_init!r} is not valid; choose one of: "
+            f"{', '.join(DECODER_INITS)}"
+        )
+    if p.supervised_optim not in OPTIMIZERS:
+        raise PretrainConfigError(
+            f"pretrain.supervised_optim={p.supervised_optim!r} is not valid; choose one of: "
+            f"{', '.join(OPTIMIZERS.names())}"
+        )
+    if OPTIMIZERS.entry(p.supervised_optim).info.get("weight_decay"):
+        raise PretrainConfigError(
+            f"pretrain.supervised_optim={p.supervised_optim} needs a weight decay the "
+            "supervised stage does not take; choose another optimiser"
+        )
+    if p.supervised_schedule not in supervised_schedules():
+        raise PretrainConfigError(
+            f"pretrain.supervised_schedule={p.supervised_schedule!r} is not valid; choose one "
+            f"of: {', '.join(supervised_schedules())}"
+        )
+    if p.layer_optim is not None and p.layer_optim not in OPTIMIZERS:
+        raise PretrainConfigError(
+            f"pretrain.layer_optim={p.layer_optim!r} is not valid; choose null or one of: "
+            f"{', '.join(OPTIMIZERS.names())}"
+        )
+    if p.layer_optim is not None and OPTIMIZERS.entry(p.layer_optim).info.get("weight_decay"):
+        if cfg.optim.weight_decay <= 0:
+            raise PretrainConfigError(
+                f"pretrain.layer_optim={p.layer_optim} needs optim.weight_decay > 0"
+            )
+    if cfg.optim.warmup_epochs >= p.layer_epochs:
+        raise PretrainConfigError(
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs} is not shorter than "
+            f"pretrain.layer_epochs={p.layer_epochs}; each layer reuses the run's schedule"
+        )

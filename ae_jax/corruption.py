@@ -19,7 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-NOISE_KINDS = ("none", "gaussian", "masking", "salt_pepper")
+from ae_jax.registry import CORRUPTIONS
+
+NOISE_KINDS = CORRUPTIONS.names()  # the registered kinds (ae_jax.registry.CORRUPTIONS)
 
 
 class CorruptionError(ValueError):
@@ -27,9 +29,9 @@ class CorruptionError(ValueError):
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in NOISE_KINDS:
+    if kind not in CORRUPTIONS:
         raise CorruptionError(
-            f"noise kind={kind!r} is not valid; choose one of: {', '.join(NOISE_KINDS)}"
+            f"noise kind={kind!r} is not valid; choose one of: {', '.join(CORRUPTIONS.names())}"
         )
 
 
@@ -49,7 +51,7 @@ def validate_level(kind: str, level: Any) -> None:
         raise CorruptionError(
             f"noise level={level!r} for kind={kind!r} is not a number; give a float"
         ) from None
-    if kind in ("masking", "salt_pepper"):
+    if CORRUPTIONS.entry(kind).info.get("probability"):
         if not 0.0 <= value <= 1.0:  # also refuses NaN
             raise CorruptionError(
                 f"noise level={level!r} is not valid for kind={kind!r}; it is the probability "
@@ -102,26 +104,42 @@ def corrupt(
     level = jnp.asarray(level, dtype=x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None)
     low = jnp.asarray(low, dtype=x.dtype)
     high = jnp.asarray(high, dtype=x.dtype)
-    if kind == "none":
-        return x, jnp.zeros(x.shape, dtype=bool)
-    if kind == "gaussian":
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise CorruptionError(
-                f"gaussian noise needs floating-point inputs but x has dtype {x.dtype}; "
-                "scale the data to float32 first"
-            )
-        noise = jax.random.normal(key, x.shape, dtype=x.dtype)  # (B, *S)
-        noisy = x + level * noise
-        if clip:
-            noisy = jnp.clip(noisy, low, high)
-        on = level > 0
-        # where, not arithmetic: clipping must not alter x when level is 0.
-        return jnp.where(on, noisy, x), jnp.broadcast_to(on, x.shape)
+    return CORRUPTIONS.get(kind)(key, x, level, low, high, clip)
+
+
+# The registered kinds: (key, x, level, low, high, clip) -> (x_tilde, mask), level etc. arrays.
+def _no_noise(key, x, level, low, high, clip):
+    return x, jnp.zeros(x.shape, dtype=bool)
+
+
+def _gaussian(key, x, level, low, high, clip):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise CorruptionError(
+            f"gaussian noise needs floating-point inputs but x has dtype {x.dtype}; "
+            "scale the data to float32 first"
+        )
+    noise = jax.random.normal(key, x.shape, dtype=x.dtype)  # (B, *S)
+    noisy = x + level * noise
+    if clip:
+        noisy = jnp.clip(noisy, low, high)
+    on = level > 0
+    # where, not arithmetic: clipping must not alter x when level is 0.
+    return jnp.where(on, noisy, x), jnp.broadcast_to(on, x.shape)
+
+
+def _pick(key, x, level):
     pick_key, coin_key = jax.random.split(key)
     # uniform in [0, 1) < level: never True at level 0, always True at level 1.
-    mask = jax.random.uniform(pick_key, x.shape) < level  # (B, *S)
-    if kind == "masking":
-        return jnp.where(mask, jnp.zeros_like(x), x), mask
+    return jax.random.uniform(pick_key, x.shape) < level, coin_key  # (B, *S)
+
+
+def _masking(key, x, level, low, high, clip):
+    mask, _ = _pick(key, x, level)
+    return jnp.where(mask, jnp.zeros_like(x), x), mask
+
+
+def _salt_pepper(key, x, level, low, high, clip):
+    mask, coin_key = _pick(key, x, level)
     salt = jax.random.bernoulli(coin_key, 0.5, x.shape)  # (B, *S): True -> high
     return jnp.where(mask, jnp.where(salt, high, low), x), mask
 

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ae_jax.chunks import map_in_chunks
 from ae_jax.config import Config, load_config
 from ae_jax.data import Dataset, load_dataset
 from ae_jax.models import build_model, resolve_output_activation
@@ -135,14 +136,9 @@ def _as_examples(run: Run, x) -> np.ndarray:
 
 
 def _chunked(fn, params, x: np.ndarray) -> np.ndarray:
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         raise RunError("x holds no examples; give at least one")
-    chunk = min(n, CHUNK)
-    pad = (-n) % chunk
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    parts = [fn(params, xp[s : s + chunk]) for s in range(0, xp.shape[0], chunk)]
-    return np.concatenate(jax.device_get(parts))[:n]
+    return map_in_chunks(lambda xb, _: fn(params, xb), x, CHUNK)
 
 
 def embed(run: Run, x) -> np.ndarray:

@@ -1,19 +1,22 @@
 """Train one autoencoder from the Hydra config in ``conf/`` (kept short on purpose).
 
     python experiments/train.py                                  # deep AE on digits
-    python experiments/train.py model.latent_dim=16 reg=contractive reg.strength=0.1 data=mnist
+    python experiments/train.py model.latent_dim=16 reg=contractive reg.contractive.strength=0.1
+    python experiments/train.py model=shallow 'reg=[kl_sparse,weight_decay]' reg.kl_sparse.target=.1
     python experiments/train.py --multirun noise.level=0,0.1,0.25,0.4
 
 All the work happens in ``ae_jax.train.train_and_evaluate``; outputs go to Hydra's run directory.
 """
+
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ae_jax.cli import enable_compilation_cache, run_or_exit
-from ae_jax.config import register_configs
+from ae_jax.cli import check_output_dirs, enable_compilation_cache, quiet_console, run_or_exit
+from ae_jax.config import ConfigError, check_overrides, register_configs
 from ae_jax.train import train_and_evaluate
 
 register_configs()
@@ -22,6 +25,7 @@ enable_compilation_cache()  # a later run of the same shapes loads its programs,
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    quiet_console()
     hydra_cfg = HydraConfig.get()
     # In a multirun a bad job must fail alone: Hydra records it and runs the others.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -32,4 +36,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:  # a misspelt reg.<term>.<key> or an unknown term: one line, before Hydra composes
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        sys.exit(2)
+    check_output_dirs(sys.argv[1:])
     main()

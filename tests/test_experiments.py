@@ -3,6 +3,7 @@ every smoke variant runs end to end through the same entry point as the full com
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,14 @@ def test_every_experiment_has_a_smoke_variant():
         "vincent2010_sdae_mnist",
         "rifai2011_cae_mnist",
         "pca_equivalence",
+        "ng2011_sparse_ae_mnist",
     } <= set(full)
     for name in (
         "hinton2006_mnist",
         "vincent2010_sdae_mnist",
         "rifai2011_cae_mnist",
         "pca_equivalence",
+        "ng2011_sparse_ae_mnist",
     ):
         assert f"{name}_smoke" in EXPERIMENTS
         text = (CONF / "experiment" / f"{name}.yaml").read_text()
@@ -71,8 +74,15 @@ def test_full_experiments_follow_the_papers(mnist_path):
         for n in ("rifai2011_cae_mnist", "rifai2011_ae_mnist", "rifai2011_ae_wd_mnist")
     )
     assert (cae.model.depth, cae.model.latent_dim, cae.model.tied) == (0, 1000, True)
-    assert [c.reg.kind for c in (cae, ae, wd)] == ["contractive", "none", "weight_decay"]
+    assert [list(c.reg) for c in (cae, ae, wd)] == [["contractive"], [], ["weight_decay"]]
     assert all(c.pretrain.supervised for c in (cae, ae, wd))
+    ng = compose_experiment("ng2011_sparse_ae_mnist", mnist_path)
+    assert (ng.model.depth, ng.model.latent_dim, ng.model.code_activation) == (0, 196, "sigmoid")
+    assert (ng.model.output_activation, ng.loss.kind) == ("sigmoid", "mse")
+    assert list(ng.reg) == ["kl_sparse", "weight_decay"] and ng.reg["kl_sparse"].target == 0.05
+    # Ng's beta = 3 and lambda = 1e-4 against 1/2 ||x - x_hat||^2, on our per-pixel mean loss
+    assert ng.reg["kl_sparse"].strength == pytest.approx(3 * 2 / 784, rel=1e-3)
+    assert ng.reg["weight_decay"].strength == pytest.approx(1e-4 * 2 / 784, rel=1e-3)
     p = compose_experiment("pca_equivalence", mnist_path)
     assert (p.model.kind, p.loss.kind, p.pretrain.enabled) == ("linear", "mse", False)
 
@@ -113,3 +123,12 @@ def test_pca_equivalence_smoke(mnist_path, tmp_path):
     # the largest principal angle to the PCA-5 subspace converges slowest (the 5th and 6th
     # eigenvalues are close; measured 51 deg); a random 5-d subspace of R^784 sits near 90 deg
     assert m["test/subspace_angle_max_deg"] < 70.0
+
+
+def test_ng2011_sparse_ae_smoke(mnist_path, tmp_path):
+    cfg = compose_experiment("ng2011_sparse_ae_mnist_smoke", mnist_path, *FAST[:2])
+    m = train_and_evaluate(cfg, tmp_path)
+    # measured: mean activation 0.062 (target 0.05) after 8 epochs on 2000 images
+    assert abs(m["test/mean_code_activation"] - 0.05) < 0.03
+    row = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert row["train/loss/kl_sparse"] > 0 and row["train/loss/weight_decay"] > 0

@@ -48,7 +48,13 @@ def test_denoising_autoencoder_beats_plain_one_on_masked_inputs(tmp_path):
 def test_kl_sparsity_drives_mean_activation_to_target(tmp_path):
     common = ("model=shallow", "model.latent_dim=128", "trainer.epochs=100")  # overcomplete 64->128
     free = train(tmp_path / "free", *common)
-    sparse = train(tmp_path / "kl", *common, "reg=kl_sparse", "reg.strength=0.1", "reg.target=0.05")
+    sparse = train(
+        tmp_path / "kl",
+        *common,
+        "reg=kl_sparse",
+        "reg.kl_sparse.strength=0.1",
+        "reg.kl_sparse.target=0.05",
+    )
     # measured: 0.052 with the penalty, 0.50 without
     assert abs(sparse["test/mean_code_activation"] - 0.05) < 0.015
     assert free["test/mean_code_activation"] > 0.25
@@ -61,9 +67,9 @@ def test_kl_sparsity_running_estimate(tmp_path):
         "model.latent_dim=128",
         "trainer.epochs=100",
         "reg=kl_sparse",
-        "reg.strength=0.1",
-        "reg.estimate=running",
-        "reg.momentum=0.9",
+        "reg.kl_sparse.strength=0.1",
+        "reg.kl_sparse.estimate=running",
+        "reg.kl_sparse.momentum=0.9",
     )
     assert abs(m["test/mean_code_activation"] - 0.05) < 0.03
 
@@ -71,7 +77,7 @@ def test_kl_sparsity_running_estimate(tmp_path):
 def test_contractive_penalty_contracts_the_encoder(tmp_path):
     common = ("model=shallow", "model.latent_dim=32", "trainer.epochs=100")
     free = train(tmp_path / "free", *common)
-    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.strength=0.1")
+    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.contractive.strength=0.1")
     # measured: ||J||_F 3.9 without, 0.08 with (closed form, one sigmoid layer)
     assert cae["test/jacobian_fro"] < free["test/jacobian_fro"] / 5
 
@@ -79,7 +85,7 @@ def test_contractive_penalty_contracts_the_encoder(tmp_path):
 def test_contractive_penalty_on_a_deep_encoder_uses_autodiff(tmp_path):
     common = ("trainer.epochs=30",)
     free = train(tmp_path / "free", *common)
-    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.strength=0.1")
+    cae = train(tmp_path / "cae", *common, "reg=contractive", "reg.contractive.strength=0.1")
     assert cae["test/jacobian_fro"] < free["test/jacobian_fro"] / 5
 
 
@@ -87,10 +93,9 @@ def test_k_sparse_codes_have_at_most_k_active_units(tmp_path):
     m = train(
         tmp_path,
         "model.latent_dim=32",
-        "reg=k_sparse",
-        "reg.k=5",
-        "reg.k_start=16",
-        "reg.anneal_epochs=10",
+        "model.sparse_k=5",
+        "model.sparse_k_start=16",
+        "model.sparse_anneal_epochs=10",
         "trainer.epochs=30",
     )
     assert m["test/code_nonzero_max"] <= 5
@@ -100,7 +105,7 @@ def test_k_sparse_codes_have_at_most_k_active_units(tmp_path):
 def test_l1_activity_lowers_code_activation(tmp_path):
     common = ("model.code_activation=relu", "model.latent_dim=32", "trainer.epochs=50")
     free = train(tmp_path / "free", *common)
-    l1 = train(tmp_path / "l1", *common, "reg=l1", "reg.strength=1e-3")
+    l1 = train(tmp_path / "l1", *common, "reg=l1", "reg.l1.strength=1e-3")
     assert l1["test/mean_code_activation"] < 0.5 * free["test/mean_code_activation"]
 
 
@@ -111,7 +116,9 @@ def _last_history_row(workdir):
 
 def test_weight_decay_shrinks_the_weights(tmp_path):
     train(tmp_path / "free", "trainer.epochs=30")
-    train(tmp_path / "wd", "trainer.epochs=30", "reg=weight_decay", "reg.strength=1e-2")
+    train(
+        tmp_path / "wd", "trainer.epochs=30", "reg=weight_decay", "reg.weight_decay.strength=1e-2"
+    )
     free = _last_history_row(tmp_path / "free" / "run")["train/l2_params"]
     wd = _last_history_row(tmp_path / "wd" / "run")["train/l2_params"]
     assert wd < 0.8 * free

@@ -22,7 +22,12 @@ from ae_jax.training.trainer import Trainer
 VARIANTS = {
     "plain": (),
     "denoising": ("noise=masking", "noise.level=0.25"),
-    "kl_sparse": ("model=shallow", "model.latent_dim=32", "reg=kl_sparse", "reg.strength=0.5"),
+    "kl_sparse": (
+        "model=shallow",
+        "model.latent_dim=32",
+        "reg=kl_sparse",
+        "reg.kl_sparse.strength=0.5",
+    ),
     "rmse_gaussian": ("loss=rmse", "noise=gaussian", "noise.level=0.2"),
 }
 

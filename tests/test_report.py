@@ -228,8 +228,7 @@ def test_crossed_sweep_draws_a_line_per_other_value_and_one_shared_pca_line(tmp_
                 config = {
                     "noise.kind": "masking",
                     "noise.level": level,
-                    "reg.kind": "contractive",
-                    "reg.strength": strength,
+                    "reg.contractive.strength": strength,
                     "trainer.seed": seed,
                 }
                 mse = 0.01 + level * 0.02 + strength + seed * 1e-4
@@ -243,7 +242,7 @@ def test_crossed_sweep_draws_a_line_per_other_value_and_one_shared_pca_line(tmp_
                     )
                 )
     axes = swept_axes(runs)
-    assert [a.name for a in axes] == ["noise.level", "reg.strength"]
+    assert [a.name for a in axes] == ["noise.level", "reg.contractive.strength"]
     metrics = present_metrics(runs)
     rows = summarize(runs, axes, metrics)
     assert len(rows) == 9 and all(r.stats["test/mse"].n == 2 for r in rows)
@@ -252,7 +251,7 @@ def test_crossed_sweep_draws_a_line_per_other_value_and_one_shared_pca_line(tmp_
     assert ax.get_xscale() == "symlog" and len(ax.containers) == 3  # one line per noise level
     legend = {t.get_text() for t in ax.get_legend().get_texts()}
     assert legend == {"level=0", "level=0.25", "level=0.5", "PCA, same k"}  # one PCA line
-    assert ax.get_xlabel() == "reg.strength: contractive strength λ"
+    assert ax.get_xlabel() == "reg.contractive.strength: contractive strength λ"
     assert (
         "noise.level: masking noise"
         in axis_figure(rows, axes, 0, metrics).get_axes()[0].get_xlabel()

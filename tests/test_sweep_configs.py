@@ -63,6 +63,9 @@ def test_every_job_of_the_grid_composes_validates_and_takes_its_value(hydra_conf
             assert flat[key] == pytest.approx(float(value)), (name, item)
 
 
+_REG_STRENGTH = re.compile(r"reg\.\w+\.strength")
+
+
 def _product(values) -> int:
     out = 1
     for v in values:
@@ -71,10 +74,14 @@ def _product(values) -> int:
 
 
 def test_sweeps_cover_the_four_axes_and_a_crossed_sweep(hydra_conf):
-    swept = {name: set(grid(name)[0]) - {"trainer.seed"} for name in SWEEPS}
+    swept = {
+        name: {_REG_STRENGTH.sub("reg.<term>.strength", k) for k in grid(name)[0]}
+        - {"trainer.seed"}
+        for name in SWEEPS
+    }
     covered = set().union(*swept.values())
-    assert {"model.latent_dim", "model.depth", "noise.level", "reg.strength"} <= covered
-    assert any({"noise.level", "reg.strength"} <= keys for keys in swept.values())
+    assert {"model.latent_dim", "model.depth", "noise.level", "reg.<term>.strength"} <= covered
+    assert any({"noise.level", "reg.<term>.strength"} <= keys for keys in swept.values())
 
 
 def test_noise_and_regularisation_sweeps_pick_their_kind_and_model(hydra_conf):
@@ -85,10 +92,13 @@ def test_noise_and_regularisation_sweeps_pick_their_kind_and_model(hydra_conf):
             assert cfg.noise.kind in ("masking", "gaussian")
             # One test corruption for every run: denoise_mse is comparable across the grid.
             assert cfg.noise.eval_level is not None and cfg.noise.eval_level > 0
-        if "reg.strength" in params:
-            assert cfg.reg.kind in ("contractive", "kl_sparse")
+        for key in params:
+            if not _REG_STRENGTH.fullmatch(key):
+                continue
+            term = key.split(".")[1]
+            assert list(cfg.reg) == [term] and term in ("contractive", "kl_sparse")
             assert cfg.model.code_activation == "sigmoid" and cfg.model.depth == 0
-            assert "0" in str(params["reg.strength"]).split(","), "include the unregularised run"
+            assert "0" in str(params[key]).split(","), "include the unregularised run"
 
 
 def test_the_latent_sweep_spans_a_geometric_range(hydra_conf):

@@ -21,10 +21,9 @@ def test_epoch_program_compiles_once_per_run(tmp_path):
         tmp_path,
         "trainer.epochs=12",
         "noise=masking",
-        "reg=k_sparse",
-        "reg.k=4",
-        "reg.k_start=8",
-        "reg.anneal_epochs=5",
+        "model.sparse_k=4",
+        "model.sparse_k_start=8",
+        "model.sparse_anneal_epochs=5",
     )
     assert m["compile/epoch_traces"] == 1
 

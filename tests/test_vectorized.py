@@ -10,10 +10,10 @@ from ae_jax.sweeps.vectorized import group_by_program, train_group, train_vector
 from ae_jax.train import train_and_evaluate
 
 MEMBERS = [
-    ("noise.level=0.0", "reg.strength=0.0", "trainer.seed=0"),
-    ("noise.level=0.25", "reg.strength=0.01", "trainer.seed=0"),
-    ("noise.level=0.4", "reg.strength=0.1", "trainer.seed=1"),
-    ("noise.level=0.1", "reg.strength=0.05", "trainer.seed=2", "optim.lr=3e-3"),
+    ("noise.level=0.0", "reg.contractive.strength=0.0", "trainer.seed=0"),
+    ("noise.level=0.25", "reg.contractive.strength=0.01", "trainer.seed=0"),
+    ("noise.level=0.4", "reg.contractive.strength=0.1", "trainer.seed=1"),
+    ("noise.level=0.1", "reg.contractive.strength=0.05", "trainer.seed=2", "optim.lr=3e-3"),
 ]
 COMMON = ("trainer.epochs=6", "noise=masking", "reg=contractive", "noise.eval_level=0.25")
 COMPARED = (

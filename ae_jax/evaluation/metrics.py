@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ae_jax.chunks import map_in_chunks
 from ae_jax.evaluation.pca import fit_pca, pca_mse, principal_angles_deg
 from ae_jax.objectives.losses import (
     binary_cross_entropy_with_logits,
@@ -56,24 +57,20 @@ def make_per_example_eval(objective: Objective):
 
 
 def per_example_metrics(per_example, params, x: np.ndarray, key, level: float) -> dict:
-    """Run ``per_example`` over x in fixed-size chunks (one compilation); numpy (N,) arrays."""
-    n = x.shape[0]
-    chunk = min(n, EVAL_CHUNK)
-    pad = (-n) % chunk
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    parts = []
-    for start in range(0, xp.shape[0], chunk):
-        ck = jax.random.fold_in(key, start)
-        parts.append(per_example(params, xp[start : start + chunk], ck, jnp.float32(level)))
-    parts = jax.device_get(parts)
-    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    """Run ``per_example`` over x in fixed-size chunks (one compilation); numpy (N,) arrays.
+    Chunk s's noise key is ``fold_in(key, s)``."""
+
+    def chunk(xb, start):
+        return per_example(params, xb, jax.random.fold_in(key, start), jnp.float32(level))
+
+    return map_in_chunks(chunk, x, EVAL_CHUNK)
 
 
 @functools.lru_cache(maxsize=16)
 def _jacobian_norms(objective: Objective):
     @jax.jit
-    def norms(params, x):  # (B,) ||J_f(x)||_F
-        code, aux = objective.model.apply({"params": params}, x, method="encode")
+    def norms(params, x):  # (B,) ||J_f(x)||_F of the dense code (before any k-sparse selection)
+        code, aux = objective.model.apply({"params": params}, x, method="encode_dense")
         return jnp.sqrt(objective.jacobian_sq(params, x, code, {**aux, "dense_code": code}))
 
     return norms

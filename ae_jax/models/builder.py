@@ -36,8 +36,15 @@ def resolve_output_activation(cfg: ModelConfig, loss: str, in_unit_interval: boo
     return "sigmoid"
 
 
-def build_model(cfg: ModelConfig, example_shape: tuple[int, ...]):
-    """The Flax module for ``cfg`` and a dataset whose examples have ``example_shape``."""
+def build_model(
+    cfg: ModelConfig, example_shape: tuple[int, ...], output_activation: str = "linear"
+):
+    """The Flax module for ``cfg`` and a dataset whose examples have ``example_shape``.
+
+    ``output_activation`` is the resolved one (``resolve_output_activation``: sigmoid or
+    linear); ``build_objective`` sets it on the model it is given, so callers that only need the
+    parameters' shapes may leave it out.
+    """
     d = math.prod(example_shape)
     if cfg.kind == "conv":
         if len(example_shape) != 3:
@@ -52,6 +59,8 @@ def build_model(cfg: ModelConfig, example_shape: tuple[int, ...]):
             kernel_size=cfg.kernel_size,
             activation=cfg.activation,
             code_activation=cfg.code_activation,
+            output_activation=output_activation,
+            sparse_k=cfg.sparse_k,
         )
     linear = cfg.kind == "linear"
     widths = (
@@ -67,4 +76,6 @@ def build_model(cfg: ModelConfig, example_shape: tuple[int, ...]):
         activation="linear" if linear else cfg.activation,
         code_activation="linear" if linear else cfg.code_activation,
         tied=cfg.tied,
+        output_activation=output_activation,
+        sparse_k=cfg.sparse_k,
     )

@@ -16,6 +16,7 @@ import jax
 
 from ae_jax.models.activations import activation_fn
 from ae_jax.models.conv_ops import Conv, ConvTranspose
+from ae_jax.models.mlp import _select
 
 
 class ConvAutoencoder(nn.Module):
@@ -25,6 +26,8 @@ class ConvAutoencoder(nn.Module):
     kernel_size: int = 3
     activation: str = "gelu"
     code_activation: str = "linear"
+    output_activation: str = "linear"  # data space = output_fn(logits); see models/__init__
+    sparse_k: int | None = None  # k-sparse code: units kept per example; None: dense
 
     def _bottom_shape(self) -> tuple[int, int, int]:
         h, w, _ = self.example_shape
@@ -41,7 +44,13 @@ class ConvAutoencoder(nn.Module):
         up = (*reversed(self.channels[:-1]), self.example_shape[-1])
         self.up = [ConvTranspose(c, self.kernel_size, stride=2) for c in up]
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, dict]:
+    def encode(self, x: jax.Array, k: jax.Array | int | None = None) -> tuple[jax.Array, dict]:
+        """The code the run uses, (B, k), and aux (``dense_code``: before selection)."""
+        code, aux = self.encode_dense(x)
+        return _select(code, self.sparse_k, k), {**aux, "dense_code": code}
+
+    def encode_dense(self, x: jax.Array) -> tuple[jax.Array, dict]:
+        """The code layer's activations before any k-sparse selection: (B, k), aux."""
         act = activation_fn(self.activation)
         h = x  # (B, H, W, C)
         for conv in self.down:
@@ -63,6 +72,10 @@ class ConvAutoencoder(nn.Module):
         height, width, _ = self.example_shape
         return h[:, :height, :width, :]  # (B, H, W, C) logits
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
-        code, aux = self.encode(x)
+    def reconstruct(self, code: jax.Array) -> jax.Array:
+        """The reconstruction in data space: ``output_fn(decode(code))``, (B, H, W, C)."""
+        return activation_fn(self.output_activation)(self.decode(code))
+
+    def __call__(self, x: jax.Array, k=None) -> tuple[jax.Array, jax.Array, dict]:
+        code, aux = self.encode(x, k)
         return self.decode(code), code, aux

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax.models.activations import activation_fn
+from ae_jax.models.sparse import k_sparse
 
 
 class MLPAutoencoder(nn.Module):
@@ -26,6 +27,8 @@ class MLPAutoencoder(nn.Module):
     activation: str = "gelu"
     code_activation: str = "linear"
     tied: bool = False
+    output_activation: str = "linear"  # data space = output_fn(logits); see models/__init__
+    sparse_k: int | None = None  # k-sparse code: units kept per example; None: dense
 
     @property
     def num_features(self) -> int:
@@ -46,7 +49,8 @@ class MLPAutoencoder(nn.Module):
         else:
             self.decoder = [nn.Dense(w) for w in out_widths]
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, dict]:
+    def encode_dense(self, x: jax.Array) -> tuple[jax.Array, dict]:
+        """The code layer's activations before any k-sparse selection: (B, k), aux."""
         h = x.reshape(x.shape[0], -1)  # (B, D)
         act = activation_fn(self.activation)
         for layer in self.encoder[:-1]:
@@ -54,6 +58,11 @@ class MLPAutoencoder(nn.Module):
         pre_code = self.encoder[-1](h)  # (B, k)
         code = activation_fn(self.code_activation)(pre_code)
         return code, {"pre_code": pre_code, "code_input": h}
+
+    def encode(self, x: jax.Array, k: jax.Array | int | None = None) -> tuple[jax.Array, dict]:
+        """The code the run uses, (B, k), and aux (``dense_code``: before selection)."""
+        code, aux = self.encode_dense(x)
+        return _select(code, self.sparse_k, k), {**aux, "dense_code": code}
 
     def decode(self, code: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
@@ -69,9 +78,20 @@ class MLPAutoencoder(nn.Module):
                 h = act(h)
         return h.reshape(code.shape[0], *self.example_shape)  # (B, *S) logits
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
-        code, aux = self.encode(x)
+    def reconstruct(self, code: jax.Array) -> jax.Array:
+        """The reconstruction in data space: ``output_fn(decode(code))``, (B, *S)."""
+        return activation_fn(self.output_activation)(self.decode(code))
+
+    def __call__(self, x: jax.Array, k=None) -> tuple[jax.Array, jax.Array, dict]:
+        code, aux = self.encode(x, k)
         return self.decode(code), code, aux
+
+
+def _select(code: jax.Array, sparse_k: int | None, k) -> jax.Array:
+    """k-sparse selection of a code (identity for a dense code); k None: ``sparse_k``."""
+    if sparse_k is None:
+        return code
+    return k_sparse(code, sparse_k if k is None else k)
 
 
 def code_layer_kernel(params: dict) -> jnp.ndarray:

@@ -16,7 +16,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("mse", "rmse", "bce")
+from ae_jax.registry import RECONSTRUCTION_LOSSES as LOSS_REGISTRY
+
+LOSSES = LOSS_REGISTRY.names()  # the registered losses (ae_jax.registry.RECONSTRUCTION_LOSSES)
 
 _TINY = math.ldexp(1.0, -100)  # ~7.9e-31: floor under sqrt, representable in float32 and bfloat16
 
@@ -189,14 +191,13 @@ def reconstruction_loss(
     """
     if weights is not None:  # (B, D), as the elementwise losses
         weights = _flat(jnp.broadcast_to(weights, target.shape))
-    if kind in ("mse", "rmse"):
-        per_example = _per_example_mean(_squared(recon, target), weights)  # (B,)
-    elif kind == "bce":
-        per_example = _per_example_mean(_bce(logits, target), weights)  # (B,)
-    else:
+    if kind not in LOSS_REGISTRY:
         raise LossError(f"loss kind={kind!r} is not valid; choose one of: {', '.join(LOSSES)}")
+    entry = LOSS_REGISTRY.entry(kind)  # elementwise loss of (logits or recon, target): (B, D)
+    pred = logits if entry.info.get("uses") == "logits" else recon
+    per_example = _per_example_mean(entry.fn(pred, target), weights)  # (B,)
     loss = global_mean(jnp.mean(per_example), axis_name)
-    if kind == "rmse":
+    if entry.info.get("root"):
         # sqrt'(0) is infinite: floor at a tiny value so a perfect reconstruction gives a zero
         # gradient instead of NaN; the value differs from sqrt(mse) only below 1e-30.
         loss = jnp.sqrt(jnp.maximum(loss, _TINY))

@@ -1,10 +1,14 @@
-"""Regularisers of the classic autoencoders: L1, KL sparsity, contractive, k-sparse, weight decay.
+"""Regularisers of the classic autoencoders: L1, KL sparsity, contractive, weight decay.
 
 Each is a pure function with its formula and source in the docstring and an explicit strength.
 All are safe inside a jitted per-device step under ``jax.shard_map`` / ``jax.pmap`` and under
 ``jax.vmap`` over sweep members: strengths, targets and k may be traced scalars, and nothing
 branches on array values. Batch statistics that enter a nonlinearity (the KL sparsity's rho_hat)
 go through ``global_mean`` so they are global-batch values when ``axis_name`` is set.
+
+These are the formulas; ``ae_jax.objectives.terms`` wraps them as the registered objective terms.
+The k-sparse selection is a layer of the model now (``ae_jax.models.sparse``; ``k_sparse`` and
+``k_schedule`` are re-exported here).
 """
 
 from __future__ import annotations
@@ -16,7 +20,23 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
+from ae_jax.models.sparse import k_schedule, k_sparse
 from ae_jax.objectives.losses import global_mean
+
+__all__ = [
+    "RegularizerError",
+    "batch_mean_activation",
+    "contractive",
+    "jacobian_frobenius_sq",
+    "k_schedule",
+    "k_sparse",
+    "kl_bernoulli",
+    "kl_sparsity",
+    "l1_activity",
+    "sigmoid_contractive_sq",
+    "update_running_mean",
+    "weight_decay",
+]
 
 _RHO_EPS = 1e-6  # clip for rho_hat so log(rho_hat) and log(1 - rho_hat) stay finite
 
@@ -202,50 +222,6 @@ def contractive(sq_norms: jnp.ndarray, strength: Any) -> jnp.ndarray:
       Scalar penalty.
     """
     return strength * jnp.mean(sq_norms)
-
-
-def k_sparse(code: jnp.ndarray, k: Any) -> jnp.ndarray:
-    """Keep the k largest code units of each example and zero the rest (Makhzani & Frey 2013).
-
-    "k-Sparse Autoencoders" (ICLR 2014): the support ``supp_k(z)`` keeps the k largest
-    activations. Exactly min(k, K) units survive per row even with ties: units are ranked by a
-    stable descending sort (earlier index wins a tie) and those of rank < k kept. Ranks, not
-    ``lax.top_k``, so k may be a traced integer (annealing, sweeps) without recompiling. The
-    gradient is the identity on kept units and zero on dropped ones.
-
-    Args:
-      code: (B, K) code before selection.
-      k: units kept per example; int or traced int scalar.
-    Returns:
-      (B, K) code with at most k nonzeros per row.
-    """
-    _check_batched("code", code)
-    order = jnp.argsort(code, axis=-1, descending=True, stable=True)  # (B, K) unit indices
-    ranks = jnp.argsort(order, axis=-1)  # (B, K): position of each unit in the sorted order
-    return jnp.where(ranks < k, code, jnp.zeros_like(code))
-
-
-def k_schedule(step: Any, k_target: Any, k_start: Any, anneal_steps: Any) -> jnp.ndarray:
-    """k at a training step: linear from ``k_start`` to ``k_target`` over ``anneal_steps``.
-
-    ``k(t) = round(k_start + (k_target - k_start) * min(t / anneal_steps, 1))``, then
-    ``k_target``. Makhzani & Frey (2013) schedule the sparsity level: a large k first, so every
-    unit gets gradient and none dies early, then lowered to the target. ``anneal_steps = 0`` or
-    ``k_start = None`` (static) gives ``k_target`` from the first step. All arguments except
-    ``k_start = None`` may be traced.
-
-    Returns:
-      int32 scalar.
-    """
-    k_target = jnp.asarray(k_target, jnp.float32)
-    if k_start is None:
-        return jnp.round(k_target).astype(jnp.int32)
-    k_start = jnp.asarray(k_start, jnp.float32)
-    steps = jnp.asarray(anneal_steps, jnp.float32)
-    frac = jnp.where(
-        steps > 0, jnp.clip(jnp.asarray(step, jnp.float32) / jnp.maximum(steps, 1.0), 0.0, 1.0), 1.0
-    )
-    return jnp.round(k_start + (k_target - k_start) * frac).astype(jnp.int32)
 
 
 def _leaf_name(path: tuple[Any, ...]) -> str | None:

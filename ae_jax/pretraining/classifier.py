@@ -13,8 +13,6 @@ The train step is written for one device holding a slice of the global batch, wi
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ae_jax.chunks import map_in_chunks
 from ae_jax.config import OptimConfig
 from ae_jax.data import DataError
 from ae_jax.models.activations import activation_fn
+from ae_jax.training.loop import Stage, run_stage
 from ae_jax.training.parallel import Parallel, select_devices
 from ae_jax.training.state import make_optimizer
 from ae_jax.training.step import device_offset
@@ -130,12 +130,8 @@ def error_pct(
 ) -> float:
     """Classification error in % on (x, y), predicted in fixed-size chunks (one compilation)."""
     fn = make_predict(model) if predict_fn is None else predict_fn
-    n = x.shape[0]
-    chunk = min(n, EVAL_CHUNK)
-    pad = (-n) % chunk
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    parts = [fn(params, xp[s : s + chunk]) for s in range(0, xp.shape[0], chunk)]
-    return float(100.0 * np.mean(np.concatenate(jax.device_get(parts))[:n] != y))
+    predicted = map_in_chunks(lambda xb, _: fn(params, xb), x, EVAL_CHUNK)
+    return float(100.0 * np.mean(predicted != y))
 
 
 def init_classifier(
@@ -180,8 +176,16 @@ def train_classifier(
     parallel: str = "shard_map",
     eval_every: int = 5,
     on_epoch: Callable[[dict], None] | None = None,
+    name: str = "supervised",
+    checkpointer=None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    log_every: int = 10,
+    progress: bool = True,
 ):
-    """Fine-tune ``params`` on the labels; returns ``(params, history, metrics)``.
+    """Fine-tune ``params`` on the labels through the one loop (``ae_jax.training.loop``:
+    progress lines, divergence check, checkpoints with ``checkpointer``, resume with
+    ``resume``, SIGTERM); returns ``(params, history, metrics)``.
 
     ``metrics``: ``test/error_pct``, ``train/error_pct`` (full splits, after training),
     ``train/loss`` (last epoch), ``time/train_seconds``, ``time/compile_seconds``,
@@ -233,55 +237,28 @@ def train_classifier(
     x_eval = jnp.asarray(x_test[:EVAL_CHUNK])
     y_eval = jnp.asarray(y_test[:EVAL_CHUNK])
     eval_errors = jax.jit(lambda p, x, y: 100.0 * jnp.mean(predict_fn(p, x) != y))
-    history: list[dict] = []
-    start = time.perf_counter()
-    pending: list[tuple[int, Any, Any]] = []
-
-    def drain(keep: int) -> None:
-        while len(pending) > keep:
-            row = _row(*pending.pop(0), start)
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-
-    for epoch in range(epochs):
-        state, metrics = program(state, data, jnp.int32(epoch), lr_dev)
-        dev_eval = None
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            dev_eval = eval_errors(
-                state.params, x_eval, y_eval
-            )  # dispatched before the next epoch donates
-        pending.append((epoch, metrics, dev_eval))
-        drain(keep=1)  # the host reads epoch e-1 while epoch e runs
-    drain(keep=0)
-    seconds = time.perf_counter() - start
-    params = jax.device_get(state.params)
+    stage = Stage(
+        name=name,
+        epochs=epochs,
+        run_epoch=lambda state, epoch: program(state, data, jnp.int32(epoch), lr_dev),
+        steps_per_epoch=steps,
+        batch_size=batch_size,
+        evaluate=lambda state: {"error_pct": eval_errors(state.params, x_eval, y_eval)},
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        progress=progress,
+        hint="Lower pretrain.supervised_lr",
+    )
+    result = run_stage(stage, state, checkpointer=checkpointer, resume=resume, on_epoch=on_epoch)
+    history = result.history
+    params = jax.device_get(result.state.params)
     metrics = {
         "test/error_pct": error_pct(model, params, x_test, y_test, predict_fn),
         "train/error_pct": error_pct(model, params, x_train, y_train, predict_fn),
         "train/loss": history[-1]["train/loss"],
-        "time/train_seconds": seconds,
+        "time/train_seconds": result.seconds,
         "time/compile_seconds": par.compile_seconds,
         "compile/epoch_traces": par.traces,
     }
     return params, history, metrics
-
-
-def _row(epoch: int, metrics, dev_eval, start: float) -> dict:
-    """One history row: mean train loss / error of the epoch, eval error on the test head."""
-    per_step = jax.device_get(metrics)
-    loss = float(np.mean(per_step["loss"]))
-    if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"supervised fine-tuning loss is {loss} at epoch {epoch + 1}; lower "
-            "pretrain.supervised_lr"
-        )
-    row = {
-        "epoch": epoch + 1,
-        "train/loss": loss,
-        "train/error_pct": float(np.mean(per_step["error_pct"])),
-    }
-    if dev_eval is not None:
-        row["eval/error_pct"] = float(dev_eval)
-    row["time/elapsed"] = time.perf_counter() - start
-    return row

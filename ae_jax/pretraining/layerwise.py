@@ -19,14 +19,18 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from ae_jax.chunks import map_in_chunks
 from ae_jax.config import Config, validate
 from ae_jax.data import Dataset
 from ae_jax.models.builder import default_widths
+from ae_jax.training.checkpoint import Checkpointer
+from ae_jax.training.loop import raise_if_preempted
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -92,12 +96,8 @@ def layer_config(cfg: Config, index: int, sizes: list[int], input_in_unit_interv
 
 def encode_in_chunks(encode: Callable, params, x: np.ndarray) -> np.ndarray:
     """``encode(params, x)`` over x in fixed chunks (one compilation); float32 (N, k), host."""
-    n = x.shape[0]
-    chunk = min(n, ENCODE_CHUNK)
-    pad = (-n) % chunk
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    parts = [encode(params, xp[s : s + chunk]) for s in range(0, xp.shape[0], chunk)]
-    return np.ascontiguousarray(np.concatenate(jax.device_get(parts))[:n], dtype=np.float32)
+    z = map_in_chunks(lambda xb, _: encode(params, xb), x, ENCODE_CHUNK)
+    return np.ascontiguousarray(z, dtype=np.float32)
 
 
 def codes_dataset(data: Dataset, z_train: np.ndarray, z_test: np.ndarray, index: int) -> Dataset:
@@ -115,15 +115,24 @@ def codes_dataset(data: Dataset, z_train: np.ndarray, z_test: np.ndarray, index:
 
 
 def pretrain_layers(
-    cfg: Config, data: Dataset, seed: int | None = None, evaluate: bool = True
+    cfg: Config,
+    data: Dataset,
+    seed: int | None = None,
+    evaluate: bool = True,
+    workdir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[str], Callable[[dict], None] | None] | None = None,
 ) -> list[LayerResult]:
     """Train every encoder layer greedily, bottom first; each on the clean codes of the last.
 
-    With ``evaluate``, each layer's ``test/...`` metrics (on the test codes of the layer below)
-    are computed; progress lines follow ``trainer.log_every`` as in a plain run.
+    Each layer is a stage of the one loop (``pretrain/layer_<i>``), with progress lines as in
+    a plain run. With ``workdir`` each layer checkpoints to
+    ``<workdir>/pretrain/layer_<i>/checkpoints``; with ``resume`` a complete layer is restored
+    from its final checkpoint instead of trained again, and an interrupted one continues from
+    its newest checkpoint. With ``evaluate``, each layer's ``test/...`` metrics (on the test
+    codes of the layer below) are computed.
     """
     from ae_jax.evaluation.metrics import evaluate_test_split
-    from ae_jax.train import ProgressLog
 
     seed = cfg.trainer.seed if seed is None else seed
     sizes = layer_sizes(cfg, data.num_features)
@@ -141,9 +150,20 @@ def pretrain_layers(
             lcfg.model.code_activation,
             lcfg.trainer.epochs,
         )
+        name = f"pretrain/layer_{i}"
+        checkpointer = None
+        if workdir is not None:
+            checkpointer = Checkpointer(
+                Path(workdir) / name / "checkpoints", keep=lcfg.trainer.keep_checkpoints
+            )
         state, history, timing = trainer.fit(
-            state, on_epoch=ProgressLog(lcfg, trainer.steps_per_epoch)
+            state,
+            checkpointer=checkpointer,
+            resume=resume,
+            stage_name=name,
+            on_epoch=on_epoch(name) if on_epoch is not None else None,
         )
+        raise_if_preempted(f"after {name}")
         params = jax.device_get(state.params)
         metrics = dict(timing)
         if evaluate:

@@ -21,6 +21,7 @@ and ``history.*``, ``baseline/...``, ``reconstructions.npz`` and the figures.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -29,19 +30,31 @@ from typing import Any
 
 import jax
 
-from ae_jax.config import Config, ConfigError, to_config, validate
+from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import Dataset, load_dataset
 from ae_jax.evaluation.metrics import evaluate_trained
 from ae_jax.features import probe_report, write_run_info
+from ae_jax.outputs import (
+    describe,
+    epoch_logger,
+    log_final,
+    open_run_loggers,
+    save_params,
+    summary,
+    write_figures,
+    write_reconstructions,
+)
 from ae_jax.pretraining.classifier import (
     EncoderClassifier,
     SupervisedError,
     init_classifier,
     train_classifier,
 )
-from ae_jax.pretraining.config import PretrainConfigError, validate_pretrain
 from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain_layers, unroll
 from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.training.checkpoint import Checkpointer
+from ae_jax.training.loop import raise_if_preempted
+from ae_jax.training.rundir import claimed
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -69,7 +82,7 @@ def finetune_config(cfg: Config, sizes: list[int]) -> Config:
     c.model.depth = len(sizes) - 1
     if not cfg.pretrain.finetune_keep_objective:
         c.noise.kind, c.noise.level, c.noise.eval_level = "none", 0.0, None
-        c.reg.kind, c.reg.strength = "none", 0.0
+        c.reg = {}
     return validate(c)
 
 
@@ -83,8 +96,6 @@ def _prefixed(prefix: str, metrics: dict[str, Any], keys=None) -> dict[str, Any]
 
 
 def _save_params(path: Path, params) -> None:
-    from ae_jax.train import save_params
-
     path.parent.mkdir(parents=True, exist_ok=True)
     save_params(path, params)
 
@@ -101,9 +112,16 @@ def _classifier(cfg: Config, sizes: list[int], data: Dataset) -> EncoderClassifi
 
 
 def supervised_stage(
-    cfg: Config, sizes: list[int], data: Dataset, encoder: dict | None, workdir: Path, prefix: str
+    cfg: Config,
+    sizes: list[int],
+    data: Dataset,
+    encoder: dict | None,
+    workdir: Path,
+    prefix: str,
+    loggers=None,
 ) -> dict[str, float]:
-    """Fine-tune ``encoder`` (None: a random start) plus a softmax layer on the labels."""
+    """Fine-tune ``encoder`` (None: a random start) plus a softmax layer on the labels; a
+    stage of the one loop, checkpointed in ``<workdir>/<prefix>/checkpoints``."""
     p, t = cfg.pretrain, cfg.trainer
     model = _classifier(cfg, sizes, data)
     params = init_classifier(model, data.example_shape, t.seed + 1000, encoder)
@@ -134,7 +152,15 @@ def supervised_stage(
         devices=t.devices,
         parallel=t.parallel,
         eval_every=max(1, min(t.eval_every, p.supervised_epochs)),
+        name=prefix.rstrip("/"),
+        on_epoch=epoch_logger(loggers, prefix.rstrip("/")),
+        checkpointer=Checkpointer(workdir / prefix / "checkpoints", keep=t.keep_checkpoints),
+        resume=t.resume,
+        checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every,
+        progress=t.progress,
     )
+    raise_if_preempted(f"after stage {prefix.rstrip('/')}")
     out_dir = workdir / prefix
     out_dir.mkdir(parents=True, exist_ok=True)
     write_history(out_dir, history)
@@ -160,18 +186,30 @@ def probe_stage(cfg: Config, trainer: Trainer, params, data: Dataset) -> dict[st
     )
 
 
-def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
-    """Run every configured stage (see the module docstring); return and write the metrics."""
-    from ae_jax.train import ProgressLog, describe, summary, write_figures, write_reconstructions
+def pretrain_and_finetune(cfg: Any, workdir: str | Path, rundir=None) -> dict[str, float]:
+    """Run every configured stage (see the module docstring); return and write the metrics.
 
+    Every stage goes through the one loop and checkpoints in its own directory
+    (``pretrain/layer_<i>/``, ``checkpoints/`` for the fine-tuning, ``supervised/``,
+    ``baseline/``, ``baseline/supervised/``). Run the same command again after an interruption
+    and complete stages are restored from their final checkpoints, the interrupted one resumes
+    at its newest checkpoint ("resuming stage ... at epoch ..."), and the result is bitwise the
+    same as an uninterrupted run's. ``rundir`` is the claimed run directory
+    (``ae_jax.train.train_and_evaluate`` passes it); None claims ``workdir`` here.
+    """
     cfg = validate(to_config(cfg))
-    try:
-        validate_pretrain(cfg)
-    except PretrainConfigError as err:  # a ConfigError: the command line reports it in one line
-        raise ConfigError(str(err)) from None
-    p = cfg.pretrain
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with claimed(cfg, workdir, rundir) as rundir:
+        return _run_stages(cfg, workdir, rundir)
+
+
+def _run_stages(cfg: Config, workdir: Path, rundir) -> dict[str, float]:
+    with contextlib.ExitStack() as stack:
+        return _stages(cfg, workdir, rundir, stack)
+
+
+def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> dict[str, float]:
+    p, t = cfg.pretrain, cfg.trainer
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
     if p.supervised and data.y_train is None:
@@ -180,10 +218,22 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
             "labelled dataset or set pretrain.supervised=false"
         )
     sizes = layer_sizes(cfg, data.num_features)
+    ft_cfg = finetune_config(cfg, sizes)
+    trainer = Trainer(ft_cfg, data)  # refuses what does not fit the data before anything runs
+    if t.resume:  # another model's checkpoints here: refused before anything is written
+        Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
+    rundir.start(to_yaml(cfg))
+    loggers = stack.enter_context(open_run_loggers(cfg, workdir, rundir.main))
     metrics: dict[str, float] = {}
 
     # 1. greedy layer-wise pretraining
-    layers = pretrain_layers(cfg, data)
+    layers = pretrain_layers(
+        cfg,
+        data,
+        workdir=workdir,
+        resume=t.resume,
+        on_epoch=lambda name: epoch_logger(loggers, name),
+    )
     for layer in layers:
         name = f"pretrain/layer_{layer.index}"
         (workdir / name).mkdir(parents=True, exist_ok=True)
@@ -192,8 +242,6 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
     metrics["pretrain/time/train_seconds"] = sum(r.metrics["time/train_seconds"] for r in layers)
 
     # 2. unroll into the deep autoencoder
-    ft_cfg = finetune_config(cfg, sizes)
-    trainer = Trainer(ft_cfg, data)
     log.info(describe(ft_cfg, trainer))
     write_run_info(workdir, data, trainer.output_activation)
     state = trainer.init_state()
@@ -212,8 +260,13 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
     if p.unsupervised:
         state = state.replace(params=unrolled, opt_state=trainer.tx.init(unrolled))
         state, history, timing = trainer.fit(
-            state, on_epoch=ProgressLog(ft_cfg, trainer.steps_per_epoch)
+            state,
+            checkpointer=Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints),
+            resume=t.resume,
+            stage_name="finetune",
+            on_epoch=epoch_logger(loggers, "finetune"),
         )
+        raise_if_preempted("after stage finetune")
         params = jax.device_get(state.params)
         metrics.update(_prefixed("finetune/", timing))
         metrics["train/loss"] = history[-1]["train/loss"]
@@ -228,16 +281,22 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
 
     # 4. supervised fine-tuning of the encoder + softmax
     if p.supervised:
-        metrics.update(supervised_stage(cfg, sizes, data, params, workdir, "supervised/"))
+        metrics.update(supervised_stage(cfg, sizes, data, params, workdir, "supervised/", loggers))
 
     # 5. the same network and stages without pretraining
     if p.baseline:
         base = random_start
         if p.unsupervised:
-            bstate = trainer.init_state()
             bstate, bhistory, btiming = trainer.fit(
-                bstate, on_epoch=ProgressLog(ft_cfg, trainer.steps_per_epoch)
+                trainer.init_state(),
+                checkpointer=Checkpointer(
+                    workdir / "baseline" / "checkpoints", keep=t.keep_checkpoints
+                ),
+                resume=t.resume,
+                stage_name="baseline",
+                on_epoch=epoch_logger(loggers, "baseline"),
             )
+            raise_if_preempted("after stage baseline")
             base = jax.device_get(bstate.params)
             (workdir / "baseline").mkdir(parents=True, exist_ok=True)
             write_history(workdir / "baseline", bhistory)
@@ -251,7 +310,9 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
         if p.supervised:
             encoder = base if p.unsupervised else None
             metrics.update(
-                supervised_stage(cfg, sizes, data, encoder, workdir, "baseline/supervised/")
+                supervised_stage(
+                    cfg, sizes, data, encoder, workdir, "baseline/supervised/", loggers
+                )
             )
 
     # 6. linear probe
@@ -268,5 +329,6 @@ def pretrain_and_finetune(cfg: Any, workdir: str | Path) -> dict[str, float]:
     metrics["time/total_seconds"] = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in metrics.items()}
     write_json_atomic(workdir / "metrics.json", metrics)
+    log_final(loggers, cfg, workdir, history, metrics)
     log.info("outputs in %s", workdir.resolve())
     return metrics

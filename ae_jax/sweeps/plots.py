@@ -43,7 +43,6 @@ METRIC_UNITS = {
 AXIS_UNITS = {
     "model.latent_dim": "code size k (units)",
     "model.depth": "encoder hidden layers",
-    "reg.strength": "regularisation strength λ",
     "optim.lr": "learning rate",
     "trainer.batch_size": "batch size (examples)",
     "trainer.epochs": "epochs",
@@ -76,10 +75,9 @@ def axis_label(axis: Axis, rows: list[Row]) -> str:
         kinds = {c.get("noise.kind") for c in configs}
         unit = NOISE_UNITS.get(kinds.pop()) if len(kinds) == 1 else None
         return f"{axis.name}: {unit or 'noise level'}"
-    if key == "reg.strength":
-        kinds = {c.get("reg.kind") for c in configs}
-        kind = kinds.pop() if len(kinds) == 1 else None
-        return f"{axis.name}: {kind + ' ' if kind else ''}strength λ"
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "reg" and parts[2] == "strength":  # reg.<term>.strength
+        return f"{axis.name}: {parts[1]} strength λ"
     return f"{axis.name}: {AXIS_UNITS[key]}" if key in AXIS_UNITS else axis.name
 
 

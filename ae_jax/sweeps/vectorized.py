@@ -14,20 +14,27 @@ Select it for a Hydra multirun with ``hydra/launcher=vmap`` (see ``hydra_plugins
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
+from ae_jax.run_io import write_history
+from ae_jax.training.checkpoint import Checkpointer
+from ae_jax.training.loop import Stage, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
-from ae_jax.training.trainer import Trainer
+from ae_jax.training.rundir import claimed
+from ae_jax.training.trainer import EVAL_EXAMPLES, Trainer
 
 log = logging.getLogger("ae_jax")
 
@@ -35,7 +42,7 @@ log = logging.getLogger("ae_jax")
 VECTORIZABLE = (
     "noise.level",
     "noise.eval_level",
-    "reg.strength",
+    "reg.<term>.strength",
     "optim.lr",
     "trainer.seed",
     "name",
@@ -47,7 +54,7 @@ def static_part(cfg: Config) -> str:
     c = dataclasses.replace(
         cfg,
         noise=dataclasses.replace(cfg.noise, level=0.0, eval_level=None),
-        reg=dataclasses.replace(cfg.reg, strength=0.0),
+        reg={k: dataclasses.replace(t, strength=0.0) for k, t in cfg.reg.items()},
         optim=dataclasses.replace(cfg.optim, lr=1.0),
         trainer=dataclasses.replace(cfg.trainer, seed=0),
         name="",
@@ -73,13 +80,31 @@ def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, float]]:
-    """Train configs that share one program (see ``group_by_program``) as one vmapped program;
-    write each member's outputs to its workdir; return each member's metrics."""
-    from ae_jax.run_io import write_json_atomic
-    from ae_jax.train import describe, evaluate_and_write
+def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
+    """Where a group checkpoints: beside its members, keyed by the program and the members
+    (``<common parent>/.vmap-groups/<key>/checkpoints``), so the same sweep finds it again."""
+    parent = Path(os.path.commonpath([str(Path(w).absolute()) for w in workdirs]))
+    if len(workdirs) == 1:
+        parent = parent.parent
+    key = hashlib.sha256(
+        (static_part(configs[0]) + "|".join(str(Path(w).absolute()) for w in workdirs)).encode()
+    ).hexdigest()[:12]
+    return parent / ".vmap-groups" / key / "checkpoints"
 
-    t0 = time.perf_counter()
+
+def train_group(
+    configs: list[Config], workdirs: list[Path], hydra_files: list[dict] | None = None
+) -> list[dict[str, float]]:
+    """Train configs that share one program (see ``group_by_program``) as one vmapped program
+    through the one loop: a stage whose state has a leading members axis, checkpointed for all
+    members together and resumed the same way (``group_checkpoint_dir``). A member whose loss
+    turns non-finite is marked failed (its status, a console line naming it, the epoch and the
+    step) and the others finish. Each member's outputs go to its workdir; returns each
+    member's metrics ({} for a failed one)."""
+    from ae_jax.outputs import describe, epoch_logger, evaluate_and_write, open_run_loggers
+    from ae_jax.run_io import write_json_atomic
+
+    t0, started = time.perf_counter(), time.time()
     base = configs[0]
     if len({static_part(c) for c in configs}) != 1:
         raise ConfigError(
@@ -87,88 +112,117 @@ def train_group(configs: list[Config], workdirs: list[Path]) -> list[dict[str, f
         )
     # One device: the sweep's members are the parallel axis here.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
-    data = load_dataset(base.data)
-    trainer = Trainer(base, data)
+    t = base.trainer
+    workdirs = [Path(w) for w in workdirs]
     n = len(configs)
-    log.info("vectorised sweep: %d members in one program | %s", n, describe(base, trainer))
-    for cfg, workdir in zip(configs, workdirs):
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text(to_yaml(cfg))
-        write_json_atomic(
-            workdir / "status.json",
-            {"status": "running", "started": time.time(), "engine": "vmap", "members": n},
+    with contextlib.ExitStack() as stack:
+        records = hydra_files or [{} for _ in configs]
+        rundirs = [
+            stack.enter_context(claimed(c, w, hydra_files=h))
+            for c, w, h in zip(configs, workdirs, records)
+        ]
+        stack.enter_context(sigterm_flag())
+        data = load_dataset(base.data)
+        trainer = Trainer(base, data)
+        log.info("vectorised sweep: %d members in one program | %s", n, describe(base, trainer))
+        checkpointer = Checkpointer(
+            group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
         )
-    states = _stack([trainer.init_state(seed=c.trainer.seed) for c in configs])
-    hparams = _stack([make_hparams(c) for c in configs])
-    x_train = jnp.asarray(data.x_train)
-
-    compile_start = time.perf_counter()
-    epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
-    lowered = jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams)
-    program = lowered.compile(compiler_options=compiler_options(trainer.parallel.devices))
-    compile_seconds = time.perf_counter() - compile_start
-
-    epochs = base.trainer.epochs
-    histories: list[list[dict]] = [[] for _ in configs]
-    start = time.perf_counter()
-    pending = None
-
-    def record(epoch, metrics):
-        per_step = jax.device_get(metrics)  # each (members, steps)
-        for i in range(n):
-            row = {"epoch": epoch + 1}
-            row.update({f"train/{k}": float(np.mean(v[i])) for k, v in per_step.items()})
-            row["time/elapsed"] = time.perf_counter() - start
-            histories[i].append(row)
-        if base.trainer.progress and (
-            (epoch + 1) % base.trainer.log_every == 0 or epoch + 1 == epochs
-        ):
-            losses = " ".join(f"{h[-1]['train/loss']:.4f}" for h in histories)
-            log.info(
-                "epoch %d/%d | member losses %s | %.1fs",
-                epoch + 1,
-                epochs,
-                losses,
-                time.perf_counter() - start,
+        states = _stack([trainer.init_state(seed=c.trainer.seed) for c in configs])
+        if t.resume:  # another group's checkpoints here: refused before anything is written
+            checkpointer.check_same_run(states)
+        for cfg, rundir in zip(configs, rundirs):
+            rundir.start(to_yaml(cfg))
+            write_json_atomic(
+                rundir.path / "status.json",
+                {"status": "running", "started": time.time(), "engine": "vmap", "members": n},
             )
+        hparams = _stack([make_hparams(c) for c in configs])
+        x_train = jnp.asarray(data.x_train)
+        x_eval = jnp.asarray(data.x_test[:EVAL_EXAMPLES])
 
-    for epoch in range(epochs):
-        states, metrics = program(states, x_train, jnp.int32(epoch), hparams)
-        if pending is not None:
-            record(*pending)
-        pending = (epoch, metrics)
-    record(*pending)
-    jax.block_until_ready(states)
-    seconds = time.perf_counter() - start
+        compile_start = time.perf_counter()
+        epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
+        lowered = jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams)
+        program = lowered.compile(compiler_options=compiler_options(trainer.parallel.devices))
+        compile_seconds = time.perf_counter() - compile_start
+        eval_mse = jax.jit(jax.vmap(trainer.eval_mse, in_axes=(0, None)))
 
-    examples = epochs * trainer.steps_per_epoch * base.trainer.batch_size
-    params = jax.device_get(states.params)
-    results = []
-    for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
-        losses = np.array([row["train/loss"] for row in histories[i]])
-        status = {"status": "completed", "engine": "vmap", "members": n}
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
-            status = {
-                "status": "failed",
-                "engine": "vmap",
-                "error": f"TrainingDiverged: non-finite loss at epoch {bad}",
-            }
-            write_json_atomic(workdir / "status.json", status)
-            results.append({})
-            continue
-        timing = {
-            "time/train_seconds": seconds,  # the whole group's wall time, shared by its members
-            "time/compile_seconds": compile_seconds,
-            "train/samples_per_second": examples / seconds,  # this member's examples
-            "sweep/members": n,
-        }
-        metrics = evaluate_and_write(
-            validate(cfg), trainer, _member(params, i), histories[i], timing, workdir, t0
+        stage = Stage(
+            name="",
+            epochs=t.epochs,
+            run_epoch=lambda s, e: program(s, x_train, jnp.int32(e), hparams),
+            steps_per_epoch=trainer.steps_per_epoch,
+            batch_size=t.batch_size * n,
+            evaluate=lambda s: {"mse": eval_mse(s.params, x_eval)},
+            eval_every=t.eval_every,
+            checkpoint_every=t.checkpoint_every,
+            log_every=t.log_every,
+            progress=t.progress,
+            members=n,
+            member_names=[str(w) for w in workdirs],
         )
-        write_json_atomic(workdir / "status.json", {**status, "ended": time.time()})
-        results.append(metrics)
-    return results
+        group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
+        loggers = [
+            stack.enter_context(open_run_loggers(c, w, group=group))
+            for c, w in zip(configs, workdirs)
+        ]
+        hooks = [epoch_logger(lg) for lg in loggers]
+        result = run_stage(
+            stage,
+            states,
+            checkpointer=checkpointer,
+            resume=t.resume,
+            allow_none_valid=t.restart_if_corrupt,
+            on_member_epoch=lambda i, row: hooks[i] and hooks[i](row),
+        )
+        seconds = result.seconds
+        examples = (t.epochs - result.start_epoch) * trainer.steps_per_epoch * t.batch_size
+        params = jax.device_get(result.state.params)
+        results = []
+        for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
+            status = {"engine": "vmap", "members": n, "started": started}
+            if i in result.failed:
+                write_json_atomic(
+                    workdir / "status.json",
+                    {
+                        **status,
+                        "status": "failed",
+                        "error": f"TrainingDiverged: {result.failed[i]}",
+                        "ended": time.time(),
+                    },
+                )
+                write_history(workdir, result.history[i])
+                results.append({})
+                continue
+            timing = {
+                "time/train_seconds": seconds,  # the whole group's wall time, shared
+                "time/compile_seconds": compile_seconds,
+                "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,
+                "sweep/members": n,
+            }
+            metrics = evaluate_and_write(
+                validate(cfg),
+                trainer,
+                _member(params, i),
+                result.history[i],
+                timing,
+                workdir,
+                t0,
+                loggers[i],
+            )
+            write_json_atomic(
+                workdir / "status.json", {**status, "status": "completed", "ended": time.time()}
+            )
+            results.append(metrics)
+        if result.failed:
+            log.error(
+                "vectorised sweep: %d of %d members diverged: %s",
+                len(result.failed),
+                n,
+                "; ".join(result.failed.values()),
+            )
+        return results
 
 
 def train_vectorized(configs: list[Config], workdirs: list[Path]) -> list[dict[str, float]]:

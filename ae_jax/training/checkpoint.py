@@ -1,17 +1,24 @@
-"""Checkpoints of the full training state with Orbax, verified on restore.
+"""Checkpoints of a training state with Orbax, verified on restore.
 
-A checkpoint holds the ``TrainState`` (parameters, optimiser state, step, both RNG keys, running
-statistics) and a JSON record (the epoch reached, the history so far, and a SHA-256 digest of
-every array). The data order is a pure function of ``data_key`` and the epoch, so restoring both
-continues a run exactly: an interrupted-and-resumed run ends bitwise equal to an uninterrupted
-one on CPU. On restore the digest is recomputed; a truncated or corrupt checkpoint is skipped
-with a warning naming it and the one used instead.
+A checkpoint holds the state (any pytree: a ``TrainState`` with parameters, optimiser state,
+step, both RNG keys and running statistics; a classifier's state; a vectorised group's stacked
+states) and a JSON record: the epoch reached, the history so far, a SHA-256 digest of every
+array, and the state's *signature* (its tree structure, shapes and dtypes). The data order is a
+pure function of the data key and the epoch, so restoring continues a run exactly: an
+interrupted-and-resumed run ends bitwise equal to an uninterrupted one on CPU.
+
+On restore, a checkpoint whose signature differs from the state being trained belongs to
+ANOTHER run (another model or stage) and is refused as such (``RunMismatch``), never called
+corrupt; a truncated or altered checkpoint is skipped with a warning naming it and the one used
+instead. A checkpoint that cannot be written raises ``CheckpointWriteError`` naming the path and
+the reason, after saving the state to a rescue file where possible.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +26,6 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from ae_jax.training.state import TrainState
 
 log = logging.getLogger("ae_jax")
 # Orbax reports every save at INFO through absl; our own log line says what matters.
@@ -31,27 +36,42 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected; the message says what was found."""
 
 
-def _to_saveable(state: TrainState) -> dict:
-    return {
-        "step": state.step,
-        "params": state.params,
-        "opt_state": state.opt_state,
-        "key": jax.random.key_data(state.key),
-        "data_key": jax.random.key_data(state.data_key),
-        "running": state.running,
-    }
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written; the message names the path, the reason, and where
+    the state was saved instead."""
 
 
-def _from_saveable(tree: dict, template: TrainState) -> TrainState:
-    impl = jax.random.key_impl(template.key)
-    return template.replace(
-        step=tree["step"],
-        params=tree["params"],
-        opt_state=tree["opt_state"],
-        key=jax.random.wrap_key_data(tree["key"], impl=impl),
-        data_key=jax.random.wrap_key_data(tree["data_key"], impl=impl),
-        running=tree["running"],
+class RunMismatch(CheckpointError):
+    """The checkpoints in a directory belong to another run (another model or stage)."""
+
+
+def _is_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _to_saveable(state: Any) -> Any:
+    """The state with typed PRNG keys as their raw uint32 data (what Orbax can write)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def _from_saveable(tree: Any, template: Any) -> Any:
+    return jax.tree.map(
+        lambda t, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
+        template,
+        tree,
     )
+
+
+def signature(state: Any) -> str:
+    """The structure, shapes and dtypes of a state: equal for states of the same run."""
+    leaves, treedef = jax.tree.flatten(_to_saveable(state))
+    shapes = [f"{tuple(np.shape(x))}{np.dtype(getattr(x, 'dtype', np.float32))}" for x in leaves]
+    return hashlib.sha256(f"{treedef}|{shapes}".encode()).hexdigest()[:16]
+
+
+def _shapes(state: Any) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(_to_saveable(state))[0]
+    return {jax.tree_util.keystr(path): tuple(np.shape(x)) for path, x in flat}
 
 
 def digest(tree: Any) -> str:
@@ -64,18 +84,34 @@ def digest(tree: Any) -> str:
     return h.hexdigest()
 
 
+def _reason(err: BaseException) -> str:
+    """One line for an OS or Orbax error: the OS reason where there is one."""
+    while err is not None:
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+        err = err.__cause__ or err.__context__
+    return "write failed"
+
+
 class Checkpointer:
-    """Save / restore ``TrainState`` + history under ``directory`` (one subdirectory per epoch)."""
+    """Save / restore a state + history under ``directory`` (one subdirectory per epoch)."""
 
     def __init__(self, directory: str | Path, keep: int = 3):
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
-            ),
-        )
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep, create=True, enable_async_checkpointing=False
+                ),
+            )
+        except Exception as err:
+            raise CheckpointWriteError(
+                f"cannot create the checkpoint directory {self.directory} ({_reason(err)}); "
+                "choose a writable run directory (hydra.run.dir=...)"
+            ) from None
         self.last_saved: Path | None = None
+        self.last_extra: dict = {}
 
     def path(self, epoch: int) -> Path:
         return self.directory / str(epoch)
@@ -90,26 +126,92 @@ class Checkpointer:
         epochs = self.epochs()
         return self.path(epochs[-1]) if epochs else None
 
-    def save(self, epoch: int, state: TrainState, history: list[dict]) -> Path:
+    def save(self, epoch: int, state: Any, history: list, extra: dict | None = None) -> Path:
         """Write the state after ``epoch`` epochs (collectively, on every process)."""
         tree = _to_saveable(state)
-        meta = {"epoch": epoch, "step": int(state.step), "digest": digest(tree), "history": history}
-        self.manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        meta = {
+            "epoch": epoch,
+            "digest": digest(tree),
+            "signature": signature(state),
+            "shapes": {k: list(v) for k, v in _shapes(state).items()},
+            "history": history,
+            "extra": extra or {},
+        }
+        try:
+            self.manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as err:
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {self.path(epoch)} ({_reason(err)}); "
+                + self._rescue(epoch, tree)
+            ) from None
         self.last_saved = self.path(epoch)
         return self.last_saved
 
-    def restore_latest(self, template: TrainState, allow_none_valid: bool = False):
-        """``(state, epoch, history)`` from the newest VALID checkpoint, or None if there is none.
+    def _rescue(self, epoch: int, tree: Any) -> str:
+        """Save the state where it can be written, so a failed checkpoint loses no training."""
+        from flax import serialization
 
-        Corrupt checkpoints are skipped with a warning naming them and the fallback; if some exist
-        but none is valid, CheckpointError unless ``allow_none_valid``.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = Path(tempfile.gettempdir()) / f"ae_jax-rescue-epoch{epoch}-{stamp}.msgpack"
+        try:
+            target.write_bytes(serialization.to_bytes(jax.device_get(tree)))
+        except OSError as err:
+            return f"the state of epoch {epoch} could not be saved anywhere ({err.strerror})"
+        return (
+            f"the state of epoch {epoch} was saved to {target} instead "
+            "(flax.serialization msgpack of the checkpoint tree)"
+        )
+
+    def _meta(self, epoch: int) -> dict:
+        restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def _refuse_other_run(self, epoch: int, meta: dict, template: Any) -> None:
+        stored = meta.get("signature")
+        if stored is None or stored == signature(template):
+            return
+        theirs, ours = meta.get("shapes", {}), _shapes(template)
+        diff = [
+            k for k in sorted(set(theirs) | set(ours)) if tuple(theirs.get(k, ())) != ours.get(k)
+        ]
+        example = ""
+        if diff:
+            k = diff[0]
+            example = (
+                f" (e.g. {k}: {tuple(theirs[k]) if k in theirs else 'absent'} there, "
+                f"{ours.get(k, 'absent')} here)"
+            )
+        raise RunMismatch(
+            f"the checkpoints in {self.directory} belong to another run: their state differs "
+            f"from this config's{example}. Use a new run directory, or trainer.resume=false "
+            "to keep that run and write this one beside it"
+        )
+
+    def check_same_run(self, template: Any) -> None:
+        """Raise ``RunMismatch`` if the newest readable checkpoint holds another run's state;
+        called before a run writes anything, so that a refused run changes nothing."""
+        for epoch in reversed(self.epochs()):
+            try:
+                meta = self._meta(epoch)
+            except Exception:
+                continue  # unreadable: restore_latest deals with it
+            self._refuse_other_run(epoch, meta, template)
+            return
+
+    def restore_latest(self, template: Any, allow_none_valid: bool = False):
+        """``(state, epoch, history)`` from the newest VALID checkpoint, or None; the
+        checkpoint's ``extra`` record (e.g. a group's failed members) is in ``last_extra``.
+
+        A checkpoint of another run raises ``RunMismatch``. Corrupt checkpoints are skipped
+        with a warning naming them and the fallback; if some exist but none is valid,
+        CheckpointError unless ``allow_none_valid``.
         """
         epochs = self.epochs()
         if not epochs:
@@ -118,17 +220,24 @@ class Checkpointer:
         bad: list[str] = []
         for epoch in reversed(epochs):
             try:
-                restored = self.manager.restore(
-                    epoch,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                    ),
-                )
-                tree, meta = restored["state"], restored["meta"]
-                if digest(tree) != meta["digest"]:
-                    raise CheckpointError("digest mismatch: the arrays on disk were altered")
-            except Exception as err:  # any failure to read back means this one is unusable
+                meta = self._meta(epoch)
+            except Exception as err:
+                meta = None
                 reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            if meta is not None:
+                self._refuse_other_run(epoch, meta, template)  # not corrupt: another run
+                try:
+                    restored = self.manager.restore(
+                        epoch,
+                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
+                    )
+                    tree = restored["state"]
+                    if digest(tree) != meta["digest"]:
+                        raise CheckpointError("digest mismatch: the arrays on disk were altered")
+                except Exception as err:  # any failure to read back means this one is unusable
+                    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                    meta = None
+            if meta is None:
                 bad.append(f"{self.path(epoch)} ({reason})")
                 continue
             if bad:
@@ -139,6 +248,7 @@ class Checkpointer:
                 )
                 self._set_aside(e for e in epochs if e > epoch)
             self.last_saved = self.path(epoch)
+            self.last_extra = dict(meta.get("extra", {}))
             return _from_saveable(tree, template), int(meta["epoch"]), list(meta["history"])
         message = f"no valid checkpoint in {self.directory}: " + "; ".join(bad)
         if not allow_none_valid:

@@ -1,9 +1,15 @@
-"""The training objective of one run: corrupt -> encode -> (sparsify) -> decode -> loss + penalty.
+"""The training objective of one run: corrupt -> encode -> decode -> loss + named terms.
 
 ``Objective`` is a frozen description of everything that shapes the program (loss, corruption
-kind, regulariser kind, k-sparse settings, output activation). The scalars a sweep may vary
-without recompiling (noise level, regularisation strength, learning rate) are NOT in it: they
-arrive as the traced ``hparams`` dict, so one compiled program serves every member of a sweep.
+kind, the configured regulariser terms and their settings, the k-sparse anneal, the model with
+its output activation). The scalars a sweep may vary without recompiling (noise level, every
+term's strength, learning rate) are NOT in it: they arrive as the traced ``hparams`` dict
+(``make_hparams``), so one compiled program serves every member of a sweep.
+
+The loss is ``rec + sum_t hparams['reg/<t>'] * term_t`` over the terms of ``cfg.reg`` (see
+``ae_jax.objectives.terms`` and ``ae_jax.registry.REGULARIZERS``). The step's metrics are
+``loss``, ``loss/rec`` and one ``loss/<t>`` per term (the weighted value added to the loss), all
+global-batch values whatever the number of devices.
 """
 
 from __future__ import annotations
@@ -18,32 +24,45 @@ import jax.numpy as jnp
 
 from ae_jax.config import Config
 from ae_jax.corruption import corrupt, emphasis_weights
-from ae_jax.models import activation_fn
-from ae_jax.models.mlp import code_layer_kernel
-from ae_jax.objectives.losses import reconstruction_loss
-from ae_jax.objectives.regularizers import (
-    batch_mean_activation,
-    contractive,
-    jacobian_frobenius_sq,
-    k_schedule,
-    k_sparse,
-    kl_sparsity,
-    l1_activity,
-    sigmoid_contractive_sq,
-    update_running_mean,
-    weight_decay,
-)
+from ae_jax.models.activations import activation_fn
+from ae_jax.models.sparse import k_schedule
+from ae_jax.objectives.losses import global_mean, reconstruction_loss
+from ae_jax.objectives.terms import TermInputs, contractive_closed_form, jacobian_sq
+from ae_jax.registry import REGULARIZERS, ContractiveConfig, resolve
 
-HParams = dict[str, jax.Array]  # {"noise_level", "reg_strength", "lr"}: traced float32 scalars
+# {"noise_level", "lr", "reg/<term>" for each configured term}: traced float32 scalars
+HParams = dict[str, jax.Array]
 
 
 def make_hparams(cfg: Config) -> HParams:
     """The traced hyperparameters of a run (what a vectorised sweep may vary)."""
-    return {
-        "noise_level": jnp.float32(cfg.noise.level),
-        "reg_strength": jnp.float32(cfg.reg.strength),
-        "lr": jnp.float32(cfg.optim.lr),
-    }
+    out = {"noise_level": jnp.float32(cfg.noise.level), "lr": jnp.float32(cfg.optim.lr)}
+    for name, term in cfg.reg.items():
+        out[f"reg/{name}"] = jnp.float32(term.strength)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One configured term, hashable: its name and its settings without the (traced) strength."""
+
+    name: str
+    config_type: type
+    settings: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, name: str, cfg: Any) -> Term:
+        items = []
+        for f in dataclasses.fields(cfg):
+            if f.name == "strength":
+                continue
+            value = getattr(cfg, f.name)
+            items.append((f.name, tuple(value) if isinstance(value, list) else value))
+        return cls(name, type(cfg), tuple(items))
+
+    @property
+    def config(self) -> Any:
+        return self.config_type(**dict(self.settings))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,59 +74,47 @@ class JittedObjective:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    model: nn.Module
-    loss: str  # mse | rmse | bce
-    output_activation: str  # sigmoid | linear
+    model: nn.Module  # with its output_activation and sparse_k (ae_jax.models)
+    loss: str  # registry.LOSSES
+    output_activation: str  # sigmoid | linear (= model.output_activation)
     noise_kind: str = "none"
     noise_clip: bool = False
     alpha: float = 1.0
     beta: float = 1.0
     low: float = 0.0  # data range: salt-and-pepper values and gaussian clipping
     high: float = 1.0
-    reg_kind: str = "none"
-    kl_target: float = 0.05
-    kl_running: bool = False
-    kl_momentum: float = 0.99
-    k: int | None = None  # k-sparse target k
-    k_start: int | None = None
+    terms: tuple[Term, ...] = ()
+    k_start: int | None = None  # k-sparse anneal from k_start to model.sparse_k
     k_anneal_steps: int = 0
-    contractive_closed_form: bool = False
+    contractive_closed_form: bool = False  # the Jacobian diagnostic uses Rifai's closed form
 
     # ------------------------------------------------------------------ pieces
     def reconstruct(self, logits: jax.Array) -> jax.Array:
-        return activation_fn(self.output_activation)(logits)
+        """Data space from logits: the model's output activation."""
+        return activation_fn(self.model.output_activation)(logits)
 
-    def sparsify(self, code: jax.Array, step: jax.Array | None) -> jax.Array:
-        """k-sparse: keep the k largest units (k annealed with the step during training)."""
-        if self.reg_kind != "k_sparse":
-            return code
-        k = self.k
-        if step is not None and self.k_start is not None and self.k_anneal_steps > 0:
-            k = k_schedule(step, self.k, self.k_start, self.k_anneal_steps)
-        return k_sparse(code, k)
+    def k_at(self, step: jax.Array | None):
+        """The k-sparse k at a training step (None: the model's final ``sparse_k``)."""
+        sparse_k = getattr(self.model, "sparse_k", None)
+        if sparse_k is None or step is None or self.k_start is None or self.k_anneal_steps <= 0:
+            return None
+        return k_schedule(step, sparse_k, self.k_start, self.k_anneal_steps)
 
     def encode(self, params, x: jax.Array, step: jax.Array | None = None):
-        """Codes as used downstream (after k-sparsification); (B, k), aux."""
-        code, aux = self.model.apply({"params": params}, x, method="encode")
-        return self.sparsify(code, step), aux
+        """The model's code (after k-sparse selection, k annealed with the step); (B, k), aux."""
+        return self.model.apply({"params": params}, x, self.k_at(step), method="encode")
 
     def forward(self, params, x: jax.Array, step: jax.Array | None = None):
         """(logits, reconstruction, code, aux) of clean or corrupted inputs x."""
-        code, aux = self.model.apply({"params": params}, x, method="encode")
-        aux = {**aux, "dense_code": code}
-        code = self.sparsify(code, step)
+        code, aux = self.encode(params, x, step)
         logits = self.model.apply({"params": params}, code, method="decode")
         return logits, self.reconstruct(logits), code, aux
 
     def jacobian_sq(self, params, x: jax.Array, code: jax.Array, aux: dict) -> jax.Array:
-        """||J_f(x)||_F^2 per example, (B,): Rifai's closed form where it applies, else autodiff."""
-        if self.contractive_closed_form:
-            return sigmoid_contractive_sq(code, code_layer_kernel(params))
-
-        def encode_one(xi):  # (*S) -> (k,)
-            return self.model.apply({"params": params}, xi[None], method="encode")[0][0]
-
-        return jacobian_frobenius_sq(encode_one, x)
+        """||J_f(x)||_F^2 per example, (B,), of the dense code: Rifai's closed form where the
+        contractive term uses it, else autodiff."""
+        dense = aux.get("dense_code", code)
+        return jacobian_sq(self.model, params, x, dense, self.contractive_closed_form)
 
     # ------------------------------------------------------------------ the loss
     def corrupt(self, keys: jax.Array, x: jax.Array, level) -> tuple[jax.Array, jax.Array]:
@@ -148,31 +155,35 @@ class Objective:
         if self.noise_kind != "none" and (self.alpha, self.beta) != (1.0, 1.0):
             weights = emphasis_weights(mask, self.alpha, self.beta)
         rec = reconstruction_loss(self.loss, logits, recon, x, weights, axis_name)
-        strength = hparams["reg_strength"]
-        metrics = {}
+        metrics = {"loss/rec": rec}
         running = dict(running)
-        if self.reg_kind == "l1":
-            reg = l1_activity(code, strength)
-        elif self.reg_kind == "kl_sparse":
-            rho_batch = batch_mean_activation(code, axis_name)  # (k,) global-batch mean
-            if self.kl_running:
-                # Ng's rho_hat is a training-set average: an EMA stands in for it, while the
-                # gradient flows through this batch's share of the estimate.
-                rho_hat = update_running_mean(running["rho_hat"], rho_batch, self.kl_momentum)
-                running["rho_hat"] = jax.lax.stop_gradient(rho_hat)
-            else:
-                rho_hat = rho_batch
-            reg = kl_sparsity(rho_hat, self.kl_target, strength)
-            metrics["rho_hat_mean"] = jnp.mean(rho_hat)
-        elif self.reg_kind == "contractive":
-            sq = self.jacobian_sq(params, x_in, aux["dense_code"], aux)
-            reg = contractive(sq, strength)
-        elif self.reg_kind == "weight_decay":
-            reg = weight_decay(params, strength)
-        else:  # none, k_sparse (a constraint on the code, not a penalty)
-            reg = jnp.zeros((), jnp.float32)
-        loss = rec + reg
-        metrics.update({"loss": loss, "loss/rec": rec, "loss/reg": reg})
+        loss = rec
+        for term in self.terms:
+            inputs = TermInputs(
+                params=params,
+                code=code,
+                dense_code=aux["dense_code"],
+                aux=aux,
+                x_in=x_in,
+                x=x,
+                running=running.get(term.name, {}),
+                axis_name=axis_name,
+                model=self.model,
+                step=step,
+            )
+            out = REGULARIZERS.get(term.name)(term.config, inputs)
+            extra: dict = {}
+            if isinstance(out, tuple):
+                out, extra = out
+            # Global-batch value forward, local gradient backward (see global_mean).
+            value = hparams[f"reg/{term.name}"] * global_mean(jnp.asarray(out), axis_name)
+            loss = loss + value
+            metrics[f"loss/{term.name}"] = value
+            if extra.get("running"):
+                running[term.name] = extra["running"]
+            for key, m in extra.get("metrics", {}).items():
+                metrics[key] = m
+        metrics["loss"] = loss
         return loss, (metrics, running)
 
     @functools.cached_property
@@ -185,9 +196,16 @@ class Objective:
         )
 
     def init_running(self) -> dict:
-        if self.reg_kind == "kl_sparse" and self.kl_running:
-            return {"rho_hat": jnp.full((self.model.latent_dim,), self.kl_target, jnp.float32)}
-        return {}
+        """Each stateful term's running statistics, keyed by the term's name."""
+        out = {}
+        for term in self.terms:
+            init = REGULARIZERS.entry(term.name).info.get("init_running")
+            if init is None:
+                continue
+            state = resolve(init)(term.config, self.model.latent_dim)
+            if state:
+                out[term.name] = state
+        return out
 
 
 def build_objective(
@@ -198,13 +216,17 @@ def build_objective(
     high: float,
     steps_per_epoch: int,
 ) -> Objective:
-    """The Objective of a validated config for a model and the data's range."""
-    r, m = cfg.reg, cfg.model
-    closed = r.contractive_method == "closed_form" or (
-        r.contractive_method == "auto"
-        and m.kind == "mlp"
-        and m.depth == 0
-        and m.code_activation == "sigmoid"
+    """The Objective of a validated config for a model and the data's range.
+
+    The model gets ``output_activation`` (the resolved one) and ``model.sparse_k``; the
+    Objective's model is the one every caller must use for encode / reconstruct.
+    """
+    m = cfg.model
+    model = model.clone(output_activation=output_activation, sparse_k=m.sparse_k)
+    terms = tuple(Term.of(name, term) for name, term in cfg.reg.items())
+    closed = any(
+        isinstance(t, ContractiveConfig) and contractive_closed_form(t, model)
+        for t in cfg.reg.values()
     )
     return Objective(
         model=model,
@@ -216,14 +238,10 @@ def build_objective(
         beta=float(cfg.noise.beta),
         low=float(low),
         high=float(high),
-        reg_kind=r.kind,
-        kl_target=float(r.target),
-        kl_running=r.estimate == "running",
-        kl_momentum=float(r.momentum),
-        k=r.k,
-        k_start=r.k_start,
-        k_anneal_steps=int(r.anneal_epochs) * steps_per_epoch,
-        contractive_closed_form=r.kind == "contractive" and closed,
+        terms=terms,
+        k_start=m.sparse_k_start if m.sparse_k is not None else None,
+        k_anneal_steps=int(m.sparse_anneal_epochs) * steps_per_epoch,
+        contractive_closed_form=closed,
     )
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from ae_jax.config import OptimConfig
+from ae_jax.registry import OPTIMIZERS, SCHEDULES
 
 
 @flax.struct.dataclass
@@ -23,43 +24,96 @@ class TrainState:
     running: dict  # running statistics (e.g. the KL sparsity rho_hat EMA)
 
 
+# ---------------------------------------------------------------- schedules (registry.SCHEDULES)
+def _constant(cfg: OptimConfig, total: int, steps_per_epoch: int) -> optax.Schedule:
+    return optax.constant_schedule(1.0)
+
+
+def _cosine(cfg: OptimConfig, total: int, steps_per_epoch: int) -> optax.Schedule:
+    return optax.cosine_decay_schedule(1.0, total)
+
+
+def _warmup_cosine(cfg: OptimConfig, total: int, steps_per_epoch: int) -> optax.Schedule:
+    warm = cfg.warmup_epochs * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warm, 1), total)
+
+
+def _exponential(cfg: OptimConfig, total: int, steps_per_epoch: int) -> optax.Schedule:
+    return optax.exponential_decay(1.0, total, cfg.decay_rate)
+
+
 def lr_multiplier(cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
     """The learning-rate schedule with peak 1; the peak itself is the traced ``hparams['lr']``."""
-    total = max(total_steps, 1)
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(1.0)
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(1.0, total)
-    if cfg.schedule == "warmup_cosine":
-        warm = cfg.warmup_epochs * steps_per_epoch
-        return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warm, 1), total)
-    if cfg.schedule == "exponential":
-        return optax.exponential_decay(1.0, total, cfg.decay_rate)
-    raise ValueError(f"optim.schedule={cfg.schedule!r} is not valid")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(
+            f"optim.schedule={cfg.schedule!r} is not valid; choose one of: "
+            f"{', '.join(SCHEDULES.names())}"
+        )
+    return SCHEDULES.get(cfg.schedule)(cfg, max(total_steps, 1), steps_per_epoch)
+
+
+# ---------------------------------------------------------------- optimisers (registry.OPTIMIZERS)
+# Each gives the descent DIRECTION before the learning rate: make_optimizer scales it by the
+# schedule (peak 1) and the step by the traced peak rate hparams["lr"].
+def _adam(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.scale_by_adam()
+
+
+def _is_kernel(params: Any) -> Any:
+    """Mask: True on leaves named ``kernel`` (weights), False on biases and the rest."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(path) and getattr(path[-1], "key", None) == "kernel", params
+    )
+
+
+def _adamw(cfg: OptimConfig) -> optax.GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as ``optax.adamw``.
+
+    The direction is ``adam(g) + wd * W`` on kernels (biases are not decayed, as in our
+    ``reg=weight_decay``); the update is ``-lr * schedule * (adam(g) + wd * W)``, i.e. the decay
+    is scaled by the same (traced) learning rate and schedule as the gradient step, exactly as
+    ``optax.adamw(lr, weight_decay=wd)`` and PyTorch's AdamW do. ``optim.weight_decay`` is wd.
+    """
+    return optax.chain(
+        optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay, mask=_is_kernel)
+    )
+
+
+def _sgd(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.identity()
+
+
+def _momentum(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.trace(decay=cfg.momentum)
+
+
+def _nesterov(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.trace(decay=cfg.momentum, nesterov=True)
+
+
+def _rmsprop(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.scale_by_rms(decay=cfg.momentum)
+
+
+def _adagrad(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.scale_by_rss()
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
     """An optax transformation producing DESCENT directions scaled by the schedule (peak 1).
 
     The step multiplies the updates by the traced peak learning rate, so a vectorised sweep can
-    give every member its own rate without recompiling.
+    give every member its own rate without recompiling. The optimiser and schedule come from
+    ``ae_jax.registry.OPTIMIZERS`` / ``SCHEDULES``.
     """
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(
+            f"optim.name={cfg.name!r} is not valid; choose one of: {', '.join(OPTIMIZERS.names())}"
+        )
     parts = []
     if cfg.grad_clip is not None:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    direction = {
-        "adam": lambda: optax.scale_by_adam(),
-        "sgd": lambda: optax.identity(),
-        "momentum": lambda: optax.trace(decay=cfg.momentum),
-        "nesterov": lambda: optax.trace(decay=cfg.momentum, nesterov=True),
-        "rmsprop": lambda: optax.scale_by_rms(decay=cfg.momentum),
-        "adagrad": lambda: optax.scale_by_rss(),
-    }
-    if cfg.name not in direction:
-        raise ValueError(
-            f"optim.name={cfg.name!r} is not valid; choose one of: {', '.join(direction)}"
-        )
-    parts.append(direction[cfg.name]())
+    parts.append(OPTIMIZERS.get(cfg.name)(cfg))
     schedule = lr_multiplier(cfg, total_steps, steps_per_epoch)
     parts.append(optax.scale_by_schedule(lambda count: -schedule(count)))
     return optax.chain(*parts)

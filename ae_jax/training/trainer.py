@@ -8,23 +8,19 @@ step) from those lagged metrics.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
-import threading
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ae_jax.config import Config, ConfigError
 from ae_jax.data import Dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.objectives.losses import squared_error
 from ae_jax.training.checkpoint import Checkpointer
+from ae_jax.training.loop import Preempted, Stage, TrainingDiverged, run_stage  # noqa: F401
 from ae_jax.training.objective import HParams, Objective, build_objective, make_hparams
 from ae_jax.training.parallel import Parallel, select_devices
 from ae_jax.training.state import TrainState, create_state, make_optimizer
@@ -32,29 +28,6 @@ from ae_jax.training.step import make_train_epoch
 
 log = logging.getLogger("ae_jax")
 EVAL_EXAMPLES = 2048  # held-out examples behind the eval/mse curve during training
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
-
-
-@contextlib.contextmanager
-def sigterm_flag():
-    """Within the block, SIGTERM sets a flag (read by calling the yielded function) instead of
-    killing the process, so the epoch in flight can finish and be checkpointed."""
-    received = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield received.is_set  # signals can only be handled on the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
-    try:
-        yield received.is_set
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
 
 
 def validate_against_data(cfg: Config, data: Dataset) -> None:
@@ -77,13 +50,14 @@ def validate_against_data(cfg: Config, data: Dataset) -> None:
             f"of {data.name}; valid: 1..{n}"
         )
     d = data.num_features
-    if cfg.model.latent_dim > d and cfg.reg.kind in ("none", "weight_decay"):
+    code_terms = [k for k in cfg.reg if k != "weight_decay"]  # terms that act on the code
+    if cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None:
         log.warning(
             "model.latent_dim=%d > input dimension %d with reg=%s: an overcomplete code can "
-            "learn the identity; add a sparsity or contractive regulariser",
+            "learn the identity; add a sparsity or contractive regulariser (or model.sparse_k)",
             cfg.model.latent_dim,
             d,
-            cfg.reg.kind,
+            "[" + ",".join(cfg.reg) + "]" if cfg.reg else "none",
         )
 
 
@@ -96,18 +70,18 @@ class Trainer:
         t = cfg.trainer
         self.steps_per_epoch = data.x_train.shape[0] // t.batch_size
         self.total_steps = self.steps_per_epoch * t.epochs
-        self.model = build_model(cfg.model, data.example_shape)
         self.output_activation = resolve_output_activation(
             cfg.model, cfg.loss.kind, data.in_unit_interval
         )
         self.objective: Objective = build_objective(
             cfg,
-            self.model,
+            build_model(cfg.model, data.example_shape),
             self.output_activation,
             float(data.x_train.min()),
             float(data.x_train.max()),
             self.steps_per_epoch,
         )
+        self.model = self.objective.model  # the one model: output activation and sparse_k set
         self.tx = make_optimizer(cfg.optim, self.total_steps, self.steps_per_epoch)
         self.parallel = Parallel(select_devices(t.devices, t.batch_size), t.parallel)
         self.epoch_fn = make_train_epoch(
@@ -144,6 +118,32 @@ class Trainer:
             )
         return self._program
 
+    def stage(self, state, hparams: HParams, x_train, name: str = "", **settings) -> Stage:
+        """This trainer's epochs as a ``Stage`` of the one loop (``ae_jax.training.loop``);
+        the epoch program is compiled here, for the shapes of ``state``, once."""
+        t = self.cfg.trainer
+        program = self.compile(state, x_train, hparams)
+        x_eval = jnp.asarray(self.data.x_test[:EVAL_EXAMPLES])
+
+        def run_epoch(state, epoch):
+            return program(state, x_train, jnp.int32(epoch), hparams)
+
+        return Stage(
+            name=name,
+            epochs=t.epochs,
+            run_epoch=run_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=t.batch_size,
+            evaluate=lambda state: {"mse": self.eval_mse(state.params, x_eval)},
+            eval_every=t.eval_every,
+            checkpoint_every=t.checkpoint_every,
+            log_every=t.log_every,
+            progress=t.progress,
+            hint=f"Lower optim.lr (now {self.cfg.optim.lr}) or the regularisation strengths, "
+            "or set optim.grad_clip",
+            **settings,
+        )
+
     def fit(
         self,
         state: TrainState,
@@ -152,90 +152,39 @@ class Trainer:
         start_epoch: int = 0,
         history: list[dict] | None = None,
         checkpointer: Checkpointer | None = None,
+        resume: bool = False,
+        stage_name: str = "",
         on_epoch: Callable[[dict], None] | None = None,
     ):
-        """Train from ``start_epoch`` to ``trainer.epochs``; returns (state, history, timing).
+        """Train from ``start_epoch`` (or, with ``resume``, from the newest checkpoint) to
+        ``trainer.epochs`` through the one loop; returns (state, history, timing).
 
-        ``on_epoch(row)`` is called with each epoch's history row (mean train metrics, and
-        ``eval/mse`` on up to ``EVAL_EXAMPLES`` test examples every ``trainer.eval_every`` epochs)
-        once it is on the host: one epoch late, so the device never waits for the host.
-        With a ``checkpointer``, the state is saved every ``trainer.checkpoint_every`` epochs
-        and at the end, only after that epoch's losses were checked finite; SIGTERM saves a
-        checkpoint after the epoch in flight and raises ``Preempted``.
+        History rows hold the mean train metrics, and ``eval/mse`` on up to ``EVAL_EXAMPLES``
+        test examples every ``trainer.eval_every`` epochs; they reach the host one epoch late,
+        so the device never waits for it. With a ``checkpointer`` the state is saved every
+        ``trainer.checkpoint_every`` epochs and at the end, only after that epoch's losses were
+        checked finite; SIGTERM saves after the epoch in flight and raises ``Preempted``.
         """
         t = self.cfg.trainer
-        hparams = self.hparams() if hparams is None else hparams
+        hparams = self.parallel.place(self.hparams() if hparams is None else hparams)
         x_train = self.parallel.place(jnp.asarray(self.data.x_train))
         state = self.parallel.place(state)
-        hparams = self.parallel.place(hparams)
-        program = self.compile(state, x_train, hparams)
-        history = list(history or [])
-        pending: list[tuple[int, dict, jax.Array | None]] = []
-        x_eval = jnp.asarray(self.data.x_test[:EVAL_EXAMPLES])
-        start = time.perf_counter()
-        self.checkpointer = checkpointer
-
-        def drain(keep: int) -> None:
-            while len(pending) > keep:
-                epoch, dev_metrics, dev_eval = pending.pop(0)
-                per_step = jax.device_get(dev_metrics)
-                self._check_finite(epoch, per_step)
-                row = {"epoch": epoch + 1}
-                row.update({f"train/{k}": float(np.mean(v)) for k, v in per_step.items()})
-                if dev_eval is not None:
-                    row["eval/mse"] = float(dev_eval)
-                row["time/elapsed"] = time.perf_counter() - start
-                history.append(row)
-                if on_epoch is not None:
-                    on_epoch(row)
-
-        with sigterm_flag() as preempted:
-            for epoch in range(start_epoch, t.epochs):
-                state, metrics = program(state, x_train, jnp.int32(epoch), hparams)
-                done = epoch + 1
-                dev_eval = None
-                if done % t.eval_every == 0 or done == t.epochs:
-                    dev_eval = self.eval_mse(state.params, x_eval)
-                pending.append((epoch, metrics, dev_eval))
-                due = done == t.epochs or (t.checkpoint_every and done % t.checkpoint_every == 0)
-                if checkpointer is not None and (due or preempted()):
-                    drain(keep=0)  # a checkpoint only ever holds a state whose losses were finite
-                    checkpointer.save(done, state, history)
-                    if preempted() and done < t.epochs:
-                        raise Preempted(
-                            f"SIGTERM: saved epoch {done}/{t.epochs} to {checkpointer.path(done)}; "
-                            "run the same command again to resume"
-                        )
-                else:
-                    drain(keep=1)
-            drain(keep=0)
-        jax.block_until_ready(state)
-        seconds = time.perf_counter() - start
-        examples = (t.epochs - start_epoch) * self.steps_per_epoch * t.batch_size
+        result = run_stage(
+            self.stage(state, hparams, x_train, stage_name),
+            state,
+            checkpointer=checkpointer,
+            resume=resume,
+            allow_none_valid=t.restart_if_corrupt,
+            start_epoch=start_epoch,
+            history=history,
+            on_epoch=on_epoch,
+        )
+        seconds = result.seconds
+        examples = (t.epochs - result.start_epoch) * self.steps_per_epoch * t.batch_size
         timing = {
             "time/train_seconds": seconds,
             "time/compile_seconds": self.parallel.compile_seconds,
             "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,
             "compile/epoch_traces": self.parallel.traces,
         }
-        return state, history, timing
-
-    def _check_finite(self, epoch: int, per_step: dict) -> None:
-        """Raise TrainingDiverged at the first step whose loss or parameters are not finite."""
-        ok = np.isfinite(per_step["loss"])
-        params = np.asarray(per_step["l2_params"])
-        if params.ndim:  # trainer.step_norms: the norm after every step
-            ok &= np.isfinite(params)
-        elif ok.all() and not np.isfinite(params):  # only the epoch's last update broke them
-            ok[-1] = False
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            step = epoch * self.steps_per_epoch + int(bad[0])
-            saved = getattr(self, "checkpointer", None)
-            last = saved.newest() if saved is not None else None
-            where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
-            raise TrainingDiverged(
-                f"non-finite loss ({per_step['loss'][bad[0]]}) at epoch {epoch + 1}, global step "
-                f"{step + 1}{where}. Lower optim.lr (now {self.cfg.optim.lr}) or reg.strength, "
-                "or set optim.grad_clip"
-            )
+        return result.state, result.history, timing

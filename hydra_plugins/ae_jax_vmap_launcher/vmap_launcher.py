@@ -10,6 +10,7 @@ with the same files a sequential run writes.
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,11 @@ class VmapLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from ae_jax.cli import USER_ERRORS
         from ae_jax.config import register_configs, to_config, validate
-        from ae_jax.run_io import write_json_atomic
         from ae_jax.sweeps.vectorized import group_by_program, train_group
+        from ae_jax.training.loop import Preempted
+        from ae_jax.training.rundir import RunDir, hydra_record, write_hydra_files
 
         setup_globals()
         register_configs()
@@ -70,6 +73,7 @@ class VmapLauncher(Launcher):
         # 1. Let Hydra set up each job (directory, .hydra/ files, logging) with a task that only
         #    records the job's config and directory.
         jobs: list[tuple[Any, Path, JobReturn]] = []
+        records: list[dict] = []  # each job's .hydra/ texts, written when its group starts
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             sweep_config = self.hydra_context.config_loader.load_sweep_config(
@@ -83,6 +87,7 @@ class VmapLauncher(Launcher):
             def record(cfg: DictConfig, seen=seen) -> None:
                 seen["cfg"] = cfg
                 seen["dir"] = Path(HydraConfig.get().runtime.output_dir)
+                seen["hydra"] = hydra_record(cfg)
 
             ret = run_job(
                 hydra_context=self.hydra_context,
@@ -92,31 +97,64 @@ class VmapLauncher(Launcher):
                 job_subdir_key="hydra.sweep.subdir",
             )
             jobs.append((seen.get("cfg"), seen.get("dir"), ret))
+            records.append(seen.get("hydra", {}))
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        # 2. Train: one vectorised program per group of compatible jobs. A group that fails is
-        #    recorded as failed in each of its jobs; the other groups still run.
+        # 2. Train: one vectorised program per group of compatible jobs. A bad member or a
+        #    group that fails is recorded in each of its jobs' status.json (one line on the
+        #    console, no traceback); the other groups still run, and ae_jax.cli.MultirunSummary
+        #    lists the failures at the end.
         configs, valid = [], []
         for i, (cfg, workdir, ret) in enumerate(jobs):
             try:
                 configs.append(validate(to_config(cfg)))
                 valid.append(i)
-            except Exception as err:  # a bad member fails alone, with its reason
-                write_json_atomic(workdir / "status.json", {"status": "failed", "error": str(err)})
-                ret.status, ret._return_value = JobStatus.FAILED, err
+            except USER_ERRORS as err:  # a bad member fails alone, with its reason
+                log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
+                write_hydra_files(workdir, records[i])
+                _fail(workdir, err)
+                ret._return_value = float("nan")
         for group in group_by_program(configs):
             members = [valid[g] for g in group]
             try:
-                results = train_group([configs[g] for g in group], [jobs[m][1] for m in members])
+                results = train_group(
+                    [configs[g] for g in group],
+                    [jobs[m][1] for m in members],
+                    hydra_files=[records[m] for m in members],
+                )
+            except Preempted as err:
+                for m in members:
+                    _write_status(jobs[m][1], "preempted", message=str(err))
+                log.warning("%s", err)
+                sys.exit(0)  # a clean stop: the same command resumes every group
+            except USER_ERRORS as err:
+                log.error("vectorised group of jobs %s: %s: %s", members, type(err).__name__, err)
+                for m in members:
+                    if not RunDir(jobs[m][1]).holds_run():
+                        _fail(jobs[m][1], err)
+                    jobs[m][2]._return_value = float("nan")
+                continue
             except Exception as err:
                 log.exception("vectorised group of jobs %s failed", members)
                 for m in members:
-                    write_json_atomic(
-                        jobs[m][1] / "status.json",
-                        {"status": "failed", "error": f"{type(err).__name__}: {err}"},
-                    )
+                    _fail(jobs[m][1], err)
                     jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
                 continue
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = metrics.get("test/mse", float("nan"))
         return [ret for _, _, ret in jobs]
+
+
+def _write_status(workdir, status, **fields):
+    import time
+
+    from ae_jax.run_io import write_json_atomic
+
+    write_json_atomic(
+        Path(workdir) / "status.json",
+        {"status": status, "engine": "vmap", "ended": time.time(), **fields},
+    )
+
+
+def _fail(workdir, err):
+    _write_status(workdir, "failed", error=f"{type(err).__name__}: {err}")

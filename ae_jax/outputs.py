@@ -1,0 +1,237 @@
+"""What a run writes and prints about itself: the description line, test metrics, params,
+history, reconstructions, figures and the summary line. Shared by single runs
+(``ae_jax.train``), pipelines (``ae_jax.pretraining.pipeline``) and vectorised sweeps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax.config import Config, to_yaml
+from ae_jax.evaluation.metrics import evaluate_trained
+from ae_jax.evaluation.pca import fit_pca
+from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.training.trainer import Trainer
+
+log = logging.getLogger("ae_jax")
+
+
+def describe(cfg: Config, trainer: Trainer) -> str:
+    m, data = cfg.model, trainer.data
+    arch = f"{m.kind}"
+    if m.kind != "conv":
+        widths = trainer.model.widths
+        layers = [data.num_features, *widths, m.latent_dim]
+        arch += " " + "-".join(map(str, layers))
+        arch += f" ({m.activation}, code {m.code_activation}{', tied' if m.tied else ''})"
+    else:
+        arch += f" channels {list(m.channels)} -> {m.latent_dim}"
+    n = trainer.parallel.devices
+    return (
+        f"{data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test, "
+        f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
+        f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
+        f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
+        f"{cfg.optim.name} lr {cfg.optim.lr} | "
+        f"{cfg.trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
+        f"{cfg.trainer.batch_size} "
+        f"on {len(n)} {n[0].platform} device(s)"
+    )
+
+
+def evaluate_and_write(
+    cfg: Config,
+    trainer: Trainer,
+    params,
+    history: list[dict],
+    timing: dict,
+    workdir: Path,
+    t0: float,
+    loggers=None,
+) -> dict[str, float]:
+    """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
+    figures to ``workdir``, and hand the figures and the final metrics to ``loggers``
+    (``ae_jax.loggers``). Shared by single runs and the vectorised sweep engine."""
+    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    metrics = evaluate_trained(cfg, trainer, params)
+    metrics.update(timing)
+    metrics["train/loss"] = history[-1]["train/loss"]
+    metrics["train/loss/rec"] = history[-1]["train/loss/rec"]
+    metrics["time/total_seconds"] = time.perf_counter() - t0
+    save_params(workdir / PARAMS_FILE, params)
+    write_json_atomic(workdir / "metrics.json", metrics)
+    write_history(workdir, history)
+    write_reconstructions(trainer, params, workdir, eval_level, cfg.trainer.seed)
+    if cfg.trainer.figures:
+        write_figures(trainer, history, workdir, cfg, params, metrics)
+    log_final(loggers, cfg, workdir, history, metrics)
+    log.info(summary(metrics))
+    log.info("outputs in %s", workdir.resolve())
+    return metrics
+
+
+def write_reconstructions(
+    trainer: Trainer, params, workdir: Path, eval_level: float, seed: int, n: int = 10
+) -> None:
+    """``reconstructions.npz``: the first n test inputs, their corrupted versions (when the run
+    measures denoising) and reconstructions, and the codes of up to 2048 test examples."""
+    data, obj = trainer.data, trainer.objective
+    x = data.x_test[:n]
+    arrays = {"input": x}
+    x_in = x
+    if eval_level > 0 and obj.noise_kind != "none":
+        keys = jax.random.split(jax.random.key(seed), x.shape[0])
+        x_in = np.asarray(obj.jitted.corrupt(keys, x, jnp.float32(eval_level))[0])
+        arrays["corrupted"] = x_in
+    arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
+    k = min(trainer.model.latent_dim, data.num_features, data.x_train.shape[0])
+    arrays["pca"] = fit_pca(data.x_train, k).reconstruct(x_in).astype(np.float32)
+    arrays["codes"] = np.asarray(obj.jitted.encode(params, data.x_test[:2048]))
+    np.savez_compressed(workdir / "reconstructions.npz", **arrays)
+
+
+FIGURES = ("reconstructions", "training_curves", "code_activations", "filters")
+
+
+def write_figures(
+    trainer: Trainer,
+    history,
+    workdir: Path,
+    cfg: Config,
+    params=None,
+    metrics: dict | None = None,
+) -> None:
+    """``reconstructions.png`` (input / corrupted / AE / PCA with the same k),
+    ``training_curves.png`` (log-scale losses, eval beside train, PCA's test MSE as a reference
+    line), ``code_activations.png`` (sparsity; KL's target marked) and, for a fully connected
+    model of images, ``filters.png`` (the first layer's weights as images)."""
+    from ae_jax.evaluation.figures import (
+        plot_code_histogram,
+        plot_filters,
+        plot_reconstructions,
+        plot_training_curves,
+    )
+
+    data, obj = trainer.data, trainer.objective
+    k = cfg.model.latent_dim
+    saved = np.load(workdir / "reconstructions.npz")
+    rows = {"input": saved["input"]}
+    if "corrupted" in saved:
+        level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+        rows[f"{obj.noise_kind} {level:g}"] = saved["corrupted"]
+    rows["autoencoder"] = saved["reconstruction"]
+    if "pca" in saved:
+        rows[f"PCA k={min(k, data.num_features)}"] = saved["pca"]
+    title = f"{cfg.name}: {data.name}, k={k}"
+    plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
+    reference = None
+    if metrics and "test/pca_mse" in metrics:
+        reference = {f"PCA k={min(k, data.num_features)} test MSE": metrics["test/pca_mse"]}
+    plot_training_curves(workdir / "training_curves.png", history, title=title, reference=reference)
+    kl = cfg.reg.get("kl_sparse")
+    plot_code_histogram(
+        workdir / "code_activations.png",
+        saved["codes"],
+        title=title,
+        target=getattr(kl, "target", None),
+    )
+    kernel = (params or {}).get("encoder_0", {}).get("kernel") if params is not None else None
+    if data.is_image and kernel is not None and np.ndim(kernel) == 2:
+        plot_filters(
+            workdir / "filters.png",
+            np.asarray(kernel),
+            data.example_shape,
+            title=f"{title}: first-layer filters",
+        )
+
+
+def log_final(loggers, cfg: Config, workdir: Path, history: list, metrics: dict) -> None:
+    """The run's figures and its config with the final metrics, to every selected logger."""
+    if not loggers:
+        return
+    step = int(history[-1]["epoch"]) if history else 0
+    for tag in FIGURES:
+        if (workdir / f"{tag}.png").exists():
+            loggers.log_image(tag, workdir / f"{tag}.png", step)
+    loggers.log_hparams(cfg, metrics)
+
+
+def epoch_logger(loggers, prefix: str = ""):
+    """``on_epoch(row)`` for the loop: each history row to the loggers (step = epoch), keys
+    prefixed with a stage name in multi-stage runs; None when no logger is open."""
+    if not loggers:
+        return None
+
+    def on_epoch(row: dict) -> None:
+        keys = {k if not prefix or k == "epoch" else f"{prefix}/{k}": v for k, v in row.items()}
+        loggers.log_metrics(keys, step=int(row["epoch"]))
+
+    return on_epoch
+
+
+PARAMS_FILE = "params.msgpack"
+
+
+def save_params(path: Path, params) -> None:
+    """The trained parameters (flax msgpack), written atomically."""
+    from flax import serialization
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(serialization.to_bytes(params))
+    tmp.replace(path)
+
+
+def summary(metrics: dict[str, float]) -> str:
+    keys = [
+        "test/mse",
+        "test/pca_mse",
+        "test/sse_per_example",
+        "test/bce",
+        "test/denoise_mse",
+        "test/mean_code_activation",
+        "test/code_nonzero_per_example",
+        "test/jacobian_fro",
+        "test/subspace_angle_max_deg",
+    ]
+    shown = [f"{k.split('/', 1)[1]}={metrics[k]:.5g}" for k in keys if k in metrics]
+    return "test: " + "  ".join(shown)
+
+
+def sweep_group() -> str | None:
+    """The name of the Hydra multirun this job belongs to (groups its runs in the trackers)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return Path(str(HydraConfig.get().sweep.dir)).name
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def open_run_loggers(cfg, workdir: Path, main: bool = True, group: str | None = None):
+    """The run's ``logger`` selection opened in ``workdir`` (``ae_jax.loggers``), closed after."""
+    import yaml
+
+    from ae_jax.loggers import open_loggers
+
+    loggers = open_loggers(
+        cfg.logger,
+        workdir=workdir,
+        run_name=f"{cfg.name}/{workdir.name}",
+        config=yaml.safe_load(to_yaml(cfg)),
+        group=group or sweep_group(),
+        main=main,
+    )
+    try:
+        yield loggers
+    finally:
+        loggers.close()

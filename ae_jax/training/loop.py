@@ -1,0 +1,302 @@
+"""The one training loop: every path that trains goes through ``run_stage``.
+
+A **stage** is what the loop trains: a compiled epoch program, the number of epochs, an optional
+evaluation, and a name. A single run is one stage; greedy pretraining is one stage per layer,
+then the unrolled fine-tuning, a supervised stage and the baseline; a vectorised sweep group is
+one stage whose state has a leading members axis. The loop does not know which kind it runs.
+It owns:
+
+- dispatching the epoch program; the host reads epoch e's metrics while epoch e+1 runs;
+- the divergence check at the exact step (a whole run stops; a member of a group is marked
+  failed, named on the console, and the others go on);
+- evaluation every ``eval_every`` epochs, history rows and progress lines;
+- checkpoints every ``checkpoint_every`` epochs and at the end, and resume from the newest valid
+  one (a stage whose final checkpoint exists is complete and is not trained again);
+- SIGTERM: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised.
+
+    state, history = run_stage(stage, state, checkpointer=Checkpointer(dir), resume=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger("ae_jax")
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage, epoch and step."""
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+_SIGTERM = threading.Event()
+_depth = 0
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Within the block (nestable), SIGTERM sets a flag read by ``preempt_requested`` instead of
+    killing the process, so the epoch in flight can finish and be checkpointed. A whole
+    pipeline holds it once, so a SIGTERM between two stages is honoured too."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield preempt_requested  # signals can only be handled on the main thread
+        return
+    previous = None
+    if _depth == 0:
+        _SIGTERM.clear()
+        previous = signal.signal(signal.SIGTERM, lambda *_: _SIGTERM.set())
+    _depth += 1
+    try:
+        yield preempt_requested
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def preempt_requested() -> bool:
+    return _SIGTERM.is_set()
+
+
+# ----------------------------------------------------------------------------- the stage
+@dataclasses.dataclass
+class Stage:
+    """What the loop trains.
+
+    ``run_epoch(state, epoch) -> (state, metrics)`` dispatches one compiled epoch; metrics are
+    per step, ``(steps,)`` each (``(members, steps)`` in a group), with at least ``loss``.
+    ``evaluate(state) -> {name: device scalar (or (members,) array)}`` gives the ``eval/...``
+    columns of the history every ``eval_every`` epochs and at the end.
+    """
+
+    name: str  # "" for a single run; "pretrain/layer_0", "supervised", ...
+    epochs: int
+    run_epoch: Callable[[Any, int], tuple[Any, dict]]
+    steps_per_epoch: int
+    batch_size: int
+    evaluate: Callable[[Any], dict] | None = None
+    eval_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    progress: bool = True
+    members: int | None = None  # a vectorised group: every leaf has a leading members axis
+    member_names: list[str] | None = None  # for console lines about one member
+    hint: str = "lower optim.lr or the regularisation strengths, or set optim.grad_clip"
+
+    @property
+    def label(self) -> str:
+        return f"[{self.name}] " if self.name else ""
+
+
+@dataclasses.dataclass
+class StageResult:
+    state: Any
+    history: list  # rows; in a group, one list of rows per member
+    failed: dict  # member index -> message (a group); empty otherwise
+    start_epoch: int  # the epoch training (re)started from: 0, or the checkpoint's epoch
+    seconds: float  # wall time of the epochs trained now (0 when the stage was complete)
+
+
+def _first_bad_step(per_step: dict) -> int | None:
+    """Index of the first step whose loss (or, at the end, the parameters) is not finite."""
+    ok = np.isfinite(np.asarray(per_step["loss"]))
+    if "l2_params" in per_step:
+        params = np.asarray(per_step["l2_params"])
+        if params.ndim:  # the norm after every step
+            ok &= np.isfinite(params)
+        elif ok.all() and not np.isfinite(params):  # only the epoch's last update broke them
+            ok[-1] = False
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else None
+
+
+def _mean_row(epoch: int, per_step: dict) -> dict:
+    row = {"epoch": epoch + 1}
+    row.update({f"train/{k}": float(np.mean(v)) for k, v in per_step.items()})
+    return row
+
+
+def progress_line(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> str:
+    """``[stage] epoch e/E | loss .. (rec .. + term ..) | eval .. | ex/s | elapsed, eta``."""
+    e, total = row["epoch"], stage.epochs
+    done = e - start_epoch
+    rate = done * stage.steps_per_epoch * stage.batch_size / elapsed if elapsed > 0 else math.nan
+    eta = elapsed / max(done, 1) * (total - e)
+    parts = [f"{stage.label}epoch {e:>{len(str(total))}}/{total}", f"loss {row['train/loss']:.5f}"]
+    terms = sorted((k for k in row if k.startswith("train/loss/")), key=lambda k: k[11:] != "rec")
+    if len(terms) > 1:
+        parts[-1] += " (" + " + ".join(f"{k[11:]} {row[k]:.5f}" for k in terms) + ")"
+    for key in ("train/error_pct",):
+        if key in row:
+            parts.append(f"{key[6:]} {row[key]:.2f}%")
+    for key, value in row.items():
+        if key.startswith("eval/"):
+            parts.append(f"{key.replace('/', ' ')} {value:.5g}")
+    parts += [f"{rate:,.0f} ex/s", f"{elapsed:.1f}s elapsed, eta {eta:.0f}s"]
+    return " | ".join(parts)
+
+
+def run_stage(
+    stage: Stage,
+    state: Any,
+    *,
+    checkpointer=None,
+    resume: bool = False,
+    allow_none_valid: bool = False,
+    start_epoch: int = 0,
+    history: list | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_member_epoch: Callable[[int, dict], None] | None = None,
+) -> StageResult:
+    """Train ``stage`` from ``state`` after ``start_epoch`` epochs (with their ``history``), or
+    with ``resume`` from the newest checkpoint in ``checkpointer``, to ``stage.epochs``.
+
+    Raises ``TrainingDiverged`` when the loss of a single run turns non-finite (naming the
+    step and the last good checkpoint, which is never overwritten) and ``Preempted`` after
+    SIGTERM once the epoch in flight is saved.
+    """
+    if history is None:
+        history = [] if stage.members is None else [[] for _ in range(stage.members)]
+    history = list(history)
+    failed: dict[int, str] = {}
+    if checkpointer is not None and resume:
+        restored = checkpointer.restore_latest(state, allow_none_valid=allow_none_valid)
+        if restored is not None:
+            state, start_epoch, history = restored
+            failed = {int(k): v for k, v in checkpointer.last_extra.get("failed", {}).items()}
+            if start_epoch >= stage.epochs:
+                log.info(
+                    "%sstage complete (checkpoint %s): not trained again",
+                    stage.label,
+                    checkpointer.newest(),
+                )
+                return StageResult(state, history, failed, start_epoch, 0.0)
+            where, at = checkpointer.newest(), f"epoch {start_epoch} of {stage.epochs}"
+            if stage.name:
+                log.info("resuming stage %s at %s from %s", stage.name, at, where)
+            else:
+                log.info("resuming from %s (%s)", where, at)
+    pending: list[tuple[int, Any, Any]] = []
+    start = time.perf_counter()
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            epoch, dev_metrics, dev_eval = pending.pop(0)
+            per_step = jax.device_get(dev_metrics)
+            evals = jax.device_get(dev_eval) if dev_eval is not None else {}
+            elapsed = time.perf_counter() - start
+            if stage.members is None:
+                _check(stage, epoch, per_step, checkpointer)
+                row = _mean_row(epoch, per_step)
+                row.update({f"eval/{k}": float(v) for k, v in evals.items()})
+                row["time/elapsed"] = elapsed
+                history.append(row)
+                if on_epoch is not None:
+                    on_epoch(row)
+                _progress(stage, row, elapsed, start_epoch)
+                continue
+            for i in range(stage.members):
+                if i in failed:
+                    continue
+                member = {k: np.asarray(v)[i] for k, v in per_step.items()}
+                bad = _first_bad_step(member)
+                if bad is not None:
+                    failed[i] = _diverged_message(stage, epoch, bad, member, i)
+                    log.error("%s", failed[i])
+                    continue
+                row = _mean_row(epoch, member)
+                row.update({f"eval/{k}": float(np.asarray(v)[i]) for k, v in evals.items()})
+                row["time/elapsed"] = elapsed
+                history[i].append(row)
+                if on_member_epoch is not None:
+                    on_member_epoch(i, row)
+            _group_progress(stage, epoch, history, failed, elapsed)
+
+    with sigterm_flag() as preempted:
+        for epoch in range(start_epoch, stage.epochs):
+            state, metrics = stage.run_epoch(state, epoch)
+            done = epoch + 1
+            dev_eval = None
+            if stage.evaluate is not None and (
+                done % stage.eval_every == 0 or done == stage.epochs
+            ):
+                dev_eval = stage.evaluate(state)  # dispatched before the next epoch donates
+            pending.append((epoch, metrics, dev_eval))
+            due = done == stage.epochs or (
+                stage.checkpoint_every and done % stage.checkpoint_every == 0
+            )
+            if checkpointer is not None and (due or preempted()):
+                drain(keep=0)  # a checkpoint only ever holds a state whose losses were finite
+                checkpointer.save(done, state, history, extra={"failed": failed})
+                if preempted() and done < stage.epochs:
+                    raise Preempted(
+                        f"SIGTERM: saved {f'stage {stage.name} ' if stage.name else ''}epoch "
+                        f"{done}/{stage.epochs} to {checkpointer.path(done)}; run the same "
+                        "command again to resume"
+                    )
+            else:
+                drain(keep=1)
+        drain(keep=0)
+    jax.block_until_ready(state)
+    return StageResult(state, history, failed, start_epoch, time.perf_counter() - start)
+
+
+def raise_if_preempted(where: str) -> None:
+    """Between stages: honour a SIGTERM that arrived after the last epoch's checkpoint."""
+    if preempt_requested():
+        raise Preempted(f"SIGTERM: stopped {where}; run the same command again to resume")
+
+
+def _diverged_message(stage: Stage, epoch: int, bad: int, per_step: dict, member=None) -> str:
+    step = epoch * stage.steps_per_epoch + bad + 1
+    loss = np.asarray(per_step["loss"]).reshape(-1)[bad]
+    who = ""
+    if member is not None:
+        names = stage.member_names
+        who = f"member {member}" + (f" ({names[member]})" if names else "") + ": "
+    return f"{stage.label}{who}non-finite loss ({loss}) at epoch {epoch + 1}, global step {step}"
+
+
+def _check(stage: Stage, epoch: int, per_step: dict, checkpointer) -> None:
+    bad = _first_bad_step(per_step)
+    if bad is None:
+        return
+    last = checkpointer.newest() if checkpointer is not None else None
+    where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
+    raise TrainingDiverged(
+        _diverged_message(stage, epoch, bad, per_step) + f"{where}. {stage.hint}"
+    )
+
+
+def _progress(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> None:
+    e = row["epoch"]
+    if stage.progress and (e % stage.log_every == 0 or e == stage.epochs or e == start_epoch + 1):
+        log.info(progress_line(stage, row, elapsed, start_epoch))
+
+
+def _group_progress(stage: Stage, epoch: int, history, failed, elapsed: float) -> None:
+    e = epoch + 1
+    if not stage.progress or not (e % stage.log_every == 0 or e == stage.epochs or e == 1):
+        return
+    losses = " ".join(
+        "failed" if i in failed else f"{h[-1]['train/loss']:.4f}" for i, h in enumerate(history)
+    )
+    log.info(
+        "%sepoch %d/%d | member losses %s | %.1fs", stage.label, e, stage.epochs, losses, elapsed
+    )

@@ -1,0 +1,271 @@
+"""The run-directory contract: a directory belongs to one config and one process at a time.
+
+``RunDir.claim`` runs before any data is read or any program compiled, and writes nothing that
+belongs to the run:
+
+- **a lock** (``<dir>/.lock``, held with ``fcntl.flock`` and naming the holder's pid): a second
+  process on the same directory is refused with that pid. The kernel releases the lock when
+  its holder dies, so a lock left by a killed process is taken over. In a multi-process run
+  only process 0 takes it;
+- **the stored config** (``config.yaml``) is compared with the new one before resuming: a
+  difference in any key outside ``MAY_DIFFER`` is refused, naming every differing key with
+  both values and the ways out (a new directory, or ``trainer.resume=false``);
+- **writability** of the directory and its ``checkpoints/``, so that a run that could not save
+  its results stops before it trains.
+
+``RunDir.start`` then writes ``config.yaml``, Hydra's ``.hydra/`` files and ``status.json``. A
+refused or failed rerun never reaches it, so it never modifies a finished run's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Keys that may differ between the run stored in a directory and the command resuming it: how
+# the run is executed and reported, never what it computes. ``trainer.epochs`` may grow
+# when the learning-rate schedule is constant (the run is extended; a decaying schedule
+# depends on the total and would change).
+MAY_DIFFER = (
+    "name",
+    "logger",  # every key under it: where the run reports, not what it computes
+    "trainer.devices",
+    "trainer.parallel",
+    "trainer.log_every",
+    "trainer.progress",
+    "trainer.figures",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.resume",
+    "trainer.restart_if_corrupt",
+    "trainer.distributed",
+    "trainer.coordinator_address",
+    "trainer.num_processes",
+    "trainer.process_id",
+    "trainer.step_norms",
+    "data.manual_dir",
+    "data.data_dir",
+)
+EXTENDABLE = "trainer.epochs"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used by this run; the message names the path and the way out."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def config_differences(stored: dict, new: dict) -> list[str]:
+    """``key: stored -> new`` for every key that differs and may not (see ``MAY_DIFFER``)."""
+    a, b = _flatten(stored), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        exempt = key in MAY_DIFFER or key.split(".")[0] in MAY_DIFFER
+        if exempt or a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        if key == EXTENDABLE:
+            schedule = _flatten(new).get("optim.schedule", "constant")
+            old, now = a.get(key), b.get(key)
+            if isinstance(old, int) and isinstance(now, int) and now > old:
+                if schedule == "constant" and not _flatten(new).get("pretrain.enabled", False):
+                    continue
+        out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RunDirError(
+            f"{path} is not writable ({err.strerror or err}); choose another run directory "
+            "(hydra.run.dir=... or hydra.sweep.dir=...)"
+        ) from None
+
+
+def fresh_or_resumed_workdir(workdir: Path, resume: bool) -> Path:
+    """``workdir``, unless resuming is off and it holds an earlier run: then a new sibling
+    directory (the earlier run is never touched)."""
+    if resume or not RunDir(workdir).holds_run():
+        return workdir
+    fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while fresh.exists():
+        fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    logging.getLogger("ae_jax").warning(
+        "trainer.resume=false: %s holds an earlier run, which is kept; this run writes to %s",
+        workdir,
+        fresh,
+    )
+    return fresh
+
+
+class RunDir:
+    """One run's directory: ``claim`` (lock, config check, writability), then ``start``."""
+
+    LOCK = ".lock"
+
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path = Path(path)
+        self.main = main
+        self._lock_fd: int | None = None
+        self.started = False
+        self.hydra_files: dict[str, str] = {}  # hydra_record(): written to .hydra/ at start
+        self.on_start: Any = None  # called once the run has begun (status.json: running)
+
+    # -------------------------------------------------------------- state of the directory
+    def holds_run(self) -> bool:
+        """Whether an earlier run left results or checkpoints here."""
+        p = self.path
+        return (p / "metrics.json").exists() or any(
+            c.name.isdigit() for c in p.glob("**/checkpoints/*")
+        )
+
+    def stored_config(self) -> dict | None:
+        f = self.path / "config.yaml"
+        if not f.exists():
+            return None
+        import yaml
+
+        try:
+            return yaml.safe_load(f.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise RunDirError(
+                f"{f} cannot be read ({err}); this directory's run is damaged: use a new run "
+                "directory, or trainer.resume=false"
+            ) from None
+
+    # -------------------------------------------------------------- claim
+    def claim(self, config: dict, resume: bool = True) -> None:
+        """Lock the directory, refuse another run's config, check writability. Writes only
+        the lock file (and creates the directory)."""
+        if not self.main:
+            return
+        _check_writable(self.path)
+        self._lock()
+        try:
+            if resume and self.holds_run():
+                stored = self.stored_config()
+                if stored is not None:
+                    diff = config_differences(stored, config)
+                    if diff:
+                        raise RunDirError(
+                            f"{self.path} holds a run with another config: "
+                            + "; ".join(diff)
+                            + ". Use a new run directory (hydra.run.dir=...), or "
+                            "trainer.resume=false to keep that run and write this one beside it"
+                        )
+            _check_writable(self.path / "checkpoints")
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> None:
+        import fcntl
+
+        lock = self.path / self.LOCK
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunDirError(
+                    f"{self.path} is in use by {holder} (lock {lock}); wait for it to finish, "
+                    "or use another run directory"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock; the file may stay
+            self._lock_fd = None
+
+    # -------------------------------------------------------------- start
+    def start(self, config_yaml: str) -> None:
+        """The run begins: write ``config.yaml`` and Hydra's ``.hydra/`` files (when run by
+        Hydra). Nothing of an earlier run is changed before this point."""
+        if self.started:
+            return
+        self.started = True
+        if not self.main:
+            return
+        from ae_jax.run_io import write_text_atomic
+
+        write_text_atomic(self.path / "config.yaml", config_yaml)
+        write_hydra_files(self.path, self.hydra_files)
+        if self.on_start is not None:
+            self.on_start()
+
+
+def hydra_record(task: Any = None) -> dict[str, str]:
+    """Hydra's record of the current job as texts for ``.hydra/`` (``config.yaml`` (the
+    composed ``task`` config), ``hydra.yaml``, ``overrides.yaml``); {} outside Hydra. Written
+    by ae_jax when the run starts rather than by Hydra at start-up (``hydra.output_subdir`` is
+    null in conf/config.yaml), so that a refused rerun leaves an earlier run's copy alone."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+    except ImportError:
+        return {}
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    out = {
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+    }
+    if task is not None and OmegaConf.is_config(task):
+        out["config.yaml"] = OmegaConf.to_yaml(task)
+    return out
+
+
+def write_hydra_files(path: Path, record: dict[str, str]) -> None:
+    from ae_jax.run_io import write_text_atomic
+
+    for name, text in record.items():
+        write_text_atomic(Path(path) / ".hydra" / name, text)
+
+
+@contextlib.contextmanager
+def claimed(
+    cfg: Any, workdir: str | Path, rundir: RunDir | None = None, hydra_files: dict | None = None
+):
+    """``workdir`` claimed for the validated config ``cfg`` (``RunDir.claim``) for the block,
+    released after it; yields the ``RunDir``. A caller that already holds one passes it in."""
+    if rundir is not None:
+        yield rundir
+        return
+    import jax
+    import yaml
+
+    from ae_jax.config import to_yaml
+
+    rundir = RunDir(workdir, main=jax.process_index() == 0)
+    rundir.hydra_files = hydra_files or {}
+    rundir.claim(yaml.safe_load(to_yaml(cfg)), resume=cfg.trainer.resume)
+    try:
+        yield rundir
+    finally:
+        rundir.release()

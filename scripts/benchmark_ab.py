@@ -1,0 +1,103 @@
+"""A/B of the training step between two git revisions, measured in one run, interleaved.
+
+    python scripts/benchmark_ab.py                       # HEAD~1 (A) against the working tree (B)
+    python scripts/benchmark_ab.py --a 2d17371 --b HEAD --rounds 5
+
+Each revision is exported (``git archive``; the working tree is used as it is for ``WORKTREE``)
+and measured in its own fresh process, A and B alternating for ``--rounds`` rounds, so that
+load and thermal drift hit both alike. Each process times the compiled epoch program of the
+Hinton autoencoder 784-1000-500-250-30 (sigmoid, BCE, Adam) on MNIST-shaped data with
+``ae_jax.benchmarking.epoch_program_seconds`` (best of ``--repeats`` epochs) at each batch size.
+Prints ms per step for A and B, and B/A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKTREE = "WORKTREE"
+
+PROBE = """
+import json, sys
+from ae_jax.benchmarking import epoch_program_seconds, hinton_config, synthetic_mnist
+from ae_jax.training.trainer import Trainer
+out = {}
+for batch in BATCHES:
+    cfg = hinton_config(batch)
+    trainer = Trainer(cfg, synthetic_mnist(batch * STEPS))
+    compile_s, wall, cpu = epoch_program_seconds(trainer, REPEATS)
+    out[batch] = 1e3 * wall / trainer.steps_per_epoch
+print(json.dumps(out))
+"""
+
+
+def export(rev: str, into: Path) -> Path:
+    if rev == WORKTREE:
+        return REPO
+    target = into / rev.replace("/", "_")
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def measure(tree: Path, batches: list[int], steps: int, repeats: int) -> dict[str, float]:
+    code = (
+        PROBE.replace("BATCHES", repr(batches))
+        .replace("STEPS", str(steps))
+        .replace("REPEATS", str(repeats))
+    )
+    env = {**os.environ, "PYTHONPATH": str(tree), "AE_JAX_COMPILATION_CACHE": "off"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        sys.exit(f"error: the probe failed in {tree}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", default="HEAD~1", help="git revision A (default HEAD~1)")
+    parser.add_argument("--b", default=WORKTREE, help="git revision B (default: working tree)")
+    parser.add_argument("--batches", default="128,1000", help="batch sizes, comma-separated")
+    parser.add_argument("--steps", type=int, default=40, help="steps per epoch (default 40)")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs timed per process")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
+    args = parser.parse_args()
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        sys.exit(f"error: --batches={args.batches!r} must be integers separated by commas")
+    if min(batches) < 1 or args.steps < 1 or args.repeats < 1 or args.rounds < 1:
+        sys.exit("error: --batches, --steps, --repeats and --rounds must be >= 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            trees = {name: export(rev, Path(tmp)) for name, rev in (("A", args.a), ("B", args.b))}
+        except subprocess.CalledProcessError as err:
+            sys.exit(f"error: git archive failed: {err.stderr.decode().strip()}")
+        best: dict[str, dict[str, float]] = {"A": {}, "B": {}}
+        for r in range(args.rounds):
+            for name in ("A", "B"):
+                for batch, ms in measure(trees[name], batches, args.steps, args.repeats).items():
+                    best[name][batch] = min(ms, best[name].get(batch, float("inf")))
+                print(f"round {r + 1}/{args.rounds} {name}: {best[name]}", file=sys.stderr)
+    print(f"Hinton AE step, ms (best of {args.rounds} rounds x {args.repeats} epochs)")
+    print(f"A = {args.a}, B = {args.b}")
+    print(f"{'batch':>6} {'A':>9} {'B':>9} {'B/A':>7}")
+    for batch in best["A"]:
+        a, b = best["A"][batch], best["B"][batch]
+        print(f"{batch:>6} {a:>9.2f} {b:>9.2f} {b / a:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()

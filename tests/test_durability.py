@@ -1,0 +1,300 @@
+"""One durable loop for every path, and a run directory that belongs to one config.
+
+Multi-stage pipelines and vectorised sweep groups are killed (SIGKILL, SIGTERM) part-way and the
+same command is run again: the result must be bitwise equal to an uninterrupted run, and the
+rerun must prove it resumed (complete stages are not trained again). Then the run-directory
+contract: a rerun with another config, another model, a second process, an unwritable path, a
+bad value in a multirun: one line, exit status 2, and nothing of the earlier run changed.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+TIMING = ("time/", "samples_per_second", "compile")
+
+PIPELINE = (
+    "trainer.devices=1",
+    "+pretrain=layerwise",
+    "model.widths=[32,16]",
+    "model.depth=2",
+    "model.latent_dim=8",
+    "pretrain.layer_epochs=30",
+    "trainer.epochs=30",
+    "pretrain.supervised=true",
+    "pretrain.supervised_epochs=30",
+    "pretrain.probe=false",
+    "pretrain.baseline=false",
+    "trainer.checkpoint_every=5",
+    "trainer.figures=false",
+)
+SWEEP = (
+    "trainer.devices=1",
+    "noise=masking",
+    "noise.level=0,0.2",
+    "trainer.seed=0,1",
+    "hydra/launcher=vmap",
+    "trainer.epochs=120",
+    "trainer.checkpoint_every=10",
+    "trainer.figures=false",
+)
+
+
+def _cmd(*args):
+    return [sys.executable, "experiments/train.py", *args]
+
+
+def _run(*args, timeout=600):
+    return subprocess.run(_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(path: Path) -> dict:
+    m = json.loads(path.read_text())
+    return {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
+
+
+def _sweep_metrics(root: Path) -> dict:
+    return {p.parent.name: _metrics(p) for p in sorted(root.glob("*/metrics.json"))}
+
+
+def _interrupt(args, ready: Path, sig) -> subprocess.CompletedProcess:
+    """Start the command, wait until ``ready`` exists (a committed checkpoint), send ``sig``."""
+    proc = subprocess.Popen(
+        _cmd(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not (ready / "_CHECKPOINT_METADATA").exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=300)[0]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+@pytest.fixture(scope="module")
+def pipeline_reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline") / "ref"
+    proc = _run(f"hydra.run.dir={d}", *PIPELINE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig, ready, resumed",
+    [
+        (signal.SIGKILL, "pretrain/layer_1/checkpoints/10", "pretrain/layer_0"),
+        (signal.SIGTERM, "supervised/checkpoints/5", "finetune"),
+    ],
+)
+def test_pipeline_resumes_at_its_stage_bitwise(tmp_path, pipeline_reference, sig, ready, resumed):
+    args = (f"hydra.run.dir={tmp_path}", *PIPELINE)
+    first = _interrupt(args, tmp_path / ready, sig)
+    if sig == signal.SIGTERM:
+        assert first.returncode == 0, first.stdout[-2000:]
+        assert "SIGTERM: saved stage supervised" in first.stdout
+        assert json.loads((tmp_path / "status.json").read_text())["status"] == "preempted"
+    else:
+        assert first.returncode == -signal.SIGKILL
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    # resumed, not redone: the stages finished before the interruption are not trained again
+    assert f"[{resumed}] stage complete" in log, log[-3000:]
+    assert f"[{resumed}] epoch  1/30" not in log
+    assert "resuming stage" in log
+    assert _metrics(tmp_path / "metrics.json") == _metrics(pipeline_reference / "metrics.json")
+
+
+@pytest.mark.slow
+def test_vmap_group_resumes_after_kill_bitwise(tmp_path):
+    ref = tmp_path / "ref"
+    proc = _run("--multirun", f"hydra.sweep.dir={ref}", *SWEEP)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = _sweep_metrics(ref)
+    assert len(reference) == 4
+
+    run = tmp_path / "run"
+    args = ("--multirun", f"hydra.sweep.dir={run}", *SWEEP)
+    groups = run / ".vmap-groups"
+    proc = subprocess.Popen(
+        _cmd(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not list(groups.glob("*/checkpoints/30/_CHECKPOINT_METADATA")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate()
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "resuming from" in log and "epoch 1/120" not in log
+    assert _sweep_metrics(run) == reference
+
+
+def test_vmap_diverging_member_fails_alone(tmp_path):
+    proc = _run(
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.devices=1",
+        "hydra/launcher=vmap",
+        "optim=sgd",
+        "optim.lr=0.1,1e4",
+        "model.output_activation=linear",
+        "trainer.epochs=20",
+        "trainer.figures=false",
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log
+    status = json.loads((tmp_path / "1" / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert "member 1" in status["error"] and "global step" in status["error"]
+    assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
+    assert (tmp_path / "0" / "metrics.json").exists() and not (
+        tmp_path / "1" / "metrics.json"
+    ).exists()
+    assert "1 failed" in log and "member 1" in log
+
+
+def test_multirun_bad_value_is_one_line_and_exit_2(tmp_path):
+    proc = _run(
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.devices=1",
+        "trainer.epochs=2",
+        "trainer.figures=false",
+        "trainer.batch_size=64,5000",
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log
+    assert "trainer.batch_size=5000 exceeds the 1437 training examples" in log
+    assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
+    assert json.loads((tmp_path / "1" / "status.json").read_text())["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------- the run directory
+def _snapshot(d: Path) -> dict:
+    """Every file of a run except its log and lock: path -> sha256."""
+    return {
+        p.relative_to(d): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name not in ("train.log", ".lock")
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    d = tmp_path_factory.mktemp("finished") / "run"
+    proc = _run(f"hydra.run.dir={d}", "trainer.devices=1", "trainer.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ("optim.lr=1e-2", "noise=masking", "noise.level=0.5", "trainer.epochs=10"),
+            "optim.lr: 0.001 -> 0.01",
+        ),
+        (("model.latent_dim=4",), "model.latent_dim: 8 -> 4"),
+        (("trainer.batch_size=5000",), "trainer.batch_size: 64 -> 5000"),
+        (("trainer.epochs=2",), "trainer.epochs: 3 -> 2"),
+        (("optim.lr=-1",), "optim.lr=-1"),
+    ],
+)
+def test_a_refused_rerun_changes_nothing(finished, overrides, message):
+    before = _snapshot(finished)
+    proc = _run(f"hydra.run.dir={finished}", "trainer.devices=1", "trainer.epochs=3", *overrides)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert message in log and "Traceback" not in log
+    if "->" in message:
+        assert "trainer.resume=false" in log  # the way out
+    assert _snapshot(finished) == before
+
+
+def test_another_model_is_another_run_not_corrupt(finished, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(finished, d)
+    (d / "config.yaml").unlink()  # only the checkpoint itself can tell now
+    before = _snapshot(d)
+    proc = _run(f"hydra.run.dir={d}", "trainer.devices=1", "trainer.epochs=3", "model.depth=1")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "belong to another run" in log and "corrupt" not in log
+    assert _snapshot(d) == before
+
+
+def test_extending_epochs_resumes_the_run(tmp_path):
+    args = (f"hydra.run.dir={tmp_path}", "trainer.devices=1", "trainer.figures=false")
+    assert _run(*args, "trainer.epochs=3").returncode == 0
+    proc = _run(*args, "trainer.epochs=5", "trainer.log_every=1")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "(epoch 3 of 5)" in log and "epoch 1/5" not in log
+    history = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in history] == [1, 2, 3, 4, 5]
+
+
+def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ae_jax.training.rundir import RunDir; "
+            f"RunDir({str(tmp_path)!r}).claim({{}}); print('held', flush=True); time.sleep(300)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    args = (f"hydra.run.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=2")
+    proc = _run(*args)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert f"in use by pid {holder.pid}" in log and "Traceback" not in log
+    assert (
+        not (tmp_path / "status.json").exists()
+        or "failed" in (tmp_path / "status.json").read_text()
+    )
+    holder.kill()  # SIGKILL: the lock file stays behind, its flock does not
+    holder.wait()
+    assert (tmp_path / ".lock").exists()
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("where", ["run", "checkpoints"])
+def test_an_unwritable_path_stops_before_training(tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    if where == "run":
+        run_dir = blocker / "run"
+    else:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "checkpoints").write_text("not a directory")
+    proc = _run(f"hydra.run.dir={run_dir}", "trainer.devices=1", "trainer.epochs=2")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log and "epoch 1/2" not in log
+    assert "Not a directory" in log or "not writable" in log
+    assert os.fspath(run_dir) in log

@@ -1,0 +1,311 @@
+"""Composable objective terms, the registries behind every list of names, one model interface.
+
+* ``reg`` is a mapping term -> config; the loss is ``rec + sum strength * term`` and the history
+  logs ``train/loss/<term>`` (weighted) beside ``train/loss/rec``, global-batch values on any
+  number of devices;
+* a term registered in a test (one function + one dataclass) trains like the built-in ones;
+* every registered optimiser builds and steps; the config refuses names the registries lack,
+  listing the registered ones;
+* the model's own ``encode`` (what ``ae_jax.features`` uses) gives the codes training used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import REPO, make_config
+
+from ae_jax.config import (
+    Config,
+    ConfigError,
+    OptimConfig,
+    check_overrides,
+    load_config,
+    to_yaml,
+    validate,
+)
+from ae_jax.data import load_dataset
+from ae_jax.registry import (
+    ACTIVATIONS,
+    CORRUPTIONS,
+    OPTIMIZERS,
+    RECONSTRUCTION_LOSSES,
+    REGULARIZERS,
+    SCHEDULES,
+    TermConfig,
+)
+from ae_jax.train import train_and_evaluate
+from ae_jax.training.objective import make_hparams
+from ae_jax.training.state import make_optimizer
+from ae_jax.training.trainer import Trainer
+
+
+def _history(workdir):
+    return [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- config and registries
+
+
+def test_reg_is_a_mapping_of_registered_terms_and_round_trips(tmp_path):
+    cfg = make_config(
+        "model=shallow",
+        "reg=[kl_sparse,weight_decay]",
+        "reg.kl_sparse.strength=3",
+        "reg.weight_decay.strength=1e-4",
+    )
+    validate(cfg)
+    assert list(cfg.reg) == ["kl_sparse", "weight_decay"]
+    assert cfg.reg["kl_sparse"].strength == 3 and cfg.reg["kl_sparse"].target == 0.05
+    assert type(cfg.reg["kl_sparse"]) is REGULARIZERS.entry("kl_sparse").config
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.reg == cfg.reg
+    hp = make_hparams(cfg)
+    assert set(hp) == {"noise_level", "lr", "reg/kl_sparse", "reg/weight_decay"}
+    assert float(hp["reg/kl_sparse"]) == 3.0
+    assert make_config().reg == {} and set(make_hparams(make_config())) == {"noise_level", "lr"}
+
+
+def test_unknown_term_and_misspelt_key_are_refused_naming_what_is_valid():
+    cfg = Config()
+    cfg.reg = {"l2": {"strength": 1.0}}
+    with pytest.raises(ConfigError, match=r"reg.l2 .*registered: l1, kl_sparse, contractive"):
+        validate(cfg)
+    cfg.reg = {"kl_sparse": {"strenght": 1.0}}
+    with pytest.raises(ConfigError, match=r"reg.kl_sparse.strenght .*valid: strength, target"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"reg.kl_sparse.strenght"):
+        check_overrides(["model=shallow", "reg=kl_sparse", "reg.kl_sparse.strenght=1"])
+    with pytest.raises(ConfigError, match=r"'foo', which is not a registered"):
+        check_overrides(["reg=[kl_sparse,foo]"])
+    check_overrides(["reg=[kl_sparse,weight_decay]", "reg.kl_sparse.strength=3", "reg=none"])
+
+
+def test_command_line_typo_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/train.py",
+            f"hydra.run.dir={tmp_path}",
+            "model=shallow",
+            "reg=kl_sparse",
+            "reg.kl_sparse.strenght=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and len(out.splitlines()) == 1
+    assert "reg.kl_sparse.strenght" in out and "strength" in out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "registry"),
+    [
+        (["optim.name=adamx"], OPTIMIZERS),
+        (["optim.schedule=linear"], SCHEDULES),
+        (["noise.kind=dropout"], CORRUPTIONS),
+        (["loss.kind=huber"], RECONSTRUCTION_LOSSES),
+        (["model.activation=swish"], ACTIVATIONS),
+    ],
+)
+def test_validation_lists_the_registered_names(overrides, registry):
+    with pytest.raises(ConfigError) as err:
+        validate(make_config(*overrides))
+    assert ", ".join(registry.names()) in str(err.value)
+
+
+def test_pretrain_optimisers_validate_against_the_registry():
+    with pytest.raises(ConfigError, match="pretrain.layer_optim='lbfgs'.*adam, adamw, sgd"):
+        validate(make_config("+pretrain=layerwise", "pretrain.layer_optim=lbfgs"))
+    with pytest.raises(ConfigError, match="pretrain.supervised_optim='adamx'"):
+        validate(make_config("+pretrain=layerwise", "pretrain.supervised_optim=adamx"))
+    for name in OPTIMIZERS:
+        if not OPTIMIZERS.entry(name).info.get("weight_decay"):
+            validate(make_config("+pretrain=layerwise", f"pretrain.supervised_optim={name}"))
+
+
+def test_adamw_needs_a_weight_decay_and_others_refuse_one():
+    with pytest.raises(ConfigError, match="optim.name=adamw needs optim.weight_decay > 0"):
+        validate(make_config("optim.name=adamw"))
+    validate(make_config("optim=adamw"))
+    with pytest.raises(ConfigError, match="optim.weight_decay=0.1 has no effect"):
+        validate(make_config("optim.weight_decay=0.1"))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_registered_optimiser_builds_and_steps(name):
+    cfg = make_config(f"optim.name={name}", *(["optim.weight_decay=1e-2"] * (name == "adamw")))
+    validate(cfg)
+    tx = make_optimizer(cfg.optim, total_steps=10, steps_per_epoch=5)
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    grads = jax.tree.map(lambda p: 0.5 * p, params)
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    lr = 1e-2  # the step multiplies the direction by the traced lr
+    new = optax.apply_updates(params, jax.tree.map(lambda u: lr * u, updates))
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params), strict=True):
+        assert np.all(np.isfinite(a)) and np.all(np.asarray(a) < np.asarray(b))  # descent
+
+
+def test_adamw_decay_is_decoupled_and_scaled_by_the_traced_lr():
+    opt = OptimConfig(name="adamw", weight_decay=0.1)
+    tx = make_optimizer(opt, total_steps=10, steps_per_epoch=5)
+    params = {"dense": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    lr = 1e-3
+    step = jax.tree.map(lambda u: lr * u, updates)
+    # no gradient: the update is -lr * wd * W on kernels, nothing on biases
+    np.testing.assert_allclose(step["dense"]["kernel"], -lr * 0.1 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(step["dense"]["bias"], 0.0)
+
+
+# ---------------------------------------------------------------- a term registered here
+
+
+@dataclasses.dataclass
+class L2ActivityConfig(TermConfig):
+    strength: float = 1e-2
+
+
+def l2_activity(cfg: L2ActivityConfig, inp) -> jax.Array:
+    """mean_b sum_j h_bj^2: a Gaussian prior on the code."""
+    return jnp.mean(jnp.sum(jnp.square(inp.code), axis=-1))
+
+
+@pytest.fixture
+def l2_term():
+    REGULARIZERS.register("l2_activity", l2_activity, config=L2ActivityConfig)
+    yield "l2_activity"
+    REGULARIZERS.unregister("l2_activity")
+
+
+def test_a_term_registered_at_runtime_trains_and_is_logged(tmp_path, l2_term):
+    codes = {}
+    for strength in (0.0, 0.1):
+        cfg = make_config("model.latent_dim=16", "trainer.epochs=15", "trainer.eval_every=5")
+        cfg.reg = {l2_term: {"strength": strength}}
+        workdir = tmp_path / f"s{strength}"
+        train_and_evaluate(cfg, workdir)
+        last = _history(workdir)[-1]
+        assert "train/loss/l2_activity" in last and "train/loss/rec" in last
+        total = last["train/loss/rec"] + last["train/loss/l2_activity"]
+        assert last["train/loss"] == pytest.approx(total, rel=1e-5)
+        z = np.load(workdir / "reconstructions.npz")["codes"]
+        codes[strength] = float(np.mean(np.sum(z**2, axis=-1)))
+    assert codes[0.1] < 0.5 * codes[0.0], codes
+
+
+# ---------------------------------------------------------------- global-batch term values
+
+
+def _fit_history(devices: int, overrides):
+    cfg = make_config("trainer.epochs=2", f"trainer.devices={devices}", *overrides)
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    _, history, _ = trainer.fit(trainer.init_state())
+    return history
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (
+            "model=shallow",
+            "model.latent_dim=32",
+            "reg=[l1,kl_sparse,contractive,weight_decay]",
+            "reg.l1.strength=1e-2",
+        ),
+        (
+            "model.code_activation=sigmoid",
+            "reg=[kl_sparse,contractive]",
+            "reg.kl_sparse.estimate=running",
+            "reg.contractive.method=autodiff",
+        ),
+    ],
+    ids=["shallow_all_terms", "deep_autodiff_running_kl"],
+)
+def test_every_term_logs_the_same_value_on_8_devices_as_on_1(overrides):
+    assert jax.device_count() >= 8, "tests/conftest.py sets 8 fake CPU devices"
+    one = _fit_history(1, overrides)[-1]
+    eight = _fit_history(8, overrides)[-1]
+    terms = [k for k in one if k.startswith("train/loss/")]
+    selected = next(o for o in overrides if o.startswith("reg="))[5:-1].split(",")
+    assert sorted(terms) == sorted(["train/loss/rec", *(f"train/loss/{t}" for t in selected)])
+    for key in [*terms, "train/loss"]:
+        assert eight[key] == pytest.approx(one[key], rel=1e-5), key
+    assert "train/loss/reg" not in one
+
+
+# ---------------------------------------------------------------- the composed objective
+
+
+def test_kl_sparsity_with_weight_decay_reaches_its_target(tmp_path):
+    common = (
+        "model=shallow",
+        "model.latent_dim=128",  # overcomplete: 64 inputs
+        "model.code_activation=sigmoid",
+        "reg=[kl_sparse,weight_decay]",
+        "reg.kl_sparse.target=0.05",
+        "reg.weight_decay.strength=1e-4",
+        "trainer.epochs=100",
+    )
+    free = train_and_evaluate(
+        make_config(*common, "reg.kl_sparse.strength=0", "reg.weight_decay.strength=0"),
+        tmp_path / "free",
+    )
+    sparse = train_and_evaluate(
+        make_config(*common, "reg.kl_sparse.strength=0.1"), tmp_path / "sparse"
+    )
+    last = _history(tmp_path / "sparse")[-1]
+    assert last["train/loss/kl_sparse"] > 0 and last["train/loss/weight_decay"] > 0
+    assert abs(sparse["test/mean_code_activation"] - 0.05) < 0.02, sparse
+    assert free["test/mean_code_activation"] > 0.25, free
+
+
+# ---------------------------------------------------------------- one model interface
+
+
+def test_features_are_the_codes_training_used_for_a_k_sparse_model(tmp_path):
+    from ae_jax.features import embed, load_run, reconstruct
+
+    cfg = make_config(
+        "model.latent_dim=32",
+        "model.sparse_k=5",
+        "model.sparse_k_start=16",
+        "model.sparse_anneal_epochs=2",
+        "trainer.epochs=4",
+    )
+    train_and_evaluate(cfg, tmp_path)
+    run = load_run(tmp_path)
+    data = load_dataset(cfg.data)
+    x = data.x_test[:100]
+    features = embed(run, x)
+    trainer = Trainer(cfg, data)
+    end = jnp.int32(trainer.total_steps)  # the training path, with the annealed k at the end
+    logits, recon, code, _ = trainer.objective.forward(run.params, jnp.asarray(x), end)
+    np.testing.assert_array_equal(features != 0, np.asarray(code) != 0)  # the same k units
+    np.testing.assert_allclose(features, np.asarray(code), rtol=1e-5, atol=1e-6)
+    assert np.max(np.sum(features != 0, axis=1)) <= 5
+    early = trainer.objective.forward(run.params, jnp.asarray(x), jnp.int32(0))[2]
+    assert np.max(np.sum(np.asarray(early) != 0, axis=1)) == 16  # k_start while annealing
+    model = trainer.objective.model
+    np.testing.assert_allclose(reconstruct(run, x), np.asarray(recon), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        model.apply({"params": run.params}, jnp.asarray(features), method="reconstruct"),
+        jax.nn.sigmoid(logits),
+        rtol=1e-5,
+        atol=1e-7,
+    )
