@@ -126,6 +126,7 @@ class TrainerConfig:
     process_id: int | None = None
     figures: bool = True
     progress: bool = True
+    profile: bool = False  # a jax.profiler trace of the first epoch trained (after compiling)
 
 
 @dataclass
@@ -241,6 +242,8 @@ def check_overrides(overrides: list[str]) -> None:
     """
     import re
 
+    selected: set[str] | None = None  # the terms chosen on this command line, if it chooses
+    settings: list[tuple[str, str, str]] = []  # (argument, term, prefix) of reg.<term>.<key>=
     for arg in overrides:
         m = re.match(r"^(\+\+|\+|~)?reg(?:@[^=]*)?(\.[^=]*)?=(.*)$", arg)
         if m is None:
@@ -248,7 +251,7 @@ def check_overrides(overrides: list[str]) -> None:
         dotted, value = m.group(2), m.group(3).strip()
         if not dotted:  # reg=name or reg=[a,b]: choices of the reg group
             if "(" in value or "$" in value:  # a sweep function (glob, choice...): Hydra's
-                continue
+                return  # the terms are not known before Hydra expands the sweep
             names = value.strip("[]")
             for name in (n.strip() for n in names.split(",")):
                 if name and name != "none" and name not in REGULARIZERS:
@@ -256,9 +259,24 @@ def check_overrides(overrides: list[str]) -> None:
                         f"reg={value} names {name!r}, which is not a registered regulariser "
                         f"term; registered: {', '.join(REGULARIZERS.names())} (or none)"
                     )
+            selected = (selected or set()) | {n.strip() for n in names.split(",") if n.strip()}
             continue
         parts = dotted[1:].split(".")
         term_config(parts[0], {parts[1]: None} if len(parts) > 1 else {})
+        settings.append((arg, parts[0], m.group(1) or ""))
+    # A setting of a term that is not selected: Hydra would refuse it in several lines. Only
+    # decidable when this command line is the only source of terms (no experiment or sweep
+    # file, which may select some).
+    from_files = any(re.match(r"^\+{0,2}(experiment|sweep)(@|=)", a) for a in overrides)
+    if from_files:
+        return
+    for arg, term, prefix in settings:
+        if prefix or (selected is not None and term in selected):
+            continue
+        raise ConfigError(
+            f"{arg} sets term {term!r}, which this run does not select; select it with "
+            f"reg={term} (or reg=[<terms>,{term}] for several)"
+        )
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:

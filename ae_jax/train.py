@@ -71,6 +71,7 @@ def train_and_evaluate(
             checkpointer=checkpointer,
             resume=cfg.trainer.resume,
             on_epoch=epoch_logger(loggers),
+            profile_dir=workdir / "tensorboard" if cfg.trainer.profile else None,
         )
         if not main:
             return {}

@@ -90,6 +90,17 @@ def test_unknown_term_and_misspelt_key_are_refused_naming_what_is_valid():
     check_overrides(["reg=[kl_sparse,weight_decay]", "reg.kl_sparse.strength=3", "reg=none"])
 
 
+def test_a_setting_of_an_unselected_term_is_one_line():
+    with pytest.raises(ConfigError, match=r"reg.kl_sparse.strength=1 sets term 'kl_sparse'.*reg="):
+        check_overrides(["reg.kl_sparse.strength=1"])
+    with pytest.raises(ConfigError, match=r"does not select"):
+        check_overrides(["reg=l1", "reg.kl_sparse.target=0.1"])
+    check_overrides(["reg=kl_sparse", "reg.kl_sparse.strength=1"])
+    check_overrides(["+reg.kl_sparse.strength=1"])  # adds the term: Hydra's own syntax
+    # an experiment or sweep file may select the term: left to Hydra
+    check_overrides(["+experiment=rifai2011_cae_mnist", "reg.contractive.strength=1"])
+
+
 def test_command_line_typo_is_one_line_exit_2(tmp_path):
     proc = subprocess.run(
         [

@@ -265,6 +265,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             resume=t.resume,
             stage_name="finetune",
             on_epoch=epoch_logger(loggers, "finetune"),
+            profile_dir=workdir / "tensorboard" if t.profile else None,
         )
         raise_if_preempted("after stage finetune")
         params = jax.device_get(state.params)

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -97,6 +98,7 @@ class Stage:
     progress: bool = True
     members: int | None = None  # a vectorised group: every leaf has a leading members axis
     member_names: list[str] | None = None  # for console lines about one member
+    profile_dir: Path | None = None  # a jax.profiler trace of the first epoch trained, here
     hint: str = "lower optim.lr or the regularisation strengths, or set optim.grad_clip"
 
     @property
@@ -230,7 +232,10 @@ def run_stage(
 
     with sigterm_flag() as preempted:
         for epoch in range(start_epoch, stage.epochs):
-            state, metrics = stage.run_epoch(state, epoch)
+            if stage.profile_dir is not None and epoch == start_epoch:
+                state, metrics = _profiled_epoch(stage, state, epoch)
+            else:
+                state, metrics = stage.run_epoch(state, epoch)
             done = epoch + 1
             dev_eval = None
             if stage.evaluate is not None and (
@@ -255,6 +260,27 @@ def run_stage(
         drain(keep=0)
     jax.block_until_ready(state)
     return StageResult(state, history, failed, start_epoch, time.perf_counter() - start)
+
+
+def _profiled_epoch(stage: Stage, state, epoch: int):
+    """One epoch under ``jax.profiler`` (its program was compiled before the loop began), in
+    ``stage.profile_dir``: ``plugins/profile/<time>/*.xplane.pb``, what TensorBoard's profile
+    plugin reads (``tensorboard --logdir <run dir>/tensorboard``, Profile tab)."""
+    jax.block_until_ready(state)  # the trace holds this epoch's steps and nothing before them
+    jax.profiler.start_trace(str(stage.profile_dir))
+    try:
+        state, metrics = stage.run_epoch(state, epoch)
+        jax.block_until_ready((state, metrics))
+    finally:
+        jax.profiler.stop_trace()
+    log.info(
+        "%sprofile of epoch %d (%d steps) in %s",
+        stage.label,
+        epoch + 1,
+        stage.steps_per_epoch,
+        stage.profile_dir,
+    )
+    return state, metrics
 
 
 def raise_if_preempted(where: str) -> None:

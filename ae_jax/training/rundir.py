@@ -50,6 +50,7 @@ MAY_DIFFER = (
     "trainer.num_processes",
     "trainer.process_id",
     "trainer.step_norms",
+    "trainer.profile",
     "data.manual_dir",
     "data.data_dir",
 )

@@ -155,6 +155,7 @@ class Trainer:
         resume: bool = False,
         stage_name: str = "",
         on_epoch: Callable[[dict], None] | None = None,
+        profile_dir=None,
     ):
         """Train from ``start_epoch`` (or, with ``resume``, from the newest checkpoint) to
         ``trainer.epochs`` through the one loop; returns (state, history, timing).
@@ -170,7 +171,7 @@ class Trainer:
         x_train = self.parallel.place(jnp.asarray(self.data.x_train))
         state = self.parallel.place(state)
         result = run_stage(
-            self.stage(state, hparams, x_train, stage_name),
+            self.stage(state, hparams, x_train, stage_name, profile_dir=profile_dir),
             state,
             checkpointer=checkpointer,
             resume=resume,
