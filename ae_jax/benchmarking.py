@@ -10,6 +10,7 @@ activations and the optimiser are overhead, not work.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import platform
@@ -59,6 +60,9 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(mem_gib, 1),
         "device": f"{dev.platform}:{dev.device_kind}",
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -102,10 +106,24 @@ FORMS = {
 }
 
 
+# The operand dtype of a ceiling product and the matmul precision it is traced under: float32
+# products in true float32 (what trainer.precision=float32 asks for; a GPU's default would be
+# TensorFloat-32, a TPU's one bfloat16 pass), bfloat16 ones in one pass with float32 sums.
+MATMUL_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
 def matmul_rates(
-    m: int, k: int, n: int, repeats: int = 5, form: str = "nn", min_seconds: float = 0.05
+    m: int,
+    k: int,
+    n: int,
+    repeats: int = 5,
+    form: str = "nn",
+    min_seconds: float = 0.05,
+    dtype: str = "float32",
 ) -> tuple[float, float]:
-    """Float32 rate of a jitted (m, k) @ (k, n) product: (GFLOP/s, GFLOP per CPU-second).
+    """Rate of a jitted (m, k) @ (k, n) product: (GFLOP/s, GFLOP per CPU-second).
+
+    ``dtype`` (``MATMUL_DTYPES``): float32 operands at true float32 precision, or bfloat16.
 
     2mkn FLOPs per product, best of ``repeats``; each repeat runs the product back to back for
     ``min_seconds``, so that dispatch does not count against small shapes. ``form`` is how the
@@ -115,11 +133,20 @@ def matmul_rates(
     """
     if form not in FORMS:
         raise BenchmarkError(f"matmul form={form!r} is not valid; choose one of {sorted(FORMS)}")
+    if dtype not in MATMUL_DTYPES:
+        raise BenchmarkError(
+            f"matmul dtype={dtype!r} is not valid; choose one of {sorted(MATMUL_DTYPES)}"
+        )
     shapes, product = FORMS[form]
     a_shape, b_shape = shapes(m, k, n)
-    a = jax.random.normal(jax.random.key(0), a_shape, jnp.float32)
-    b = jax.random.normal(jax.random.key(1), b_shape, jnp.float32)
-    dot = jax.jit(product)
+    a = jax.random.normal(jax.random.key(0), a_shape, dtype)
+    b = jax.random.normal(jax.random.key(1), b_shape, dtype)
+
+    def traced(a, b):
+        with jax.default_matmul_precision(MATMUL_DTYPES[dtype]):
+            return product(a, b)
+
+    dot = jax.jit(traced)
     once = best_times(lambda: dot(a, b).block_until_ready(), 2)[0]
     inner = max(1, math.ceil(min_seconds / max(once, 1e-6)))
 
@@ -133,10 +160,11 @@ def matmul_rates(
     return flops / wall / 1e9, flops / cpu / 1e9
 
 
-def square_ceiling(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
+def square_ceiling(sizes: tuple[int, ...], repeats: int, dtype: str = "float32") -> dict[str, Any]:
     """Square matmul rates by size and their best: the machine's ceiling, wall and per CPU-s."""
-    rates = {str(s): matmul_rates(s, s, s, repeats) for s in sizes}
+    rates = {str(s): matmul_rates(s, s, s, repeats, dtype=dtype) for s in sizes}
     return {
+        "dtype": dtype,
         "sizes": {s: r[0] for s, r in rates.items()},
         "gflops": max(r[0] for r in rates.values()),
         "gflops_per_cpu_second": max(r[1] for r in rates.values()),
@@ -436,3 +464,91 @@ def peak_memory() -> dict[str, Any]:
     else:
         out["device_stats"] = "unavailable on this backend (CPU: device memory is host memory)"
     return out
+
+
+def torch_hinton(
+    batches: tuple[int, ...],
+    steps: int,
+    repeats: int,
+    modes: tuple[str, ...] = ("eager", "compile"),
+) -> dict[str, Any]:
+    """The same Hinton step in PyTorch, where torch is installed (never a dependency).
+
+    784-1000-500-250-30 and back, logistic hidden units, linear code, BCE with logits, Adam;
+    float32 with TensorFloat-32 off (as JAX's ``trainer.precision=float32``), on CUDA when
+    available. ``eager`` runs the module as is; ``compile`` wraps the loss in ``torch.compile``
+    (the optimiser step stays eager). Each row: best of ``repeats`` runs of ``steps`` steps,
+    after 3 warm-up steps (which hold the compile). The JAX rows (``training``) run a whole
+    epoch as one program; here Python dispatches each step.
+    """
+    if importlib.util.find_spec("torch") is None:
+        return {"skipped": "torch is not installed"}
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dims = (784, *HINTON_WIDTHS, HINTON_LATENT, *reversed(HINTON_WIDTHS), 784)
+    flops = mlp_flops_per_example(dims)
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "rows": [],
+    }
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TensorFloat-32
+    try:
+        for mode in modes:
+            for b in batches:
+                try:
+                    row = _torch_rate(torch, device, dims, b, steps, repeats, mode)
+                except Exception as err:  # e.g. torch.compile without a C compiler
+                    row = {"error": f"{type(err).__name__}: {err}"[:500]}
+                row.update(mode=mode, batch_size=b, flops_per_example=flops)
+                if "step_ms" in row:
+                    row["samples_per_second"] = 1e3 * b / row["step_ms"]
+                    row["gflops"] = row["samples_per_second"] * flops / 1e9
+                out["rows"].append(row)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    return out
+
+
+def _torch_rate(torch, device, dims, batch, steps, repeats, mode) -> dict[str, float]:
+    nn, functional = torch.nn, torch.nn.functional
+    torch.manual_seed(0)
+    layers: list = []
+    code = len(dims) // 2  # index of the code layer's output in dims
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i + 1 != code and i + 2 != len(dims):  # linear code, logits out
+            layers.append(nn.Sigmoid())
+    model = nn.Sequential(*layers).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xs = torch.rand(steps, batch, dims[0], device=device)
+
+    def loss_fn(x):
+        return functional.binary_cross_entropy_with_logits(model(x), x)
+
+    loss = torch.compile(loss_fn) if mode == "compile" else loss_fn
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        loss(x).backward()
+        opt.step()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    for i in range(3):
+        step(xs[i % steps])
+    sync()
+    warmup = time.perf_counter() - t0
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(xs[i])
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return {"step_ms": 1e3 * best / steps, "warmup_seconds": warmup}

@@ -25,6 +25,7 @@ from ae_jax.registry import (
     ACTIVATIONS,
     CORRUPTIONS,
     OPTIMIZERS,
+    PRECISIONS,
     RECONSTRUCTION_LOSSES,
     REGULARIZERS,
     SCHEDULES,
@@ -116,6 +117,9 @@ class TrainerConfig:
     parallel: str = "shard_map"  # shard_map | pmap (same per-device step either way)
     jacobian_examples: int = 256  # test examples used for test/jacobian_fro
     step_norms: bool = False  # l2 of grads/params/updates every step (false: params once/epoch)
+    # compute dtype of the forward/backward pass: float32 | bfloat16 (registry.PRECISIONS;
+    # parameters, optimiser state, losses and metrics stay float32)
+    precision: str = "float32"
     checkpoint_every: int = 50  # epochs between checkpoints (and one at the end); 0: end only
     keep_checkpoints: int = 3  # newest checkpoints kept in <run dir>/checkpoints
     resume: bool = True  # continue from the newest valid checkpoint in the run directory
@@ -409,6 +413,7 @@ def validate(cfg: Config) -> Config:
         )
     _positive_int("trainer.devices", t.devices, allow_none=True)
     _choice("trainer.parallel", t.parallel, PARALLEL_MODES)
+    PRECISIONS.check("trainer.precision", t.precision)
     if not isinstance(t.seed, int):
         raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
     o = cfg.optim

@@ -20,6 +20,10 @@ The registries:
   ``SCHEDULES``              ``optim.schedule``, ``pretrain.supervised_schedule``
   ``ACTIVATIONS``            ``model.activation`` / ``code_activation``
                              (``ae_jax.models.activations``)
+  ``CONV_IMPLS``             how the conv model's layers compute: ``cpu_fast`` / ``flax``
+                             (``ae_jax.models.conv_ops``; env ``AE_JAX_CONV_IMPL``)
+  ``PRECISIONS``             ``trainer.precision``: float32 / bfloat16 compute
+                             (``ae_jax.training.step``)
 
 Adding an objective term is one function and one dataclass (and, for Hydra, one file
 ``conf/reg/<name>.yaml`` holding ``<name>: {strength: ...}``)::
@@ -328,9 +332,26 @@ ACTIVATIONS.register("relu", "jax.nn:relu")
 ACTIVATIONS.register("gelu", "jax.nn:gelu")
 ACTIVATIONS.register("linear", "ae_jax.models.activations:identity")
 
+# How the conv model's layers compute (ae_jax.models.conv_ops; env AE_JAX_CONV_IMPL, default
+# auto: the entry whose ``backends`` name the default backend, else flax). Same parameters.
+CONV_IMPLS = Registry("convolution implementation")
+CONV_IMPLS.register(
+    "cpu_fast", "ae_jax.models.conv_ops:conv", custom_vjp=True, backends=("cpu",)
+)  # canonical-form backward convolutions: XLA:CPU runs them fast inside lax.scan
+CONV_IMPLS.register("flax", "flax.linen:Conv", custom_vjp=False)  # autodiff through nn.Conv
+
+# trainer.precision: the dtype of the forward and backward pass (parameters, optimiser state,
+# losses and metrics stay float32) and the matmul precision stated for them
+# (jax.default_matmul_precision; see ae_jax.training.step).
+PRECISIONS = Registry("training precision")
+PRECISIONS.register("float32", "jax.numpy:float32", matmul="float32")
+PRECISIONS.register("bfloat16", "jax.numpy:bfloat16", matmul="bfloat16")
+
 __all__ = [
     "ACTIVATIONS",
+    "CONV_IMPLS",
     "CORRUPTIONS",
+    "PRECISIONS",
     "RECONSTRUCTION_LOSSES",
     "OPTIMIZERS",
     "REGULARIZERS",

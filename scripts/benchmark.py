@@ -9,7 +9,12 @@ training throughput (samples/s, GFLOP/s counted from the layer sizes, % of the c
 784-1000-500-250-30 deep autoencoder at batch 128 and 1000, the default digits model and the
 conv model; (c) compile time of the epoch program; (d) a full MNIST epoch end to end (IDX files,
 transfer, compile, epoch) against the pure step time; (e) startup, process start to the first
-step, by phase, with and without the persistent compilation cache; (f) peak memory.
+step, by phase, with and without the persistent compilation cache; (f) peak memory (the
+process's RSS; on a GPU or TPU also the device allocator's peak, ``jax.Device.memory_stats``);
+(g) where PyTorch is installed (never a dependency; skipped otherwise), the same Hinton step in
+PyTorch, eager and ``torch.compile``d. The figures are for the device JAX runs on (its kind is
+printed first); on a GPU or TPU the ceiling is measured in float32 (true float32, as
+``trainer.precision=float32`` computes) and in bfloat16, at sizes up to 8192.
 
 This file imports only the standard library at the top: ``--startup-probe`` (the child process
 that the startup measurement spawns) times ``import jax`` itself.
@@ -27,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("ceiling", "training", "end_to_end", "startup")
+PARTS = ("ceiling", "training", "end_to_end", "startup", "torch")
 STARTUP_OVERRIDES = ["trainer.epochs=1", "trainer.figures=false"]  # the default run, one epoch
 HINTON, DIGITS, CONV = (
     "hinton 784-1000-500-250-30",
@@ -216,12 +221,15 @@ def run(args: argparse.Namespace) -> dict:
     }
     hinton_dims = (784, *bm.HINTON_WIDTHS, bm.HINTON_LATENT, *reversed(bm.HINTON_WIDTHS), 784)
     batches = (32,) if tiny else (128, 1000)
-    sizes = (256,) if tiny else (1024, 2048, 3072)
+    accelerator = result["machine"]["platform"] != "cpu"
+    sizes = (256,) if tiny else (1024, 2048, 4096, 8192) if accelerator else (1024, 2048, 3072)
     ceiling_repeats = 1 if tiny else 4 * repeats  # the best one must catch the cores free
     if "ceiling" in args.only or "training" in args.only:
         result["ceiling"] = {"square_start": bm.square_ceiling(sizes, ceiling_repeats)}
         for b in batches:
             result["ceiling"][f"hinton_batch_{b}"] = bm.shape_ceiling(b, hinton_dims, repeats)
+        if accelerator:  # XLA:CPU has no fast bfloat16 products: measured on GPU / TPU only
+            result["ceiling"]["square_bf16"] = bm.square_ceiling(sizes, ceiling_repeats, "bfloat16")
     rows = []
     if "training" in args.only:
         n = 4 * max(batches) if tiny else args.examples
@@ -260,6 +268,8 @@ def run(args: argparse.Namespace) -> dict:
             result["end_to_end"] = {"error": f"{type(err).__name__}: {err}"}
     if "startup" in args.only:
         result["startup"] = measure_startup(tiny)
+    if "torch" in args.only:
+        result["torch"] = bm.torch_hinton(batches, 5 if tiny else 50, repeats)
     if "ceiling" in result:  # again at the end: the best of both is the ceiling
         result["ceiling"]["square_end"] = bm.square_ceiling(sizes, ceiling_repeats)
         ceiling = bm.best_ceiling(
@@ -280,7 +290,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(result: dict) -> str:
     """The results as aligned text, one section per measurement."""
+    machine = result["machine"]
     lines = [
+        f"device: {machine.get('device_kind', machine['device'])} "
+        f"({machine.get('device_count', 1)} x {machine.get('platform', '?')}); host: "
         f"{result['machine']['cpu']} ({result['machine']['cores']} cores), "
         f"jax {result['machine']['jax']}, load {result['load_before']} -> "
         f"{result['load_after']}, XLA_FLAGS='{result['machine']['xla_flags']}'"
@@ -294,6 +307,9 @@ def table(result: dict) -> str:
             f"  ceiling (best): {c['best']['gflops']:.1f} GFLOP/s; per CPU-second "
             f"{c['best']['gflops_per_cpu_second']:.1f}"
         )
+        if "square_bf16" in c:
+            sq = ", ".join(f"{k}: {v:.1f}" for k, v in c["square_bf16"]["sizes"].items())
+            lines.append(f"  bfloat16 matmul GFLOP/s: {sq}")
         for key, v in c.items():
             if key.startswith("hinton_batch_"):
                 lines.append(
@@ -353,6 +369,8 @@ def table(result: dict) -> str:
                     f"experiments/train.py ({key[9:]} run): first epoch line at {first}, "
                     f"exit at {t['exit_seconds']:.1f}s (status {t['returncode']})"
                 )
+    if "torch" in result:
+        lines += ["", *torch_lines(result["torch"])]
     m = result["memory"]
     lines += ["", f"peak RSS of this benchmark process: {m['max_rss_mib']:.0f} MiB"]
     if "startup" in result:
@@ -365,6 +383,23 @@ def table(result: dict) -> str:
         mib = ["n/a" if v is None else f"{v / 2**20:.0f} MiB" for v in (peak, limit)]
         lines.append(f"device memory: peak {mib[0]} in use, of {mib[1]}")
     return "\n".join(lines)
+
+
+def torch_lines(t: dict) -> list[str]:
+    """The PyTorch side-by-side as text lines."""
+    if "skipped" in t:
+        return [f"PyTorch side-by-side: skipped ({t['skipped']})"]
+    lines = [f"PyTorch {t['torch']} on {t['device']}, Hinton step, float32 (no TF32):"]
+    for r in t["rows"]:
+        if "error" in r:
+            lines.append(f"  {r['mode']:8s} batch {r['batch_size']:5d}: failed: {r['error']}")
+        else:
+            lines.append(
+                f"  {r['mode']:8s} batch {r['batch_size']:5d}: {r['step_ms']:8.3f} ms/step, "
+                f"{r['samples_per_second']:10.0f} samples/s, {r['gflops']:8.1f} GFLOP/s "
+                f"(warm-up {r['warmup_seconds']:.1f}s)"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

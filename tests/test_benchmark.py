@@ -5,6 +5,7 @@ asserted is that every section is there, every rate is a positive finite number,
 the startup add up, and the FLOP counts match the closed forms.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -174,3 +175,16 @@ def test_missing_mnist_is_said_up_front_and_fails_the_run(tmp_path):
     assert f"no MNIST IDX files in --mnist-dir={missing}" in done.stderr
     assert "MNIST end to end: not measured" in done.stdout
     assert str(missing) in json.loads(out.read_text())["end_to_end"]["error"]
+
+
+def test_matmul_rates_in_bfloat16_and_a_bad_dtype_is_refused():
+    rates = bm.matmul_rates(64, 64, 64, repeats=1, min_seconds=0.001, dtype="bfloat16")
+    assert all(_positive(r) for r in rates)
+    with pytest.raises(bm.BenchmarkError, match=r"dtype='float16' is not valid"):
+        bm.matmul_rates(8, 8, 8, repeats=1, dtype="float16")
+
+
+def test_torch_side_by_side_is_skipped_cleanly_without_torch():
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here: the side-by-side runs instead")
+    assert bm.torch_hinton((32,), steps=2, repeats=1) == {"skipped": "torch is not installed"}

@@ -46,6 +46,9 @@ def test_values_parameters_and_gradients_match_flax(case, ours, theirs):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="XLA:CPU's convolution forms; the GPU/TPU use flax's"
+)
 def test_no_naive_convolution_inside_a_scan(tmp_path):
     """XLA:CPU canonicalises convolutions for its fast kernels only outside loops: every
     convolution of the scanned backward pass must already be in NHWC x HWIO -> NHWC form."""
@@ -81,3 +84,51 @@ def test_contractive_penalty_of_an_overcomplete_conv_code():
     np.testing.assert_allclose(
         jacobian_frobenius_sq(encoder(mine), x), jacobian_frobenius_sq(encoder(ref), x), rtol=1e-5
     )
+
+
+def test_conv_path_is_chosen_by_backend(monkeypatch):
+    """auto: the custom-VJP layers on XLA:CPU, flax's own Conv / ConvTranspose elsewhere;
+    AE_JAX_CONV_IMPL forces either, and an unknown name is refused."""
+    from ae_jax.config import ConfigError
+    from ae_jax.models.conv_ops import conv_impl
+
+    monkeypatch.delenv("AE_JAX_CONV_IMPL", raising=False)
+    assert conv_impl("cpu") == "cpu_fast"
+    for backend in ("gpu", "cuda", "rocm", "tpu"):
+        assert conv_impl(backend) == "flax", backend
+    assert conv_impl() == ("cpu_fast" if jax.default_backend() == "cpu" else "flax")
+    monkeypatch.setenv("AE_JAX_CONV_IMPL", "flax")
+    assert conv_impl("cpu") == "flax"
+    monkeypatch.setenv("AE_JAX_CONV_IMPL", "cpu_fast")
+    assert conv_impl("tpu") == "cpu_fast"
+    monkeypatch.setenv("AE_JAX_CONV_IMPL", "cudnn")
+    with pytest.raises(ConfigError, match="AE_JAX_CONV_IMPL='cudnn'.*auto, cpu_fast, flax"):
+        conv_impl("cpu")
+
+
+def test_conv_autoencoder_is_the_same_on_both_paths(monkeypatch):
+    """The conv autoencoder's parameters, loss and gradients are the same whichever path the
+    layers take (to float rounding: 1e-5 relative), so checkpoints move between backends."""
+    from ae_jax.models.conv import ConvAutoencoder
+
+    model = ConvAutoencoder((14, 14, 1), latent_dim=6, channels=(8, 16))
+    x = jax.random.uniform(jax.random.key(0), (4, 14, 14, 1))
+
+    def loss(params):
+        return jnp.mean((model.apply(params, x)[0] - x) ** 2)
+
+    out = {}
+    for impl in ("cpu_fast", "flax"):
+        monkeypatch.setenv("AE_JAX_CONV_IMPL", impl)
+        params = model.init(jax.random.key(1), x)
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+        assert ("custom_vjp_call" in jaxpr) == (impl == "cpu_fast"), impl
+        with jax.default_matmul_precision("float32"):  # no TF32 where this runs on a GPU
+            out[impl] = params, *jax.value_and_grad(loss)(params)
+    (p_fast, l_fast, g_fast), (p_flax, l_flax, g_flax) = out["cpu_fast"], out["flax"]
+    assert jax.tree.structure(p_fast) == jax.tree.structure(p_flax)
+    for a, b in zip(jax.tree.leaves(p_fast), jax.tree.leaves(p_flax)):
+        np.testing.assert_array_equal(a, b)  # same names, shapes, initialiser and draws
+    np.testing.assert_allclose(l_fast, l_flax, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_flax)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))

@@ -112,7 +112,27 @@ def test_tensorboard_events_read_back_by_tensorboard(tmp_path, png):
 # ------------------------------------------------------------------------------------ wandb
 
 
-def _wandb_records(run_dir: Path) -> list:
+def _wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run once W&B's service has written all of them (up to its
+    ``exit`` record): the service is a separate process that may still be flushing the file
+    when ``finish()`` has returned, on a loaded machine."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            records = _read_wandb_file(run_dir)
+        except Exception:  # a chunk still being written
+            if time.time() > deadline:
+                raise
+            records = []
+        kinds = {r.WhichOneof("record_type") for r in records}
+        if {"run", "exit"} <= kinds or time.time() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _read_wandb_file(run_dir: Path) -> list:
     """The protobuf records of an offline run's ``run-<id>.wandb`` (LevelDB log format: 7-byte
     file header, 32 KiB blocks, each chunk a CRC, a length, a type FULL/FIRST/MIDDLE/LAST)."""
     from wandb.proto import wandb_internal_pb2

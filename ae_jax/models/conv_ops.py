@@ -19,19 +19,55 @@ stride-s convolution with SAME padding ``(lo, hi)`` and kernel size k:
 A transposed convolution is the adjoint of a strided one (``lax.conv_transpose``), so its input
 gradient is the strided convolution with the flipped kernel and its kernel gradient the flipped
 patches product. Values and gradients equal flax's to float rounding.
+
+Only XLA:CPU needs this. On a GPU or TPU, XLA's own convolution passes handle autodiff's
+backward convolutions inside loops too, and cuDNN / the TPU's convolution units are tuned for
+them, so there the layers compute with flax's ``nn.Conv`` / ``nn.ConvTranspose`` (applied to
+the same ``kernel`` and ``bias``: parameters and checkpoints are the same either way). The
+choice is made when a layer is traced (``conv_impl``): ``AE_JAX_CONV_IMPL`` = ``auto``
+(default: ``cpu_fast`` on the CPU backend, ``flax`` on any other), ``cpu_fast`` or ``flax``
+forces one (the names: ``ae_jax.registry.CONV_IMPLS``). Set it before the first trace: a
+compiled program keeps the path it was traced with.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ae_jax.registry import CONV_IMPLS, ConfigError
+
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+CONV_IMPL_ENV = "AE_JAX_CONV_IMPL"  # auto (default) | a name registered in CONV_IMPLS
+
+
+def conv_impl(backend: str | None = None, requested: str | None = None) -> str:
+    """The convolution path for ``backend`` (default: ``jax.default_backend()``).
+
+    ``requested`` (default: ``$AE_JAX_CONV_IMPL``, else ``auto``) is ``auto`` or a name of
+    ``CONV_IMPLS``; ``auto`` picks the entry whose ``backends`` name this backend (``cpu_fast``
+    for ``cpu``), else ``flax`` (gpu, cuda, rocm, tpu, ...).
+    """
+    if requested is None:
+        requested = os.environ.get(CONV_IMPL_ENV, "").strip() or "auto"
+    if requested != "auto":
+        if requested not in CONV_IMPLS:
+            raise ConfigError(
+                f"{CONV_IMPL_ENV}={requested!r} is not valid; choose one of: "
+                f"auto, {', '.join(CONV_IMPLS.names())}"
+            )
+        return requested
+    backend = jax.default_backend() if backend is None else backend
+    for name in CONV_IMPLS:
+        if backend in CONV_IMPLS.entry(name).info.get("backends", ()):
+            return name
+    return "flax"
 
 
 def same_padding(n: int, k: int, s: int) -> tuple[int, int]:
@@ -138,6 +174,7 @@ class _SameConvLayer(nn.Module):
     kernel_size: int
     stride: int = 1
     op = staticmethod(conv)  # (x, kernel, stride) -> y; not a dataclass field
+    flax_layer = nn.Conv  # what computes on the "flax" path; not a dataclass field
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -146,7 +183,13 @@ class _SameConvLayer(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
         )  # (k, k, C_in, C_out)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return self.op(x, kernel, self.stride) + bias
+        if CONV_IMPLS.entry(conv_impl()).info["custom_vjp"]:
+            return self.op(x, kernel, self.stride) + bias
+        # flax's own layer, unbound (parent=None), applied to this layer's parameters
+        layer = self.flax_layer(
+            self.features, (k, k), strides=(self.stride,) * 2, padding="SAME", parent=None
+        )
+        return layer.apply({"params": {"kernel": kernel, "bias": bias}}, x)
 
 
 class Conv(_SameConvLayer):
@@ -160,3 +203,4 @@ class ConvTranspose(_SameConvLayer):
 
     stride: int = 2
     op = staticmethod(conv_transpose)
+    flax_layer = nn.ConvTranspose

@@ -10,6 +10,14 @@ The loss is ``rec + sum_t hparams['reg/<t>'] * term_t`` over the terms of ``cfg.
 ``ae_jax.objectives.terms`` and ``ae_jax.registry.REGULARIZERS``). The step's metrics are
 ``loss``, ``loss/rec`` and one ``loss/<t>`` per term (the weighted value added to the loss), all
 global-batch values whatever the number of devices.
+
+``precision`` (``trainer.precision``, ``ae_jax.registry.PRECISIONS``) is the dtype of the
+model's forward pass inside the loss (and so of its backward pass): with ``bfloat16`` the
+float parameters and the (corrupted) inputs are cast to bfloat16 for the model, and its outputs
+back to float32 before the reconstruction loss and the terms, so losses, metrics and the
+gradients of the float32 parameters are float32 (the usual mixed precision). Terms that run the
+model again (the contractive Jacobian) do so in float32. The step states the matmul precision
+(``ae_jax.training.step``). Evaluation (``forward``, ``jitted``) is float32.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from ae_jax.models.activations import activation_fn
 from ae_jax.models.sparse import k_schedule
 from ae_jax.objectives.losses import global_mean, reconstruction_loss
 from ae_jax.objectives.terms import TermInputs, contractive_closed_form, jacobian_sq
-from ae_jax.registry import REGULARIZERS, ContractiveConfig, resolve
+from ae_jax.registry import PRECISIONS, REGULARIZERS, ContractiveConfig, resolve
 
 # {"noise_level", "lr", "reg/<term>" for each configured term}: traced float32 scalars
 HParams = dict[str, jax.Array]
@@ -87,6 +95,7 @@ class Objective:
     k_start: int | None = None  # k-sparse anneal from k_start to model.sparse_k
     k_anneal_steps: int = 0
     contractive_closed_form: bool = False  # the Jacobian diagnostic uses Rifai's closed form
+    precision: str = "float32"  # the training forward/backward's dtype (registry.PRECISIONS)
 
     # ------------------------------------------------------------------ pieces
     def reconstruct(self, logits: jax.Array) -> jax.Array:
@@ -108,6 +117,15 @@ class Objective:
         """(logits, reconstruction, code, aux) of clean or corrupted inputs x."""
         code, aux = self.encode(params, x, step)
         logits = self.model.apply({"params": params}, code, method="decode")
+        return logits, self.reconstruct(logits), code, aux
+
+    def compute_forward(self, params, x: jax.Array, step: jax.Array | None = None):
+        """``forward`` in the training precision; every output float32 (see the module doc)."""
+        dtype = PRECISIONS.get(self.precision)
+        if dtype == jnp.float32:
+            return self.forward(params, x, step)
+        logits, _, code, aux = self.forward(cast_floats(params, dtype), x.astype(dtype), step)
+        logits, code, aux = cast_floats((logits, code, aux), jnp.float32)
         return logits, self.reconstruct(logits), code, aux
 
     def jacobian_sq(self, params, x: jax.Array, code: jax.Array, aux: dict) -> jax.Array:
@@ -150,7 +168,7 @@ class Objective:
         objective.
         """
         x_in, mask = self.corrupt(keys, x, hparams["noise_level"])
-        logits, recon, code, aux = self.forward(params, x_in, step)
+        logits, recon, code, aux = self.compute_forward(params, x_in, step)
         weights = None
         if self.noise_kind != "none" and (self.alpha, self.beta) != (1.0, 1.0):
             weights = emphasis_weights(mask, self.alpha, self.beta)
@@ -242,7 +260,17 @@ def build_objective(
         k_start=m.sparse_k_start if m.sparse_k is not None else None,
         k_anneal_steps=int(m.sparse_anneal_epochs) * steps_per_epoch,
         contractive_closed_form=closed,
+        precision=cfg.trainer.precision,
     )
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with every floating-point leaf cast to ``dtype`` (integers, keys untouched)."""
+
+    def cast(a):
+        return a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
 
 
 def as_scalar_dict(metrics: dict[str, Any]) -> dict[str, float]:

@@ -70,11 +70,18 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_differences(stored: dict, new: dict) -> list[str]:
-    """``key: stored -> new`` for every key that differs and may not (see ``MAY_DIFFER``)."""
+def config_differences(stored: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """``key: stored -> new`` for every key that differs and may not (see ``MAY_DIFFER``).
+
+    A key that the stored config lacks (written before the key existed) does not differ when
+    the new config holds its default (``defaults``: the schema's defaults, flattened alike).
+    """
     a, b = _flatten(stored), _flatten(new)
+    d = _flatten(defaults or {})
     out = []
     for key in sorted(set(a) | set(b)):
+        if key not in a and key in d and b.get(key) == d[key]:
+            continue
         exempt = key in MAY_DIFFER or key.split(".")[0] in MAY_DIFFER
         if exempt or a.get(key, "<absent>") == b.get(key, "<absent>"):
             continue
@@ -154,7 +161,7 @@ class RunDir:
             ) from None
 
     # -------------------------------------------------------------- claim
-    def claim(self, config: dict, resume: bool = True) -> None:
+    def claim(self, config: dict, resume: bool = True, defaults: dict | None = None) -> None:
         """Lock the directory, refuse another run's config, check writability. Writes only
         the lock file (and creates the directory)."""
         if not self.main:
@@ -165,7 +172,7 @@ class RunDir:
             if resume and self.holds_run():
                 stored = self.stored_config()
                 if stored is not None:
-                    diff = config_differences(stored, config)
+                    diff = config_differences(stored, config, defaults)
                     if diff:
                         raise RunDirError(
                             f"{self.path} holds a run with another config: "
@@ -261,11 +268,12 @@ def claimed(
     import jax
     import yaml
 
-    from ae_jax.config import to_yaml
+    from ae_jax.config import Config, to_yaml
 
     rundir = RunDir(workdir, main=jax.process_index() == 0)
     rundir.hydra_files = hydra_files or {}
-    rundir.claim(yaml.safe_load(to_yaml(cfg)), resume=cfg.trainer.resume)
+    defaults = yaml.safe_load(to_yaml(Config()))
+    rundir.claim(yaml.safe_load(to_yaml(cfg)), resume=cfg.trainer.resume, defaults=defaults)
     try:
         yield rundir
     finally:

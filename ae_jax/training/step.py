@@ -4,6 +4,13 @@ Both are written for ONE device holding a slice of the global batch, with the da
 ``DATA_AXIS`` for their collectives (``pmean`` of gradients; global batch statistics inside the
 objective). The same functions run under ``jax.shard_map`` over a one-axis mesh, under
 ``jax.pmap``, or alone with ``axis_name=None`` (see ``parallel.py``).
+
+The loss and its gradient are traced under ``jax.default_matmul_precision`` of the objective's
+``trainer.precision`` (``ae_jax.registry.PRECISIONS``): ``float32`` asks for true float32
+products and convolutions, so that a GPU (whose default is TensorFloat-32) or a TPU (one
+bfloat16 pass) computes what the CPU computes; ``bfloat16`` runs the model in bfloat16 (see
+``objective.py``) with XLA's default of one bfloat16 pass accumulated in float32. Parameters,
+optimiser state and updates are float32 either way.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ae_jax.registry import PRECISIONS
 from ae_jax.training.objective import HParams, Objective
 from ae_jax.training.state import TrainState
 
@@ -44,6 +52,8 @@ def make_train_step(
     autoencoder and a third of its compile time (see PERFORMANCE.md).
     """
 
+    matmul = PRECISIONS.entry(objective.precision).info["matmul"]
+
     def train_step(state: TrainState, x: jax.Array, hparams: HParams):
         b = x.shape[0]
         keys = example_keys(state.key, state.step, device_offset(axis_name, b), b)
@@ -51,7 +61,8 @@ def make_train_step(
         def loss_fn(params):
             return objective(params, x, keys, hparams, state.running, state.step, axis_name)
 
-        (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with jax.default_matmul_precision(matmul):  # forward and backward (custom VJPs too)
+            (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
