@@ -10,11 +10,13 @@ activations and the optimiser are overhead, not work.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,8 @@ import numpy as np
 
 from ae_jax.config import Config, DataConfig, LossConfig, ModelConfig, TrainerConfig, validate
 from ae_jax.data import Dataset, load_dataset
+from ae_jax.sweeps.vectorized import group_by_program, train_group
+from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.parallel import compiler_options
 from ae_jax.training.step import make_train_step
 from ae_jax.training.trainer import Trainer
@@ -33,6 +37,8 @@ from ae_jax.training.trainer import Trainer
 MNIST_SHAPE = (28, 28, 1)
 HINTON_WIDTHS = (1000, 500, 250)  # Hinton & Salakhutdinov (2006): 784-1000-500-250-30
 HINTON_LATENT = 30
+HINTON_BATCHES = (128, 1000, 8192)  # the training rows' batch sizes (--tiny: 32 alone)
+MIN_STEPS = 3  # batches per timed epoch at least, whatever --examples says
 
 
 class BenchmarkError(ValueError):
@@ -289,6 +295,12 @@ def digits_config(epochs: int = 1, **data) -> Config:
     return _config(ModelConfig(), TrainerConfig().batch_size, "mse", epochs, **data)
 
 
+def epoch_examples(examples: int, batch_size: int) -> int:
+    """Examples per timed epoch at ``batch_size``: ``examples``, or ``MIN_STEPS`` whole batches
+    where that is more (batch 8192 needs 24576, twice the default ``--examples``)."""
+    return max(examples, MIN_STEPS * batch_size)
+
+
 def synthetic_mnist(n: int, seed: int = 0) -> Dataset:
     """``n`` uniform-random examples of MNIST's shape and range (28, 28, 1) in [0, 1]."""
     x = np.random.default_rng(seed).random((n, *MNIST_SHAPE), dtype=np.float32)
@@ -450,6 +462,88 @@ def measure_end_to_end(cfg: Config, repeats: int) -> dict[str, float]:
         "first_epoch_over_pure_pct": 100.0 * (first / pure_wall - 1.0),
         "final_train_loss": history[-1]["train/loss"],
     }
+
+
+def sweep_configs(members: int, epochs: int) -> list[Config]:
+    """``members`` runs of the default digits model that differ only in traced settings, so
+    that they train as one vectorised program (``ae_jax.sweeps.vectorized``): member i has
+    ``trainer.seed=i`` and a learning rate spread log-evenly over half to twice the default."""
+    if members < 1:
+        raise BenchmarkError(f"sweep members={members} is not valid; it must be at least 1")
+    base = digits_config(epochs)
+    factors = np.geomspace(0.5, 2.0, members) if members > 1 else np.ones(1)
+    configs = [
+        validate(
+            dataclasses.replace(
+                base,
+                optim=dataclasses.replace(base.optim, lr=float(base.optim.lr * f)),
+                trainer=dataclasses.replace(base.trainer, seed=i),
+            )
+        )
+        for i, f in enumerate(factors)
+    ]
+    if len(group_by_program(configs)) != 1:  # a guard: the members must share one program
+        raise BenchmarkError("the sweep's members do not share one program")
+    return configs
+
+
+def measure_sweep(members: int, epochs: int, repeats: int) -> dict[str, Any]:
+    """A ``members``-member vectorised sweep of the default digits model (``sweep_configs``,
+    trained by ``ae_jax.sweeps.vectorized.train_group``, the engine of ``hydra/launcher=vmap``)
+    against its first member trained alone (``Trainer.fit``, the single-run path), each with a
+    checkpoint at the end as a run writes one, in a temporary directory.
+
+    Wall times are what each engine reports as ``time/train_seconds``: the training loop, its
+    epochs with their fixed costs (the first dispatch, compiling and running the end-of-run
+    evaluation, the checkpoint: about 0.3 s on a CPU, amortised over ``epochs``), not the
+    compile of the epoch program (``compile_seconds``) nor the outputs written after; best of
+    ``repeats``. ``time_ratio`` is the sweep's time over the one member's, and
+    ``samples_per_second`` counts every member's examples.
+    """
+    configs = sweep_configs(members, epochs)
+    single_cfg = configs[0]
+    data = load_dataset(single_cfg.data)
+    single: dict[str, float] = {}
+    group: dict[str, float] = {}
+    failed = 0
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(single_cfg, data)
+            keep = single_cfg.trainer.keep_checkpoints
+            checkpointer = Checkpointer(Path(tmp) / "single" / "checkpoints", keep=keep)
+            _, _, timing = trainer.fit(trainer.init_state(), checkpointer=checkpointer)
+            _keep_best(single, timing, 1)
+            workdirs = [Path(tmp) / "sweep" / f"{i:03d}" for i in range(members)]
+            results = train_group(configs, workdirs)
+        done = [r for r in results if r]
+        failed = members - len(done)
+        if not done:
+            raise BenchmarkError(f"every one of the {members} sweep members diverged")
+        _keep_best(group, done[0], members)
+    steps = len(data.x_train) // single_cfg.trainer.batch_size
+    return {
+        "model": "digits default 64-64-32-8",
+        "members": members,
+        "varied": "optim.lr (x0.5 to x2, log-spaced) and trainer.seed",
+        "epochs": epochs,
+        "batch_size": single_cfg.trainer.batch_size,
+        "examples_per_epoch": steps * single_cfg.trainer.batch_size,
+        "repeats": repeats,
+        "single": single,
+        "vmap": {**group, "failed_members": failed},
+        "time_ratio": group["train_seconds"] / single["train_seconds"],
+        "throughput_ratio": group["samples_per_second"] / single["samples_per_second"],
+    }
+
+
+def _keep_best(best: dict[str, float], timing: dict[str, float], members: int) -> None:
+    """Fold a run's timing into ``best`` (the fastest repeat); samples/s of all members."""
+    seconds = timing["time/train_seconds"]
+    if seconds < best.get("train_seconds", math.inf):
+        best["train_seconds"] = seconds
+        best["samples_per_second"] = members * timing["train/samples_per_second"]
+    compile_s = timing["time/compile_seconds"]
+    best["compile_seconds"] = min(compile_s, best.get("compile_seconds", math.inf))
 
 
 def peak_memory() -> dict[str, Any]:

@@ -30,3 +30,27 @@ def map_in_chunks(fn: Callable[[np.ndarray, int], Any], x: np.ndarray, chunk: in
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     parts = jax.device_get([fn(xp[s : s + chunk], s) for s in range(0, xp.shape[0], chunk)])
     return jax.tree.map(lambda *leaves: np.concatenate(leaves)[:n], *parts)
+
+
+def mean_in_chunks(per_example: Callable[..., Any], chunk: int, *arrays) -> Any:
+    """Inside a jitted function: the mean over examples of ``per_example(*chunks) -> (chunk,)``,
+    computed over fixed-size chunks of ``arrays`` (same leading axis, the last chunk
+    zero-padded and masked out) with ``lax.map``, so a large held-out split never makes one
+    huge batch and the program is the same for every epoch."""
+    import jax.numpy as jnp
+
+    n = arrays[0].shape[0]
+    chunk = min(n, chunk)
+    pad = (-n) % chunk
+
+    def chunks(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(-1, chunk, *a.shape[1:])
+
+    keep = (jnp.arange(n + pad) < n).reshape(-1, chunk)
+    sums = jax.lax.map(
+        lambda args: jnp.sum(per_example(*args[1:]) * args[0]),
+        (keep, *(chunks(a) for a in arrays)),
+    )
+    return jnp.sum(sums) / n

@@ -77,6 +77,9 @@ class DataConfig:
     max_train: int | None = None  # keep the first N training examples (smoke runs)
     max_test: int | None = None
     split_seed: int = 0
+    # held out of the training split for model selection and early stopping (val/... metrics):
+    # 0 none, a fraction in (0, 1) such as 0.1, or a whole count such as 5000; seeded, stratified
+    validation: float = 0.0
 
 
 @dataclass
@@ -109,9 +112,17 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 200
+    # at least this many optimiser steps: on a small dataset trainer.epochs is raised to
+    # ceil(min_steps / steps per epoch), and the log says so (0: exactly trainer.epochs)
+    min_steps: int = 0
     batch_size: int = 64  # global batch, split across devices
     seed: int = 0
     eval_every: int = 10  # epochs between held-out evaluations in the history
+    # stop when the validation metric (val/mse; val/error_pct in a supervised stage) has not
+    # improved for `patience` evaluations, and keep the best evaluation's parameters; needs
+    # data.validation > 0. trainer.epochs stays the budget (and the schedule's length)
+    early_stopping: bool = False
+    patience: int = 10  # evaluations (every eval_every epochs) without improvement
     log_every: int = 10  # epochs between progress lines
     devices: int | None = None  # data-parallel devices; None: all local devices
     parallel: str = "shard_map"  # shard_map | pmap (same per-device step either way)
@@ -350,6 +361,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.test_fraction={d.test_fraction} is not valid; it must be in (0, 1)"
         )
+    _finite("data.validation", d.validation, 0.0)
+    if d.validation >= 1 and d.validation != int(d.validation):
+        raise ConfigError(
+            f"data.validation={d.validation} is not valid; give 0 (none), a fraction in (0, 1) "
+            "or a whole count of training examples such as 5000"
+        )
     _positive_int("data.max_train", d.max_train, allow_none=True)
     _positive_int("data.max_test", d.max_test, allow_none=True)
 
@@ -390,12 +407,26 @@ def validate(cfg: Config) -> Config:
         "log_every",
         "jacobian_examples",
         "keep_checkpoints",
+        "patience",
     ):
         _positive_int(f"trainer.{key}", getattr(t, key))
+    if not isinstance(t.min_steps, int) or isinstance(t.min_steps, bool) or t.min_steps < 0:
+        raise ConfigError(
+            f"trainer.min_steps={t.min_steps!r} is not valid; it must be an integer >= 0 "
+            "(0: train exactly trainer.epochs)"
+        )
     if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
         raise ConfigError(
             f"trainer.checkpoint_every={t.checkpoint_every!r} is not valid; it must be an integer "
             ">= 0 (epochs between checkpoints; 0 saves only at the end)"
+        )
+    if not isinstance(t.early_stopping, bool):
+        raise ConfigError(f"trainer.early_stopping={t.early_stopping!r} must be true or false")
+    if t.early_stopping and not d.validation:
+        raise ConfigError(
+            "trainer.early_stopping=true needs a validation split to stop on (the test split "
+            "is never used to choose); set data.validation=0.1 (a fraction of the training "
+            "split) or a count such as data.validation=5000"
         )
     _positive_int("trainer.num_processes", t.num_processes, allow_none=True)
     validate_pretrain(cfg)

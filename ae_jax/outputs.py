@@ -34,12 +34,14 @@ def describe(cfg: Config, trainer: Trainer) -> str:
         arch += f" channels {list(m.channels)} -> {m.latent_dim}"
     n = trainer.parallel.devices
     return (
-        f"{data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test, "
+        f"{data.name}: {data.x_train.shape[0]} train / "
+        + ("" if data.x_val is None else f"{data.x_val.shape[0]} val / ")
+        + f"{data.x_test.shape[0]} test, "
         f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
         f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
         f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
         f"{cfg.optim.name} lr {cfg.optim.lr} | "
-        f"{cfg.trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
+        f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
         f"{cfg.trainer.batch_size} "
         f"on {len(n)} {n[0].platform} device(s)"
     )

@@ -6,15 +6,19 @@
 
 Measures (a) the float32 matmul ceiling through JAX, square and at the model's shapes; (b)
 training throughput (samples/s, GFLOP/s counted from the layer sizes, % of the ceiling) of the
-784-1000-500-250-30 deep autoencoder at batch 128 and 1000, the default digits model and the
-conv model; (c) compile time of the epoch program; (d) a full MNIST epoch end to end (IDX files,
-transfer, compile, epoch) against the pure step time; (e) startup, process start to the first
-step, by phase, with and without the persistent compilation cache; (f) peak memory (the
-process's RSS; on a GPU or TPU also the device allocator's peak, ``jax.Device.memory_stats``);
-(g) where PyTorch is installed (never a dependency; skipped otherwise), the same Hinton step in
-PyTorch, eager and ``torch.compile``d. The figures are for the device JAX runs on (its kind is
-printed first); on a GPU or TPU the ceiling is measured in float32 (true float32, as
-``trainer.precision=float32`` computes) and in bfloat16, at sizes up to 8192.
+784-1000-500-250-30 deep autoencoder at batch 128, 1000 and 8192 (an epoch of at least three
+batches), the default digits model and the conv model; (c) compile time of the epoch program;
+(d) a full MNIST epoch end to end (IDX files, transfer, compile, epoch) against the pure step
+time; (e) startup, process start to the first step, by phase, with and without the persistent
+compilation cache; (f) peak memory (the process's RSS; on a GPU or TPU also the device
+allocator's peak, ``jax.Device.memory_stats``); (g) where PyTorch is installed (never a
+dependency; skipped otherwise), the same Hinton step in PyTorch, eager and ``torch.compile``d
+(batch 8192 on a GPU or TPU only); (h) a 64-member vectorised sweep of the default digits model
+(the engine of ``hydra/launcher=vmap``; members differ in learning rate and seed) against one
+member trained alone: the wall time of each, their ratio, samples/s. The figures are for the
+device JAX runs on (its kind is printed first); on a GPU or TPU the ceiling is measured in
+float32 (true float32, as ``trainer.precision=float32`` computes) and in bfloat16, at sizes up
+to 8192.
 
 This file imports only the standard library at the top: ``--startup-probe`` (the child process
 that the startup measurement spawns) times ``import jax`` itself.
@@ -32,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("ceiling", "training", "end_to_end", "startup", "torch")
+PARTS = ("ceiling", "training", "end_to_end", "startup", "torch", "sweep")
 STARTUP_OVERRIDES = ["trainer.epochs=1", "trainer.figures=false"]  # the default run, one epoch
 HINTON, DIGITS, CONV = (
     "hinton 784-1000-500-250-30",
@@ -191,10 +195,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--e2e-batch", type=int, default=128, help="batch of the full MNIST run")
     p.add_argument("--e2e-epochs", type=int, default=3, help="epochs of the full MNIST run")
+    p.add_argument(
+        "--sweep-members",
+        type=int,
+        help="members of the vectorised digits sweep (default 64; --tiny: 8)",
+    )
+    p.add_argument(
+        "--sweep-epochs",
+        type=int,
+        default=100,
+        help="epochs of the sweep and of its one member alone (--tiny: 2); they amortise the "
+        "loop's fixed costs (first dispatch, compiling the evaluation, the checkpoint)",
+    )
     p.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     at_least = {"--repeats": (args.repeats, 1), "--e2e-batch": (args.e2e_batch, 1)}
     at_least["--e2e-epochs"] = (args.e2e_epochs, 1)
+    if args.sweep_members is None:
+        args.sweep_members = 8 if args.tiny else 64
+    at_least["--sweep-members"] = (args.sweep_members, 1)
+    at_least["--sweep-epochs"] = (args.sweep_epochs, 1)
     if not args.tiny:  # every timed epoch needs whole batches: 1000 for Hinton, 128 for conv
         at_least["--examples"] = (args.examples, 1000)
         at_least["--conv-examples"] = (args.conv_examples, 128)
@@ -220,8 +240,10 @@ def run(args: argparse.Namespace) -> dict:
         "load_before": bm.load_average(),
     }
     hinton_dims = (784, *bm.HINTON_WIDTHS, bm.HINTON_LATENT, *reversed(bm.HINTON_WIDTHS), 784)
-    batches = (32,) if tiny else (128, 1000)
+    batches = (32,) if tiny else bm.HINTON_BATCHES
     accelerator = result["machine"]["platform"] != "cpu"
+    # PyTorch's eager steps at 8192 take minutes on a CPU: the side-by-side stops at 1000 there
+    torch_batches = batches if accelerator else tuple(b for b in batches if b <= 1000)
     sizes = (256,) if tiny else (1024, 2048, 4096, 8192) if accelerator else (1024, 2048, 3072)
     ceiling_repeats = 1 if tiny else 4 * repeats  # the best one must catch the cores free
     if "ceiling" in args.only or "training" in args.only:
@@ -237,7 +259,10 @@ def run(args: argparse.Namespace) -> dict:
         hinton_flops = bm.mlp_flops_per_example(hinton_dims)
         for b in batches:
             cfg = bm.hinton_config(b)
-            rows.append(bm.measure_training(HINTON, cfg, mnist_like, hinton_flops, repeats))
+            size = n if tiny else bm.epoch_examples(n, b)  # at least 3 batches (8192: 24576)
+            data = mnist_like if size == n else bm.synthetic_mnist(size)
+            rows.append(bm.measure_training(HINTON, cfg, data, hinton_flops, repeats))
+            del data
         digits_cfg = bm.digits_config()
         digits = bm.load_dataset(digits_cfg.data)
         trainer = bm.Trainer(digits_cfg, digits)
@@ -269,7 +294,10 @@ def run(args: argparse.Namespace) -> dict:
     if "startup" in args.only:
         result["startup"] = measure_startup(tiny)
     if "torch" in args.only:
-        result["torch"] = bm.torch_hinton(batches, 5 if tiny else 50, repeats)
+        result["torch"] = bm.torch_hinton(torch_batches, 5 if tiny else 50, repeats)
+    if "sweep" in args.only:
+        epochs = 2 if tiny else args.sweep_epochs
+        result["sweep"] = bm.measure_sweep(args.sweep_members, epochs, min(repeats, 3))
     if "ceiling" in result:  # again at the end: the best of both is the ceiling
         result["ceiling"]["square_end"] = bm.square_ceiling(sizes, ceiling_repeats)
         ceiling = bm.best_ceiling(
@@ -371,6 +399,8 @@ def table(result: dict) -> str:
                 )
     if "torch" in result:
         lines += ["", *torch_lines(result["torch"])]
+    if "sweep" in result:
+        lines += ["", *sweep_lines(result["sweep"])]
     m = result["memory"]
     lines += ["", f"peak RSS of this benchmark process: {m['max_rss_mib']:.0f} MiB"]
     if "startup" in result:
@@ -399,6 +429,30 @@ def torch_lines(t: dict) -> list[str]:
                 f"{r['samples_per_second']:10.0f} samples/s, {r['gflops']:8.1f} GFLOP/s "
                 f"(warm-up {r['warmup_seconds']:.1f}s)"
             )
+    return lines
+
+
+def sweep_lines(s: dict) -> list[str]:
+    """The vectorised sweep against one member, as text lines."""
+    n = s["members"]
+    lines = [
+        f"vmap sweep: {n} members of the {s['model']} ({s['varied']} vary), {s['epochs']} "
+        f"epochs of {s['examples_per_epoch']} examples, batch {s['batch_size']}:"
+    ]
+    for label, r, of in (
+        ("1 member alone", s["single"], ""),
+        (f"{n} members, vmap", s["vmap"], " (all members)"),
+    ):
+        lines.append(
+            f"  {label:17s}: {r['train_seconds']:8.3f}s train, compile "
+            f"{r['compile_seconds']:6.2f}s, {r['samples_per_second']:12.0f} samples/s{of}"
+        )
+    failed = s["vmap"]["failed_members"]
+    lines.append(
+        f"  time ratio {n} members / 1 member: {s['time_ratio']:.2f} (throughput "
+        f"{s['throughput_ratio']:.1f}x one member's)"
+        + (f"; {failed} members diverged" if failed else "")
+    )
     return lines
 
 

@@ -100,13 +100,15 @@ def _positive(value) -> bool:
 
 def test_tiny_run_writes_every_section(tiny_result):
     result, table = tiny_result
-    assert {"machine", "ceiling", "training", "end_to_end", "startup", "memory"} <= set(result)
+    sections = {"machine", "ceiling", "training", "end_to_end", "startup", "sweep", "memory"}
+    assert sections <= set(result)
     assert result["tiny"] is True
     ceiling = result["ceiling"]
     assert _positive(ceiling["best"]["gflops"])
     starts_and_ends = (ceiling["square_start"]["gflops"], ceiling["square_end"]["gflops"])
     assert ceiling["best"]["gflops"] == max(starts_and_ends)
     assert "ceiling (best)" in table and "MNIST end to end" in table
+    assert "vmap sweep: 8 members" in table and "time ratio 8 members / 1 member" in table
 
 
 def test_tiny_training_rows_are_positive_rates(tiny_result):
@@ -126,6 +128,40 @@ def test_tiny_training_rows_are_positive_rates(tiny_result):
         # GFLOP/s is samples/s times the counted FLOPs: the two columns must agree
         assert r["gflops"] == pytest.approx(r["samples_per_second"] * r["flops_per_example"] / 1e9)
     assert rows[0]["flops_per_example"] == bm.mlp_flops_per_example(HINTON_DIMS)
+
+
+def test_tiny_sweep_times_the_vmap_group_against_one_member(tiny_result):
+    sweep = tiny_result[0]["sweep"]
+    assert (sweep["members"], sweep["epochs"], sweep["batch_size"]) == (8, 2, 64)
+    single, group = sweep["single"], sweep["vmap"]
+    for r in (single, group):
+        for key in ("train_seconds", "compile_seconds", "samples_per_second"):
+            assert _positive(r[key]), (key, r)
+    assert group["failed_members"] == 0
+    assert sweep["time_ratio"] == pytest.approx(group["train_seconds"] / single["train_seconds"])
+    examples = sweep["epochs"] * sweep["examples_per_epoch"]  # per member
+    assert single["samples_per_second"] == pytest.approx(examples / single["train_seconds"])
+    assert group["samples_per_second"] == pytest.approx(8 * examples / group["train_seconds"])
+    ratio = group["samples_per_second"] / single["samples_per_second"]
+    assert sweep["throughput_ratio"] == pytest.approx(ratio)
+
+
+def test_sweep_members_differ_in_traced_settings_only():
+    configs = bm.sweep_configs(64, epochs=1)
+    assert len(configs) == 64 and bm.group_by_program(configs) == [list(range(64))]
+    lrs = [c.optim.lr for c in configs]
+    assert len(set(lrs)) == 64 and [c.trainer.seed for c in configs] == list(range(64))
+    default = bm.digits_config().optim.lr
+    assert lrs[0] == pytest.approx(default / 2) and lrs[-1] == pytest.approx(2 * default)
+    assert bm.sweep_configs(1, epochs=1)[0].optim.lr == default
+    with pytest.raises(bm.BenchmarkError, match="members=0 is not valid"):
+        bm.sweep_configs(0, epochs=1)
+
+
+def test_hinton_runs_at_8192_with_whole_batches():
+    assert bm.HINTON_BATCHES == (128, 1000, 8192)
+    assert bm.epoch_examples(12000, 128) == 12000
+    assert bm.epoch_examples(12000, 8192) == 3 * 8192  # three batches, not one
 
 
 def test_tiny_end_to_end_and_startup_phases_add_up(tiny_result):
@@ -158,6 +194,7 @@ def _benchmark(*args):
         (["--repeats", "0"], "--repeats=0 is too small; it must be at least 1"),
         (["--examples", "500"], "--examples=500 is too small; it must be at least 1000"),
         (["--only", "speed"], "invalid choice: 'speed'"),
+        (["--sweep-members", "0"], "--sweep-members=0 is too small; it must be at least 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_measurement(args, message):

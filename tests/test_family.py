@@ -13,19 +13,15 @@ import pytest
 from conftest import train
 
 
-def test_linear_autoencoder_recovers_the_pca_subspace(tmp_path):
-    m = train(
-        tmp_path,
-        "model=linear",
-        "model.latent_dim=8",
-        "trainer.epochs=200",
-        "optim.lr=1e-2",
-        "optim.schedule=cosine",
-    )
-    # measured: mse 0.02466 vs PCA 0.02465 (0.05%), largest principal angle 3.2 degrees
-    assert m["test/mse"] <= 1.02 * m["test/pca_mse"]
+@pytest.mark.parametrize("k", [2, 5, 12, 32])
+def test_linear_autoencoder_reaches_pca_with_no_other_override(tmp_path, k):
+    # model=linear alone (its tied weights, optimiser and trainer defaults); k = 32 is the
+    # hardest code size on digits (lambda_32 / lambda_33 = 1.047). Measured on two seeds for
+    # every k in 2..32: ratio within 0.0004 of 1, largest angle 0.13-0.93 degrees.
+    m = train(tmp_path, "model=linear", f"model.latent_dim={k}")
+    assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
     assert m["test/mse"] >= 0.99 * m["test/pca_mse"]  # PCA is the optimum of a linear map
-    assert m["test/subspace_angle_max_deg"] < 5.0
+    assert m["test/subspace_angle_max_deg"] < 2.0
 
 
 def test_default_deep_autoencoder_beats_pca(tmp_path):
@@ -166,11 +162,9 @@ def test_tabular_csv_data_with_standardisation(tmp_path):
         "data.scaling=standardize",
         "model=linear",
         "model.latent_dim=3",
-        "trainer.epochs=300",
-        "optim.lr=1e-2",
-        "optim.schedule=cosine",
-        "trainer.batch_size=32",
     )
-    # a rank-3 signal: 3 linear code units reconstruct it as well as PCA-3
-    assert m["test/mse"] <= 1.05 * m["test/pca_mse"]
+    # a rank-3 signal: 3 linear code units reconstruct it as well as PCA-3, on the defaults
+    # (a few hundred rows: trainer.min_steps raises the epochs so that it converges)
+    assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
+    assert m["test/subspace_angle_max_deg"] < 2.0
     assert "test/bce" not in m  # standardised data is not in [0, 1]

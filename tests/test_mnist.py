@@ -16,19 +16,11 @@ def _mnist(mnist_path):
 
 
 def test_linear_autoencoder_matches_pca_on_mnist(tmp_path):
-    # k = 6 sits on a large eigenvalue gap (lambda_6 / lambda_7 = 1.34), so the subspace is well
-    # defined; measured: mse 0.04144 vs PCA 0.04141, largest angle 3.0 degrees.
-    m = train(
-        tmp_path,
-        *SUBSET,
-        "model=linear",
-        "model.latent_dim=6",
-        "trainer.epochs=30",
-        "optim.lr=1e-2",
-        "optim.schedule=cosine",
-    )
-    assert m["test/mse"] <= 1.02 * m["test/pca_mse"]
-    assert m["test/subspace_angle_max_deg"] < 5.0
+    # model=linear's own optimiser and trainer on a subset, fewer epochs (trainer.min_steps
+    # keeps 6,000 steps); the full-data k = 10, 30, 50 runs are results/pca_equivalence_k*.
+    m = train(tmp_path, *SUBSET, "model=linear", "model.latent_dim=10", "trainer.epochs=30")
+    assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
+    assert m["test/subspace_angle_max_deg"] < 2.0
 
 
 def test_deep_autoencoder_beats_pca_on_mnist(tmp_path):

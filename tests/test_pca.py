@@ -34,7 +34,10 @@ def mnist(mnist_path):
 
 
 def _closed_form_mse(pca: PCA) -> float:
-    """(Σ of discarded covariance eigenvalues) / D: the training MSE of PCA-k (REFERENCES.md)."""
+    """(Σ of discarded covariance eigenvalues) / D: the training MSE of PCA-k.
+
+    docs/references.md#baldi1989
+    """
     return float(pca.eigenvalues[pca.k :].sum() / pca.num_features)
 
 

@@ -84,3 +84,25 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
+
+
+def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
+    # two learning rates: each member keeps its own best evaluation's parameters, as its
+    # sequential run does; the group trains until the last member has run out of patience
+    early = (
+        "data.validation=0.15",
+        "trainer.early_stopping=true",
+        "trainer.patience=3",
+        "trainer.eval_every=5",
+    )
+    configs = [make_config(*early, f"optim.lr={lr}") for lr in ("3e-3", "1e-2")]
+    vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(2)])
+    seqs = [train_and_evaluate(c, tmp_path / f"seq{i}") for i, c in enumerate(configs)]
+    for v, s in zip(vec, seqs):
+        assert v["train/best_epoch"] == s["train/best_epoch"]
+        assert v["val/mse"] == pytest.approx(s["val/mse"], rel=2e-4)
+        assert v["test/mse"] == pytest.approx(s["test/mse"], rel=2e-4)
+    stopped = max(int(s["train/epochs_trained"]) for s in seqs)
+    assert all(v["train/epochs_trained"] == stopped for v in vec)
+    assert stopped < 300
+    assert len({v["train/best_epoch"] for v in vec}) == 2  # each its own

@@ -1,6 +1,7 @@
 """The in-memory `Dataset` that every data source returns, and `DataError`, which they raise.
 
-A `Dataset` holds a fixed train/test split as float32 numpy arrays, already scaled, with the
+A `Dataset` holds a fixed train/test split (and optionally a validation split carved out of
+the training data) as float32 numpy arrays, already scaled, with the
 per-example shape kept (``(H, W, C)`` for images, ``(D,)`` for tabular rows). Its constructor
 checks the invariants that models and trainers rely on, so a source cannot hand back a
 malformed dataset.
@@ -55,6 +56,9 @@ class Dataset:
         example_shape: ``(H, W, C)`` for images, ``(D,)`` for tabular data.
         is_image: True for ``(H, W, C)`` examples.
         scaling: what was applied to the raw values: ``unit``, ``standardize`` or ``none``.
+        x_val: float32 ``(N_val, *example_shape)`` carved out of the training split
+            (``data.validation``) for model selection and early stopping, or None.
+        y_val: int32 ``(N_val,)`` or None (labelled exactly when the other splits are).
     """
 
     name: str
@@ -65,6 +69,8 @@ class Dataset:
     example_shape: tuple[int, ...]
     is_image: bool
     scaling: str
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.example_shape)
@@ -90,6 +96,22 @@ class Dataset:
         if self.y_train is not None:
             _check_y("y_train", self.y_train, self.x_train.shape[0])
             _check_y("y_test", self.y_test, self.x_test.shape[0])
+        if self.x_val is None:
+            if self.y_val is not None:
+                raise DataError("Dataset.y_val is set without x_val; give both or neither")
+            return
+        _check_x("x_val", self.x_val, shape)
+        if (self.y_val is None) != (self.y_train is None):
+            raise DataError(
+                "Dataset.y_val must be given exactly when the other splits are labelled"
+            )
+        if self.y_val is not None:
+            _check_y("y_val", self.y_val, self.x_val.shape[0])
+
+    @property
+    def splits(self) -> tuple[np.ndarray, ...]:
+        """Every split's inputs: train, test, and validation when there is one."""
+        return tuple(x for x in (self.x_train, self.x_test, self.x_val) if x is not None)
 
     @property
     def num_features(self) -> int:
@@ -98,22 +120,23 @@ class Dataset:
 
     @cached_property
     def in_unit_interval(self) -> bool:
-        """True when every train AND test value lies in [0, 1] (what sigmoid outputs / BCE need)."""
-        return all(
-            float(x.min()) >= 0.0 and float(x.max()) <= 1.0 for x in (self.x_train, self.x_test)
-        )
+        """True when every value of every split lies in [0, 1] (what sigmoid outputs / BCE need)."""
+        return all(float(x.min()) >= 0.0 and float(x.max()) <= 1.0 for x in self.splits)
 
     @cached_property
     def num_classes(self) -> int | None:
-        """Largest label + 1 over both splits (labels index classes 0..K-1); None if unlabelled."""
+        """Largest label + 1 over all splits (labels index classes 0..K-1); None if unlabelled."""
         if self.y_train is None:
             return None
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+        labels = (y for y in (self.y_train, self.y_test, self.y_val) if y is not None)
+        return int(max(y.max() for y in labels)) + 1
 
     def __repr__(self) -> str:
         labels = "unlabelled" if self.y_train is None else f"{self.num_classes} classes"
         return (
             f"Dataset(name={self.name!r}, train={self.x_train.shape[0]}, "
-            f"test={self.x_test.shape[0]}, example_shape={self.example_shape}, {labels}, "
+            f"test={self.x_test.shape[0]}, "
+            + ("" if self.x_val is None else f"val={self.x_val.shape[0]}, ")
+            + f"example_shape={self.example_shape}, {labels}, "
             f"scaling={self.scaling!r})"
         )

@@ -4,9 +4,11 @@ Every source (digits, IDX, TFDS, arrays) returns a `RawData` with its values unt
 pixels stay uint8); `build_dataset` then applies, in this order:
 
 1. the held-out split, when the source has no test split (seeded, stratified when labelled);
-2. the scaling, with statistics fitted on the whole training split only, so that no test
-   statistic leaks into training;
-3. ``max_train`` / ``max_test``: the first N examples of each split. Scaling comes before this
+2. the validation split (``data.validation``): a seeded, stratified part of the training split,
+   for model selection and early stopping; the test split is never touched by it;
+3. the scaling, with statistics fitted on what remains for training only, so that no validation
+   or test statistic leaks into training;
+4. ``max_train`` / ``max_test``: the first N examples of each split. Scaling comes before this
    step so that a smoke run sees exactly the values of the full run for the examples it keeps.
 """
 
@@ -48,6 +50,31 @@ def check_test_fraction(test_fraction: object) -> float:
     return float(test_fraction)
 
 
+def check_validation(validation: object) -> float:
+    """``data.validation``: 0 (none), a fraction in (0, 1), or a whole count >= 1."""
+    ok = isinstance(validation, Real) and not isinstance(validation, bool)
+    v = float(validation) if ok else math.nan
+    if not ok or not math.isfinite(v) or v < 0 or (v >= 1 and v != int(v)):
+        raise DataError(
+            f"data.validation={validation!r} is not valid; give 0 (no validation split), a "
+            "fraction of the training split in (0, 1) such as 0.1, or a whole count such as 5000"
+        )
+    return v
+
+
+def validation_count(validation: float, n: int) -> int:
+    """How many of ``n`` training examples ``data.validation`` holds out (0: none)."""
+    if validation == 0:
+        return 0
+    count = math.ceil(validation * n) if validation < 1 else int(validation)
+    if count >= n:
+        raise DataError(
+            f"data.validation={validation:g} holds out {count} of the {n} training examples, "
+            f"leaving none to train on; valid: a fraction in (0, 1) or a count in 1..{n - 1}"
+        )
+    return count
+
+
 def check_limit(key: str, value: object) -> int | None:
     """``max_train`` / ``max_test``: None or a positive integer, else a DataError naming it."""
     if value is None:
@@ -67,15 +94,20 @@ def check_seed(seed: object) -> int:
 
 
 def split_indices(
-    n: int, test_fraction: float, seed: int, labels: np.ndarray | None = None
+    n: int,
+    test_fraction: float,
+    seed: int,
+    labels: np.ndarray | None = None,
+    count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, test) index arrays, ``ceil(test_fraction * n)`` of them held out.
+    """Seeded (train, test) index arrays, ``ceil(test_fraction * n)`` (or ``count``) of them held
+    out.
 
     With labels whose every class has at least two examples, the split is stratified (class
     proportions kept in both parts, as ``sklearn.model_selection.train_test_split`` does);
     otherwise it is a plain seeded permutation. Both are deterministic given ``seed``.
     """
-    n_test = math.ceil(test_fraction * n)
+    n_test = math.ceil(test_fraction * n) if count is None else count
     if n < 2 or n_test >= n:
         raise DataError(
             f"cannot hold out data.test_fraction={test_fraction} of {n} examples: that leaves "
@@ -101,30 +133,28 @@ def _stat_axes(x: np.ndarray, is_image: bool) -> tuple[int, ...]:
     return tuple(range(x.ndim - 1)) if is_image else (0,)
 
 
-def unit_scale(
-    x_train: np.ndarray, x_test: np.ndarray, is_image: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place on float32.
+def unit_scale(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tuple[np.ndarray, ...]:
+    """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place on float32,
+    applied to ``x_train`` and every other split given.
 
     Statistics per feature (tabular) or per channel (images). A constant feature
-    (``max == min``) maps to 0 in both splits; test values outside the train range are
+    (``max == min``) maps to 0 in every split; held-out values outside the train range are
     clipped to [0, 1] (train values are clipped only against rounding).
     """
     axes = _stat_axes(x_train, is_image)
     lo = x_train.min(axis=axes, keepdims=True).astype(np.float64)  # (1, ..., F)
     span = x_train.max(axis=axes, keepdims=True).astype(np.float64) - lo
     inv = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
-    for x in (x_train, x_test):
+    for x in (x_train, *others):
         x -= lo.astype(np.float32)
         x *= inv.astype(np.float32)
         np.clip(x, 0.0, 1.0, out=x)
-    return x_train, x_test
+    return (x_train, *others)
 
 
-def standardize(
-    x_train: np.ndarray, x_test: np.ndarray, is_image: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Standardization fitted on train: ``x' = (x - mean) / std``, in place on float32.
+def standardize(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tuple[np.ndarray, ...]:
+    """Standardization fitted on train: ``x' = (x - mean) / std``, in place on float32, applied
+    to ``x_train`` and every other split given.
 
     Statistics per feature (tabular) or per channel (images, e.g. MNIST's 0.1307 / 0.3081);
     accumulated in float64. A feature with ``std == 0`` uses 1, so it is only centred.
@@ -133,20 +163,21 @@ def standardize(
     mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=True)  # (1, ..., F)
     std = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > 0, std, 1.0)
-    for x in (x_train, x_test):
+    for x in (x_train, *others):
         x -= mean.astype(np.float32)
         x /= std.astype(np.float32)
-    return x_train, x_test
+    return (x_train, *others)
 
 
 def scale(
     x_train: np.ndarray,
-    x_test: np.ndarray,
+    others: list[np.ndarray],
     scaling: str,
     is_image: bool,
     image_max: float | None,
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """``scaling`` (auto | unit | standardize | none) applied to float32 copies, and its name.
+) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """``scaling`` (auto | unit | standardize | none) fitted on ``x_train`` and applied to float32
+    copies of it and of the held-out splits ``others``; returns (train, others, name).
 
     With a known format maximum (``image_max``: 255 for 8-bit pixels, 16 for digits), ``unit``
     divides by it, ``standardize`` standardizes after that division and ``auto`` means
@@ -154,19 +185,19 @@ def scale(
     on train (`unit_scale`) and ``auto`` means that.
     """
     x_train = np.array(x_train, dtype=np.float32, order="C")  # (N, *shape), a fresh copy
-    x_test = np.array(x_test, dtype=np.float32, order="C")
+    others = [np.array(x, dtype=np.float32, order="C") for x in others]
     if scaling == "none":
-        return x_train, x_test, "none"
+        return x_train, others, "none"
     if scaling == "auto":
         scaling = "unit"
     if image_max is not None:
-        for x in (x_train, x_test):
+        for x in (x_train, *others):
             x /= np.float32(image_max)
         if scaling == "unit":
-            return x_train, x_test, "unit"
-    if scaling == "unit":
-        return (*unit_scale(x_train, x_test, is_image), "unit")
-    return (*standardize(x_train, x_test, is_image), "standardize")
+            return x_train, others, "unit"
+    fit = unit_scale if scaling == "unit" else standardize
+    x_train, *others = fit(x_train, *others, is_image=is_image)
+    return x_train, list(others), scaling
 
 
 def _check_available(key: str, limit: int | None, available: int) -> None:
@@ -197,18 +228,33 @@ def build_dataset(
     split_seed: int,
     max_train: int | None,
     max_test: int | None,
+    validation: float = 0.0,
 ) -> Dataset:
-    """Split (if the source has no test split), scale, subsample and wrap ``raw`` as a `Dataset`."""
+    """Split (if the source has no test split), carve the validation split, scale, subsample and
+    wrap ``raw`` as a `Dataset`."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if x_test is None:
         train, test = split_indices(x_train.shape[0], test_fraction, split_seed, y_train)
         x_train, x_test = x_train[train], x_train[test]
         if y_train is not None:
             y_train, y_test = y_train[train], y_train[test]
+    x_val = y_val = None
+    count = validation_count(validation, x_train.shape[0])
+    if count:
+        # Its own stream of the split seed: the validation split does not move the test split.
+        train, val = split_indices(
+            x_train.shape[0], 0.0, (split_seed + 0x5EED) % 2**32, y_train, count=count
+        )
+        x_train, x_val = x_train[train], x_train[val]
+        if y_train is not None:
+            y_train, y_val = y_train[train], y_train[val]
     # Checked before the (costly) scaling so that a wrong limit fails at once.
     _check_available("max_train", max_train, x_train.shape[0])
     _check_available("max_test", max_test, x_test.shape[0])
-    x_train, x_test, applied = scale(x_train, x_test, scaling, raw.is_image, raw.image_max)
+    held_out = [x_test] if x_val is None else [x_test, x_val]
+    x_train, held_out, applied = scale(x_train, held_out, scaling, raw.is_image, raw.image_max)
+    x_test = held_out[0]
+    x_val = held_out[1] if x_val is not None else None
     x_train, y_train = _take_first(max_train, x_train, y_train)
     x_test, y_test = _take_first(max_test, x_test, y_test)
     return Dataset(
@@ -220,4 +266,6 @@ def build_dataset(
         example_shape=tuple(x_train.shape[1:]),
         is_image=raw.is_image,
         scaling=applied,
+        x_val=x_val,
+        y_val=None if x_val is None else _labels(y_val),
     )

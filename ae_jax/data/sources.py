@@ -30,6 +30,7 @@ from ae_jax.data.preprocessing import (
     check_limit,
     check_seed,
     check_test_fraction,
+    check_validation,
 )
 from ae_jax.data.tfds_source import load_tfds
 
@@ -116,5 +117,6 @@ def load_dataset(cfg: Any) -> Dataset:
         split_seed=check_seed(_setting(cfg, "split_seed", 0)),
         max_train=check_limit("max_train", _setting(cfg, "max_train")),
         max_test=check_limit("max_test", _setting(cfg, "max_test")),
+        validation=check_validation(_setting(cfg, "validation", 0.0)),
     )
     return build_dataset(LOADERS[source](cfg), **settings)

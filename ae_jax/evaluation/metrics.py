@@ -1,7 +1,7 @@
 """Held-out metrics of a trained autoencoder: reconstruction, denoising, code statistics,
 Jacobian norm, and the PCA baseline at the same code size.
 
-Names follow REFERENCES.md's conventions: ``mse`` is per-pixel (mean over examples and
+Names follow docs/references.md#conventions: ``mse`` is per-pixel (mean over examples and
 features), ``sse_per_example`` is Hinton & Salakhutdinov's per-image squared error (sum over
 features, mean over examples), ``bce`` is the per-pixel binary cross-entropy.
 """
@@ -92,14 +92,11 @@ def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.nd
 
 def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
     """Every ``test/...`` metric of a trainer's model with ``params`` on its dataset's test
-    split (the run's own noise.eval_level), plus the PCA per-image SSE beside the AE's."""
+    split (the run's own noise.eval_level), plus the PCA per-image SSE beside the AE's; and,
+    when the dataset has a validation split, the same reconstruction metrics as ``val/...``."""
     data = trainer.data
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
-    out = evaluate_test_split(
-        trainer.objective,
-        params,
-        data.x_train,
-        data.x_test,
+    settings = dict(
         latent_dim=cfg.model.latent_dim,
         eval_level=eval_level,
         in_unit_interval=data.in_unit_interval,
@@ -107,8 +104,24 @@ def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
         linear=cfg.model.kind == "linear",
         seed=cfg.trainer.seed,
     )
+    pca = fit_pca(
+        data.x_train.reshape(data.x_train.shape[0], -1), _pca_k(cfg.model.latent_dim, data.x_train)
+    )
+    out = {}
+    if data.x_val is not None:
+        out |= evaluate_test_split(
+            trainer.objective, params, data.x_train, data.x_val, prefix="val", pca=pca, **settings
+        )
+        out["val/pca_sse_per_example"] = out["val/pca_mse"] * data.num_features
+    out |= evaluate_test_split(
+        trainer.objective, params, data.x_train, data.x_test, pca=pca, **settings
+    )
     out["test/pca_sse_per_example"] = out["test/pca_mse"] * data.num_features
     return out
+
+
+def _pca_k(latent_dim: int, x_train: np.ndarray) -> int:
+    return min(latent_dim, x_train.shape[0], int(np.prod(x_train.shape[1:])))
 
 
 def evaluate_test_split(
@@ -123,33 +136,43 @@ def evaluate_test_split(
     jacobian_examples: int,
     linear: bool,
     seed: int,
+    prefix: str = "test",
+    pca=None,
 ) -> dict[str, float]:
-    """Every ``test/...`` metric of a trained model (see the module docstring for conventions)."""
+    """Every ``<prefix>/...`` metric of a trained model on the held-out ``x_test`` (see the
+    module docstring for conventions); ``pca`` is the PCA of ``x_train`` at the code size, fitted
+    here when not given. The Jacobian and subspace diagnostics are reported for the test split
+    only (they do not depend on which held-out split is scored)."""
+    test = prefix == "test"
     key = jax.random.fold_in(jax.random.key(seed), 0x7E57)
     per = per_example_metrics(make_per_example_eval(objective), params, x_test, key, eval_level)
     mse = float(np.mean(per["se"]))
+    p = prefix + "/"
     out = {
-        "test/mse": mse,
-        "test/rmse": math.sqrt(mse),
-        "test/sse_per_example": float(np.mean(per["sse"])),
-        "test/mean_code_activation": float(np.mean(per["code_mean"])),
-        "test/code_nonzero_per_example": float(np.mean(per["code_nonzero"])),
-        "test/code_nonzero_max": float(np.max(per["code_nonzero"])),
+        p + "mse": mse,
+        p + "rmse": math.sqrt(mse),
+        p + "sse_per_example": float(np.mean(per["sse"])),
+        p + "mean_code_activation": float(np.mean(per["code_mean"])),
+        p + "code_nonzero_per_example": float(np.mean(per["code_nonzero"])),
+        p + "code_nonzero_max": float(np.max(per["code_nonzero"])),
     }
     if in_unit_interval:
-        out["test/bce"] = float(np.mean(per["bce"]))
+        out[p + "bce"] = float(np.mean(per["bce"]))
     if eval_level > 0 and objective.noise_kind != "none":
-        out["test/denoise_mse"] = float(np.mean(per["denoise_se"]))
-    m = min(jacobian_examples, x_test.shape[0])
-    out["test/jacobian_fro"] = jacobian_fro(objective, params, x_test[:m])
+        out[p + "denoise_mse"] = float(np.mean(per["denoise_se"]))
+    if test:
+        m = min(jacobian_examples, x_test.shape[0])
+        out["test/jacobian_fro"] = jacobian_fro(objective, params, x_test[:m])
 
     flat_train = x_train.reshape(x_train.shape[0], -1)
     flat_test = x_test.reshape(x_test.shape[0], -1)
-    k = min(latent_dim, *flat_train.shape)
-    pca = fit_pca(flat_train, k)
-    out["test/pca_mse"] = pca_mse(pca, flat_test)
-    out["test/mse_over_pca"] = mse / out["test/pca_mse"] if out["test/pca_mse"] > 0 else math.inf
-    if linear and latent_dim <= flat_train.shape[1]:
+    if pca is None:
+        pca = fit_pca(flat_train, _pca_k(latent_dim, x_train))
+    out[p + "pca_mse"] = pca_mse(pca, flat_test)
+    # With k >= the data's rank PCA is exact (its error is rounding): no ratio to report.
+    exact = out[p + "pca_mse"] <= 1e-9 * float(np.mean(np.var(flat_train, axis=0)))
+    out[p + "mse_over_pca"] = math.nan if exact else mse / out[p + "pca_mse"]
+    if test and linear and latent_dim <= flat_train.shape[1]:
         columns = decoder_column_space(objective, params, latent_dim)  # (D, k)
         angles = principal_angles_deg(columns, pca.components.T)
         out["test/subspace_angle_max_deg"] = float(np.max(angles))

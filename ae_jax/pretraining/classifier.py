@@ -9,6 +9,13 @@ drops in as it is, and ``classifier`` is the new softmax layer.
 The train step is written for one device holding a slice of the global batch, with gradients
 ``pmean``-ed over ``DATA_AXIS``; one ``lax.scan`` is one epoch, compiled once through
 ``ae_jax.training.parallel.Parallel`` (the same pattern as ``ae_jax/training/step.py``).
+
+``precision`` (``trainer.precision``, ``ae_jax.registry.PRECISIONS``) works as in the autoencoder's
+step (``ae_jax.training.objective``, ``ae_jax.training.step``): the forward and backward pass run
+in its dtype under its ``jax.default_matmul_precision`` (``float32``: true float32 products on a
+GPU or TPU too; ``bfloat16``: parameters and inputs cast to bfloat16 for the model with
+``cast_floats``, the logits back to float32), while the parameters, their gradients, the
+optimiser state, the loss and the error stay float32. Predictions and evaluation are float32.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ae_jax.chunks import map_in_chunks
+from ae_jax.chunks import map_in_chunks, mean_in_chunks
 from ae_jax.config import OptimConfig
 from ae_jax.data import DataError
 from ae_jax.models.activations import activation_fn
+from ae_jax.registry import PRECISIONS
 from ae_jax.training.loop import Stage, run_stage
+from ae_jax.training.objective import cast_floats
 from ae_jax.training.parallel import Parallel, select_devices
 from ae_jax.training.state import make_optimizer
 from ae_jax.training.step import device_offset
@@ -81,17 +90,30 @@ def make_supervised_epoch(
     batch_size: int,
     num_devices: int,
     axis_name: str | None,
+    precision: str = "float32",
 ) -> Callable:
-    """``epoch(state, (x, y), epoch, lr) -> (state, metrics)``, per device; metrics (steps,)."""
+    """``epoch(state, (x, y), epoch, lr) -> (state, metrics)``, per device; metrics (steps,).
+
+    ``precision`` (``PRECISIONS``): the dtype of the forward and backward pass (module doc).
+    """
     steps = num_examples // batch_size
     local = batch_size // num_devices
+    dtype = PRECISIONS.get(precision)
+    matmul = PRECISIONS.entry(precision).info["matmul"]
+
+    def logits_fn(params, x):  # (b, C) float32 logits, computed in the training precision
+        if dtype == jnp.float32:
+            return model.apply({"params": params}, x)
+        logits = model.apply({"params": cast_floats(params, dtype)}, x.astype(dtype))
+        return logits.astype(jnp.float32)
 
     def step_fn(state: SupervisedState, x, y, lr):
         def loss_fn(params):
-            logits = model.apply({"params": params}, x)  # (b, C)
+            logits = logits_fn(params, x)  # (b, C)
             return cross_entropy(logits, y), logits
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with jax.default_matmul_precision(matmul):  # forward and backward
+            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         errors = jnp.mean((jnp.argmax(logits, -1) != y).astype(jnp.float32))
         if axis_name is not None:
             # equal slices per device: the mean of local means is the global-batch mean
@@ -182,6 +204,10 @@ def train_classifier(
     checkpoint_every: int = 0,
     log_every: int = 10,
     progress: bool = True,
+    precision: str = "float32",
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    patience: int | None = None,
 ):
     """Fine-tune ``params`` on the labels through the one loop (``ae_jax.training.loop``:
     progress lines, divergence check, checkpoints with ``checkpointer``, resume with
@@ -191,9 +217,20 @@ def train_classifier(
     ``train/loss`` (last epoch), ``time/train_seconds``, ``time/compile_seconds``,
     ``compile/epoch_traces`` (1: the epoch program was traced once).
 
+    With a validation split (``x_val``, ``y_val``) the error curve during training is
+    ``val/error_pct`` on all of it, and with ``patience`` the stage stops once that many
+    evaluations have not improved on the best; the best evaluation's parameters are returned
+    (``train/best_epoch``, ``train/epochs_trained``) and the test split is scored once, at the
+    end. Without one, the curve is ``eval/error_pct`` on the first test examples.
+
+    ``precision`` (``trainer.precision``: float32 | bfloat16) is the dtype of the training
+    forward and backward pass; parameters, optimiser state, loss and errors stay float32.
+
     Raises:
       SupervisedError: when labels are missing or do not match the inputs.
+      ConfigError: when ``precision`` is not one of ``PRECISIONS``.
     """
+    PRECISIONS.check("trainer.precision", precision)
     if y_train is None or y_test is None:
         raise SupervisedError(
             "supervised fine-tuning needs class labels, but this dataset has none; use a "
@@ -222,6 +259,7 @@ def train_classifier(
         batch_size=batch_size,
         num_devices=len(par.devices),
         axis_name=par.axis_name,
+        precision=precision,
     )
     state = SupervisedState(
         step=jnp.zeros((), jnp.int32),
@@ -234,9 +272,18 @@ def train_classifier(
     lr_dev = par.place(jnp.float32(lr))
     program = par.compile(epoch_fn, state, data, jnp.zeros((), jnp.int32), lr_dev)
     predict_fn = make_predict(model)
-    x_eval = jnp.asarray(x_test[:EVAL_CHUNK])
-    y_eval = jnp.asarray(y_test[:EVAL_CHUNK])
-    eval_errors = jax.jit(lambda p, x, y: 100.0 * jnp.mean(predict_fn(p, x) != y))
+    if x_val is not None:
+        x_eval, y_eval, prefix = jnp.asarray(x_val), jnp.asarray(y_val, jnp.int32), "val"
+    else:
+        x_eval, y_eval, prefix = jnp.asarray(x_test[:EVAL_CHUNK]), jnp.asarray(y_test), "eval"
+        y_eval = y_eval[:EVAL_CHUNK]
+    if patience is not None and x_val is None:
+        raise SupervisedError("early stopping needs a validation split (data.validation > 0)")
+    eval_errors = jax.jit(
+        lambda p, x, y: (
+            100.0 * mean_in_chunks(lambda xb, yb: predict_fn(p, xb) != yb, EVAL_CHUNK, x, y)
+        )
+    )
     stage = Stage(
         name=name,
         epochs=epochs,
@@ -249,11 +296,20 @@ def train_classifier(
         log_every=log_every,
         progress=progress,
         hint="Lower pretrain.supervised_lr",
+        eval_prefix=prefix,
+        monitor="error_pct" if patience is not None else None,
+        patience=patience,
     )
     result = run_stage(stage, state, checkpointer=checkpointer, resume=resume, on_epoch=on_epoch)
     history = result.history
     params = jax.device_get(result.state.params)
-    metrics = {
+    metrics = {}
+    if result.best_epoch is not None:
+        metrics["train/best_epoch"] = result.best_epoch
+        metrics["train/epochs_trained"] = result.epochs_trained
+    if x_val is not None:
+        metrics["val/error_pct"] = error_pct(model, params, x_val, y_val, predict_fn)
+    metrics |= {
         "test/error_pct": error_pct(model, params, x_test, y_test, predict_fn),
         "train/error_pct": error_pct(model, params, x_train, y_train, predict_fn),
         "train/loss": history[-1]["train/loss"],

@@ -86,6 +86,8 @@ def layer_config(cfg: Config, index: int, sizes: list[int], input_in_unit_interv
     c.optim.lr = p.layer_lr if p.layer_lr is not None else c.optim.lr
     c.optim.name = p.layer_optim if p.layer_optim is not None else c.optim.name
     c.trainer.epochs = p.layer_epochs
+    c.trainer.min_steps = 0  # a layer trains exactly pretrain.layer_epochs
+    c.trainer.early_stopping = False  # ... whatever the fine-tuning stages do
     c.trainer.batch_size = p.layer_batch_size or c.trainer.batch_size
     c.trainer.eval_every = min(c.trainer.eval_every, p.layer_epochs)
     c.trainer.figures = False
@@ -100,7 +102,13 @@ def encode_in_chunks(encode: Callable, params, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(z, dtype=np.float32)
 
 
-def codes_dataset(data: Dataset, z_train: np.ndarray, z_test: np.ndarray, index: int) -> Dataset:
+def codes_dataset(
+    data: Dataset,
+    z_train: np.ndarray,
+    z_test: np.ndarray,
+    index: int,
+    z_val: np.ndarray | None = None,
+) -> Dataset:
     """The codes of layer ``index`` as the tabular dataset that the next layer trains on."""
     return Dataset(
         name=f"{data.name}/codes_{index}",
@@ -111,6 +119,8 @@ def codes_dataset(data: Dataset, z_train: np.ndarray, z_test: np.ndarray, index:
         example_shape=(z_train.shape[1],),
         is_image=False,
         scaling="none",
+        x_val=z_val,
+        y_val=None if z_val is None else data.y_val,
     )
 
 
@@ -196,8 +206,12 @@ def pretrain_layers(
             z_train = encode_in_chunks(
                 enc, params, current.x_train.reshape(-1, current.num_features)
             )
-            z_test = encode_in_chunks(enc, params, current.x_test.reshape(-1, current.num_features))
-            current = codes_dataset(data, z_train, z_test, i)
+            flat = (-1, current.num_features)
+            z_test = encode_in_chunks(enc, params, current.x_test.reshape(flat))
+            z_val = None
+            if current.x_val is not None:
+                z_val = encode_in_chunks(enc, params, current.x_val.reshape(flat))
+            current = codes_dataset(data, z_train, z_test, i, z_val)
     return results
 
 

@@ -159,6 +159,10 @@ def supervised_stage(
         checkpoint_every=t.checkpoint_every,
         log_every=t.log_every,
         progress=t.progress,
+        precision=t.precision,
+        x_val=None if data.x_val is None else data.x_val.reshape(flat),
+        y_val=data.y_val,
+        patience=t.patience if t.early_stopping else None,
     )
     raise_if_preempted(f"after stage {prefix.rstrip('/')}")
     out_dir = workdir / prefix

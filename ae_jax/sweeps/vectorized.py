@@ -34,7 +34,7 @@ from ae_jax.training.loop import Stage, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed
-from ae_jax.training.trainer import EVAL_EXAMPLES, Trainer
+from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
 
@@ -139,7 +139,7 @@ def train_group(
             )
         hparams = _stack([make_hparams(c) for c in configs])
         x_train = jnp.asarray(data.x_train)
-        x_eval = jnp.asarray(data.x_test[:EVAL_EXAMPLES])
+        x_eval = jnp.asarray(trainer.x_eval)
 
         compile_start = time.perf_counter()
         epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
@@ -150,7 +150,7 @@ def train_group(
 
         stage = Stage(
             name="",
-            epochs=t.epochs,
+            epochs=trainer.epochs,
             run_epoch=lambda s, e: program(s, x_train, jnp.int32(e), hparams),
             steps_per_epoch=trainer.steps_per_epoch,
             batch_size=t.batch_size * n,
@@ -161,6 +161,7 @@ def train_group(
             progress=t.progress,
             members=n,
             member_names=[str(w) for w in workdirs],
+            **trainer.selection(),  # val/ curve; early stopping per member
         )
         group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
         loggers = [
@@ -177,7 +178,7 @@ def train_group(
             on_member_epoch=lambda i, row: hooks[i] and hooks[i](row),
         )
         seconds = result.seconds
-        examples = (t.epochs - result.start_epoch) * trainer.steps_per_epoch * t.batch_size
+        examples = (trainer.epochs - result.start_epoch) * trainer.steps_per_epoch * t.batch_size
         params = jax.device_get(result.state.params)
         results = []
         for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
@@ -195,7 +196,11 @@ def train_group(
                 write_history(workdir, result.history[i])
                 results.append({})
                 continue
-            timing = {
+            timing = {}
+            if result.best_epoch is not None:
+                timing["train/best_epoch"] = result.best_epoch[i]
+                timing["train/epochs_trained"] = result.epochs_trained
+            timing |= {
                 "time/train_seconds": seconds,  # the whole group's wall time, shared
                 "time/compile_seconds": compile_seconds,
                 "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,

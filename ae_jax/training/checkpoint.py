@@ -112,6 +112,7 @@ class Checkpointer:
             ) from None
         self.last_saved: Path | None = None
         self.last_extra: dict = {}
+        self.last_aux: Any = None
 
     def path(self, epoch: int) -> Path:
         return self.directory / str(epoch)
@@ -126,9 +127,16 @@ class Checkpointer:
         epochs = self.epochs()
         return self.path(epochs[-1]) if epochs else None
 
-    def save(self, epoch: int, state: Any, history: list, extra: dict | None = None) -> Path:
-        """Write the state after ``epoch`` epochs (collectively, on every process)."""
+    def save(
+        self, epoch: int, state: Any, history: list, extra: dict | None = None, aux: Any = None
+    ) -> Path:
+        """Write the state after ``epoch`` epochs (collectively, on every process).
+
+        ``aux`` is a second pytree saved beside the state (early stopping's best parameters);
+        it is verified like the state but is not part of the run's signature.
+        """
         tree = _to_saveable(state)
+        items = {"state": ocp.args.StandardSave(tree)}
         meta = {
             "epoch": epoch,
             "digest": digest(tree),
@@ -137,13 +145,12 @@ class Checkpointer:
             "history": history,
             "extra": extra or {},
         }
+        if aux is not None:
+            meta["aux_digest"] = digest(aux)
+            items["aux"] = ocp.args.StandardSave(aux)
         try:
             self.manager.save(
-                epoch,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-                ),
-                force=True,
+                epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True
             )
             self.manager.wait_until_finished()
         except Exception as err:
@@ -205,9 +212,10 @@ class Checkpointer:
             self._refuse_other_run(epoch, meta, template)
             return
 
-    def restore_latest(self, template: Any, allow_none_valid: bool = False):
+    def restore_latest(self, template: Any, allow_none_valid: bool = False, aux: Any = None):
         """``(state, epoch, history)`` from the newest VALID checkpoint, or None; the
-        checkpoint's ``extra`` record (e.g. a group's failed members) is in ``last_extra``.
+        checkpoint's ``extra`` record (e.g. a group's failed members) is in ``last_extra``, and
+        its ``aux`` tree (restored like the template ``aux``, when both exist) in ``last_aux``.
 
         A checkpoint of another run raises ``RunMismatch``. Corrupt checkpoints are skipped
         with a warning naming them and the fallback; if some exist but none is valid,
@@ -227,12 +235,17 @@ class Checkpointer:
             if meta is not None:
                 self._refuse_other_run(epoch, meta, template)  # not corrupt: another run
                 try:
-                    restored = self.manager.restore(
-                        epoch,
-                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
-                    )
+                    items = {"state": ocp.args.StandardRestore(abstract)}
+                    with_aux = aux is not None and "aux_digest" in meta
+                    if with_aux:
+                        items["aux"] = ocp.args.StandardRestore(
+                            jax.tree.map(ocp.utils.to_shape_dtype_struct, aux)
+                        )
+                    restored = self.manager.restore(epoch, args=ocp.args.Composite(**items))
                     tree = restored["state"]
-                    if digest(tree) != meta["digest"]:
+                    if digest(tree) != meta["digest"] or (
+                        with_aux and digest(restored["aux"]) != meta["aux_digest"]
+                    ):
                         raise CheckpointError("digest mismatch: the arrays on disk were altered")
                 except Exception as err:  # any failure to read back means this one is unusable
                     reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
@@ -249,6 +262,7 @@ class Checkpointer:
                 self._set_aside(e for e in epochs if e > epoch)
             self.last_saved = self.path(epoch)
             self.last_extra = dict(meta.get("extra", {}))
+            self.last_aux = restored["aux"] if with_aux else None
             return _from_saveable(tree, template), int(meta["epoch"]), list(meta["history"])
         message = f"no valid checkpoint in {self.directory}: " + "; ".join(bad)
         if not allow_none_valid:

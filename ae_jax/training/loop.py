@@ -12,7 +12,12 @@ It owns:
 - evaluation every ``eval_every`` epochs, history rows and progress lines;
 - checkpoints every ``checkpoint_every`` epochs and at the end, and resume from the newest valid
   one (a stage whose final checkpoint exists is complete and is not trained again);
-- SIGTERM: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised.
+- SIGTERM: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised;
+- early stopping on a validation metric (``Stage.monitor``, ``Stage.patience``): the best
+  evaluation's parameters are kept on the device (per member in a group, selected with
+  ``jnp.where``, so the host never waits), checkpointed with the state, and returned at the end;
+  training stops once ``patience`` evaluations in a row have not improved on the best
+  (in a group: once that holds for every member still training).
 
     state, history = run_stage(stage, state, checkpointer=Checkpointer(dir), resume=True)
 """
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 log = logging.getLogger("ae_jax")
@@ -82,8 +88,11 @@ class Stage:
 
     ``run_epoch(state, epoch) -> (state, metrics)`` dispatches one compiled epoch; metrics are
     per step, ``(steps,)`` each (``(members, steps)`` in a group), with at least ``loss``.
-    ``evaluate(state) -> {name: device scalar (or (members,) array)}`` gives the ``eval/...``
-    columns of the history every ``eval_every`` epochs and at the end.
+    ``evaluate(state) -> {name: device scalar (or (members,) array)}`` gives the
+    ``<eval_prefix>/...`` columns of the history every ``eval_every`` epochs and at the end
+    (``val/`` when they are measured on a validation split, ``eval/`` otherwise).
+    With ``monitor`` (one of ``evaluate``'s names, lower is better) and ``patience``, the stage
+    stops early and ends with the parameters of its best evaluation (``state.params``).
     """
 
     name: str  # "" for a single run; "pretrain/layer_0", "supervised", ...
@@ -100,10 +109,17 @@ class Stage:
     member_names: list[str] | None = None  # for console lines about one member
     profile_dir: Path | None = None  # a jax.profiler trace of the first epoch trained, here
     hint: str = "lower optim.lr or the regularisation strengths, or set optim.grad_clip"
+    eval_prefix: str = "eval"  # history columns of ``evaluate``: "val" on a validation split
+    monitor: str | None = None  # early stopping on evaluate()[monitor] (lower is better)
+    patience: int | None = None  # evaluations without improvement before stopping
 
     @property
     def label(self) -> str:
         return f"[{self.name}] " if self.name else ""
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.monitor is not None and self.patience is not None
 
 
 @dataclasses.dataclass
@@ -113,6 +129,10 @@ class StageResult:
     failed: dict  # member index -> message (a group); empty otherwise
     start_epoch: int  # the epoch training (re)started from: 0, or the checkpoint's epoch
     seconds: float  # wall time of the epochs trained now (0 when the stage was complete)
+    # early stopping: the epoch whose parameters ``state`` holds (a list per member in a group)
+    # and the number of epochs trained before stopping; None without early stopping
+    best_epoch: Any = None
+    epochs_trained: int | None = None
 
 
 def _first_bad_step(per_step: dict) -> int | None:
@@ -148,7 +168,7 @@ def progress_line(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> 
         if key in row:
             parts.append(f"{key[6:]} {row[key]:.2f}%")
     for key, value in row.items():
-        if key.startswith("eval/"):
+        if key.startswith(("eval/", "val/")):
             parts.append(f"{key.replace('/', ' ')} {value:.5g}")
     parts += [f"{rate:,.0f} ex/s", f"{elapsed:.1f}s elapsed, eta {eta:.0f}s"]
     return " | ".join(parts)
@@ -177,25 +197,32 @@ def run_stage(
         history = [] if stage.members is None else [[] for _ in range(stage.members)]
     history = list(history)
     failed: dict[int, str] = {}
+    best = _Best.start(stage, state) if stage.early_stopping else None
     if checkpointer is not None and resume:
-        restored = checkpointer.restore_latest(state, allow_none_valid=allow_none_valid)
+        restored = checkpointer.restore_latest(
+            state, allow_none_valid=allow_none_valid, aux=None if best is None else best.tree
+        )
         if restored is not None:
             state, start_epoch, history = restored
-            failed = {int(k): v for k, v in checkpointer.last_extra.get("failed", {}).items()}
-            if start_epoch >= stage.epochs:
+            extra = checkpointer.last_extra
+            failed = {int(k): v for k, v in extra.get("failed", {}).items()}
+            if best is not None:
+                best.restore(checkpointer.last_aux, extra.get("early_stopping"))
+            if start_epoch >= stage.epochs or (best is not None and best.stopped):
                 log.info(
                     "%sstage complete (checkpoint %s): not trained again",
                     stage.label,
                     checkpointer.newest(),
                 )
-                return StageResult(state, history, failed, start_epoch, 0.0)
+                return _result(stage, state, history, failed, start_epoch, 0.0, best)
             where, at = checkpointer.newest(), f"epoch {start_epoch} of {stage.epochs}"
             if stage.name:
                 log.info("resuming stage %s at %s from %s", stage.name, at, where)
             else:
                 log.info("resuming from %s (%s)", where, at)
-    pending: list[tuple[int, Any, Any]] = []
+    pending: list[tuple[int, Any, Any, Any]] = []
     start = time.perf_counter()
+    prefix = f"{stage.eval_prefix}/"
 
     def drain(keep: int) -> None:
         while len(pending) > keep:
@@ -203,10 +230,12 @@ def run_stage(
             per_step = jax.device_get(dev_metrics)
             evals = jax.device_get(dev_eval) if dev_eval is not None else {}
             elapsed = time.perf_counter() - start
+            if best is not None and evals:
+                best.observe(epoch + 1, np.asarray(evals[stage.monitor]), failed)
             if stage.members is None:
                 _check(stage, epoch, per_step, checkpointer)
                 row = _mean_row(epoch, per_step)
-                row.update({f"eval/{k}": float(v) for k, v in evals.items()})
+                row.update({prefix + k: float(v) for k, v in evals.items()})
                 row["time/elapsed"] = elapsed
                 history.append(row)
                 if on_epoch is not None:
@@ -223,13 +252,22 @@ def run_stage(
                     log.error("%s", failed[i])
                     continue
                 row = _mean_row(epoch, member)
-                row.update({f"eval/{k}": float(np.asarray(v)[i]) for k, v in evals.items()})
+                row.update({prefix + k: float(np.asarray(v)[i]) for k, v in evals.items()})
                 row["time/elapsed"] = elapsed
                 history[i].append(row)
                 if on_member_epoch is not None:
                     on_member_epoch(i, row)
             _group_progress(stage, epoch, history, failed, elapsed)
 
+    def save(done: int) -> None:
+        extra = {"failed": failed}
+        if best is not None:
+            extra["early_stopping"] = best.record()
+        checkpointer.save(
+            done, state, history, extra=extra, aux=None if best is None else best.tree
+        )
+
+    done = start_epoch
     with sigterm_flag() as preempted:
         for epoch in range(start_epoch, stage.epochs):
             if stage.profile_dir is not None and epoch == start_epoch:
@@ -242,14 +280,18 @@ def run_stage(
                 done % stage.eval_every == 0 or done == stage.epochs
             ):
                 dev_eval = stage.evaluate(state)  # dispatched before the next epoch donates
+                if best is not None:  # on the device, also before the donation
+                    best.update(dev_eval[stage.monitor], state, done)
             pending.append((epoch, metrics, dev_eval))
             due = done == stage.epochs or (
                 stage.checkpoint_every and done % stage.checkpoint_every == 0
             )
             if checkpointer is not None and (due or preempted()):
                 drain(keep=0)  # a checkpoint only ever holds a state whose losses were finite
-                checkpointer.save(done, state, history, extra={"failed": failed})
-                if preempted() and done < stage.epochs:
+                if best is not None:
+                    best.stopped = best.exhausted(stage.patience, failed)
+                save(done)
+                if preempted() and done < stage.epochs and not (best and best.stopped):
                     raise Preempted(
                         f"SIGTERM: saved {f'stage {stage.name} ' if stage.name else ''}epoch "
                         f"{done}/{stage.epochs} to {checkpointer.path(done)}; run the same "
@@ -257,9 +299,124 @@ def run_stage(
                     )
             else:
                 drain(keep=1)
+            if best is not None and best.exhausted(stage.patience, failed):
+                drain(keep=0)  # the epoch in flight too, so the record matches the device
+                best.stopped = True
+                if checkpointer is not None and checkpointer.newest() != checkpointer.path(done):
+                    save(done)
+                log.info(
+                    "%searly stopping after epoch %d: %s%s has not improved for %d "
+                    "evaluations; keeping the parameters of epoch %s",
+                    stage.label,
+                    done,
+                    prefix,
+                    stage.monitor,
+                    stage.patience,
+                    best.describe(),
+                )
+                break
         drain(keep=0)
     jax.block_until_ready(state)
-    return StageResult(state, history, failed, start_epoch, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return _result(stage, state, history, failed, start_epoch, seconds, best, done)
+
+
+def _result(stage, state, history, failed, start_epoch, seconds, best, done=None):
+    if best is None:
+        return StageResult(state, history, failed, start_epoch, seconds)
+    if done is None:  # restored complete: the record says how far it went
+        done = best.epochs_trained or start_epoch
+    best.epochs_trained = done
+    if any(e > 0 for e in np.atleast_1d(best.best_epoch)):  # at least one evaluation
+        state = state.replace(params=best.tree["params"])
+    epoch = best.best_epoch.tolist() if stage.members is not None else int(best.best_epoch)
+    return StageResult(state, history, failed, start_epoch, seconds, epoch, done)
+
+
+@jax.jit
+def _improve(tree, value, params, epoch, patience):
+    """Keep ``params`` where ``value`` beats the best so far (per member; NaN never does). A
+    member that has run out of patience is frozen: it keeps its best while the group trains on,
+    so each member ends as its own run would have."""
+    active = tree["since"] < patience
+    better = (value < tree["value"]) & active
+
+    def pick(new, old):
+        return jnp.where(better.reshape(better.shape + (1,) * (new.ndim - better.ndim)), new, old)
+
+    return {
+        "value": jnp.where(better, value, tree["value"]),
+        "epoch": jnp.where(better, epoch, tree["epoch"]),
+        "since": jnp.where(active, jnp.where(better, 0, tree["since"] + 1), tree["since"]),
+        "params": jax.tree.map(pick, params, tree["params"]),
+    }
+
+
+class _Best:
+    """Early stopping's record. On the device (``tree``): the best monitored value, its epoch
+    and its parameters, per member in a group, updated without a host sync. On the host, from
+    the lagged evaluations: the same best value and epoch, and evaluations since the best."""
+
+    def __init__(self, tree, members: int | None, patience: int):
+        shape = () if members is None else (members,)
+        self.tree = tree
+        self.patience = patience
+        self.best_value = np.full(shape, np.inf)
+        self.best_epoch = np.zeros(shape, np.int64)
+        self.since = np.zeros(shape, np.int64)
+        self.stopped = False
+        self.epochs_trained: int | None = None
+
+    @classmethod
+    def start(cls, stage: Stage, state) -> _Best:
+        shape = () if stage.members is None else (stage.members,)
+        tree = {
+            "value": jnp.full(shape, jnp.inf, jnp.float32),
+            "epoch": jnp.zeros(shape, jnp.int32),
+            "since": jnp.zeros(shape, jnp.int32),
+            "params": jax.tree.map(jnp.copy, state.params),  # the state's own are donated
+        }
+        return cls(tree, stage.members, stage.patience)
+
+    def update(self, value, state, epoch: int) -> None:
+        value = jnp.asarray(value, jnp.float32)
+        self.tree = _improve(self.tree, value, state.params, epoch, self.patience)
+
+    def observe(self, epoch: int, value: np.ndarray, failed: dict) -> None:
+        """The host's mirror of ``_improve``, from the same (lagged) values."""
+        value = value.astype(np.float32).astype(np.float64)  # the device compares float32
+        active = self.since < self.patience
+        better = (value < self.best_value) & active
+        self.best_value = np.where(better, value, self.best_value)
+        self.best_epoch = np.where(better, epoch, self.best_epoch)
+        self.since = np.where(active, np.where(better, 0, self.since + 1), self.since)
+
+    def exhausted(self, patience: int, failed: dict) -> bool:
+        since = np.atleast_1d(self.since)
+        active = [i for i in range(since.size) if i not in failed]
+        return bool(active) and all(since[i] >= patience for i in active)
+
+    def describe(self) -> str:
+        epochs = np.atleast_1d(self.best_epoch)
+        return str(int(epochs[0])) if epochs.size == 1 else "/".join(map(str, epochs.tolist()))
+
+    def record(self) -> dict:
+        return {
+            "best_value": np.atleast_1d(self.best_value).tolist(),
+            "best_epoch": np.atleast_1d(self.best_epoch).tolist(),
+            "since": np.atleast_1d(self.since).tolist(),
+            "stopped": self.stopped,
+        }
+
+    def restore(self, tree, record: dict | None) -> None:
+        if tree is None or record is None:
+            return
+        shape = self.best_value.shape
+        self.tree = tree
+        self.best_value = np.asarray(record["best_value"], np.float64).reshape(shape)
+        self.best_epoch = np.asarray(record["best_epoch"], np.int64).reshape(shape)
+        self.since = np.asarray(record["since"], np.int64).reshape(shape)
+        self.stopped = bool(record["stopped"])
 
 
 def _profiled_epoch(stage: Stage, state, epoch: int):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from ae_jax.chunks import mean_in_chunks
 from ae_jax.config import Config, ConfigError
 from ae_jax.data import Dataset
 from ae_jax.models import build_model, resolve_output_activation
@@ -27,7 +28,8 @@ from ae_jax.training.state import TrainState, create_state, make_optimizer
 from ae_jax.training.step import make_train_epoch
 
 log = logging.getLogger("ae_jax")
-EVAL_EXAMPLES = 2048  # held-out examples behind the eval/mse curve during training
+EVAL_EXAMPLES = 2048  # test examples behind the eval/mse curve (no validation split), and the
+# chunk size of every evaluation during training
 
 
 def validate_against_data(cfg: Config, data: Dataset) -> None:
@@ -69,7 +71,18 @@ class Trainer:
         self.cfg, self.data = cfg, data
         t = cfg.trainer
         self.steps_per_epoch = data.x_train.shape[0] // t.batch_size
-        self.total_steps = self.steps_per_epoch * t.epochs
+        self.epochs = max(t.epochs, -(-t.min_steps // self.steps_per_epoch))
+        if self.epochs != t.epochs:
+            log.info(
+                "trainer.min_steps=%d: training %d epochs instead of trainer.epochs=%d "
+                "(%d steps per epoch on %d examples)",
+                t.min_steps,
+                self.epochs,
+                t.epochs,
+                self.steps_per_epoch,
+                data.x_train.shape[0],
+            )
+        self.total_steps = self.steps_per_epoch * self.epochs
         self.output_activation = resolve_output_activation(
             cfg.model, cfg.loss.kind, data.in_unit_interval
         )
@@ -97,10 +110,29 @@ class Trainer:
         objective = self.objective
 
         @jax.jit
-        def eval_mse(params, x):  # clean reconstruction MSE of held-out examples
-            return jnp.mean(squared_error(objective.forward(params, x)[1], x))
+        def eval_mse(params, x):  # clean reconstruction MSE of held-out examples, in chunks
+            def per_example(xb):
+                se = squared_error(objective.forward(params, xb)[1], xb)
+                return jnp.mean(se.reshape(xb.shape[0], -1), axis=1)
+
+            return mean_in_chunks(per_example, EVAL_EXAMPLES, x)
 
         self.eval_mse = eval_mse
+        # What the curves during training are measured on: the whole validation split when
+        # there is one (and early stopping decides on it), else the first test examples
+        # (a curve only: nothing is chosen on the test split).
+        if data.x_val is not None:
+            self.eval_prefix, self.x_eval = "val", data.x_val
+        else:
+            self.eval_prefix, self.x_eval = "eval", data.x_test[:EVAL_EXAMPLES]
+
+    def selection(self) -> dict:
+        """The Stage settings of early stopping on the held-out curve (none without it)."""
+        t = self.cfg.trainer
+        settings = {"eval_prefix": self.eval_prefix}
+        if t.early_stopping:
+            settings.update(monitor="mse", patience=t.patience)
+        return settings
 
     def init_state(self, seed: int | None = None) -> TrainState:
         seed = self.cfg.trainer.seed if seed is None else seed
@@ -123,14 +155,14 @@ class Trainer:
         the epoch program is compiled here, for the shapes of ``state``, once."""
         t = self.cfg.trainer
         program = self.compile(state, x_train, hparams)
-        x_eval = jnp.asarray(self.data.x_test[:EVAL_EXAMPLES])
+        x_eval = jnp.asarray(self.x_eval)
 
         def run_epoch(state, epoch):
             return program(state, x_train, jnp.int32(epoch), hparams)
 
         return Stage(
             name=name,
-            epochs=t.epochs,
+            epochs=self.epochs,
             run_epoch=run_epoch,
             steps_per_epoch=self.steps_per_epoch,
             batch_size=t.batch_size,
@@ -141,7 +173,7 @@ class Trainer:
             progress=t.progress,
             hint=f"Lower optim.lr (now {self.cfg.optim.lr}) or the regularisation strengths, "
             "or set optim.grad_clip",
-            **settings,
+            **{**self.selection(), **settings},
         )
 
     def fit(
@@ -160,8 +192,9 @@ class Trainer:
         """Train from ``start_epoch`` (or, with ``resume``, from the newest checkpoint) to
         ``trainer.epochs`` through the one loop; returns (state, history, timing).
 
-        History rows hold the mean train metrics, and ``eval/mse`` on up to ``EVAL_EXAMPLES``
-        test examples every ``trainer.eval_every`` epochs; they reach the host one epoch late,
+        History rows hold the mean train metrics, and ``val/mse`` on the validation split (or,
+        without one, ``eval/mse`` on up to ``EVAL_EXAMPLES`` test examples) every
+        ``trainer.eval_every`` epochs; they reach the host one epoch late,
         so the device never waits for it. With a ``checkpointer`` the state is saved every
         ``trainer.checkpoint_every`` epochs and at the end, only after that epoch's losses were
         checked finite; SIGTERM saves after the epoch in flight and raises ``Preempted``.
@@ -181,8 +214,12 @@ class Trainer:
             on_epoch=on_epoch,
         )
         seconds = result.seconds
-        examples = (t.epochs - result.start_epoch) * self.steps_per_epoch * t.batch_size
-        timing = {
+        examples = (self.epochs - result.start_epoch) * self.steps_per_epoch * t.batch_size
+        timing = {}
+        if result.best_epoch is not None:
+            timing["train/best_epoch"] = result.best_epoch
+            timing["train/epochs_trained"] = result.epochs_trained
+        timing |= {
             "time/train_seconds": seconds,
             "time/compile_seconds": self.parallel.compile_seconds,
             "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,

@@ -1,0 +1,263 @@
+"""Run the papers' reproductions in the background, resumably, and publish their numbers.
+
+    nohup python scripts/reproduce.py pca_equivalence hinton2006_mnist > runs/reproduce.log 2>&1 &
+    python scripts/reproduce.py --list                 # what there is, and what is published
+    python scripts/reproduce.py --publish-only         # rebuild results/ from runs/
+
+Each reproduction is one documented command of ``experiments/train.py`` (the ones RESULTS.md
+quotes) run into a fixed directory ``runs/<name>/`` with its console in ``runs/<name>.log``.
+Running the same line again after an interruption (a killed process, the end of a session)
+resumes every run from its checkpoints: finished stages are not trained again.
+
+When a run has finished, its ``metrics.json``, ``config.yaml``, histories and figures (never
+its parameters or checkpoints) are copied to ``results/<experiment>/``, and
+``results/summary.json`` is rebuilt from every published experiment: a list of
+``{"experiment", "metric", "ours", "paper"}`` where ``metric`` is a key of that experiment's
+``metrics.json``. The papers' numbers and protocols are in docs/references.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "runs"
+RESULTS = REPO / "results"
+# what a published experiment keeps: the numbers, the config, the curves and the figures
+KEEP = ("metrics.json", "config.yaml", "history.csv", "*.png", "*/history.csv", "*/*/history.csv")
+
+
+@dataclass
+class Reproduction:
+    """One command and what it publishes: ``runs`` maps a run directory (relative to
+    ``runs/<name>/``, "" for a single run) to the experiment name under ``results/``;
+    ``summary`` lists (experiment, metric, the paper's number or None) rows."""
+
+    args: list[str]
+    runs: dict[str, str]
+    summary: list[tuple[str, str, float | None]] = field(default_factory=list)
+    multirun: bool = False
+    # model selection: experiment -> (metric to minimise, the run directories it chooses among);
+    # the chosen run is published under the experiment's name with selection.json beside it
+    select: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    then: list[str] = field(default_factory=list)  # commands (args) run after the first one
+
+
+LAMBDAS = ("1e-4", "3e-4", "1e-3", "3e-3")  # the CAE's strengths, chosen among on validation
+
+REPRODUCTIONS: dict[str, Reproduction] = {
+    "pca_equivalence": Reproduction(
+        ["+experiment=pca_equivalence"],
+        {f"k{k}": f"pca_equivalence_k{k}" for k in (10, 30, 50)},
+        [
+            row
+            for k in (10, 30, 50)
+            for row in (
+                (f"pca_equivalence_k{k}", "test/mse_over_pca", 1.0),
+                (f"pca_equivalence_k{k}", "test/subspace_angle_max_deg", 0.0),
+            )
+        ],
+        multirun=True,
+    ),
+    "hinton2006_mnist": Reproduction(
+        ["+experiment=hinton2006_mnist"],
+        {"": "hinton2006_mnist"},
+        [
+            ("hinton2006_mnist", "test/sse_per_example", 3.00),
+            ("hinton2006_mnist", "test/pca_sse_per_example", 13.87),
+            ("hinton2006_mnist", "baseline/test/sse_per_example", None),
+        ],
+    ),
+    "vincent2010_sdae_mnist": Reproduction(
+        ["+experiment=vincent2010_sdae_mnist"],
+        {"": "vincent2010_sdae3_mnist"},
+        [
+            ("vincent2010_sdae3_mnist", "supervised/test/error_pct", 1.28),
+            ("vincent2010_sdae3_mnist", "baseline/supervised/test/error_pct", None),
+        ],
+    ),
+    "rifai2011": Reproduction(
+        ["+experiment=rifai2011_cae_mnist", f"reg.contractive.strength={','.join(LAMBDAS)}"],
+        {"ae_wd": "rifai2011_ae_wd_mnist", "ae": "rifai2011_ae_mnist"},
+        [
+            ("rifai2011_cae_mnist", "supervised/test/error_pct", 1.14),
+            ("rifai2011_ae_wd_mnist", "supervised/test/error_pct", 1.68),
+            ("rifai2011_ae_mnist", "supervised/test/error_pct", 1.78),
+            ("rifai2011_cae_mnist", "pretrain/layer_0/test/jacobian_fro", None),
+            ("rifai2011_ae_mnist", "pretrain/layer_0/test/jacobian_fro", None),
+        ],
+        multirun=True,
+        select={
+            "rifai2011_cae_mnist": (
+                "supervised/val/error_pct",
+                [f"lambda{float(v)}" for v in LAMBDAS],
+            )
+        },
+        then=[
+            ["+experiment=rifai2011_ae_wd_mnist", "hydra.run.dir={dir}/ae_wd"],
+            ["+experiment=rifai2011_ae_mnist", "hydra.run.dir={dir}/ae"],
+        ],
+    ),
+    "ng2011_sparse_ae_mnist": Reproduction(
+        ["+experiment=ng2011_sparse_ae_mnist"],
+        {"": "ng2011_sparse_ae_mnist"},
+        [("ng2011_sparse_ae_mnist", "test/mean_code_activation", 0.05)],
+    ),
+}
+
+
+def run_dir(name: str) -> Path:
+    return RUNS / name
+
+
+def commands(name: str) -> list[list[str]]:
+    r = REPRODUCTIONS[name]
+    where = "hydra.sweep.dir" if r.multirun else "hydra.run.dir"
+    train = [sys.executable, str(REPO / "experiments" / "train.py")]
+    first = [*train, *(["--multirun"] if r.multirun else []), *r.args, f"{where}={run_dir(name)}"]
+    return [first] + [[*train, *(a.format(dir=run_dir(name)) for a in args)] for args in r.then]
+
+
+def finished(path: Path) -> bool:
+    try:
+        return json.loads((path / "status.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def publish_one(source: Path, experiment: str) -> list[str]:
+    """Copy a finished run's files (``KEEP``) to results/<experiment>/, all at once."""
+    if not finished(source):
+        return []
+    target = RESULTS / experiment
+    staging = RESULTS / f".{experiment}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for pattern in KEEP:
+        for f in source.glob(pattern):
+            if f.is_file():
+                dest = staging / f.relative_to(source)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return [experiment]
+
+
+def publish(name: str) -> list[str]:
+    """Copy every finished run of ``name`` to results/; returns the experiments published."""
+    done = []
+    for sub, experiment in REPRODUCTIONS[name].runs.items():
+        done += publish_one(run_dir(name) / sub, experiment)
+    for experiment, (metric, candidates) in REPRODUCTIONS[name].select.items():
+        scored = []
+        for sub in candidates:
+            path = run_dir(name) / sub
+            if finished(path):
+                metrics = json.loads((path / "metrics.json").read_text())
+                scored.append((metrics[metric], sub, metrics))
+        if len(scored) < len(candidates):
+            continue  # chosen only once every candidate has finished
+        best = min(scored, key=lambda s: s[0])[1]
+        REPRODUCTIONS[name].runs[best] = experiment
+        done += publish_one(run_dir(name) / best, experiment)
+        table = [
+            {"run": sub, metric: value, "test": {k: v for k, v in m.items() if "/test/" in k}}
+            for value, sub, m in scored
+        ]
+        (RESULTS / experiment / "selection.json").write_text(
+            json.dumps({"metric": metric, "chosen": best, "candidates": table}, indent=2) + "\n"
+        )
+    return done
+
+
+def write_summary() -> Path:
+    rows = []
+    for r in REPRODUCTIONS.values():
+        for experiment, metric, paper in r.summary:
+            path = RESULTS / experiment / "metrics.json"
+            if not path.exists():
+                continue
+            metrics = json.loads(path.read_text())
+            if metric in metrics:
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "metric": metric,
+                        "ours": metrics[metric],
+                        "paper": paper,
+                    }
+                )
+    out = RESULTS / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def reproduce(name: str) -> int:
+    RUNS.mkdir(exist_ok=True)
+    log = RUNS / f"{name}.log"
+    started = time.time()
+    rc = 0
+    with log.open("a") as out:
+        for cmd in commands(name):
+            stamp = time.strftime("%H:%M:%S")
+            print(f"[{stamp}] {name}: {' '.join(cmd[1:])} (log {log})", flush=True)
+            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO) or rc
+    published = publish(name)
+    write_summary()
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: exit {rc} after {time.time() - started:.0f}s; "
+        f"published {', '.join(published) or 'nothing'}",
+        flush=True,
+    )
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help=f"of: {', '.join(REPRODUCTIONS)}")
+    parser.add_argument("--list", action="store_true", help="list the reproductions")
+    parser.add_argument("--publish-only", action="store_true", help="only rebuild results/")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in REPRODUCTIONS]
+    if unknown:
+        print(f"unknown reproduction {unknown[0]!r}; choose from: {', '.join(REPRODUCTIONS)}")
+        return 2
+    if args.list:
+        for name in REPRODUCTIONS:
+            r = REPRODUCTIONS[name]
+            state = [
+                f"{e}: {'published' if (RESULTS / e).exists() else '-'}"
+                for e in [*r.runs.values(), *r.select]
+            ]
+            print(f"{name:28s} {'; '.join(state)}")
+        return 0
+    if args.publish_only:
+        for name in args.names or REPRODUCTIONS:
+            publish(name)
+        print(f"wrote {write_summary()}")
+        return 0
+    if "AE_JAX_MNIST_DIR" not in os.environ:
+        default = REPO.parent / "shared" / "data" / "mnist"
+        if not default.exists():
+            print("set AE_JAX_MNIST_DIR to the directory of the four MNIST .gz files")
+            return 2
+        os.environ["AE_JAX_MNIST_DIR"] = str(default)
+    rc = 0
+    for name in args.names or REPRODUCTIONS:
+        rc = reproduce(name) or rc
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

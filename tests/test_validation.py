@@ -1,0 +1,169 @@
+"""Validation split, early stopping and model selection: the test split is never chosen on.
+
+- ``data.validation`` (a fraction or a count) carves a seeded, stratified split out of the
+  training data; the test split is the same with or without it;
+- ``trainer.early_stopping`` stops after ``trainer.patience`` evaluations without improvement
+  and ends with the best evaluation's parameters; the record survives a resume;
+- supervised stages select on validation error the same way.
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from conftest import make_config, train
+
+from ae_jax.config import ConfigError, DataConfig, validate
+from ae_jax.data import DataError, load_dataset
+from ae_jax.train import train_and_evaluate
+
+EARLY = (
+    "data.validation=0.15",
+    "trainer.early_stopping=true",
+    "trainer.patience=3",
+    "trainer.eval_every=5",
+)
+
+
+def _rows(x: np.ndarray) -> set:
+    return {r.tobytes() for r in x.reshape(len(x), -1)}
+
+
+def test_validation_fraction_and_count_carve_the_training_split_only():
+    plain = load_dataset(DataConfig())
+    frac = load_dataset(DataConfig(validation=0.2))
+    count = load_dataset(DataConfig(validation=100))
+    assert plain.x_val is None
+    n = plain.x_train.shape[0]
+    assert frac.x_val.shape[0] == int(np.ceil(0.2 * n)) and count.x_val.shape[0] == 100
+    for d in (frac, count):
+        # the test split is untouched; train + val are exactly the old training split
+        np.testing.assert_array_equal(d.x_test, plain.x_test)
+        np.testing.assert_array_equal(d.y_test, plain.y_test)
+        assert d.x_train.shape[0] + d.x_val.shape[0] == n
+        assert not _rows(d.x_val) & _rows(d.x_train) - _rows(plain.x_test)
+        assert _rows(d.x_val) | _rows(d.x_train) == _rows(plain.x_train)
+    # stratified: every class keeps about its share
+    shares = np.bincount(frac.y_val, minlength=10) / len(frac.y_val)
+    np.testing.assert_allclose(shares, np.bincount(plain.y_train) / n, atol=0.02)
+    # seeded: the same split twice, another seed another split
+    again = load_dataset(DataConfig(validation=0.2))
+    other = load_dataset(DataConfig(validation=0.2, split_seed=1))
+    np.testing.assert_array_equal(again.x_val, frac.x_val)
+    assert _rows(other.x_val) != _rows(frac.x_val)
+
+
+def test_scaling_statistics_come_from_the_remaining_training_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) * np.arange(1, 6) + 10
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",")
+    d = load_dataset(
+        DataConfig(source="array", path=str(path), scaling="standardize", validation=50)
+    )
+    np.testing.assert_allclose(d.x_train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(d.x_train.std(0), 1, atol=1e-4)
+    assert np.abs(d.x_val.mean(0)).max() > 1e-3  # not refitted on the validation rows
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_bad_validation_values_are_one_line(value):
+    with pytest.raises(ConfigError, match=r"data.validation="):
+        validate(make_config(f"data.validation={value}"))
+    with pytest.raises(DataError, match=r"data.validation="):
+        load_dataset(DataConfig(validation=value))
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(DataError, match=r"data.validation=5000 .* leaving none to train on"):
+        load_dataset(DataConfig(validation=5000))
+
+
+def test_early_stopping_without_a_validation_split_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"early_stopping=true needs a validation split"):
+        validate(make_config("trainer.early_stopping=true"))
+    with pytest.raises(ConfigError, match=r"trainer.patience=0"):
+        validate(make_config("data.validation=0.1", "trainer.patience=0"))
+
+
+def test_val_metrics_sit_beside_test_metrics_and_the_curve_is_on_validation(tmp_path):
+    m = train(tmp_path, "data.validation=0.15", "trainer.epochs=20", "trainer.eval_every=5")
+    for key in ("mse", "sse_per_example", "pca_mse", "mse_over_pca"):
+        assert f"val/{key}" in m and f"test/{key}" in m
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
+    evaluated = [r for r in history if "val/mse" in r]
+    assert [r["epoch"] for r in evaluated] == [5, 10, 15, 20]
+    assert not any(k.startswith("eval/") for r in history for k in r)
+    # the last curve point and the final val/mse score the same parameters on the same split
+    assert evaluated[-1]["val/mse"] == pytest.approx(m["val/mse"], rel=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        m = train(tmp_path, *EARLY)
+    best, trained = int(m["train/best_epoch"]), int(m["train/epochs_trained"])
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
+    curve = {r["epoch"]: r["val/mse"] for r in history if "val/mse" in r}
+    assert trained < 300 and len(history) == trained
+    # the best evaluation is the minimum of the curve, then `patience` evaluations without one
+    assert curve[best] == min(curve.values())
+    later = [e for e in curve if e > best]
+    assert len(later) >= 3 and all(curve[e] >= curve[best] for e in later)
+    # the run ends with the best epoch's parameters, not the last epoch's
+    assert m["val/mse"] == pytest.approx(curve[best], rel=1e-5)
+    assert m["val/mse"] < curve[max(curve)]
+    assert f"keeping the parameters of epoch {best}" in caplog.text
+
+
+def test_early_stopping_resumes_its_record_and_a_stopped_run_is_not_trained_again(tmp_path, caplog):
+    whole = train(tmp_path / "whole", *EARLY)
+    # the same run interrupted: 150 epochs first (the constant-rate budget may grow), then on
+    cfg = make_config(*EARLY, "trainer.epochs=150", "trainer.checkpoint_every=50")
+    train_and_evaluate(cfg, tmp_path / "split")
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        resumed = train_and_evaluate(
+            make_config(*EARLY, "trainer.checkpoint_every=50"), tmp_path / "split"
+        )
+    assert "resuming from" in caplog.text and "(epoch 150 of 300)" in caplog.text
+    assert resumed["train/best_epoch"] == whole["train/best_epoch"]
+    assert resumed["train/epochs_trained"] == whole["train/epochs_trained"]
+    assert resumed["val/mse"] == pytest.approx(whole["val/mse"], rel=1e-6)
+    assert resumed["test/mse"] == pytest.approx(whole["test/mse"], rel=1e-6)
+    # finished by early stopping: run again, nothing is trained and the result is the same
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        again = train_and_evaluate(
+            make_config(*EARLY, "trainer.checkpoint_every=50"), tmp_path / "split"
+        )
+    assert "not trained again" in caplog.text
+    assert again["test/mse"] == resumed["test/mse"]
+    assert again["train/best_epoch"] == resumed["train/best_epoch"]
+
+
+def test_supervised_stage_selects_on_validation_error(tmp_path):
+    m = train(
+        tmp_path,
+        "+pretrain=layerwise",
+        "pretrain.supervised=true",
+        "pretrain.unsupervised=false",
+        "pretrain.baseline=false",
+        "pretrain.probe=false",
+        "pretrain.layer_epochs=3",
+        "pretrain.supervised_epochs=200",
+        "pretrain.supervised_lr=3e-3",
+        "data.validation=0.15",
+        "trainer.early_stopping=true",
+        "trainer.patience=4",
+        "trainer.eval_every=5",
+    )
+    best = int(m["supervised/train/best_epoch"])
+    trained = int(m["supervised/train/epochs_trained"])
+    assert best <= trained - 4 * 5 and trained < 200
+    history = [
+        json.loads(line) for line in (tmp_path / "run" / "supervised" / "history.jsonl").open()
+    ]
+    curve = {r["epoch"]: r["val/error_pct"] for r in history if "val/error_pct" in r}
+    assert curve[best] == min(curve.values())
+    assert m["supervised/val/error_pct"] == pytest.approx(curve[best], abs=1e-4)
+    assert m["supervised/test/error_pct"] < 10.0
