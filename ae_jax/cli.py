@@ -95,7 +95,11 @@ def check_output_dirs(argv: list[str]) -> None:
 
 
 def run_or_exit(
-    fn: Callable[..., dict], cfg: Any, workdir: str | Path, exit_on_error: bool = True
+    fn: Callable[..., dict],
+    cfg: Any,
+    workdir: str | Path,
+    exit_on_error: bool = True,
+    hydra_files: dict | None = None,
 ) -> dict:
     """Run ``fn(cfg, workdir, rundir)``, recording ``status.json`` (running / completed /
     failed / preempted).
@@ -127,7 +131,8 @@ def run_or_exit(
     started = time.time()
     state = {"main": True, "rundir": None}
 
-    hydra_files = hydra_record(cfg)  # Hydra's record of this job, for .hydra/
+    if hydra_files is None:  # a launcher that set the job up passes its record
+        hydra_files = hydra_record(cfg)  # Hydra's record of this job, for .hydra/
 
     def record(**fields) -> None:
         rundir = state["rundir"]

@@ -15,13 +15,15 @@
 # Elsewhere (any CUDA machine with ae-jax's dependencies installed) it runs the same steps;
 # OUT (default ./gpu_check_out) receives the results, GPU_CHECK_BUDGET (default 470 s) caps the
 # whole run. Every step has its own timeout, its status is logged to $OUT/steps.tsv, and a
-# failing step never stops the later ones. What comes back (8 files at most):
+# failing step never stops the later ones. What comes back (9 files at most):
 #   gpu_check.log        everything every step printed
 #   steps.tsv            step, exit status (124: timed out; skip: no time left), seconds
 #   default_metrics.json / default_train.log   python experiments/train.py (the default job)
 #   bf16_metrics.json    the default job with trainer.precision=bfloat16
 #   conv_metrics.json    model=conv on digits (flax's convolutions on the GPU)
-#   benchmark.json       scripts/benchmark.py --only ceiling training (no MNIST files there)
+#   benchmark.json       scripts/benchmark.py --only ceiling training (no MNIST files there):
+#                        the Hinton autoencoder at batch 128, 1000 and 8192
+#   sweep.json           scripts/benchmark.py --only sweep: 64 vmapped digits members vs one
 #   torch.json           scripts/benchmark.py --only torch: the Hinton step in PyTorch, if time
 #                        is left (eager and torch.compile; the image has torch)
 set -u
@@ -105,6 +107,8 @@ cp "$WORK/bf16/metrics.json" "$OUT/bf16_metrics.json" 2>/dev/null
 step conv_job 60 "$PY" experiments/train.py hydra.run.dir="$WORK/conv" model=conv \
     trainer.epochs=30 trainer.figures=false
 cp "$WORK/conv/metrics.json" "$OUT/conv_metrics.json" 2>/dev/null
+
+step sweep 90 "$PY" scripts/benchmark.py --only sweep --out "$OUT/sweep.json"
 
 # 7. Data parallelism under this JAX version (8 fake CPU devices: the GPU machine has one GPU).
 step tests_parallel_cpu 90 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_parallel.py

@@ -106,3 +106,36 @@ def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
     assert all(v["train/epochs_trained"] == stopped for v in vec)
     assert stopped < 300
     assert len({v["train/best_epoch"] for v in vec}) == 2  # each its own
+
+
+def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):
+    # a pipeline is several programs in sequence: the launcher runs each such job the normal
+    # way (every stage, its own files) instead of training it as a plain autoencoder
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        "hydra/launcher=vmap",
+        f"hydra.sweep.dir={tmp_path}",
+        "+pretrain=layerwise",
+        "pretrain.layer_epochs=1",
+        "pretrain.probe=false",
+        "pretrain.baseline=false",
+        "trainer.epochs=2",
+        "trainer.figures=false",
+        "trainer.seed=0,1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "a layer-wise pipeline does not vectorise" in proc.stdout + proc.stderr
+    for job in range(2):
+        d = tmp_path / str(job)
+        assert json.loads((d / "status.json").read_text())["status"] == "completed"
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert "pretrain/layer_0/test/mse" in metrics and "unrolled/test/mse" in metrics
+        assert (d / ".hydra" / "overrides.yaml").exists()

@@ -110,6 +110,12 @@ def train_group(
         raise ConfigError(
             "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
         )
+    if any(c.pretrain.enabled for c in configs):
+        raise ConfigError(
+            "pretrain.enabled=true is a sequence of programs (layers, fine-tuning, supervised "
+            "stage) that members cannot share; train each with ae_jax.train.train_and_evaluate "
+            "(hydra/launcher=vmap does so by itself)"
+        )
     # One device: the sweep's members are the parallel axis here.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
     t = base.trainer

@@ -114,6 +114,18 @@ class VmapLauncher(Launcher):
                 write_hydra_files(workdir, records[i])
                 _fail(workdir, err)
                 ret._return_value = float("nan")
+        # A layer-wise pipeline (pretrain.enabled) is several programs in sequence, not one
+        # program the members could share: such a job trains on its own, the normal way.
+        alone = [k for k, c in enumerate(configs) if c.pretrain.enabled]
+        for k in alone:
+            i = valid[k]
+            log.info(
+                "job #%d: a layer-wise pipeline does not vectorise; trained on its own",
+                initial_job_idx + i,
+            )
+            _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2])
+        configs = [c for k, c in enumerate(configs) if k not in alone]
+        valid = [v for k, v in enumerate(valid) if k not in alone]
         for group in group_by_program(configs):
             members = [valid[g] for g in group]
             try:
@@ -143,6 +155,16 @@ class VmapLauncher(Launcher):
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = metrics.get("test/mse", float("nan"))
         return [ret for _, _, ret in jobs]
+
+
+def _run_alone(cfg, workdir, record, ret) -> None:
+    """Train one job the way ``experiments/train.py`` does (``ae_jax.cli.run_or_exit``: its
+    status.json, one line for a user error, SIGTERM a clean stop that the same command resumes)."""
+    from ae_jax.cli import run_or_exit
+    from ae_jax.train import train_and_evaluate
+
+    metrics = run_or_exit(train_and_evaluate, cfg, workdir, exit_on_error=False, hydra_files=record)
+    ret._return_value = metrics.get("test/mse", float("nan"))
 
 
 def _write_status(workdir, status, **fields):
