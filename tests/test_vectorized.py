@@ -139,3 +139,36 @@ def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):
         metrics = json.loads((d / "metrics.json").read_text())
         assert "pretrain/layer_0/test/mse" in metrics and "unrolled/test/mse" in metrics
         assert (d / ".hydra" / "overrides.yaml").exists()
+
+
+def test_sixteen_members_over_eight_devices_equal_their_sequential_runs(tmp_path, caplog):
+    # conftest gives 8 fake CPU devices: the members axis is split over them, 2 per device.
+    # Members differ in masking noise, KL sparsity strength and seed; each must equal its own
+    # single-device sequential run to the same tolerance as the one-device engine (rel 2e-4).
+    import logging
+
+    common = (
+        "trainer.epochs=4",
+        "trainer.devices=null",
+        "noise=masking",
+        "reg=kl_sparse",
+        "model.code_activation=sigmoid",
+        "noise.eval_level=0.25",
+    )
+    configs = [make_config(*common, *_member_overrides(i)) for i in range(16)]
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(16)])
+    assert "16 members over 8 devices, 2 per device" in caplog.text
+    for i in range(16):  # the sequential runs on one device (make_config's default)
+        cfg = make_config(*common[:1], *common[2:], *_member_overrides(i))
+        seq = train_and_evaluate(cfg, tmp_path / f"seq{i}")
+        for key in ("test/mse", "test/denoise_mse", "test/mean_code_activation", "train/loss"):
+            assert vec[i][key] == pytest.approx(seq[key], rel=2e-4, abs=1e-6), (i, key)
+
+
+def _member_overrides(i: int) -> tuple[str, ...]:
+    return (
+        f"noise.level={0.05 * (i % 6)}",
+        f"reg.kl_sparse.strength={0.02 * (i % 4)}",
+        f"trainer.seed={i // 2}",
+    )

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
@@ -80,6 +82,32 @@ def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def member_mesh(members: int, requested: int | None) -> Mesh | None:
+    """A one-axis mesh (``"members"``) over as many local devices as evenly divide the members
+    (``trainer.devices`` caps them; None: all), or None with one device."""
+    devices = jax.local_devices()
+    if requested is not None:
+        devices = devices[:requested]
+    d = max(k for k in range(1, len(devices) + 1) if members % k == 0)
+    return None if d == 1 else Mesh(np.array(devices[:d]), ("members",))
+
+
+def _layout(members: int, mesh: Mesh | None) -> str:
+    if mesh is None:
+        return " on 1 device"
+    d, total = mesh.devices.size, len(jax.local_devices())
+    of = f" of {total}" if d < total else ""
+    return f", {members} members over {d}{of} devices, {members // d} per device"
+
+
+def _spread(tree, mesh: Mesh | None, replicated: bool = False):
+    """Place a tree on the mesh: split along the leading (members) axis, or replicated."""
+    if mesh is None:
+        return tree
+    spec = PartitionSpec() if replicated else PartitionSpec("members")
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
 def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     """Where a group checkpoints: beside its members, keyed by the program and the members
     (``<common parent>/.vmap-groups/<key>/checkpoints``), so the same sweep finds it again."""
@@ -116,11 +144,13 @@ def train_group(
             "stage) that members cannot share; train each with ae_jax.train.train_and_evaluate "
             "(hydra/launcher=vmap does so by itself)"
         )
-    # One device: the sweep's members are the parallel axis here.
+    n = len(configs)
+    mesh = member_mesh(n, base.trainer.devices)
+    # Each member's program is the single-device one; the members axis is what is spread over
+    # the devices (several members per device when there are more members than devices).
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
     t = base.trainer
     workdirs = [Path(w) for w in workdirs]
-    n = len(configs)
     with contextlib.ExitStack() as stack:
         records = hydra_files or [{} for _ in configs]
         rundirs = [
@@ -130,11 +160,16 @@ def train_group(
         stack.enter_context(sigterm_flag())
         data = load_dataset(base.data)
         trainer = Trainer(base, data)
-        log.info("vectorised sweep: %d members in one program | %s", n, describe(base, trainer))
+        log.info(
+            "vectorised sweep: %d members in one program%s | %s",
+            n,
+            _layout(n, mesh),
+            describe(base, trainer),
+        )
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
         )
-        states = _stack([trainer.init_state(seed=c.trainer.seed) for c in configs])
+        states = _spread(_stack([trainer.init_state(seed=c.trainer.seed) for c in configs]), mesh)
         if t.resume:  # another group's checkpoints here: refused before anything is written
             checkpointer.check_same_run(states)
         for cfg, rundir in zip(configs, rundirs):
@@ -143,9 +178,9 @@ def train_group(
                 rundir.path / "status.json",
                 {"status": "running", "started": time.time(), "engine": "vmap", "members": n},
             )
-        hparams = _stack([make_hparams(c) for c in configs])
-        x_train = jnp.asarray(data.x_train)
-        x_eval = jnp.asarray(trainer.x_eval)
+        hparams = _spread(_stack([make_hparams(c) for c in configs]), mesh)
+        x_train = _spread(jnp.asarray(data.x_train), mesh, replicated=True)
+        x_eval = _spread(jnp.asarray(trainer.x_eval), mesh, replicated=True)
 
         compile_start = time.perf_counter()
         epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
