@@ -58,6 +58,9 @@ class ModelConfig:
     sparse_k: int | None = None  # k-sparse code: keep the k largest units per example; None: dense
     sparse_k_start: int | None = None  # initial k, annealed linearly to sparse_k; None: no anneal
     sparse_anneal_epochs: int = 0  # epochs over which k goes from sparse_k_start to sparse_k
+    # units kept when the encoder gives features (linear probe, ae_jax.features, embed.py):
+    # Makhzani & Frey encode with the top alpha*k (alpha = 3); None: sparse_k, as in training
+    sparse_k_features: int | None = None
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: stride-2 layers
     kernel_size: int = 3  # conv kernel (square)
 
@@ -481,10 +484,11 @@ def validate(cfg: Config) -> Config:
 def _validate_sparse_code(m: ModelConfig) -> None:
     """The k-sparse code layer (Makhzani & Frey 2013): model.sparse_k, sparse_k_start, ..."""
     if m.sparse_k is None:
-        if m.sparse_k_start is not None:
-            raise ConfigError(
-                f"model.sparse_k_start={m.sparse_k_start} needs model.sparse_k (the final k)"
-            )
+        for key in ("sparse_k_start", "sparse_k_features"):
+            if getattr(m, key) is not None:
+                raise ConfigError(
+                    f"model.{key}={getattr(m, key)} needs model.sparse_k (a k-sparse code)"
+                )
         return
     _positive_int("model.sparse_k", m.sparse_k)
     if m.sparse_k > m.latent_dim:
@@ -498,6 +502,13 @@ def _validate_sparse_code(m: ModelConfig) -> None:
             raise ConfigError(
                 f"model.sparse_k_start={m.sparse_k_start} is not valid; it must lie in "
                 f"[model.sparse_k={m.sparse_k}, model.latent_dim={m.latent_dim}]"
+            )
+    if m.sparse_k_features is not None:
+        _positive_int("model.sparse_k_features", m.sparse_k_features)
+        if m.sparse_k_features > m.latent_dim:
+            raise ConfigError(
+                f"model.sparse_k_features={m.sparse_k_features} is larger than the code "
+                f"(model.latent_dim={m.latent_dim}); valid: 1..{m.latent_dim}"
             )
     if not isinstance(m.sparse_anneal_epochs, int) or m.sparse_anneal_epochs < 0:
         raise ConfigError(

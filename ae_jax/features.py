@@ -142,8 +142,9 @@ def _chunked(fn, params, x: np.ndarray) -> np.ndarray:
 
 
 def embed(run: Run, x) -> np.ndarray:
-    """The codes (N, k) of x: the clean encoder (k-sparsified for k-sparse runs); deterministic."""
-    return _chunked(run.objective.jitted.encode, run.params, _as_examples(run, x)).astype(
+    """The codes (N, k) of x: the clean encoder; deterministic. A k-sparse run keeps
+    ``model.sparse_k_features`` units (default ``model.sparse_k``)."""
+    return _chunked(run.objective.jitted.features, run.params, _as_examples(run, x)).astype(
         np.float32
     )
 

@@ -51,6 +51,8 @@ class Reproduction:
     then: list[str] = field(default_factory=list)  # commands (args) run after the first one
 
 
+# Makhzani & Frey's rows (k, test error %): recalled, unverified (docs/references.md#makhzani2013)
+KSPARSE = ((25, 1.35), (40, 1.54), (10, 2.10))
 LAMBDAS = ("1e-4", "3e-4", "1e-3", "3e-3")  # the CAE's strengths, chosen among on validation
 
 REPRODUCTIONS: dict[str, Reproduction] = {
@@ -106,6 +108,20 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             ["+experiment=rifai2011_ae_mnist", "hydra.run.dir={dir}/ae"],
         ],
     ),
+    "makhzani2013": Reproduction(
+        ["+experiment=makhzani2013_ksparse_mnist", "hydra.run.dir={dir}/k25"],
+        {f"k{k}": f"makhzani2013_ksparse_mnist_k{k}" for k in (25, 40, 10)},
+        [(f"makhzani2013_ksparse_mnist_k{k}", "probe/error_pct", e) for k, e in KSPARSE],
+        then=[
+            [
+                "+experiment=makhzani2013_ksparse_mnist",
+                f"model.sparse_k={k}",
+                f"model.sparse_k_features={3 * k}",
+                f"hydra.run.dir={{dir}}/k{k}",
+            ]
+            for k in (40, 10)
+        ],
+    ),
     "ng2011_sparse_ae_mnist": Reproduction(
         ["+experiment=ng2011_sparse_ae_mnist"],
         {"": "ng2011_sparse_ae_mnist"},
@@ -122,7 +138,10 @@ def commands(name: str) -> list[list[str]]:
     r = REPRODUCTIONS[name]
     where = "hydra.sweep.dir" if r.multirun else "hydra.run.dir"
     train = [sys.executable, str(REPO / "experiments" / "train.py")]
-    first = [*train, *(["--multirun"] if r.multirun else []), *r.args, f"{where}={run_dir(name)}"]
+    first = [*train, *(["--multirun"] if r.multirun else [])]
+    first += [a.format(dir=run_dir(name)) for a in r.args]
+    if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in r.args):
+        first.append(f"{where}={run_dir(name)}")
     return [first] + [[*train, *(a.format(dir=run_dir(name)) for a in args)] for args in r.then]
 
 

@@ -181,7 +181,7 @@ def supervised_stage(
 
 def probe_stage(cfg: Config, trainer: Trainer, params, data: Dataset) -> dict[str, float]:
     """Linear probe on the codes, the raw inputs and PCA codes of the same size (test error %)."""
-    enc = trainer.objective.jitted.encode
+    enc = trainer.objective.jitted.features  # k-sparse: model.sparse_k_features units kept
     flat = (-1, data.num_features)
     z_train = encode_in_chunks(enc, params, data.x_train.reshape(flat))
     z_test = encode_in_chunks(enc, params, data.x_test.reshape(flat))

@@ -77,6 +77,7 @@ class Term:
 class JittedObjective:
     forward: Any  # (params, x) -> (logits, reconstruction, code, aux)
     encode: Any  # (params, x) -> code
+    features: Any  # (params, x) -> the code as features (k-sparse: model.sparse_k_features kept)
     corrupt: Any  # (keys, x, level) -> (x_tilde, mask)
 
 
@@ -94,6 +95,7 @@ class Objective:
     terms: tuple[Term, ...] = ()
     k_start: int | None = None  # k-sparse anneal from k_start to model.sparse_k
     k_anneal_steps: int = 0
+    k_features: int | None = None  # k-sparse units kept for features (None: the model's k)
     contractive_closed_form: bool = False  # the Jacobian diagnostic uses Rifai's closed form
     precision: str = "float32"  # the training forward/backward's dtype (registry.PRECISIONS)
 
@@ -210,6 +212,11 @@ class Objective:
         return JittedObjective(
             forward=jax.jit(lambda params, x: self.forward(params, x)),
             encode=jax.jit(lambda params, x: self.encode(params, x)[0]),
+            features=jax.jit(
+                lambda params, x: self.model.apply(
+                    {"params": params}, x, self.k_features, method="encode"
+                )[0]
+            ),
             corrupt=jax.jit(self.corrupt),
         )
 
@@ -259,6 +266,7 @@ def build_objective(
         terms=terms,
         k_start=m.sparse_k_start if m.sparse_k is not None else None,
         k_anneal_steps=int(m.sparse_anneal_epochs) * steps_per_epoch,
+        k_features=m.sparse_k_features if m.sparse_k is not None else None,
         contractive_closed_form=closed,
         precision=cfg.trainer.precision,
     )
