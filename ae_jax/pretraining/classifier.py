@@ -221,7 +221,7 @@ def train_classifier(
     ``val/error_pct`` on all of it, and with ``patience`` the stage stops once that many
     evaluations have not improved on the best; the best evaluation's parameters are returned
     (``train/best_epoch``, ``train/epochs_trained``) and the test split is scored once, at the
-    end. Without one, the curve is ``eval/error_pct`` on the first test examples.
+    end. Without one, the curve is ``eval/error_pct`` on the test split (a curve only).
 
     ``precision`` (``trainer.precision``: float32 | bfloat16) is the dtype of the training
     forward and backward pass; parameters, optimiser state, loss and errors stay float32.
@@ -275,8 +275,7 @@ def train_classifier(
     if x_val is not None:
         x_eval, y_eval, prefix = jnp.asarray(x_val), jnp.asarray(y_val, jnp.int32), "val"
     else:
-        x_eval, y_eval, prefix = jnp.asarray(x_test[:EVAL_CHUNK]), jnp.asarray(y_test), "eval"
-        y_eval = y_eval[:EVAL_CHUNK]
+        x_eval, y_eval, prefix = jnp.asarray(x_test), jnp.asarray(y_test, jnp.int32), "eval"
     if patience is not None and x_val is None:
         raise SupervisedError("early stopping needs a validation split (data.validation > 0)")
     eval_errors = jax.jit(

@@ -28,8 +28,7 @@ from ae_jax.training.state import TrainState, create_state, make_optimizer
 from ae_jax.training.step import make_train_epoch
 
 log = logging.getLogger("ae_jax")
-EVAL_EXAMPLES = 2048  # test examples behind the eval/mse curve (no validation split), and the
-# chunk size of every evaluation during training
+EVAL_EXAMPLES = 2048  # the chunk size of every evaluation during training
 
 
 def validate_against_data(cfg: Config, data: Dataset) -> None:
@@ -119,12 +118,12 @@ class Trainer:
 
         self.eval_mse = eval_mse
         # What the curves during training are measured on: the whole validation split when
-        # there is one (and early stopping decides on it), else the first test examples
-        # (a curve only: nothing is chosen on the test split).
+        # there is one (and early stopping decides on it), else the whole test split (a curve
+        # only, whose last point is the final test/mse: nothing is chosen on the test split).
         if data.x_val is not None:
             self.eval_prefix, self.x_eval = "val", data.x_val
         else:
-            self.eval_prefix, self.x_eval = "eval", data.x_test[:EVAL_EXAMPLES]
+            self.eval_prefix, self.x_eval = "eval", data.x_test
 
     def selection(self) -> dict:
         """The Stage settings of early stopping on the held-out curve (none without it)."""
@@ -193,7 +192,7 @@ class Trainer:
         ``trainer.epochs`` through the one loop; returns (state, history, timing).
 
         History rows hold the mean train metrics, and ``val/mse`` on the validation split (or,
-        without one, ``eval/mse`` on up to ``EVAL_EXAMPLES`` test examples) every
+        without one, ``eval/mse`` on the test split) every
         ``trainer.eval_every`` epochs; they reach the host one epoch late,
         so the device never waits for it. With a ``checkpointer`` the state is saved every
         ``trainer.checkpoint_every`` epochs and at the end, only after that epoch's losses were
