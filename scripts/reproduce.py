@@ -49,6 +49,8 @@ class Reproduction:
     # the chosen run is published under the experiment's name with selection.json beside it
     select: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     then: list[str] = field(default_factory=list)  # commands (args) run after the first one
+    # a sweep's report (scripts/report.py) once every run has finished: (experiment, metrics)
+    report: tuple[str, list[str]] | None = None
 
 
 # Makhzani & Frey's rows (k, test error %): recalled, unverified (docs/references.md#makhzani2013)
@@ -122,6 +124,15 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             for k in (40, 10)
         ],
     ),
+    "vincent2010_ablation": Reproduction(
+        ["+experiment=vincent2010_masking_ablation"],
+        {},
+        multirun=True,
+        report=(
+            "vincent2010_sdae3_masking_ablation",
+            ["supervised/test/error_pct", "supervised/val/error_pct"],
+        ),
+    ),
     "ng2011_sparse_ae_mnist": Reproduction(
         ["+experiment=ng2011_sparse_ae_mnist"],
         {"": "ng2011_sparse_ae_mnist"},
@@ -175,6 +186,14 @@ def publish(name: str) -> list[str]:
     done = []
     for sub, experiment in REPRODUCTIONS[name].runs.items():
         done += publish_one(run_dir(name) / sub, experiment)
+    if REPRODUCTIONS[name].report is not None:
+        experiment, metrics = REPRODUCTIONS[name].report
+        runs = [p.parent for p in run_dir(name).glob("*/status.json")]
+        if runs and all(finished(p) for p in runs):
+            from ae_jax.sweeps.report import write_report
+
+            write_report(run_dir(name), RESULTS / experiment, metrics=metrics)
+            done.append(experiment)
     for experiment, (metric, candidates) in REPRODUCTIONS[name].select.items():
         scored = []
         for sub in candidates:
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             r = REPRODUCTIONS[name]
             state = [
                 f"{e}: {'published' if (RESULTS / e).exists() else '-'}"
-                for e in [*r.runs.values(), *r.select]
+                for e in [*r.runs.values(), *r.select, *([r.report[0]] if r.report else [])]
             ]
             print(f"{name:28s} {'; '.join(state)}")
         return 0
