@@ -80,6 +80,11 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             ("hinton2006_mnist", "baseline/test/sse_per_example", None),
         ],
     ),
+    "hinton2006_mnist_modern": Reproduction(
+        ["+experiment=hinton2006_mnist_modern"],
+        {"": "hinton2006_mnist_modern"},
+        [("hinton2006_mnist_modern", "test/sse_per_example", 2.65)],
+    ),
     "vincent2010_sdae_mnist": Reproduction(
         ["+experiment=vincent2010_sdae_mnist"],
         {"": "vincent2010_sdae3_mnist"},
