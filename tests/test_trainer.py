@@ -149,3 +149,20 @@ def test_cpu_compiler_options_drop_parameter_copies_and_change_no_value():
     default, ours = (jax.tree.leaves(jax.device_get(results[k][1])) for k in ("default", "ours"))
     for a, b in zip(default, ours, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_overcomplete_warning_only_for_the_runs_own_code(caplog):
+    import logging
+
+    from ae_jax.config import DataConfig
+    from ae_jax.data import load_dataset
+    from ae_jax.training.trainer import validate_against_data
+
+    cfg = make_config("model=shallow", "model.latent_dim=100")  # 64 inputs, no regulariser
+    data = load_dataset(DataConfig())
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        validate_against_data(cfg, data, is_code=False)  # a hidden layer of a stack
+    assert "overcomplete" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        validate_against_data(cfg, data)
+    assert "model.latent_dim=100 > input dimension 64" in caplog.text

@@ -31,8 +31,10 @@ log = logging.getLogger("ae_jax")
 EVAL_EXAMPLES = 2048  # the chunk size of every evaluation during training
 
 
-def validate_against_data(cfg: Config, data: Dataset) -> None:
-    """Checks that need the loaded data (value range, shapes, sizes); raise ConfigError."""
+def validate_against_data(cfg: Config, data: Dataset, is_code: bool = True) -> None:
+    """Checks that need the loaded data (value range, shapes, sizes); raise ConfigError.
+    ``is_code``: the model's code is the run's code (False for a hidden layer of a stack
+    trained on its own, whose width above its input is by design, e.g. Hinton's 784-1000)."""
     lo, hi = float(data.x_train.min()), float(data.x_train.max())
     if cfg.loss.kind == "bce" and not data.in_unit_interval:
         raise ConfigError(
@@ -52,7 +54,8 @@ def validate_against_data(cfg: Config, data: Dataset) -> None:
         )
     d = data.num_features
     code_terms = [k for k in cfg.reg if k != "weight_decay"]  # terms that act on the code
-    if cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None:
+    overcomplete = cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None
+    if is_code and overcomplete:
         log.warning(
             "model.latent_dim=%d > input dimension %d with reg=%s: an overcomplete code can "
             "learn the identity; add a sparsity or contractive regulariser (or model.sparse_k)",
@@ -65,8 +68,8 @@ def validate_against_data(cfg: Config, data: Dataset) -> None:
 class Trainer:
     """Model, objective, optimiser and the compiled epoch program of one config and dataset."""
 
-    def __init__(self, cfg: Config, data: Dataset):
-        validate_against_data(cfg, data)
+    def __init__(self, cfg: Config, data: Dataset, is_code: bool = True):
+        validate_against_data(cfg, data, is_code)
         self.cfg, self.data = cfg, data
         t = cfg.trainer
         self.steps_per_epoch = data.x_train.shape[0] // t.batch_size
