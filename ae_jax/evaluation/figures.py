@@ -26,7 +26,7 @@ _DPI = 150
 # train/lr, live on other scales and are left out of the curves).
 _LOSS_WORDS = ("loss", "mse", "sse", "bce", "nll")
 # Line style per metric prefix: train solid, eval dashed, test dotted.
-_PREFIX_STYLES = {"train/": "-", "eval/": "--", "test/": ":"}
+_PREFIX_STYLES = {"train/": "-", "val/": "--", "eval/": "--", "test/": ":"}
 # Beyond this many features a tabular panel is drawn as plain lines (markers would be a smear).
 _MAX_MARKED_FEATURES = 50
 
@@ -192,11 +192,11 @@ def training_curves_figure(
 ) -> Figure:
     """Draws the loss-like metrics of a run against the epoch.
 
-    Loss-like keys are ``train/*``, ``eval/*`` and ``test/*`` keys that contain loss, mse, sse, bce
+    Loss-like keys are ``train/*``, ``val/*``, ``eval/*`` and ``test/*`` keys that contain loss, mse, sse, bce
     or nll (``train/loss``, ``train/loss/rec``, ``eval/mse``, ...). The left panel holds the losses
     and the evaluation metrics (eval beside train on the same axes); the weighted objective terms
     ``train/loss/<term>`` (all but ``loss/rec``), which live on their own scales, get a panel on
-    the right when there are any. Train is solid, eval dashed, test dotted; a metric keeps its
+    the right when there are any. Train is solid, validation and eval dashed, test dotted; a metric keeps its
     colour across prefixes (``train/loss`` and ``eval/loss``). Epochs where a key is missing
     (evaluation every few epochs) are skipped for that key. Each legend entry ends with the
     metric's last value. A panel's y axis is logarithmic when every value on it is positive and
@@ -236,7 +236,7 @@ def training_curves_figure(
     if not keys:
         found = sorted({k for h in history for k in h})
         raise FigureError(
-            f"history has no loss-like key (train/*, eval/* or test/* containing one of "
+            f"history has no loss-like key (train/*, val/*, eval/* or test/* containing one of "
             f"{_LOSS_WORDS}); keys found: {found}"
         )
     series = {}

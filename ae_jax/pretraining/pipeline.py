@@ -281,7 +281,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         write_history(workdir, history)
     write_reconstructions(trainer, params, workdir, 0.0, cfg.trainer.seed)
     if cfg.trainer.figures and history:
-        write_figures(trainer, history, workdir, ft_cfg)
+        write_figures(trainer, history, workdir, ft_cfg, params, metrics)
     log.info("deep autoencoder (%s): %s", "fine-tuned" if history else "unrolled", summary(metrics))
 
     # 4. supervised fine-tuning of the encoder + softmax
