@@ -58,7 +58,8 @@ def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
         train_group(configs, [tmp_path / str(i) for i in range(4)])
 
 
-def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
+def _vmap_multirun(tmp_path, *overrides: str) -> str:
+    """``experiments/train.py --multirun hydra/launcher=vmap`` in a subprocess; its output."""
     import subprocess
     import sys
 
@@ -70,15 +71,19 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         "--multirun",
         "hydra/launcher=vmap",
         f"hydra.sweep.dir={tmp_path}",
-        "trainer.epochs=2",
         "trainer.figures=false",
-        "noise=masking",
-        "noise.level=0,0.25",
-        "trainer.seed=0,1",
+        *overrides,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "vectorised sweep: 4 members in one program" in proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
+    out = _vmap_multirun(
+        tmp_path, "trainer.epochs=2", "noise=masking", "noise.level=0,0.25", "trainer.seed=0,1"
+    )
+    assert "vectorised sweep: 4 members in one program" in out
     for job in range(4):
         d = tmp_path / str(job)
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
@@ -111,28 +116,16 @@ def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
 def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):
     # a pipeline is several programs in sequence: the launcher runs each such job the normal
     # way (every stage, its own files) instead of training it as a plain autoencoder
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    cmd = [
-        sys.executable,
-        "experiments/train.py",
-        "--multirun",
-        "hydra/launcher=vmap",
-        f"hydra.sweep.dir={tmp_path}",
+    out = _vmap_multirun(
+        tmp_path,
         "+pretrain=layerwise",
         "pretrain.layer_epochs=1",
         "pretrain.probe=false",
         "pretrain.baseline=false",
         "trainer.epochs=2",
-        "trainer.figures=false",
         "trainer.seed=0,1",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "a layer-wise pipeline does not vectorise" in proc.stdout + proc.stderr
+    )
+    assert "a layer-wise pipeline does not vectorise" in out
     for job in range(2):
         d = tmp_path / str(job)
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
