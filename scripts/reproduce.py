@@ -1,6 +1,7 @@
 """Run the papers' reproductions in the background, resumably, and publish their numbers.
 
-    mkdir -p runs && nohup python scripts/reproduce.py pca_equivalence hinton2006_mnist > runs/reproduce.log 2>&1 &
+    mkdir -p runs
+    nohup python scripts/reproduce.py pca_equivalence hinton2006_mnist > runs/reproduce.log 2>&1 &
     python scripts/reproduce.py --list                 # what there is, and what is published
     python scripts/reproduce.py --publish-only         # rebuild results/ from runs/
 

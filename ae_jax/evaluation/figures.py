@@ -192,15 +192,16 @@ def training_curves_figure(
 ) -> Figure:
     """Draws the loss-like metrics of a run against the epoch.
 
-    Loss-like keys are ``train/*``, ``val/*``, ``eval/*`` and ``test/*`` keys that contain loss, mse, sse, bce
-    or nll (``train/loss``, ``train/loss/rec``, ``eval/mse``, ...). The left panel holds the losses
-    and the evaluation metrics (eval beside train on the same axes); the weighted objective terms
-    ``train/loss/<term>`` (all but ``loss/rec``), which live on their own scales, get a panel on
-    the right when there are any. Train is solid, validation and eval dashed, test dotted; a metric keeps its
-    colour across prefixes (``train/loss`` and ``eval/loss``). Epochs where a key is missing
-    (evaluation every few epochs) are skipped for that key. Each legend entry ends with the
-    metric's last value. A panel's y axis is logarithmic when every value on it is positive and
-    they span more than one decade (``log_scale`` forces it on or off).
+    Loss-like keys are ``train/*``, ``val/*``, ``eval/*`` and ``test/*`` keys that contain loss,
+    mse, sse, bce or nll (``train/loss``, ``train/loss/rec``, ``val/mse``, ...). The left panel
+    holds the losses and the evaluation metrics (beside train on the same axes); the weighted
+    objective terms ``train/loss/<term>`` (all but ``loss/rec``), which live on their own scales,
+    get a panel on the right when there are any. Train is solid, validation and eval dashed,
+    test dotted; a metric keeps its colour across prefixes (``train/loss`` and ``eval/loss``).
+    Epochs where a key is missing (evaluation every few epochs) are skipped for that key. Each
+    legend entry ends with the metric's last value. A panel's y axis is logarithmic when every
+    value on it is positive and they span more than one decade (``log_scale`` forces it on or
+    off).
 
     Args:
       history: one mapping per epoch, each with ``"epoch"``.
