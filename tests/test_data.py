@@ -108,6 +108,28 @@ def test_digits_default_shapes_range_and_split():
     assert np.all(np.abs(np.bincount(ds.y_test, minlength=10) - 0.2 * np.bincount(y)) <= 1)
 
 
+def test_digits_file_read_equals_scikit_learns_loader_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from ae_jax.data.sources import load_digits_source
+
+    raw = load_digits_source(DataConfig())
+    x, y = load_digits(return_X_y=True)
+    np.testing.assert_array_equal(raw.x_train.reshape(1797, 64), x.astype(np.uint8))
+    np.testing.assert_array_equal(raw.y_train, y)
+    # A run's start does not pay for importing scikit-learn (a second or more).
+    code = (
+        "import sys; from ae_jax.data.sources import load_digits_source; "
+        "from ae_jax.config import DataConfig; load_digits_source(DataConfig()); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_digits_split_is_deterministic_per_seed():
     a = load_dataset(DataConfig(split_seed=3))
     b = load_dataset(DataConfig(split_seed=3))

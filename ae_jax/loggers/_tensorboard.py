@@ -34,9 +34,14 @@ class TensorBoardLogger:
         self._closed = False
 
     def log_metrics(self, row: dict[str, float], step: int) -> None:
-        for key, value in row.items():
-            self.writer.add_scalar(key, value, global_step=step)
-            self._scalars.add(key)
+        # One event holding the row's scalars (TensorBoard reads each value as its own scalar
+        # series), not one event per scalar: a vmap group logs every member's row each epoch.
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()]
+        self.writer._get_file_writer().add_summary(Summary(value=values), global_step=step)
+        self._scalars.update(row)
+        self._last_step = max(self._last_step, step)
         self._last_step = max(self._last_step, step)
 
     def log_image(self, tag: str, png_path: Path, step: int) -> None:

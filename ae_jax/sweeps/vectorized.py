@@ -82,6 +82,31 @@ def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def host_cores_as_devices(members: int) -> int:
+    """On a host without accelerators, one XLA CPU device per core (at most one per member),
+    so that the members of a group train on every core at once: XLA runs each device's program
+    on its own thread, while the small matrix multiplies of one program barely use a second
+    core. Must run before JAX starts its backends; a device count the user set (``XLA_FLAGS``'
+    ``--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``) is kept. Returns the
+    number of CPU devices JAX will have (1: unchanged). Accelerators are unaffected (their
+    devices are the local devices either way)."""
+    if (
+        members < 2
+        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        or jax.config.jax_num_cpu_devices > 0
+    ):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = min(cores or 1, members)
+    if count < 2:
+        return 1
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has already started (e.g. an earlier batch of this sweep)
+        return 1
+    return count
+
+
 def member_mesh(members: int, requested: int | None) -> Mesh | None:
     """A one-axis mesh (``"members"``) over as many local devices as evenly divide the members
     (``trainer.devices`` caps them; None: all), or None with one device."""
@@ -192,7 +217,7 @@ def train_group(
         stage = Stage(
             name="",
             epochs=trainer.epochs,
-            run_epoch=lambda s, e: program(s, x_train, jnp.int32(e), hparams),
+            run_epoch=lambda s, e: program(s, x_train, np.int32(e), hparams),
             steps_per_epoch=trainer.steps_per_epoch,
             batch_size=t.batch_size * n,
             evaluate=lambda s: {"mse": eval_mse(s.params, x_eval)},

@@ -242,17 +242,28 @@ def run_stage(
                     on_epoch(row)
                 _progress(stage, row, elapsed, start_epoch)
                 continue
+            # Every member's means and finiteness at once: the host's work per epoch must stay
+            # small beside the device's, whose cores it shares on a CPU.
+            per_step = {k: np.asarray(v) for k, v in per_step.items()}
+            means = {
+                f"train/{k}": v.reshape(v.shape[0], -1).mean(axis=1).tolist()
+                for k, v in per_step.items()
+            }
+            finite = all(np.isfinite(v).all() for v in per_step.values())
+            evals = {prefix + k: np.asarray(v).tolist() for k, v in evals.items()}
             for i in range(stage.members):
                 if i in failed:
                     continue
-                member = {k: np.asarray(v)[i] for k, v in per_step.items()}
-                bad = _first_bad_step(member)
-                if bad is not None:
-                    failed[i] = _diverged_message(stage, epoch, bad, member, i)
-                    log.error("%s", failed[i])
-                    continue
-                row = _mean_row(epoch, member)
-                row.update({prefix + k: float(np.asarray(v)[i]) for k, v in evals.items()})
+                if not finite:
+                    member = {k: v[i] for k, v in per_step.items()}
+                    bad = _first_bad_step(member)
+                    if bad is not None:
+                        failed[i] = _diverged_message(stage, epoch, bad, member, i)
+                        log.error("%s", failed[i])
+                        continue
+                row = {"epoch": epoch + 1}
+                row.update({k: v[i] for k, v in means.items()})
+                row.update({k: v[i] for k, v in evals.items()})
                 row["time/elapsed"] = elapsed
                 history[i].append(row)
                 if on_member_epoch is not None:

@@ -43,6 +43,83 @@ class VmapLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="vmap", node=VmapLauncherConf)
 
 
+class SweepComposer:
+    """Hydra's ``load_sweep_config``, composing once per shape of the jobs' overrides.
+
+    Composing a job's config costs Hydra about 0.15 s (its defaults tree, then merges and
+    copies), and a sweep pays it twice per job: the sweeper composes each job to check it
+    (``Sweeper.validate_batch_is_legal``), then the launcher composes it again. For 64 members
+    that is longer than training them. Jobs whose overrides differ only in the VALUES of plain
+    keys (``noise.level=0.1``: no group choice, no ``+``/``~``, no ``hydra.`` key) share one
+    composition, of the overrides that are not plain. Each job's config is a copy of it with
+    the job's plain overrides applied by Hydra's own code (``_apply_overrides_to_config``, what
+    composition does last), and its own ``hydra.overrides.task`` and
+    ``hydra.job.override_dirname``; ``tests/test_sweep_composer.py`` checks it equals
+    Hydra's composition. The job checked by the sweeper is handed to the launcher, not
+    composed again."""
+
+    def __init__(self, loader: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.loader = loader
+        self.compose_fully = loader.load_sweep_config  # Hydra's, bound to the loader
+        self.parser = OverridesParser.create()
+        self.shapes: dict[tuple[str, ...], DictConfig] = {}
+        self.checked: dict[tuple[str, ...], DictConfig] = {}
+        self.compositions = 0  # full compositions (the test counts them)
+
+    @classmethod
+    def install(cls, loader: Any) -> "SweepComposer":
+        current = loader.__dict__.get("load_sweep_config")
+        if isinstance(current, cls):
+            return current
+        composer = cls(loader)
+        loader.load_sweep_config = composer  # this loader (and so this sweep) only
+        return composer
+
+    def _plain(self, override: Any) -> bool:
+        from hydra.core.override_parser.types import OverrideType
+
+        key = override.key_or_group
+        return (
+            override.type == OverrideType.CHANGE
+            and not override.is_hydra_override()
+            and not override.is_sweep_override()
+            and override.package is None
+            and "/" not in key
+            and not self.loader.repository.group_exists(key.replace(".", "/"))
+        )
+
+    def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+        job = tuple(sweep_overrides)
+        if job in self.checked:  # composed for the sweeper's check moments ago
+            return self.checked.pop(job)
+        parsed = self.parser.parse_overrides(list(sweep_overrides))
+        plain = [o for o in parsed if self._plain(o)]
+        shape = tuple(o.input_line for o in parsed if not self._plain(o))
+        if shape not in self.shapes:
+            self.shapes[shape] = self.compose_fully(master_config, list(shape))
+            self.compositions += 1
+        cfg = copy.deepcopy(self.shapes[shape])
+        ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
+        app = [o for o in parsed if not o.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [o.input_line for o in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app,
+                kv_sep=dirname.kv_sep,
+                item_sep=dirname.item_sep,
+                exclude_keys=dirname.exclude_keys,
+            )
+        self.checked[job] = cfg  # the sweeper's check only reads it
+        return cfg
+
+
 class VmapLauncher(Launcher):
     def __init__(self) -> None:
         super().__init__()
@@ -54,13 +131,14 @@ class VmapLauncher(Launcher):
     ) -> None:
         self.config = config
         self.hydra_context = hydra_context
+        SweepComposer.install(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         from ae_jax.cli import USER_ERRORS
         from ae_jax.config import register_configs, to_config, validate
-        from ae_jax.sweeps.vectorized import group_by_program, train_group
+        from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
         from ae_jax.training.loop import Preempted
         from ae_jax.training.rundir import RunDir, hydra_record, write_hydra_files
 
@@ -126,7 +204,10 @@ class VmapLauncher(Launcher):
             _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2])
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
-        for group in group_by_program(configs):
+        groups = group_by_program(configs)
+        if not alone and configs:  # jobs trained alone keep one device, as they would sequentially
+            host_cores_as_devices(max(len(g) for g in groups))
+        for group in groups:
             members = [valid[g] for g in group]
             try:
                 results = train_group(
