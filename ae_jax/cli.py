@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from ae_jax.config import ConfigError
+from ae_jax.config import ConfigError, score_key
 from ae_jax.data import DataError
 from ae_jax.loggers import LoggerError
 from ae_jax.run_io import write_json_atomic
@@ -178,6 +179,100 @@ def run_or_exit(
         raise
     record(status="completed", ended=time.time())
     return result
+
+
+def score_of(cfg: Any, metrics: dict) -> float:
+    """The value a job returns to Hydra's sweeper: ``metrics[score_key(cfg)]`` (``score``:
+    auto = val/mse with a validation split, else test/mse); NaN for a failed job (no metrics).
+
+    Raises:
+      ConfigError: the run's metrics lack the key; names it and lists the keys they have.
+    """
+    if not metrics:  # a failed job, or a process other than 0 of a multi-process run
+        return float("nan")
+    key = score_key(cfg)
+    if key not in metrics:
+        raise ConfigError(
+            f"score={key} is not a metric of this run; choose one of its metrics.json keys: "
+            f"{', '.join(sorted(metrics))}"
+        )
+    return float(metrics[key])
+
+
+def job_score(cfg: Any, metrics: dict) -> float:
+    """``score_of`` for the entry points and launchers: a score key missing from the metrics
+    is one error line and exit status 2 (the run's own files are already written)."""
+    try:
+        value = score_of(cfg, metrics)
+    except ConfigError as err:
+        log.error("ConfigError: %s", err)
+        sys.exit(2)
+    if math.isnan(value) and _in_search():
+        # Optuna 2.x cannot record a NaN (and the released sweeper then ends the whole search
+        # with a traceback): a failed trial scores +inf, the worst value, and the search goes
+        # on; its status.json keeps the reason and the multirun summary lists it.
+        return float("inf")
+    return value
+
+
+def _in_search() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and is_search(HydraConfig.get())
+
+
+def is_search(hydra_cfg: Any) -> bool:
+    """Whether Hydra runs this job as part of a hyperparameter search: a multirun whose sweeper
+    is Optuna's (``hydra.sweeper._target_``); a single run of the same config is none."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(hydra_cfg):  # None outside Hydra
+        return False
+    mode = OmegaConf.select(hydra_cfg, "mode", default=None)
+    if mode is not None and mode not in (RunMode.MULTIRUN, "MULTIRUN"):
+        return False
+    target = OmegaConf.select(hydra_cfg, "sweeper._target_", default=None)
+    return "optuna" in str(target or "").lower()
+
+
+def check_search_score(cfg: Any, hydra_cfg: Any) -> None:
+    """Refuse a hyperparameter search that would choose on the test split: under the Optuna
+    sweeper the score must be a validation metric (data.validation and score=val/...).
+
+    Raises:
+      ConfigError: naming the score and the way to a validation score.
+    """
+    if not is_search(hydra_cfg):
+        return
+    key = score_key(cfg)
+    if key.startswith("test/"):
+        given = getattr(cfg, "score", "auto")
+        resolved = f" (score={given} resolves to {key})" if given != key else ""
+        raise ConfigError(
+            f"score={key}{resolved}: a hyperparameter search must be scored on validation "
+            "data, never on the test split; set data.validation (e.g. 0.15) and score=val/mse"
+        )
+
+
+def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
+    """``check_search_score``, a refusal being one line on stderr and exit status 2."""
+    try:
+        check_search_score(cfg, hydra_cfg)
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+class SearchScoreCheck(Callback):
+    """Before the first job of a multirun (whichever launcher runs it): a hyperparameter search
+    (Hydra's Optuna sweeper) scored on a test/ metric is refused in one line, exit status 2,
+    before the sweeper starts, so before any job trains or any job directory is made."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        check_search_or_exit(config, config.hydra)
+        if is_search(config.hydra):  # optuna imports alembic, which logs each of its plugins
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # at INFO on the console
 
 
 class MultirunSummary(Callback):

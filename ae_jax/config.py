@@ -17,6 +17,7 @@ This module imports nothing of ae-jax but the JAX-free ``ae_jax.registry``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +192,24 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     name: str = "autoencoder"  # label for the run
+    # the metrics.json key a job returns to Hydra's sweeper (the Optuna sweeper minimises it):
+    # auto = val/mse when the run has a validation split (data.validation > 0), else test/mse
+    score: str = "auto"
+
+
+def score_key(cfg: Any) -> str:
+    """The metrics.json key a job returns to Hydra's sweeper: ``cfg.score``, where ``auto`` is
+    ``val/mse`` with a validation split (``data.validation`` > 0) and ``test/mse`` without one.
+    Takes a Config or a DictConfig (a config written before ``score`` existed counts as auto)."""
+    return resolve_score(getattr(cfg, "score", "auto"), getattr(cfg.data, "validation", 0))
+
+
+def resolve_score(score: str | None, validation: float | None) -> str:
+    """``score_key`` from the two values: ``auto`` (or None) -> val/mse when ``validation`` > 0,
+    else test/mse; any other score is itself."""
+    if score not in (None, "auto"):
+        return str(score)
+    return "val/mse" if validation else "test/mse"
 
 
 def register_configs() -> None:
@@ -211,11 +230,20 @@ def register_configs() -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
 
 
+_YAML: dict[str, str] = {}  # repr -> YAML: OmegaConf takes ~20-80 ms, a repr microseconds
+
+
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (written to every run directory as ``config.yaml``)."""
+    """The resolved config as YAML (written to every run directory as ``config.yaml``; also a
+    run's signature and a vmap group's program key, so it is asked for several times a run)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    key = repr(cfg)  # dataclasses: the repr holds every field's value
+    if key not in _YAML:
+        if len(_YAML) > 4096:
+            _YAML.clear()
+        _YAML[key] = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return _YAML[key]
 
 
 def load_config(path: str) -> Config:
@@ -450,6 +478,7 @@ def validate(cfg: Config) -> Config:
     PRECISIONS.check("trainer.precision", t.precision)
     if not isinstance(t.seed, int):
         raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
+    _validate_score(cfg)
     o = cfg.optim
     OPTIMIZERS.check("optim.name", o.name)
     SCHEDULES.check("optim.schedule", o.schedule)
@@ -479,6 +508,22 @@ def validate(cfg: Config) -> Config:
         )
 
     return cfg
+
+
+def _validate_score(cfg: Config) -> None:
+    """``score``: auto or a metrics.json key such as val/mse; a val/ key needs a validation
+    split. (Whether the run's metrics hold the key is known after training: cli.job_score.)"""
+    s = cfg.score
+    if not isinstance(s, str) or not (s == "auto" or re.fullmatch(r"[\w.-]+(/[\w.-]+)+", s)):
+        raise ConfigError(
+            f"score={s!r} is not valid; give auto or a key of the run's metrics.json such as "
+            "val/mse (needs data.validation) or test/mse"
+        )
+    if score_key(cfg).startswith("val/") and not cfg.data.validation:
+        raise ConfigError(
+            f"score={s} needs a validation split to score on; set data.validation=0.15 (a "
+            "fraction of the training split) or a count such as data.validation=5000"
+        )
 
 
 def _validate_sparse_code(m: ModelConfig) -> None:

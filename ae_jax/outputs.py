@@ -15,7 +15,6 @@ import numpy as np
 
 from ae_jax.config import Config, to_yaml
 from ae_jax.evaluation.metrics import evaluate_trained
-from ae_jax.evaluation.pca import fit_pca
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.trainer import Trainer
 
@@ -93,7 +92,7 @@ def write_reconstructions(
         arrays["corrupted"] = x_in
     arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
     k = min(trainer.model.latent_dim, data.num_features, data.x_train.shape[0])
-    arrays["pca"] = fit_pca(data.x_train, k).reconstruct(x_in).astype(np.float32)
+    arrays["pca"] = trainer.pca(k).reconstruct(x_in).astype(np.float32)
     arrays["codes"] = np.asarray(obj.jitted.encode(params, data.x_test[:2048]))
     np.savez_compressed(workdir / "reconstructions.npz", **arrays)
 

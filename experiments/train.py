@@ -15,7 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ae_jax.cli import check_output_dirs, enable_compilation_cache, quiet_console, run_or_exit
+from ae_jax.cli import (
+    check_output_dirs,
+    check_search_or_exit,
+    enable_compilation_cache,
+    job_score,
+    quiet_console,
+    run_or_exit,
+)
 from ae_jax.config import ConfigError, check_overrides, register_configs
 from ae_jax.train import train_and_evaluate
 
@@ -29,10 +36,11 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     # In a multirun a bad job must fail alone: Hydra records it and runs the others.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    check_search_or_exit(cfg, hydra_cfg)  # an Optuna search must not choose on the test split
     metrics = run_or_exit(
         train_and_evaluate, cfg, hydra_cfg.runtime.output_dir, exit_on_error=not multirun
     )
-    return metrics.get("test/mse", float("nan"))  # processes other than 0 return no metrics
+    return job_score(cfg, metrics)  # what the sweeper gets: metrics[score] (NaN if failed)
 
 
 if __name__ == "__main__":

@@ -120,14 +120,40 @@ def test_digits_file_read_equals_scikit_learns_loader_without_importing_it():
     x, y = load_digits(return_X_y=True)
     np.testing.assert_array_equal(raw.x_train.reshape(1797, 64), x.astype(np.uint8))
     np.testing.assert_array_equal(raw.y_train, y)
-    # A run's start does not pay for importing scikit-learn (a second or more).
+    # Loading and splitting do not pay for importing scikit-learn (a second or more).
     code = (
-        "import sys; from ae_jax.data.sources import load_digits_source; "
-        "from ae_jax.config import DataConfig; load_digits_source(DataConfig()); "
+        "import sys; from ae_jax.data import load_dataset; "
+        "from ae_jax.config import DataConfig; load_dataset(DataConfig(validation=0.1)); "
         "print('sklearn' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**32 - 1])
+def test_splits_equal_scikit_learns_train_test_split(seed):
+    from sklearn.model_selection import train_test_split
+
+    from ae_jax.data.preprocessing import split_indices
+
+    rng = np.random.default_rng(seed % 1000)
+    cases = [
+        (1797, 0.2, rng.integers(0, 10, 1797)),  # stratified, ten classes
+        (101, 0.3, rng.integers(0, 3, 101)),  # ties in the per-class remainders
+        (50, 0.1, np.r_[np.zeros(49), 1]),  # a class of one: a plain permutation
+        (60, 0.25, None),  # no labels
+    ]
+    for n, fraction, labels in cases:
+        train, test = split_indices(n, fraction, seed, labels)
+        n_test = int(np.ceil(fraction * n))
+        stratify = (
+            labels if labels is not None and np.bincount(labels.astype(int)).min() >= 2 else None
+        )
+        ref_train, ref_test = train_test_split(
+            np.arange(n), test_size=n_test, random_state=seed, shuffle=True, stratify=stratify
+        )
+        np.testing.assert_array_equal(train, ref_train)
+        np.testing.assert_array_equal(test, ref_test)
 
 
 def test_digits_split_is_deterministic_per_seed():

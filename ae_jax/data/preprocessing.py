@@ -113,18 +113,48 @@ def split_indices(
             f"cannot hold out data.test_fraction={test_fraction} of {n} examples: that leaves "
             f"{n - n_test} for training; give more examples or a separate test split"
         )
-    from sklearn.model_selection import train_test_split
-
-    stratify = None
+    rng = np.random.RandomState(seed)
     if labels is not None:
-        counts = np.unique(labels, return_counts=True)[1]
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         k = len(counts)
         if counts.min() >= 2 and n_test >= k and n - n_test >= k:
-            stratify = labels
-    train, test = train_test_split(
-        np.arange(n), test_size=n_test, random_state=seed, shuffle=True, stratify=stratify
-    )
-    return np.asarray(train), np.asarray(test)
+            return _stratified_split(inverse.reshape(-1), counts, n - n_test, n_test, rng)
+    permutation = rng.permutation(n)
+    return permutation[n_test:], permutation[:n_test]
+
+
+# scikit-learn's train_test_split (StratifiedShuffleSplit, ShuffleSplit), draw for draw: the
+# same seeded splits, without importing scikit-learn at every run's start (a second or more).
+# tests/test_data.py checks them against scikit-learn's own.
+def _stratified_split(y_indices, class_counts, n_train: int, n_test: int, rng):
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(class_counts)):
+        members = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(members[: n_i[i]])
+        test.extend(members[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(class_counts, n_draws: int, rng) -> np.ndarray:
+    """The most likely per-class counts of ``n_draws`` draws without replacement (ties broken
+    by ``rng``), as scikit-learn computes them."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def _stat_axes(x: np.ndarray, is_image: bool) -> tuple[int, ...]:

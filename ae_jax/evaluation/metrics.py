@@ -104,9 +104,7 @@ def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
         linear=cfg.model.kind == "linear",
         seed=cfg.trainer.seed,
     )
-    pca = fit_pca(
-        data.x_train.reshape(data.x_train.shape[0], -1), _pca_k(cfg.model.latent_dim, data.x_train)
-    )
+    pca = trainer.pca(_pca_k(cfg.model.latent_dim, data.x_train))
     out = {}
     if data.x_val is not None:
         out |= evaluate_test_split(

@@ -14,8 +14,12 @@ The swept axes are the config keys whose values differ across runs, seeds exclud
 always change together (e.g. ``model=shallow`` vs ``mlp`` moves depth and code activation at
 once) form one axis, since their effects cannot be told apart.
 
+A hyperparameter search (Hydra's Optuna sweeper) is read as a ``Study`` by ``find_study``: its
+searched parameters, each trial's values and score, and the best trial.
+
     runs = collect_runs("multirun/2026-11-26/16-30-00_sweep_latent")
     axes = swept_axes(runs)          # [Axis(keys=('model.latent_dim',))]
+    study = find_study(root, runs)   # None for a grid sweep
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,3 +305,225 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --- hyperparameter searches (Hydra's Optuna sweeper) ---------------------------------------
+#
+# An Optuna sweep directory holds ordinary job directories (one per trial, numbered by Hydra's
+# job number, each with .hydra/overrides.yaml and metrics.json) and, once the search finished,
+# the sweeper's ``optimization_results.yaml`` (best_params, best_value). The searched
+# parameters take a new value in every trial, so they are no grid axes: ``find_study`` reads
+# them as a study instead.
+
+STUDY_RESULTS = "optimization_results.yaml"
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched parameter: its key, the sweeper's text for it, and its search space."""
+
+    key: str
+    spec: str  # as given to the sweeper, e.g. "tag(log, interval(1e-4, 1e-1))"
+    log: bool = False  # sampled on a log scale
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None  # a categorical parameter
+
+    def describe(self) -> str:
+        """``log-uniform in [0.0001, 0.1]``, ``one of shallow, mlp``, or the sweeper's text."""
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.low is not None and self.high is not None:
+            kind = "log-uniform" if self.log else "uniform"
+            return f"{kind} in [{self.low:g}, {self.high:g}]"
+        return self.spec
+
+
+@dataclass
+class Trial:
+    """One trial of a study: Hydra's job number, its run, its parameter values and its score
+    (nan when the run did not complete or has no such metric)."""
+
+    number: int
+    run: Run
+    params: dict[str, Any]
+    value: float
+
+
+@dataclass
+class Study:
+    """A hyperparameter search found under a sweep directory (see ``find_study``)."""
+
+    score: str  # the metrics.json key the trials returned to the sweeper
+    direction: str  # minimize | maximize
+    params: list[SearchParam]
+    trials: list[Trial]  # by trial number
+    sampler: str | None = None  # e.g. TPESampler
+    n_trials: int | None = None
+    n_jobs: int | None = None  # trials proposed (and launched) at once
+    results: dict | None = None  # the sweeper's optimization_results.yaml, when written
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Trial]:
+        return [t for t in self.trials if math.isfinite(t.value)]
+
+    @property
+    def best(self) -> Trial | None:
+        """The trial with the best score; where the sweeper wrote its best_value, the trial
+        that has it (they agree unless runs were changed after the search)."""
+        done = self.completed
+        if not done:
+            return None
+        pick = max if self.direction == "maximize" else min
+        best = pick(done, key=lambda t: t.value)
+        reported = _to_float((self.results or {}).get("best_value"))
+        if reported is not None and not math.isclose(best.value, reported, rel_tol=1e-9):
+            same = [t for t in done if math.isclose(t.value, reported, rel_tol=1e-9)]
+            return same[0] if same else best
+        return best
+
+
+def _sweeper_config(runs: list[Run]) -> dict | None:
+    """``hydra.sweeper`` of the first run that recorded Hydra's config (.hydra/hydra.yaml)."""
+    for run in runs:
+        path = run.path / ".hydra" / "hydra.yaml"
+        if run.status == "not started" or not path.is_file():
+            continue
+        try:
+            record = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        sweeper = (record.get("hydra") or {}).get("sweeper")
+        return sweeper if isinstance(sweeper, dict) else None
+    return None
+
+
+def search_param(key: str, spec: Any) -> SearchParam | None:
+    """The search space the sweeper reads from ``key=spec`` (Hydra's override grammar:
+    ``tag(log, interval(a, b))``, ``interval``, ``range``, ``choice``); None for a fixed value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={spec}")
+    except Exception:  # not Hydra's grammar: keep the text
+        return SearchParam(key, str(spec))
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    log = "log" in getattr(value, "tags", set())
+    if isinstance(value, IntervalSweep):
+        return SearchParam(key, str(spec), log, float(value.start), float(value.end))
+    if isinstance(value, RangeSweep):
+        return SearchParam(key, str(spec), log, float(value.start), float(value.stop))
+    if isinstance(value, ChoiceSweep):
+        return SearchParam(key, str(spec), log, choices=tuple(value.list))
+    return SearchParam(key, str(spec), log)
+
+
+def _override_values(run: Run) -> dict[str, Any]:
+    out = {}
+    for item in run.overrides:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = _number_or_value(value)
+    return out
+
+
+def _number_or_value(text: str) -> Any:
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return _value_from_override(text)
+
+
+def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
+    """The hyperparameter search under ``root``, or None for a grid sweep.
+
+    A study is recognised by the Optuna sweeper's ``optimization_results.yaml`` or by the
+    sweeper recorded in a run's ``.hydra/hydra.yaml`` (``hydra.sweeper._target_`` names
+    optuna; a search still running or interrupted has no results file yet). The searched
+    parameters are the sweeper's ``params`` that are searches, plus any key that the trials'
+    overrides set to a different value in each (a search given on the command line). Each
+    trial's score is its metrics.json value of the run's ``score`` (auto: val/mse with a
+    validation split, else test/mse; see ae_jax.config.score_key).
+    """
+    from ae_jax.config import resolve_score
+
+    root = Path(root)
+    results, results_path = None, None
+    for path in sorted(root.rglob(STUDY_RESULTS)):
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict) and loaded.get("name") == "optuna":
+            results, results_path = loaded, path
+            break
+    sweeper = _sweeper_config(runs)
+    is_optuna = sweeper is not None and "optuna" in str(sweeper.get("_target_", "")).lower()
+    if not is_optuna and results is None:
+        return None
+    sweeper = sweeper if is_optuna else {}
+    trial_runs = [r for r in runs if r.status != "not started"]
+
+    params: list[SearchParam] = []
+    for key, spec in (sweeper.get("params") or {}).items():
+        if (p := search_param(str(key), spec)) is not None:
+            params.append(p)
+    known = {p.key for p in params}
+    given = [_override_values(r) for r in trial_runs]
+    for key in sorted({k for g in given for k in g} - known):
+        values = [g.get(key) for g in given]
+        if len(trial_runs) > 1 and len({repr(v) for v in values}) == len(values):
+            numbers = [v for v in values if _is_number(v)]
+            log = len(numbers) == len(values) and min(numbers) > 0
+            log = log and max(numbers) / min(numbers) >= 10
+            params.append(SearchParam(key, "(command line)", log))
+    for key in (results or {}).get("best_params") or {}:
+        if key not in {p.key for p in params}:
+            params.append(SearchParam(str(key), "(optimization_results.yaml)"))
+
+    scores = Counter(
+        resolve_score(r.config.get("score"), r.config.get("data.validation")) for r in trial_runs
+    )
+    score = scores.most_common(1)[0][0] if scores else "test/mse"
+    trials = []
+    for i, run in enumerate(trial_runs):
+        number = int(run.path.name) if run.path.name.isdigit() else i
+        values = given[i]
+        chosen = {
+            p.key: run.config[p.key] if p.key in run.config else values.get(p.key) for p in params
+        }
+        value = run.metrics.get(score, math.nan) if run.status == "completed" else math.nan
+        trials.append(Trial(number, run, chosen, value))
+    trials.sort(key=lambda t: t.number)
+
+    direction = sweeper.get("direction", "minimize")
+    if isinstance(direction, list):
+        direction = direction[0] if direction else "minimize"
+    sampler = (sweeper.get("sampler") or {}).get("_target_")
+    study = Study(
+        score=score,
+        direction=str(direction).lower(),
+        params=params,
+        trials=trials,
+        sampler=str(sampler).rsplit(".", 1)[-1] if sampler else None,
+        n_trials=sweeper.get("n_trials"),
+        n_jobs=sweeper.get("n_jobs"),
+        results=results,
+    )
+    if len(scores) > 1:
+        study.notes.append(
+            "the trials were scored on different keys ("
+            + ", ".join(sorted(scores))
+            + f"); shown: {score}"
+        )
+    if results is None:
+        study.notes.append(
+            f"no {STUDY_RESULTS}: the search did not finish (or ran elsewhere); "
+            "best trial taken from the runs"
+        )
+    elif results_path is not None and results_path.parent != root:
+        study.notes.append(f"the sweeper's results: {results_path}")
+    return study

@@ -19,11 +19,12 @@ import math
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from ae_jax.evaluation.figures import reconstructions_figure
-from ae_jax.sweeps.collect import Axis
+from ae_jax.sweeps.collect import Axis, SearchParam, Study
 from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, sort_key
 
 DPI = 150
@@ -39,6 +40,8 @@ METRIC_UNITS = {
     "test/sse_per_example": "squared error per example",
     "time/train_seconds": "training time (s)",
     "train/samples_per_second": "training throughput (examples/s)",
+    "val/mse": "validation MSE (per input element)",
+    "val/denoise_mse": "validation denoising MSE",
 }
 AXIS_UNITS = {
     "model.latent_dim": "code size k (units)",
@@ -290,6 +293,206 @@ def reconstruction_grid(
             images[f"{noise} ({label})"] = saved["corrupted"][:n]
         images[label] = saved["reconstruction"][:n]
     return reconstructions_figure(images, tuple(first["input"].shape[1:]), title=title, n=n)
+
+
+def param_label(param: SearchParam) -> str:
+    """The x label of a searched parameter: its key, what it is, and how it was sampled."""
+    key = param.key
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "reg" and parts[2] == "strength":
+        what = f"{parts[1]} strength λ"
+    else:
+        what = AXIS_UNITS.get(key) or NOISE_UNITS.get(key, "")
+    scale = "log scale" if param.log else ("categories" if param.choices else "")
+    extra = ", ".join(x for x in (what, scale) if x)
+    return f"{key} ({extra})" if extra else key
+
+
+def _study_x(trials, param: SearchParam) -> tuple[list, dict | None]:
+    """The x value of each trial on a parameter panel; categories get positions 0, 1, ..."""
+    values = [t.params.get(param.key) for t in trials]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        return [float(v) for v in values], None
+    levels = list(param.choices or ()) + sorted(
+        {format_value(v) for v in values} - {format_value(c) for c in param.choices or ()}
+    )
+    position = {format_value(c): i for i, c in enumerate(levels)}
+    return [position[format_value(v)] for v in values], position
+
+
+def study_figure(study: Study, title: str = "") -> Figure:
+    """The study at a glance: the score against each searched parameter (one panel each, a log
+    x axis for a log-searched one, the search range dotted), then the score against the trial
+    number with the best so far. Points are coloured by trial number, so the sampler's
+    progression shows; the best trial is a red star, a trial without a score a red cross."""
+    params = study.params
+    panels = len(params) + 1
+    fig = Figure(figsize=(4.3 * panels + 1.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
+    trials = study.trials
+    done = [t for t in trials if math.isfinite(t.value)]
+    failed = [t for t in trials if not math.isfinite(t.value)]
+    best = study.best
+    numbers = [t.number for t in trials] or [0]
+    norm = Normalize(vmin=min(numbers), vmax=max(max(numbers), min(numbers) + 1))
+    score = study.score
+    ylabel = f"{score}: {METRIC_UNITS[score]}" if score in METRIC_UNITS else score
+    scatter = None
+
+    def draw(ax, xs_done, x_best, xs_failed):
+        nonlocal scatter
+        if done:
+            scatter = ax.scatter(
+                xs_done,
+                [t.value for t in done],
+                c=[t.number for t in done],
+                cmap="viridis",
+                norm=norm,
+                s=40,
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+            )
+        if best is not None:
+            ax.scatter(
+                [x_best],
+                [best.value],
+                marker="*",
+                s=320,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.6,
+                zorder=4,
+                label=f"best: trial {best.number}",
+            )
+        if xs_failed:
+            ax.plot(
+                xs_failed,
+                [0.0] * len(xs_failed),
+                "x",
+                color="red",
+                markersize=9,
+                mew=2,
+                clip_on=False,
+                transform=ax.get_xaxis_transform(),
+                label="no score (failed)",
+            )
+
+    for ax, param in zip(axes, params):
+        xs, categories = _study_x(trials, param)
+        x_of = dict(zip((t.number for t in trials), xs))
+        draw(
+            ax,
+            [x_of[t.number] for t in done],
+            x_of[best.number] if best is not None else None,
+            [x_of[t.number] for t in failed],
+        )
+        if categories is not None:
+            ax.set_xticks(range(len(categories)), list(categories))
+        else:
+            if param.log:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            for bound in (param.low, param.high):
+                if bound is not None:
+                    ax.axvline(
+                        bound,
+                        linestyle=":",
+                        color="0.55",
+                        linewidth=1,
+                        zorder=1,
+                        label="search range",
+                    )
+            if param.low is not None and param.high is not None:
+                pad = (param.high / param.low) ** 0.04 if param.log else None
+                if pad is not None and param.low > 0:
+                    ax.set_xlim(param.low / pad, param.high * pad)
+                else:
+                    span = 0.04 * (param.high - param.low)
+                    ax.set_xlim(param.low - span, param.high + span)
+        ax.set_xlabel(param_label(param))
+        ax.set_title(f"{score} vs {param.key}", fontsize=10)
+        ax.grid(alpha=0.3, which="major")
+
+    # The last panel: the score against the trial number, batch by batch.
+    ax = axes[-1]
+    by_number = {t.number: t for t in trials}
+    draw(
+        ax,
+        [t.number for t in done],
+        best.number if best is not None else None,
+        [t.number for t in failed],
+    )
+    if done:
+        pick = max if study.direction == "maximize" else min
+        xs, ys, so_far = [], [], None
+        for n in sorted(by_number):
+            v = by_number[n].value
+            if math.isfinite(v):
+                so_far = v if so_far is None else pick(so_far, v)
+            if so_far is not None:
+                xs.append(n)
+                ys.append(so_far)
+        ax.step(xs, ys, where="post", color="0.3", linewidth=1.3, label="best so far", zorder=2)
+    batch = study.n_jobs
+    if batch and len(numbers) > batch:  # the batches the sweeper proposed (and launched) at once
+        lo, hi = min(numbers), max(numbers)
+        starts = list(range(lo, hi + 1, batch))
+        for k, start in enumerate(starts):
+            if k % 2 == 1:
+                ax.axvspan(start - 0.5, start + batch - 0.5, color="0.92", zorder=0)
+            if len(starts) <= 8:
+                ax.text(
+                    (start + min(start + batch, hi + 1) - 1) / 2,
+                    0.98,
+                    f"batch {k + 1}",
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    color="0.35",
+                )
+    ax.set_xlim(min(numbers) - 0.6, max(numbers) + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (Hydra job number, in the order proposed)")
+    ax.set_title(f"{score} vs trial", fontsize=10)
+    ax.grid(alpha=0.3)
+
+    ys = [t.value for t in done]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:  # the panels share y
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(FuncFormatter(_mantissa_235))
+        axes[0].set_ylim(min(ys) / 1.15, max(ys) * 1.5)  # headroom for the batch labels
+    elif ys:
+        span = (max(ys) - min(ys)) or abs(max(ys)) or 1.0
+        axes[0].set_ylim(min(ys) - 0.08 * span, max(ys) + 0.2 * span)
+    axes[0].set_ylabel(ylabel)
+    handles, labels = [], []
+    for a in axes:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, fontsize=9, loc="outside lower center", ncol=len(handles))
+    if scatter is not None:
+        fig.colorbar(scatter, ax=list(axes), label="trial number", shrink=0.9, pad=0.01)
+    sampler = f"{study.sampler}, " if study.sampler else ""
+    fig.suptitle(
+        f"{title + ': ' if title else ''}Optuna study, {len(trials)} trials ({sampler}"
+        f"{study.direction} {score})"
+    )
+    return fig
+
+
+def _mantissa_235(value: float, _pos=None) -> str:
+    """Minor tick labels of a log axis at 2, 3 and 5 times a power of ten only."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
 
 
 def save(fig: Figure, path) -> None:

@@ -10,6 +10,17 @@ Writes into ``out`` (default ``<sweep_dir>/report``):
 - ``reconstructions.png``: test inputs on top, a reconstruction row per swept value;
 - ``report.md``: the table and the figures together, for a README or a pull request.
 
+A hyperparameter search (Hydra's Optuna sweeper; ``collect.find_study``) gives a new value of
+each searched parameter to every trial, so those are no grid axes; instead the report writes
+
+- ``study.md``, ``study.csv``: the best trial (its parameters, score and directory, beside the
+  sweeper's ``optimization_results.yaml``) and every trial ranked by its score;
+- ``study.png``: the score against each searched parameter (log x for a log-searched one, the
+  best trial starred) and against the trial number;
+- ``reconstructions.png``: the best trial's test reconstructions;
+
+and the grid tables and figures only for keys that vary besides the searched ones.
+
 A failed, unfinished or never-started run never stops the report: it is counted and listed.
 
     python scripts/report.py multirun/2026-11-26/16-30-00_sweep_latent --metric test/mse
@@ -25,11 +36,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ae_jax.evaluation.figures import FigureError
-from ae_jax.sweeps.collect import SEED_KEYS, SweepDirError, collect_runs, swept_axes
-from ae_jax.sweeps.plots import axis_figure, reconstruction_grid, save
+from ae_jax.sweeps.collect import (
+    SEED_KEYS,
+    Axis,
+    Study,
+    SweepDirError,
+    collect_runs,
+    find_study,
+    swept_axes,
+)
+from ae_jax.sweeps.plots import axis_figure, reconstruction_grid, save, study_figure
 from ae_jax.sweeps.summary import (
+    Row,
     present_metrics,
     runs_csv,
+    study_csv,
+    study_markdown,
     summarize,
     to_csv,
     to_latex,
@@ -50,6 +72,7 @@ class Report:
     counts: dict[str, int]
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    study: Study | None = None  # a hyperparameter search (Optuna), else None
 
 
 def _slug(text: str) -> str:
@@ -84,7 +107,9 @@ def write_report(
     runs = collect_runs(root)
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    axes = swept_axes(runs, seed_keys)
+    study = find_study(root, runs)
+    searched = tuple(p.key for p in study.params) if study is not None else ()
+    axes = swept_axes(runs, tuple(seed_keys) + searched)  # searched keys are no grid axes
     shown = present_metrics(runs, metrics)
     rows = summarize(runs, axes, shown)
     title = sweep_title(runs, root)
@@ -92,26 +117,52 @@ def write_report(
         s: sum(r.status == s for r in runs)
         for s in ("completed", "failed", "unfinished", "not started")
     }
-    report = Report(out, title, [a.name for a in axes], shown, counts)
+    report = Report(out, title, [a.name for a in axes], shown, counts, study=study)
     if metrics and len(shown) < len(metrics):
         missing = sorted(set(metrics) - set(shown))
         report.notes.append(f"no completed run has {', '.join(missing)}")
+    tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
 
-    tables = {
-        "table.md": to_markdown(rows, axes, shown, root),
-        "table.csv": to_csv(rows, axes, shown),
-        "table.tex": to_latex(rows, axes, shown, caption=f"{title}."),
-        "runs.csv": runs_csv(runs, axes, seed_keys, root),
-    }
+    tables = {"runs.csv": runs_csv(runs, axes, seed_keys, root)}
+    if tabulate:
+        tables = {
+            "table.md": to_markdown(rows, axes, shown, root),
+            "table.csv": to_csv(rows, axes, shown),
+            "table.tex": to_latex(rows, axes, shown, caption=f"{title}."),
+            **tables,
+        }
+    if study is not None:
+        tables["study.md"] = study_markdown(study, root, title)
+        tables["study.csv"] = study_csv(study, root)
     for name, text in tables.items():
         (out / name).write_text(text)
         report.files.append(out / name)
 
     figures: list[tuple[str, Path]] = []
+    if study is not None and study.trials:
+        save(study_figure(study, title=title), out / "study.png")
+        figures.append(
+            ("the score against each searched parameter and the trial", out / "study.png")
+        )
+        best = study.best
+        if not tabulate and best is not None:
+            rows_best = [Row((f"{best.number} (best)",), [best.run])]
+            try:
+                shown_best = reconstruction_grid(
+                    rows_best,
+                    [Axis(("trial",))],
+                    title=f"{title}: test reconstructions of the best trial ({best.number})",
+                )
+            except FigureError as err:
+                shown_best = None
+                report.notes.append(f"no reconstructions: {err}")
+            if shown_best is not None:
+                save(shown_best, out / "reconstructions.png")
+                figures.append(("the best trial's reconstructions", out / "reconstructions.png"))
     plotted = [m for m in shown if any(row.stats[m].n for row in rows)]
-    if not plotted:
+    if tabulate and not plotted:
         report.notes.append("no completed run: no figures")
-    else:
+    elif tabulate:
         for i, axis in enumerate(axes):
             path = out / f"{_slug(axis.keys[0])}.png"
             save(axis_figure(rows, axes, i, plotted, title=title), path)
@@ -128,24 +179,34 @@ def write_report(
             figures.append(("reconstructions", out / "reconstructions.png"))
     report.files += [p for _, p in figures]
 
-    (out / "report.md").write_text(_report_markdown(report, tables["table.md"], figures, root))
+    text = _report_markdown(report, tables.get("table.md"), tables.get("study.md"), figures, root)
+    (out / "report.md").write_text(text)
     report.files.append(out / "report.md")
     return report
 
 
-def _report_markdown(report: Report, table: str, figures, root: Path) -> str:
+def _report_markdown(
+    report: Report, table: str | None, study: str | None, figures, root: Path
+) -> str:
     c = report.counts
     total = sum(c.values())
+    if report.study is not None:
+        searched = ", ".join(p.key for p in report.study.params) or "nothing"
+        what = f"a hyperparameter search (Optuna) of {searched}"
+        if report.axes:
+            what += f"; also varied: {', '.join(report.axes)}"
+    else:
+        what = f"swept: {', '.join(report.axes) or 'nothing (replicates only)'}"
     lines = [
         f"# Sweep report: {report.title}",
         "",
         f"`{root}`: {total} runs ({c['completed']} completed, {c['failed']} failed, "
-        f"{c['unfinished']} unfinished, {c['not started']} not started); "
-        f"swept: {', '.join(report.axes) or 'nothing (replicates only)'}.",
-        "",
-        table.rstrip(),
+        f"{c['unfinished']} unfinished, {c['not started']} not started); {what}.",
         "",
     ]
+    for part in (study, table):
+        if part:
+            lines += [part.rstrip(), ""]
     lines += [f"- note: {n}" for n in report.notes] + ([""] if report.notes else [])
     for name, path in figures:
         lines += [f"![{name}]({path.name})", ""]
@@ -189,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}")
         return 2
     c = report.counts
+    what = f"axes: {', '.join(report.axes) or 'none'}"
+    if report.study is not None:
+        searched = ", ".join(p.key for p in report.study.params) or "nothing"
+        what = f"an Optuna study of {searched}" + (f"; {what}" if report.axes else "")
     print(
         f"{report.title}: {sum(c.values())} runs, {c['completed']} completed, {c['failed']} "
-        f"failed, {c['unfinished']} unfinished, {c['not started']} not started; "
-        f"axes: {', '.join(report.axes) or 'none'}"
+        f"failed, {c['unfinished']} unfinished, {c['not started']} not started; {what}"
     )
     for note in report.notes:
         print(f"note: {note}")
-    print((report.out / "table.md").read_text())
+    for name in ("study.md", "table.md"):  # a study's trials, a grid's table, or both
+        if (report.out / name) in report.files:
+            print((report.out / name).read_text())
     print(f"wrote {len(report.files)} files to {report.out}")
     return 0

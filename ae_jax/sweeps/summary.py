@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ae_jax.sweeps.collect import STATUSES, Axis, Run
+from ae_jax.sweeps.collect import STATUSES, Axis, Run, Study, Trial
 
 # Shown when present, in this order; test/pca_mse sits beside test/mse as its baseline.
 DEFAULT_METRICS = (
@@ -44,6 +44,8 @@ METRIC_LABELS = {
     "test/sse_per_example": "SSE per image",
     "test/subspace_angle_max_deg": "max angle to PCA (deg)",
     "time/train_seconds": "train time (s)",
+    "val/mse": "AE validation MSE",
+    "val/denoise_mse": "validation denoising MSE",
 }
 LATEX_LABELS = {
     "test/mse": "AE MSE",
@@ -295,6 +297,133 @@ def runs_csv(
                 *(format_value(a.value(r)) for a in axes),
                 *(format_value(r.config.get(k)) for k in seed_keys),
                 *(repr(r.metrics[k]) if k in r.metrics else "" for k in metric_keys),
+            ]
+        )
+    return buf.getvalue()
+
+
+# --- a hyperparameter search (ae_jax.sweeps.collect.Study) ----------------------------------
+
+
+def _format_param(value: Any) -> str:
+    """A searched value to 4 significant digits (0.0379, 0.0001196), anything else as text."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return format_value(value)
+
+
+def _ranked(study: Study) -> list[Trial]:
+    """Completed trials best first (ties by trial number), then the others by number."""
+    sign = -1.0 if study.direction == "maximize" else 1.0
+    done = sorted(study.completed, key=lambda t: (sign * t.value, t.number))
+    return done + [t for t in study.trials if not math.isfinite(t.value)]
+
+
+def study_summary(study: Study, root: Path | None = None) -> list[str]:
+    """The study in a few Markdown lines: what was searched, how, and the best trial."""
+    n, done = len(study.trials), len(study.completed)
+    how = ", ".join(
+        x
+        for x in (
+            f"Optuna {study.sampler}" if study.sampler else "Optuna",
+            f"{study.n_jobs} trials per batch" if study.n_jobs else "",
+        )
+        if x
+    )
+    lines = [
+        f"{n} trials ({done} completed), {how}; {study.direction} `{study.score}`.",
+        "",
+        "Searched: " + "; ".join(f"`{p.key}` {p.describe()}" for p in study.params) + ".",
+        "",
+    ]
+    best = study.best
+    if best is None:
+        lines += ["No trial completed: no best trial.", ""]
+    else:
+        params = ", ".join(f"{k}={_format_param(v)}" for k, v in best.params.items())
+        where = run_label(best.run)  # the path as found, to copy from
+        lines.append(
+            f"**Best trial: #{best.number}**, `{study.score}` = {best.value:.6g} with {params} "
+            f"(run directory `{where}`)."
+        )
+        if study.score != "test/mse" and "test/mse" in best.run.metrics:
+            lines.append(
+                f"Its test MSE, measured once on the untouched test split and not used to "
+                f"choose: {best.run.metrics['test/mse']:.6g}."
+            )
+        lines.append("")
+    results = study.results
+    if results is not None and "best_value" in results:
+        given = ", ".join(
+            f"{k}={_format_param(v)}" for k, v in (results.get("best_params") or {}).items()
+        )
+        reported = float(results["best_value"])
+        agree = ""
+        if best is not None:
+            same = math.isclose(reported, best.value, rel_tol=1e-9)
+            agree = " (the same trial)" if same else " (differs from the runs on disk)"
+        lines += [
+            f"The sweeper's optimization_results.yaml: best_value {reported:.6g} with {given}"
+            f"{agree}.",
+            "",
+        ]
+    lines += [f"- note: {note}" for note in study.notes] + ([""] if study.notes else [])
+    return lines
+
+
+def study_markdown(study: Study, root: Path | None = None, title: str = "") -> str:
+    """The study section: the summary, then every trial ranked by its score."""
+    lines = [f"## Study{': ' + title if title else ''}", "", *study_summary(study, root)]
+    keys = [p.key for p in study.params]
+    failed = any(not math.isfinite(t.value) for t in study.trials)
+    header = ["rank", "trial", *keys, study.score] + (["status"] if failed else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    best = study.best
+    for rank, trial in enumerate(_ranked(study), start=1):
+        ok = math.isfinite(trial.value)
+        value = f"{trial.value:.6g}" if ok else "—"
+        cells = [str(rank) if ok else "—", str(trial.number)]
+        cells += [_format_param(trial.params.get(k)) for k in keys]
+        cells.append(f"**{value}**" if best is not None and trial is best else value)
+        if failed:
+            cells.append(trial.run.status if not ok else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Trials ranked by `{study.score}` ({study.direction}); trial = Hydra's job number.",
+    ]
+    bad = [t for t in study.trials if not math.isfinite(t.value)]
+    if bad:
+        lines += ["", "Trials without a score:", ""]
+        for t in bad:
+            why = t.run.error or f"no {study.score} in metrics.json"
+            lines.append(
+                f"- trial {t.number} (`{run_label(t.run, root)}`): **{t.run.status}**: {why}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def study_csv(study: Study, root: Path | None = None) -> str:
+    """Every trial: number, run directory, status, error, searched values (full precision) and
+    score; the best trial marked."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    keys = [p.key for p in study.params]
+    writer.writerow(["trial", "run", "status", "error", *keys, study.score, "best"])
+    best = study.best
+    for t in study.trials:
+        writer.writerow(
+            [
+                t.number,
+                run_label(t.run, root),
+                t.run.status,
+                t.run.error or "",
+                *(
+                    repr(v) if isinstance(v, float) else format_value(v)
+                    for v in (t.params.get(k) for k in keys)
+                ),
+                repr(t.value) if math.isfinite(t.value) else "",
+                "1" if t is best else "",
             ]
         )
     return buf.getvalue()

@@ -36,6 +36,7 @@ from ae_jax.training.loop import Stage, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed
+from ae_jax.training.step import DATA_AXIS, make_train_epoch
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -78,6 +79,14 @@ def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _init_states(trainer: Trainer, seeds: list[int]):
+    """Every member's initial state, stacked, from one program vmapped over the seeds: the
+    values ``trainer.init_state(seed)`` gives one seed at a time (tests/test_vectorized.py),
+    without a dispatch of each random and initialiser op per member."""
+    seeds_array = jnp.asarray(np.asarray(seeds, np.uint32))
+    return jax.jit(jax.vmap(lambda seed: trainer.init_state(seed=seed)))(seeds_array)
+
+
 def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
@@ -107,30 +116,87 @@ def host_cores_as_devices(members: int) -> int:
     return count
 
 
-def member_mesh(members: int, requested: int | None) -> Mesh | None:
-    """A one-axis mesh (``"members"``) over as many local devices as evenly divide the members
-    (``trainer.devices`` caps them; None: all), or None with one device."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a group's members run: a ``members`` mesh axis (each device holds
+    ``count // members`` whole members) and, when devices outnumber what the members can fill,
+    a ``data`` axis over which each member's batch is split (gradients averaged over it, as in
+    a data-parallel single run). ``mesh`` is None on one device."""
+
+    count: int  # the group's members
+    members: int  # devices along the members axis
+    data: int  # devices along the data axis
+    available: int  # local devices (capped by trainer.devices)
+    mesh: Mesh | None
+
+    def describe(self) -> str:
+        if self.mesh is None:
+            return " on 1 device"
+        used = self.members * self.data
+        of = f" of {self.available}" if used < self.available else ""
+        noun = "member" if self.count == 1 else "members"
+        line = f", {self.count} {noun} over {used}{of} devices"
+        if self.data == 1:
+            return line + f", {self.count // self.members} per device"
+        return line + (
+            f": {self.members} x {self.data} (members x data), "
+            f"{self.count // self.members} per device group, each member's batch split over "
+            f"{self.data} devices"
+        )
+
+
+def group_layout(members: int, requested: int | None, batch_size: int) -> Layout:
+    """The mesh for ``members`` on the local devices (``trainer.devices`` caps them; None:
+    all): as many devices along the members axis as evenly divide the members, then as many
+    along a data axis as the rest allow and evenly divide the batch."""
     devices = jax.local_devices()
     if requested is not None:
         devices = devices[:requested]
-    d = max(k for k in range(1, len(devices) + 1) if members % k == 0)
-    return None if d == 1 else Mesh(np.array(devices[:d]), ("members",))
-
-
-def _layout(members: int, mesh: Mesh | None) -> str:
-    if mesh is None:
-        return " on 1 device"
-    d, total = mesh.devices.size, len(jax.local_devices())
-    of = f" of {total}" if d < total else ""
-    return f", {members} members over {d}{of} devices, {members // d} per device"
+    m = max(k for k in range(1, len(devices) + 1) if members % k == 0)
+    d = max(k for k in range(1, len(devices) // m + 1) if batch_size % k == 0)
+    if m * d == 1:
+        mesh = None
+    elif d == 1:
+        mesh = Mesh(np.array(devices[:m]), ("members",))
+    else:
+        mesh = Mesh(np.array(devices[: m * d]).reshape(m, d), ("members", DATA_AXIS))
+    return Layout(members, m, d, len(devices), mesh)
 
 
 def _spread(tree, mesh: Mesh | None, replicated: bool = False):
-    """Place a tree on the mesh: split along the leading (members) axis, or replicated."""
+    """Place a tree on the mesh: split along the leading (members) axis, or replicated (over
+    the data axis too, if the mesh has one)."""
     if mesh is None:
         return tree
     spec = PartitionSpec() if replicated else PartitionSpec("members")
     return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def _group_epoch(trainer: Trainer, layout: Layout):
+    """The members' epoch: the single-device epoch vmapped over the members, or, with a data
+    axis, the data-parallel per-device epoch vmapped over a device's members under
+    ``shard_map`` (its collectives run over ``data``; members never communicate)."""
+    vmapped = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
+    if layout.data == 1:
+        return vmapped
+    t = trainer.cfg.trainer
+    per_device = make_train_epoch(
+        trainer.objective,
+        trainer.tx,
+        num_examples=trainer.data.x_train.shape[0],
+        batch_size=t.batch_size,
+        num_devices=layout.data,
+        axis_name=DATA_AXIS,
+        step_norms=t.step_norms,
+    )
+    members = PartitionSpec("members")
+    return jax.shard_map(
+        jax.vmap(per_device, in_axes=(0, None, None, 0)),
+        mesh=layout.mesh,
+        in_specs=(members, PartitionSpec(), PartitionSpec(), members),
+        out_specs=members,
+        check_vma=False,  # replicated over data by construction (pmean'd gradients)
+    )
 
 
 def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
@@ -170,9 +236,10 @@ def train_group(
             "(hydra/launcher=vmap does so by itself)"
         )
     n = len(configs)
-    mesh = member_mesh(n, base.trainer.devices)
-    # Each member's program is the single-device one; the members axis is what is spread over
-    # the devices (several members per device when there are more members than devices).
+    layout = group_layout(n, base.trainer.devices, base.trainer.batch_size)
+    mesh = layout.mesh
+    # Each member's program is the single-device one (or, with a data axis, the data-parallel
+    # one: _group_epoch); the members axis is what is spread over the devices.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
     t = base.trainer
     workdirs = [Path(w) for w in workdirs]
@@ -188,13 +255,13 @@ def train_group(
         log.info(
             "vectorised sweep: %d members in one program%s | %s",
             n,
-            _layout(n, mesh),
+            layout.describe(),
             describe(base, trainer),
         )
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
         )
-        states = _spread(_stack([trainer.init_state(seed=c.trainer.seed) for c in configs]), mesh)
+        states = _spread(_init_states(trainer, [c.trainer.seed for c in configs]), mesh)
         if t.resume:  # another group's checkpoints here: refused before anything is written
             checkpointer.check_same_run(states)
         for cfg, rundir in zip(configs, rundirs):
@@ -208,7 +275,7 @@ def train_group(
         x_eval = _spread(jnp.asarray(trainer.x_eval), mesh, replicated=True)
 
         compile_start = time.perf_counter()
-        epoch_fn = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
+        epoch_fn = _group_epoch(trainer, layout)
         lowered = jax.jit(epoch_fn, donate_argnums=0).lower(states, x_train, jnp.int32(0), hparams)
         program = lowered.compile(compiler_options=compiler_options(trainer.parallel.devices))
         compile_seconds = time.perf_counter() - compile_start

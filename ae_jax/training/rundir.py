@@ -35,6 +35,7 @@ from typing import Any
 # depends on the total and would change).
 MAY_DIFFER = (
     "name",
+    "score",  # what a sweep's job returns to the sweeper, not what the run computes
     "logger",  # every key under it: where the run reports, not what it computes
     "trainer.devices",
     "trainer.parallel",

@@ -109,6 +109,7 @@ class Trainer:
             step_norms=t.step_norms,
         )
         self._program: Callable | None = None
+        self._pca: dict = {}
         objective = self.objective
 
         @jax.jit
@@ -127,6 +128,17 @@ class Trainer:
             self.eval_prefix, self.x_eval = "val", data.x_val
         else:
             self.eval_prefix, self.x_eval = "eval", data.x_test
+
+    def pca(self, k: int):
+        """PCA-k of the training split (the baseline every evaluation reports), fitted once per
+        trainer: a run's metrics and reconstructions, and every member of a vmap group, share
+        it."""
+        from ae_jax.evaluation.pca import fit_pca
+
+        if k not in self._pca:
+            x = self.data.x_train
+            self._pca[k] = fit_pca(x.reshape(x.shape[0], -1), k)
+        return self._pca[k]
 
     def selection(self) -> dict:
         """The Stage settings of early stopping on the held-out curve (none without it)."""

@@ -136,7 +136,7 @@ class VmapLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from ae_jax.cli import USER_ERRORS
+        from ae_jax.cli import USER_ERRORS, job_score
         from ae_jax.config import register_configs, to_config, validate
         from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
         from ae_jax.training.loop import Preempted
@@ -234,18 +234,18 @@ class VmapLauncher(Launcher):
                     jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
                 continue
             for m, metrics in zip(members, results):
-                jobs[m][2]._return_value = metrics.get("test/mse", float("nan"))
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics)
         return [ret for _, _, ret in jobs]
 
 
 def _run_alone(cfg, workdir, record, ret) -> None:
     """Train one job the way ``experiments/train.py`` does (``ae_jax.cli.run_or_exit``: its
     status.json, one line for a user error, SIGTERM a clean stop that the same command resumes)."""
-    from ae_jax.cli import run_or_exit
+    from ae_jax.cli import job_score, run_or_exit
     from ae_jax.train import train_and_evaluate
 
     metrics = run_or_exit(train_and_evaluate, cfg, workdir, exit_on_error=False, hydra_files=record)
-    ret._return_value = metrics.get("test/mse", float("nan"))
+    ret._return_value = job_score(cfg, metrics)
 
 
 def _write_status(workdir, status, **fields):

@@ -1,0 +1,199 @@
+"""Hydra's Optuna sweeper with our launchers: what a job returns (``score``), the refusal of a
+search scored on the test split, a tiny search end to end through the command line under
+``hydra/launcher=vmap`` (each batch of trials one vectorised program), and the study report."""
+
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import yaml
+from conftest import REPO, make_config
+from omegaconf import OmegaConf
+from test_vectorized import _vmap_multirun
+
+from ae_jax.cli import check_search_score, job_score, score_of
+from ae_jax.config import ConfigError, score_key, validate
+from ae_jax.sweeps.collect import collect_runs, find_study
+from ae_jax.sweeps.report import write_report
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='pip install -e ".[optuna]"')
+
+OPTUNA = {
+    "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+}
+BASIC = {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}
+REFUSAL = "a hyperparameter search must be scored on validation data, never on the test split"
+
+
+# --- what a job returns to the sweeper -------------------------------------------------------
+
+
+def test_score_auto_is_val_mse_with_a_validation_split_else_test_mse():
+    assert score_key(make_config()) == "test/mse"
+    assert score_key(make_config("data.validation=0.15")) == "val/mse"
+    assert score_key(make_config("data.validation=0.15", "score=test/bce")) == "test/bce"
+    metrics = {"test/mse": 0.5, "val/mse": 0.25}
+    assert job_score(make_config(), metrics) == 0.5
+    assert job_score(make_config("data.validation=0.15"), metrics) == 0.25
+    assert math.isnan(job_score(make_config(), {}))  # a failed job stays NaN
+
+
+def test_a_failed_trial_of_a_search_scores_inf_so_the_search_goes_on(monkeypatch):
+    # Optuna 2.x cannot record NaN (the released sweeper then ends the search with a
+    # traceback): under a search a failed trial is the worst value instead.
+    import ae_jax.cli as cli
+
+    monkeypatch.setattr(cli, "_in_search", lambda: True)
+    assert job_score(make_config(), {}) == float("inf")
+    assert job_score(make_config(), {"test/mse": 0.5}) == 0.5
+
+
+def test_a_score_missing_from_the_metrics_is_one_line_naming_it_and_the_keys(caplog):
+    cfg = make_config("data.validation=0.15", "score=val/msee")
+    metrics = {"test/mse": 0.5, "val/mse": 0.25}
+    with pytest.raises(ConfigError, match=r"score=val/msee .*: test/mse, val/mse$"):
+        score_of(cfg, metrics)
+    with caplog.at_level(logging.ERROR, logger="ae_jax"), pytest.raises(SystemExit) as exit_:
+        job_score(cfg, metrics)
+    assert exit_.value.code == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "val/msee" in line and "test/mse, val/mse" in line and "\n" not in line
+
+
+def test_a_val_score_needs_a_validation_split_and_a_bad_key_is_refused():
+    with pytest.raises(ConfigError, match="score=val/mse needs a validation split"):
+        validate(make_config("score=val/mse"))
+    with pytest.raises(ConfigError, match="score='mse' is not valid"):
+        validate(make_config("score=mse"))
+
+
+def test_only_a_search_scored_on_test_data_is_refused():
+    search = OmegaConf.create({**OPTUNA, "mode": "MULTIRUN"})
+    grid = OmegaConf.create({**BASIC, "mode": "MULTIRUN"})
+    single = OmegaConf.create({**OPTUNA, "mode": "RUN"})  # one run of a search's config
+    for cfg in (make_config(), make_config("data.validation=0.1", "score=test/mse")):
+        with pytest.raises(ConfigError, match=REFUSAL):
+            check_search_score(cfg, search)
+        check_search_score(cfg, grid)  # a grid sweep may report test metrics
+        check_search_score(cfg, single)
+    check_search_score(make_config("data.validation=0.1"), search)  # auto: val/mse
+
+
+# --- a tiny search through the command line -------------------------------------------------
+
+TINY = (
+    "+sweep=optuna_contractive",
+    "hydra.sweeper.n_trials=4",
+    "hydra.sweeper.n_jobs=2",
+    "trainer.epochs=3",
+)
+
+
+def test_a_tiny_search_trains_each_batch_as_one_program_and_reports_its_study(tmp_path):
+    out = _vmap_multirun(tmp_path, *TINY)
+    # two batches of two trials, each batch one vectorised program
+    assert out.count("vectorised sweep: 2 members in one program") == 2, out[-3000:]
+    val = {}
+    for trial in range(4):
+        d = tmp_path / str(trial)
+        status = json.loads((d / "status.json").read_text())
+        assert status["status"] == "completed" and status["members"] == 2
+        overrides = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+        assert any(o.startswith("optim.lr=") for o in overrides)
+        val[trial] = json.loads((d / "metrics.json").read_text())["val/mse"]
+    assert len(set(val.values())) == 4  # each trial its own run
+    # what the jobs returned is each trial's val/mse: the sweeper's best is their minimum
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    best = min(val, key=val.get)
+    assert results["best_value"] == val[best]
+    overrides = yaml.safe_load((tmp_path / str(best) / ".hydra" / "overrides.yaml").read_text())
+    for key, value in results["best_params"].items():
+        assert f"{key}={value}" in overrides
+
+    report = write_report(tmp_path)
+    study = report.study
+    assert study is not None and study.score == "val/mse" and study.n_jobs == 2
+    assert [p.key for p in study.params] == ["optim.lr", "reg.contractive.strength"]
+    assert all(p.log for p in study.params) and study.best.number == best
+    text = (report.out / "study.md").read_text()
+    assert f"**Best trial: #{best}**" in text and str(tmp_path / str(best)) in text
+    assert "(the same trial)" in text  # agrees with optimization_results.yaml
+    assert not (report.out / "table.md").exists()  # 4 one-run "levels" are no grid
+    image = matplotlib.image.imread(report.out / "study.png")
+    assert image.shape[1] > 2 * image.shape[0]  # the parameter panels and the trial panel
+    assert (report.out / "reconstructions.png").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("hydra/launcher=vmap", "score=test/mse"),  # refused before the sweeper starts
+        ("data.validation=0", "score=auto"),  # auto is test/mse without a validation split
+        # without the start-of-multirun check, experiments/train.py refuses its first job
+        ("~hydra.callbacks.search_check", "score=test/mse"),
+    ],
+)
+def test_a_search_scored_on_test_data_is_refused_before_training(tmp_path, overrides):
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path}",
+        *TINY,
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    lines = [line for line in out.splitlines() if REFUSAL in line]
+    assert len(lines) == 1 and "Traceback" not in out, out[-3000:]
+    assert "data.validation" in lines[0] and "score=val/mse" in lines[0]
+    assert "epoch 1/" not in out and not list(tmp_path.rglob("metrics.json"))  # no training
+
+
+# --- the report of a study, from files ------------------------------------------------------
+
+
+def _write_trial(root, number, lr, value, failed=False):
+    d = root / str(number)
+    (d / ".hydra").mkdir(parents=True)
+    sweeper = {
+        **OPTUNA["sweeper"],
+        "direction": "minimize",
+        "n_trials": 6,
+        "n_jobs": 3,
+        "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0},
+        "params": {"optim.lr": "tag(log, interval(1e-4, 1e-1))"},
+    }
+    (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optim.lr={lr}", "+sweep=s"]))
+    config = {"name": "s", "score": "auto", "data": {"validation": 0.1}, "optim": {"lr": lr}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    if failed:
+        status = {"status": "failed", "error": "TrainingDiverged: train/loss is nan at epoch 2"}
+    else:
+        status = {"status": "completed"}
+        metrics = {"val/mse": value, "test/mse": 2 * value}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "status.json").write_text(json.dumps(status))
+
+
+def test_the_report_of_an_interrupted_study_ranks_its_trials_and_keeps_a_failed_one(tmp_path):
+    values = {0: (3e-3, 0.02), 1: (1e-2, 0.004), 2: (5e-2, None), 3: (2e-2, 0.003)}
+    for number, (lr, value) in values.items():
+        _write_trial(tmp_path, number, lr, value, failed=value is None)
+    runs = collect_runs(tmp_path)
+    study = find_study(tmp_path, runs)
+    assert study is not None and study.best.number == 3 and len(study.completed) == 3
+    report = write_report(tmp_path, tmp_path / "out")
+    text = (report.out / "study.md").read_text()
+    assert "**Best trial: #3**" in text and "test MSE" in text
+    assert "no optimization_results.yaml" in text  # interrupted: best taken from the runs
+    assert "trial 2 (`2`): **failed**: TrainingDiverged" in text
+    rows = (report.out / "study.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[4].endswith(",1")  # trial 3 marked best
+    assert (report.out / "study.png").exists()
