@@ -253,6 +253,25 @@ def load_config(path: str) -> Config:
     return validate(to_config(OmegaConf.load(path)))
 
 
+def config_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts (``yaml.safe_load(to_yaml(cfg))``, with libyaml's
+    parser when PyYAML has it); a fresh copy each call."""
+    import copy
+
+    import yaml
+
+    key = repr(cfg)
+    if key not in _DICTS:
+        if len(_DICTS) > 4096:
+            _DICTS.clear()
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        _DICTS[key] = yaml.load(to_yaml(cfg), Loader=loader)
+    return copy.deepcopy(_DICTS[key])
+
+
+_DICTS: dict[str, dict] = {}
+
+
 def to_config(cfg: Any) -> Config:
     """A DictConfig (or Config) as the typed, plain-Python ``Config`` dataclass."""
     if isinstance(cfg, Config):

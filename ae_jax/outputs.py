@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax.config import Config, to_yaml
+from ae_jax.config import Config, config_dict
 from ae_jax.evaluation.metrics import evaluate_trained
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.trainer import Trainer
@@ -220,15 +220,13 @@ def sweep_group() -> str | None:
 @contextlib.contextmanager
 def open_run_loggers(cfg, workdir: Path, main: bool = True, group: str | None = None):
     """The run's ``logger`` selection opened in ``workdir`` (``ae_jax.loggers``), closed after."""
-    import yaml
-
     from ae_jax.loggers import open_loggers
 
     loggers = open_loggers(
         cfg.logger,
         workdir=workdir,
         run_name=f"{cfg.name}/{workdir.name}",
-        config=yaml.safe_load(to_yaml(cfg)),
+        config=config_dict(cfg),
         group=group or sweep_group(),
         main=main,
     )

@@ -203,24 +203,3 @@ def test_fewer_members_than_devices_split_each_batch_over_a_data_axis(
         )
         for key in ("test/mse", "test/denoise_mse", "test/mean_code_activation", "train/loss"):
             assert vec[i][key] == pytest.approx(seq[key], rel=2e-4, abs=1e-6), (i, key)
-
-
-def test_members_initial_states_equal_each_seeds_own():
-    import jax
-    import numpy as np
-
-    from ae_jax.data import load_dataset
-    from ae_jax.sweeps.vectorized import _init_states
-    from ae_jax.training.trainer import Trainer
-
-    cfg = make_config("trainer.epochs=1", "reg=kl_sparse", "model.code_activation=sigmoid")
-    trainer = Trainer(cfg, load_dataset(cfg.data))
-    seeds = [0, 1, 12345, 2**31 + 5, 2**32 - 1]
-    stacked = _init_states(trainer, seeds)
-    for i, seed in enumerate(seeds):
-        one = trainer.init_state(seed=seed)
-        got = jax.tree.map(lambda x, i=i: x[i], stacked)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(one)):
-            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-                a, b = jax.random.key_data(a), jax.random.key_data(b)
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -267,14 +267,13 @@ def claimed(
         yield rundir
         return
     import jax
-    import yaml
 
-    from ae_jax.config import Config, to_yaml
+    from ae_jax.config import Config, config_dict
 
     rundir = RunDir(workdir, main=jax.process_index() == 0)
     rundir.hydra_files = hydra_files or {}
-    defaults = yaml.safe_load(to_yaml(Config()))
-    rundir.claim(yaml.safe_load(to_yaml(cfg)), resume=cfg.trainer.resume, defaults=defaults)
+    defaults = config_dict(Config())
+    rundir.claim(config_dict(cfg), resume=cfg.trainer.resume, defaults=defaults)
     try:
         yield rundir
     finally:
