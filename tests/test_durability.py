@@ -252,6 +252,23 @@ def test_extending_epochs_resumes_the_run(tmp_path):
     assert [json.loads(r)["epoch"] for r in history] == [1, 2, 3, 4, 5]
 
 
+def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
+    # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
+    # the time it trained (not 0), and a resumed run the time of both sessions.
+    args = (f"hydra.run.dir={tmp_path}", "trainer.devices=1", "trainer.figures=false")
+    assert _run(*args, "trainer.epochs=20").returncode == 0
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    assert _run(*args, "trainer.epochs=20").returncode == 0  # finished: not trained again
+    rerun = json.loads((tmp_path / "metrics.json").read_text())
+    assert rerun["time/train_seconds"] == pytest.approx(first["time/train_seconds"], rel=1e-6)
+    assert rerun["train/samples_per_second"] == pytest.approx(
+        first["train/samples_per_second"], rel=1e-6
+    )
+    assert _run(*args, "trainer.epochs=30").returncode == 0  # resumed at epoch 20
+    extended = json.loads((tmp_path / "metrics.json").read_text())
+    assert extended["time/train_seconds"] > first["time/train_seconds"]
+
+
 def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
     holder = subprocess.Popen(
         [

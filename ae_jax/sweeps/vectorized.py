@@ -305,7 +305,8 @@ def train_group(
             on_member_epoch=lambda i, row: hooks[i] and hooks[i](row),
         )
         seconds = result.seconds
-        examples = (trainer.epochs - result.start_epoch) * trainer.steps_per_epoch * t.batch_size
+        trained = result.epochs_trained or trainer.epochs  # every session's, as seconds
+        examples = trained * trainer.steps_per_epoch * t.batch_size
         params = jax.device_get(result.state.params)
         results = []
         for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):

@@ -128,7 +128,9 @@ class StageResult:
     history: list  # rows; in a group, one list of rows per member
     failed: dict  # member index -> message (a group); empty otherwise
     start_epoch: int  # the epoch training (re)started from: 0, or the checkpoint's epoch
-    seconds: float  # wall time of the epochs trained now (0 when the stage was complete)
+    # wall time of every epoch the stage trained, summed over the sessions that trained it (a
+    # rerun of a finished stage reports the time it took, not 0; checkpoint extra "seconds")
+    seconds: float
     # early stopping: the epoch whose parameters ``state`` holds (a list per member in a group)
     # and the number of epochs trained before stopping; None without early stopping
     best_epoch: Any = None
@@ -197,6 +199,7 @@ def run_stage(
         history = [] if stage.members is None else [[] for _ in range(stage.members)]
     history = list(history)
     failed: dict[int, str] = {}
+    prior = 0.0  # training seconds of earlier sessions (from the checkpoint)
     best = _Best.start(stage, state) if stage.early_stopping else None
     if checkpointer is not None and resume:
         restored = checkpointer.restore_latest(
@@ -206,6 +209,7 @@ def run_stage(
             state, start_epoch, history = restored
             extra = checkpointer.last_extra
             failed = {int(k): v for k, v in extra.get("failed", {}).items()}
+            prior = float(extra.get("seconds", 0.0))
             if best is not None:
                 best.restore(checkpointer.last_aux, extra.get("early_stopping"))
             if start_epoch >= stage.epochs or (best is not None and best.stopped):
@@ -214,7 +218,7 @@ def run_stage(
                     stage.label,
                     checkpointer.newest(),
                 )
-                return _result(stage, state, history, failed, start_epoch, 0.0, best)
+                return _result(stage, state, history, failed, start_epoch, prior, best)
             where, at = checkpointer.newest(), f"epoch {start_epoch} of {stage.epochs}"
             if stage.name:
                 log.info("resuming stage %s at %s from %s", stage.name, at, where)
@@ -270,8 +274,11 @@ def run_stage(
                     on_member_epoch(i, row)
             _group_progress(stage, epoch, history, failed, elapsed)
 
+    saved: dict[int, float] = {}  # epoch -> training seconds recorded with its checkpoint
+
     def save(done: int) -> None:
-        extra = {"failed": failed}
+        saved[done] = prior + time.perf_counter() - start
+        extra = {"failed": failed, "seconds": saved[done]}
         if best is not None:
             extra["early_stopping"] = best.record()
         checkpointer.save(
@@ -328,7 +335,8 @@ def run_stage(
                 break
         drain(keep=0)
     jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
+    # the time a rerun of this finished stage will report: that of its last checkpoint
+    seconds = saved.get(done, prior + time.perf_counter() - start)
     return _result(stage, state, history, failed, start_epoch, seconds, best, done)
 
 

@@ -228,7 +228,8 @@ class Trainer:
             on_epoch=on_epoch,
         )
         seconds = result.seconds
-        examples = (self.epochs - result.start_epoch) * self.steps_per_epoch * t.batch_size
+        trained = result.epochs_trained or self.epochs  # every session's epochs, as seconds
+        examples = trained * self.steps_per_epoch * t.batch_size
         timing = {}
         if result.best_epoch is not None:
             timing["train/best_epoch"] = result.best_epoch
