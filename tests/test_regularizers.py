@@ -227,6 +227,23 @@ def test_k_sparse_traced_k_compiles_once():
     np.testing.assert_array_equal(counts, [[2] * 4, [5] * 4])
 
 
+def test_k_sparse_bounded_top_k_equals_a_full_ranking():
+    """The partial sort (``k_max``) keeps exactly the units a stable full ranking keeps."""
+
+    def by_rank(code, k):  # the definition: rank by a stable descending sort, keep rank < k
+        order = jnp.argsort(code, axis=-1, descending=True, stable=True)
+        return jnp.where(jnp.argsort(order, axis=-1) < k, code, 0.0)
+
+    rng = np.random.default_rng(0)
+    # Rounded values: many ties, also across the k-th value.
+    code = jnp.asarray(np.round(rng.normal(size=(64, 50)), 1), jnp.float32)
+    select = jax.jit(k_sparse, static_argnums=2)
+    for k in (1, 5, 12, 20):
+        for k_max in (20, None):
+            np.testing.assert_array_equal(select(code, jnp.int32(k), k_max), by_rank(code, k))
+    np.testing.assert_array_equal(k_sparse(code, 0, 20), jnp.zeros_like(code))
+
+
 def test_k_schedule_endpoints_and_linear_middle():
     assert int(k_schedule(0, 10, 50, 100)) == 50
     assert int(k_schedule(50, 10, 50, 100)) == 30

@@ -28,6 +28,7 @@ class ConvAutoencoder(nn.Module):
     code_activation: str = "linear"
     output_activation: str = "linear"  # data space = output_fn(logits); see models/__init__
     sparse_k: int | None = None  # k-sparse code: units kept per example; None: dense
+    sparse_k_max: int | None = None  # the largest k ever asked for (static; None: the width)
 
     def _bottom_shape(self) -> tuple[int, int, int]:
         h, w, _ = self.example_shape
@@ -47,7 +48,7 @@ class ConvAutoencoder(nn.Module):
     def encode(self, x: jax.Array, k: jax.Array | int | None = None) -> tuple[jax.Array, dict]:
         """The code the run uses, (B, k), and aux (``dense_code``: before selection)."""
         code, aux = self.encode_dense(x)
-        return _select(code, self.sparse_k, k), {**aux, "dense_code": code}
+        return _select(code, self.sparse_k, k, self.sparse_k_max), {**aux, "dense_code": code}
 
     def encode_dense(self, x: jax.Array) -> tuple[jax.Array, dict]:
         """The code layer's activations before any k-sparse selection: (B, k), aux."""

@@ -29,6 +29,7 @@ class MLPAutoencoder(nn.Module):
     tied: bool = False
     output_activation: str = "linear"  # data space = output_fn(logits); see models/__init__
     sparse_k: int | None = None  # k-sparse code: units kept per example; None: dense
+    sparse_k_max: int | None = None  # the largest k ever asked for (static; None: the width)
 
     @property
     def num_features(self) -> int:
@@ -62,7 +63,7 @@ class MLPAutoencoder(nn.Module):
     def encode(self, x: jax.Array, k: jax.Array | int | None = None) -> tuple[jax.Array, dict]:
         """The code the run uses, (B, k), and aux (``dense_code``: before selection)."""
         code, aux = self.encode_dense(x)
-        return _select(code, self.sparse_k, k), {**aux, "dense_code": code}
+        return _select(code, self.sparse_k, k, self.sparse_k_max), {**aux, "dense_code": code}
 
     def decode(self, code: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
@@ -87,11 +88,11 @@ class MLPAutoencoder(nn.Module):
         return self.decode(code), code, aux
 
 
-def _select(code: jax.Array, sparse_k: int | None, k) -> jax.Array:
+def _select(code: jax.Array, sparse_k: int | None, k, k_max: int | None = None) -> jax.Array:
     """k-sparse selection of a code (identity for a dense code); k None: ``sparse_k``."""
     if sparse_k is None:
         return code
-    return k_sparse(code, sparse_k if k is None else k)
+    return k_sparse(code, sparse_k if k is None else k, k_max)
 
 
 def code_layer_kernel(params: dict) -> jnp.ndarray:

@@ -243,11 +243,18 @@ def build_objective(
 ) -> Objective:
     """The Objective of a validated config for a model and the data's range.
 
-    The model gets ``output_activation`` (the resolved one) and ``model.sparse_k``; the
-    Objective's model is the one every caller must use for encode / reconstruct.
+    The model gets ``output_activation`` (the resolved one) and ``model.sparse_k`` (with
+    its static bound ``sparse_k_max``); the Objective's model is the one every caller must use
+    for encode / reconstruct.
     """
     m = cfg.model
-    model = model.clone(output_activation=output_activation, sparse_k=m.sparse_k)
+    # The largest k the model is asked for (training's anneal, features): top_k's static bound.
+    k_max = None
+    if m.sparse_k is not None:
+        k_max = max(k for k in (m.sparse_k, m.sparse_k_start, m.sparse_k_features) if k)
+    model = model.clone(
+        output_activation=output_activation, sparse_k=m.sparse_k, sparse_k_max=k_max
+    )
     terms = tuple(Term.of(name, term) for name, term in cfg.reg.items())
     closed = any(
         isinstance(t, ContractiveConfig) and contractive_closed_form(t, model)
