@@ -62,6 +62,30 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+def exit_fast(code: int = 0) -> None:
+    """End a process whose work is done without the interpreter's teardown.
+
+    Freeing every module and compiled XLA program at exit takes ~0.6 s of a default run's
+    ~8 s on 2 cores, for nothing. The exit handlers still run first (logging's flush and
+    close, JAX's ``distributed.shutdown``, any a library registered), then the standard
+    streams are flushed and the process ends with ``code``. With a non-daemon thread still
+    alive (a write in flight), it returns and the normal exit waits for that thread.
+    """
+    import atexit
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing left to flush
+            pass
+    os._exit(code)
+
+
 def quiet_console() -> None:
     """Keep library chatter (JAX's "Unable to initialize backend 'tpu'" on every CPU run, and
     the like) off the console: console handlers pass ae_jax's and Hydra's own lines and any

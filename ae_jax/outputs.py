@@ -82,6 +82,14 @@ def write_reconstructions(
 ) -> None:
     """``reconstructions.npz``: the first n test inputs, their corrupted versions (when the run
     measures denoising) and reconstructions, and the codes of up to 2048 test examples."""
+    arrays = reconstruction_arrays(trainer, params, eval_level, seed, n)
+    np.savez_compressed(workdir / "reconstructions.npz", **arrays)
+
+
+def reconstruction_arrays(
+    trainer: Trainer, params, eval_level: float, seed: int, n: int = 10
+) -> dict[str, np.ndarray]:
+    """The arrays of ``reconstructions.npz`` (see ``write_reconstructions``)."""
     data, obj = trainer.data, trainer.objective
     x = data.x_test[:n]
     arrays = {"input": x}
@@ -94,7 +102,17 @@ def write_reconstructions(
     k = min(trainer.model.latent_dim, data.num_features, data.x_train.shape[0])
     arrays["pca"] = trainer.pca(k).reconstruct(x_in).astype(np.float32)
     arrays["codes"] = np.asarray(obj.jitted.encode(params, data.x_test[:2048]))
-    np.savez_compressed(workdir / "reconstructions.npz", **arrays)
+    return arrays
+
+
+def warm_evaluation(cfg: Config, trainer: Trainer, params) -> None:
+    """Trace and compile (or load from the compilation cache) every program that
+    ``evaluate_and_write`` runs, by evaluating ``params`` and discarding the figures; writes
+    nothing. The vectorised engine calls it while its epoch program compiles on another
+    thread, so that the members' evaluation after training only runs programs."""
+    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    evaluate_trained(cfg, trainer, params)
+    reconstruction_arrays(trainer, params, eval_level, cfg.trainer.seed)
 
 
 FIGURES = ("reconstructions", "training_curves", "code_activations", "filters")
