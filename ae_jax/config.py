@@ -135,7 +135,10 @@ class TrainerConfig:
     # compute dtype of the forward/backward pass: float32 | bfloat16 (registry.PRECISIONS;
     # parameters, optimiser state, losses and metrics stay float32)
     precision: str = "float32"
-    checkpoint_every: int = 50  # epochs between checkpoints (and one at the end); 0: end only
+    # Checkpoints (and one at the end): every checkpoint_every epochs (0: the end only), or,
+    # when it is null, once checkpoint_seconds of training have passed since the last.
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float = 60.0
     keep_checkpoints: int = 3  # newest checkpoints kept in <run dir>/checkpoints
     resume: bool = True  # continue from the newest valid checkpoint in the run directory
     restart_if_corrupt: bool = False  # if every checkpoint is corrupt: start over (else error)
@@ -465,10 +468,21 @@ def validate(cfg: Config) -> Config:
             f"trainer.min_steps={t.min_steps!r} is not valid; it must be an integer >= 0 "
             "(0: train exactly trainer.epochs)"
         )
-    if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
+    if t.checkpoint_every is not None and (
+        not isinstance(t.checkpoint_every, int)
+        or isinstance(t.checkpoint_every, bool)
+        or t.checkpoint_every < 0
+    ):
         raise ConfigError(
             f"trainer.checkpoint_every={t.checkpoint_every!r} is not valid; it must be an integer "
-            ">= 0 (epochs between checkpoints; 0 saves only at the end)"
+            ">= 0 (epochs between checkpoints; 0 saves only at the end) or null (every "
+            "trainer.checkpoint_seconds of training)"
+        )
+    seconds = t.checkpoint_seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ConfigError(
+            f"trainer.checkpoint_seconds={seconds!r} is not valid; it must be a number of "
+            "seconds > 0 (training between checkpoints when trainer.checkpoint_every is null)"
         )
     if not isinstance(t.early_stopping, bool):
         raise ConfigError(f"trainer.early_stopping={t.early_stopping!r} must be true or false")

@@ -5,6 +5,7 @@ history, reconstructions, figures and the summary line. Shared by single runs
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -77,6 +78,12 @@ def evaluate_and_write(
     return metrics
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _example_keys(seed, n: int):
+    """n noise keys of a run's seed for the reconstructions figure (one program)."""
+    return jax.random.split(jax.random.key(seed), n)
+
+
 def write_reconstructions(
     trainer: Trainer, params, workdir: Path, eval_level: float, seed: int, n: int = 10
 ) -> None:
@@ -95,7 +102,7 @@ def reconstruction_arrays(
     arrays = {"input": x}
     x_in = x
     if eval_level > 0 and obj.noise_kind != "none":
-        keys = jax.random.split(jax.random.key(seed), x.shape[0])
+        keys = _example_keys(np.int32(seed), x.shape[0])
         x_in = np.asarray(obj.jitted.corrupt(keys, x, jnp.float32(eval_level))[0])
         arrays["corrupted"] = x_in
     arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])

@@ -90,6 +90,12 @@ def decoder_column_space(objective: Objective, params, latent_dim: int) -> np.nd
     return np.asarray(jax.jacfwd(decode_flat)(jnp.zeros((latent_dim,), jnp.float32)))
 
 
+@jax.jit
+def _eval_key(seed):
+    """The evaluation noise key of a run's seed (one program, not one per random op)."""
+    return jax.random.fold_in(jax.random.key(seed), 0x7E57)
+
+
 def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
     """Every ``test/...`` metric of a trainer's model with ``params`` on its dataset's test
     split (the run's own noise.eval_level), plus the PCA per-image SSE beside the AE's; and,
@@ -142,7 +148,7 @@ def evaluate_test_split(
     here when not given. The Jacobian and subspace diagnostics are reported for the test split
     only (they do not depend on which held-out split is scored)."""
     test = prefix == "test"
-    key = jax.random.fold_in(jax.random.key(seed), 0x7E57)
+    key = _eval_key(np.int32(seed))
     per = per_example_metrics(make_per_example_eval(objective), params, x_test, key, eval_level)
     mse = float(np.mean(per["se"]))
     p = prefix + "/"

@@ -53,7 +53,7 @@ from ae_jax.pretraining.classifier import (
 from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain_layers, unroll
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.checkpoint import Checkpointer
-from ae_jax.training.loop import raise_if_preempted
+from ae_jax.training.loop import checkpoint_schedule, raise_if_preempted
 from ae_jax.training.rundir import claimed
 from ae_jax.training.trainer import Trainer
 
@@ -156,7 +156,7 @@ def supervised_stage(
         on_epoch=epoch_logger(loggers, prefix.rstrip("/")),
         checkpointer=Checkpointer(workdir / prefix / "checkpoints", keep=t.keep_checkpoints),
         resume=t.resume,
-        checkpoint_every=t.checkpoint_every,
+        **checkpoint_schedule(t),
         log_every=t.log_every,
         progress=t.progress,
         precision=t.precision,

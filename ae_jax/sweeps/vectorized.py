@@ -33,7 +33,7 @@ from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.run_io import write_history
 from ae_jax.training.checkpoint import Checkpointer
-from ae_jax.training.loop import Stage, run_stage, sigterm_flag
+from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed
@@ -331,7 +331,7 @@ def train_group(
             batch_size=t.batch_size * n,
             evaluate=lambda s: {"mse": eval_mse(s.params, x_eval)},
             eval_every=t.eval_every,
-            checkpoint_every=t.checkpoint_every,
+            **checkpoint_schedule(t),
             log_every=t.log_every,
             progress=t.progress,
             members=n,

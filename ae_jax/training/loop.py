@@ -10,8 +10,9 @@ It owns:
 - the divergence check at the exact step (a whole run stops; a member of a group is marked
   failed, named on the console, and the others go on);
 - evaluation every ``eval_every`` epochs, history rows and progress lines;
-- checkpoints every ``checkpoint_every`` epochs and at the end, and resume from the newest valid
-  one (a stage whose final checkpoint exists is complete and is not trained again);
+- checkpoints every ``checkpoint_seconds`` of training or every ``checkpoint_every`` epochs, and
+  at the end, and resume from the newest valid one (a stage whose final checkpoint exists is
+  complete and is not trained again);
 - SIGTERM: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised;
 - early stopping on a validation metric (``Stage.monitor``, ``Stage.patience``): the best
   evaluation's parameters are kept on the device (per member in a group, selected with
@@ -102,7 +103,8 @@ class Stage:
     batch_size: int
     evaluate: Callable[[Any], dict] | None = None
     eval_every: int = 10
-    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # epochs between checkpoints; 0: only at the end (or by time)
+    checkpoint_seconds: float | None = None  # else: after this much training since the last
     log_every: int = 10
     progress: bool = True
     members: int | None = None  # a vectorised group: every leaf has a leading members axis
@@ -120,6 +122,16 @@ class Stage:
     @property
     def early_stopping(self) -> bool:
         return self.monitor is not None and self.patience is not None
+
+
+def checkpoint_schedule(trainer_cfg: Any) -> dict[str, Any]:
+    """A ``Stage``'s checkpoint settings from ``trainer.checkpoint_every`` (epochs; 0: only at
+    the end) and ``trainer.checkpoint_seconds`` (used when ``checkpoint_every`` is null, the
+    default: a checkpoint once that much training has passed since the last, so that a short
+    run writes one and a long one loses at most that much to a ``kill -9``)."""
+    if trainer_cfg.checkpoint_every is None:
+        return {"checkpoint_every": 0, "checkpoint_seconds": float(trainer_cfg.checkpoint_seconds)}
+    return {"checkpoint_every": trainer_cfg.checkpoint_every, "checkpoint_seconds": None}
 
 
 @dataclasses.dataclass
@@ -276,8 +288,11 @@ def run_stage(
 
     saved: dict[int, float] = {}  # epoch -> training seconds recorded with its checkpoint
 
+    last_save = [start]  # when the last checkpoint was written (the stage's start at first)
+
     def save(done: int) -> None:
-        saved[done] = prior + time.perf_counter() - start
+        last_save[0] = time.perf_counter()
+        saved[done] = prior + last_save[0] - start
         extra = {"failed": failed, "seconds": saved[done]}
         if best is not None:
             extra["early_stopping"] = best.record()
@@ -301,8 +316,13 @@ def run_stage(
                 if best is not None:  # on the device, also before the donation
                     best.update(dev_eval[stage.monitor], state, done)
             pending.append((epoch, metrics, dev_eval))
-            due = done == stage.epochs or (
-                stage.checkpoint_every and done % stage.checkpoint_every == 0
+            due = (
+                done == stage.epochs
+                or (stage.checkpoint_every and done % stage.checkpoint_every == 0)
+                or (
+                    stage.checkpoint_seconds is not None
+                    and time.perf_counter() - last_save[0] >= stage.checkpoint_seconds
+                )
             )
             if checkpointer is not None and (due or preempted()):
                 drain(keep=0)  # a checkpoint only ever holds a state whose losses were finite

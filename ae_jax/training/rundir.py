@@ -43,6 +43,7 @@ MAY_DIFFER = (
     "trainer.progress",
     "trainer.figures",
     "trainer.checkpoint_every",
+    "trainer.checkpoint_seconds",
     "trainer.keep_checkpoints",
     "trainer.resume",
     "trainer.restart_if_corrupt",

@@ -8,6 +8,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ae_jax.config import OptimConfig
@@ -121,23 +122,24 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
 
 @functools.lru_cache(maxsize=32)
 def _init_fn(model, tx, example_shape: tuple[int, ...]):
-    """The jitted initialiser of (params, opt_state) for a (hashable) model and optimiser:
-    compiled once, reused by every seed. (Op by op, init would compile each op separately.)"""
+    """The jitted initialiser of a (hashable) model and optimiser: from a seed, the three keys
+    (init, noise, data) and the initial (params, opt_state), in ONE program compiled once and
+    reused by every seed (op by op, init and each key derivation would compile separately)."""
 
-    def init(key):
-        params = model.init(key, jnp.zeros((1, *example_shape), jnp.float32))["params"]
-        return params, tx.init(params)
+    def init(seed):
+        init_key, noise_key, data_key = jax.random.split(jax.random.key(seed), 3)
+        params = model.init(init_key, jnp.zeros((1, *example_shape), jnp.float32))["params"]
+        return params, tx.init(params), noise_key, data_key
 
     return jax.jit(init)
 
 
 def create_state(model, tx, example_shape, seed: int, running: dict) -> TrainState:
     """Initial parameters and optimiser state for ``seed`` (deterministic)."""
-    root = jax.random.key(seed)
-    init_key, noise_key, data_key = jax.random.split(root, 3)
-    params, opt_state = _init_fn(model, tx, tuple(example_shape))(init_key)
+    init = _init_fn(model, tx, tuple(example_shape))
+    params, opt_state, noise_key, data_key = init(np.int32(seed))
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
+        step=np.zeros((), np.int32),
         params=params,
         opt_state=opt_state,
         key=noise_key,

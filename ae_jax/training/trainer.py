@@ -21,7 +21,13 @@ from ae_jax.data import Dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.objectives.losses import squared_error
 from ae_jax.training.checkpoint import Checkpointer
-from ae_jax.training.loop import Preempted, Stage, TrainingDiverged, run_stage  # noqa: F401
+from ae_jax.training.loop import (  # noqa: F401
+    Preempted,
+    Stage,
+    TrainingDiverged,
+    checkpoint_schedule,
+    run_stage,
+)
 from ae_jax.training.objective import HParams, Objective, build_objective, make_hparams
 from ae_jax.training.parallel import Parallel, select_devices
 from ae_jax.training.state import TrainState, create_state, make_optimizer
@@ -182,7 +188,7 @@ class Trainer:
             batch_size=t.batch_size,
             evaluate=lambda state: {"mse": self.eval_mse(state.params, x_eval)},
             eval_every=t.eval_every,
-            checkpoint_every=t.checkpoint_every,
+            **checkpoint_schedule(t),
             log_every=t.log_every,
             progress=t.progress,
             hint=f"Lower optim.lr (now {self.cfg.optim.lr}) or the regularisation strengths, "
@@ -210,8 +216,9 @@ class Trainer:
         without one, ``eval/mse`` on the test split) every
         ``trainer.eval_every`` epochs; they reach the host one epoch late,
         so the device never waits for it. With a ``checkpointer`` the state is saved every
-        ``trainer.checkpoint_every`` epochs and at the end, only after that epoch's losses were
-        checked finite; SIGTERM saves after the epoch in flight and raises ``Preempted``.
+        ``trainer.checkpoint_seconds`` of training (or ``trainer.checkpoint_every`` epochs) and
+        at the end, only after that epoch's losses were checked finite; SIGTERM saves after the
+        epoch in flight and raises ``Preempted``.
         """
         t = self.cfg.trainer
         hparams = self.parallel.place(self.hparams() if hparams is None else hparams)
