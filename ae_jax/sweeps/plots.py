@@ -148,17 +148,7 @@ def axis_figure(
                 _draw_line(ax, members, index, "test/pca_mse", position, color, pca_label, True)
             bad = [position[_first(r.values[index])] for r in members if r.not_completed]
             if bad:
-                ax.plot(
-                    bad,
-                    [0.0] * len(bad),
-                    "x",
-                    color="red",
-                    markersize=9,
-                    mew=2,
-                    clip_on=False,
-                    transform=ax.get_xaxis_transform(),
-                    label=failed_label,
-                )
+                _mark_failed(ax, bad, failed_label)
                 failed_label = None
         if metric == "test/mse" and pca_shared:
             x, y = zip(*sorted(pca_shared.items()), strict=True)
@@ -202,6 +192,21 @@ def _log_y_if_wide(ax) -> None:
     ys = ys[np.isfinite(ys)]
     if ys.size and ys.min() > 0 and ys.max() / ys.min() > 10:
         ax.set_yscale("log")
+
+
+def _mark_failed(ax, xs, label: str | None) -> None:
+    """Red crosses on the x axis at ``xs``: runs or trials that have no value to plot."""
+    ax.plot(
+        xs,
+        [0.0] * len(xs),
+        "x",
+        color="red",
+        markersize=9,
+        mew=2,
+        clip_on=False,
+        transform=ax.get_xaxis_transform(),
+        label=label,
+    )
 
 
 def _draw_line(
@@ -367,17 +372,7 @@ def study_figure(study: Study, title: str = "") -> Figure:
                 label=f"best: trial {best.number}",
             )
         if xs_failed:
-            ax.plot(
-                xs_failed,
-                [0.0] * len(xs_failed),
-                "x",
-                color="red",
-                markersize=9,
-                mew=2,
-                clip_on=False,
-                transform=ax.get_xaxis_transform(),
-                label="no score (failed)",
-            )
+            _mark_failed(ax, xs_failed, "no score (failed)")
 
     for ax, param in zip(axes, params):
         xs, categories = _study_x(trials, param)
