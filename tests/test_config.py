@@ -57,6 +57,9 @@ def test_every_group_option_composes_and_validates(override):
         (["trainer.epochs=0"], r"trainer.epochs=0"),
         (["loss=bce", "model.output_activation=linear"], r"loss=bce .*output_activation=linear"),
         (["data.test_fraction=1.0"], r"data.test_fraction=1.0"),
+        (["trainer.checkpoint_every=-1"], r"trainer.checkpoint_every=-1 .*or null"),
+        (["trainer.checkpoint_seconds=0"], r"trainer.checkpoint_seconds=0(\.0)? is not valid.*> 0"),
+        (["trainer.checkpoint_seconds=-5"], r"trainer.checkpoint_seconds=-5"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(overrides, match):
