@@ -166,3 +166,16 @@ def test_overcomplete_warning_only_for_the_runs_own_code(caplog):
     with caplog.at_level(logging.WARNING, logger="ae_jax"):
         validate_against_data(cfg, data)
     assert "model.latent_dim=100 > input dimension 64" in caplog.text
+    caplog.clear()
+    for noise in (["noise=masking", "noise.level=0.25"], ["noise=gaussian", "noise.level=0.1"]):
+        with caplog.at_level(logging.WARNING, logger="ae_jax"):  # a denoising AE cannot copy
+            validate_against_data(
+                make_config("model=shallow", "model.latent_dim=100", *noise), data
+            )
+    assert "overcomplete" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):  # level 0 is no noise: it can copy
+        validate_against_data(
+            make_config("model=shallow", "model.latent_dim=100", "noise=masking", "noise.level=0"),
+            data,
+        )
+    assert "and no input noise" in caplog.text

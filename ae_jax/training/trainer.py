@@ -60,11 +60,16 @@ def validate_against_data(cfg: Config, data: Dataset, is_code: bool = True) -> N
         )
     d = data.num_features
     code_terms = [k for k in cfg.reg if k != "weight_decay"]  # terms that act on the code
-    overcomplete = cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None
+    # input noise regularises too: a denoising AE cannot copy its corrupted input
+    denoising = cfg.noise.kind != "none" and cfg.noise.level > 0
+    overcomplete = (
+        cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None and not denoising
+    )
     if is_code and overcomplete:
         log.warning(
-            "model.latent_dim=%d > input dimension %d with reg=%s: an overcomplete code can "
-            "learn the identity; add a sparsity or contractive regulariser (or model.sparse_k)",
+            "model.latent_dim=%d > input dimension %d with reg=%s and no input noise: an "
+            "overcomplete code can learn the identity; add a sparsity or contractive "
+            "regulariser, model.sparse_k or denoising noise",
             cfg.model.latent_dim,
             d,
             "[" + ",".join(cfg.reg) + "]" if cfg.reg else "none",
