@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 from ae_jax.evaluation.figures import (
     FigureError,
     code_histogram_figure,
+    filter_mosaic,
     filters_figure,
     plot_code_histogram,
     plot_filters,
@@ -62,15 +63,21 @@ def test_image_grid_layout_and_display_range(digits):
     rows = {"input": digits, "reconstruction": digits}
     fig = reconstructions_figure(rows, (8, 8, 1), n=5)
     axes = fig.get_axes()
-    assert len(axes) == 2 * 5
-    assert [ax.get_ylabel() for ax in axes[::5]] == ["input", "reconstruction"]
+    assert len(axes) == 2  # one strip per row
+    assert [ax.get_ylabel() for ax in axes] == ["input", "reconstruction"]
     assert all(not ax.get_xticks().size and not ax.get_yticks().size for ax in axes)
     image = axes[0].get_images()[0]
     assert image.get_cmap().name == "gray"
     lo, hi = digits[:5].min(), digits[:5].max()
     assert image.get_clim() == (lo, hi)
+    strip = image.get_array().filled(np.nan)
+    assert strip.shape == (8, 5 * 8 + 4)  # five 8x8 images, 1-pixel gaps
+    for c in range(5):
+        np.testing.assert_allclose(strip[:, 9 * c : 9 * c + 8], digits[c, ..., 0])
+    assert np.isnan(strip[:, 8::9]).all()  # the gaps are blank
     # n larger than N shows every example once.
-    assert len(reconstructions_figure(rows, (8, 8, 1), n=50).get_axes()) == 2 * 20
+    strip = reconstructions_figure(rows, (8, 8, 1), n=50).get_axes()[0].get_images()[0]
+    assert strip.get_array().shape == (8, 20 * 9 - 1)
 
 
 def test_overshooting_reconstructions_are_clipped_to_the_input_range(digits, tmp_path):
@@ -85,7 +92,11 @@ def test_overshooting_reconstructions_are_clipped_to_the_input_range(digits, tmp
 def test_rgb_images(tmp_path):
     x = np.random.default_rng(1).random((6, 12, 12, 3))  # (N, H, W, 3)
     fig = reconstructions_figure({"input": x, "reconstruction": 1.5 * x}, (12, 12, 3), n=6)
-    assert fig.get_axes()[0].get_images()[0].get_array().shape == (12, 12, 3)
+    strip = fig.get_axes()[0].get_images()[0].get_array()
+    assert strip.shape == (12, 6 * 12 + 5, 3)
+    lo, hi = x.min(), x.max()  # shown on the input's own range, mapped to [0, 1]
+    np.testing.assert_allclose(strip[:, :12], (x[0] - lo) / (hi - lo))
+    assert (strip[:, 12] == 1.0).all()  # white gaps
     plot_reconstructions(tmp_path / "rgb.png", {"input": x, "rec": 1.5 * x}, (12, 12, 3), n=6)
     assert _png(tmp_path / "rgb.png").shape[1] > 600
 
@@ -216,7 +227,7 @@ def test_training_curves_reference_must_be_finite():
 def test_reconstructions_with_a_pca_row(digits, tmp_path):
     rows = {"input": digits, "reconstruction": 0.9 * digits, "PCA k=8": 0.8 * digits}
     fig = reconstructions_figure(rows, (8, 8, 1), n=6)
-    assert [ax.get_ylabel() for ax in fig.get_axes()[::6]] == list(rows)
+    assert [ax.get_ylabel() for ax in fig.get_axes()] == list(rows)
     plot_reconstructions(tmp_path / "pca.png", rows, (8, 8, 1), title="digits, k=8", n=6)
     png = _png(tmp_path / "pca.png")
     # The row labels widen the figure on the left; they are not clipped (tight bounding box).
@@ -259,24 +270,28 @@ def test_dense_code_histogram_stays_linear_without_zero_bar():
         code_histogram_figure(codes, target=float("nan"))
 
 
-def _filter_panels(fig) -> list:
-    return [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_images()]
+def _mosaic(fig) -> np.ndarray:
+    (ax,) = fig.get_axes()
+    (image,) = ax.get_images()
+    assert image.get_clim() == (-1.0, 1.0) and image.get_cmap().name == "RdBu_r"
+    return np.asarray(image.get_array().filled(np.nan))
 
 
-def test_filters_one_panel_per_unit_symmetric_diverging(digits, tmp_path):
+def test_filters_one_tile_per_unit_symmetric_diverging(digits, tmp_path):
     kernel = np.random.default_rng(7).normal(size=(64, 10))  # (D, H1)
     kernel[:, 0] *= 10.0
     fig = filters_figure(kernel, (8, 8, 1), title="first layer")
-    panels = _filter_panels(fig)
-    assert len(panels) == 10
-    assert len([ax for ax in fig.get_axes() if not ax.get_visible()]) == 2  # a 3x4 grid
-    for j, ax in enumerate(panels):
-        image = ax.get_images()[0]
-        bound = np.abs(kernel[:, j]).max()
-        assert image.get_clim() == (-bound, bound)  # each filter on its own symmetric range
-        assert image.get_cmap().name == "RdBu_r"
-        np.testing.assert_allclose(image.get_array(), kernel[:, j].reshape(8, 8))
-        assert not ax.get_xticks().size and not ax.get_yticks().size
+    mosaic = _mosaic(fig)
+    assert mosaic.shape == (3 * 9 - 1, 4 * 9 - 1)  # a 3x4 grid of 8x8 tiles, 1-pixel lines
+    for j in range(12):
+        r, c = divmod(j, 4)
+        tile = mosaic[9 * r : 9 * r + 8, 9 * c : 9 * c + 8]
+        if j >= 10:
+            assert np.isnan(tile).all()  # the two unused cells are blank
+            continue
+        bound = np.abs(kernel[:, j]).max()  # each filter on its own symmetric range
+        np.testing.assert_allclose(tile, kernel[:, j].reshape(8, 8) / bound)
+    assert np.isnan(mosaic[8, :]).all() and np.isnan(mosaic[:, 8]).all()  # lines between tiles
     assert fig.get_suptitle() == "first layer (10 filters)"
     plot_filters(tmp_path / "filters.png", kernel, (8, 8, 1))
     png = _png(tmp_path / "filters.png")
@@ -286,12 +301,15 @@ def test_filters_one_panel_per_unit_symmetric_diverging(digits, tmp_path):
 def test_filters_at_most_max_filters_and_rgb():
     kernel = np.random.default_rng(8).normal(size=(64, 130))
     fig = filters_figure(kernel, (8, 8))
-    assert len(_filter_panels(fig)) == 100
+    assert _mosaic(fig).shape == (10 * 9 - 1, 10 * 9 - 1)  # 100 tiles
     assert fig.get_suptitle() == "100 of 130 filters"
-    assert len(_filter_panels(filters_figure(kernel, (8, 8), max_filters=7))) == 7
+    mosaic, grid = filter_mosaic(kernel, (8, 8), max_filters=7)
+    assert grid == (3, 3) and np.isfinite(mosaic).sum() == 7 * 64
     rgb = np.random.default_rng(9).normal(size=(4 * 4 * 3, 5))
-    panels = _filter_panels(filters_figure(rgb, (4, 4, 3)))
-    assert len(panels) == 5 and panels[0].get_images()[0].get_array().shape == (4, 4)
+    mosaic, grid = filter_mosaic(rgb, (4, 4, 3))
+    mean = rgb[:, 0].reshape(4, 4, 3).mean(axis=2)  # colour filters: the mean over channels
+    assert grid == (2, 3)
+    np.testing.assert_allclose(mosaic[:4, :4], mean / np.abs(mean).max())
 
 
 @pytest.mark.parametrize(

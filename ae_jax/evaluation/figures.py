@@ -115,26 +115,41 @@ def reconstructions_figure(
 
 
 def _image_grid(data: dict[str, np.ndarray], n: int) -> Figure:
+    """One axes per row: its n images side by side in one strip (``_strip``), with white gaps."""
+    import matplotlib
+
     reference = next(iter(data.values()))[:n]
     lo, hi = float(reference.min()), float(reference.max())
     if hi <= lo:  # a constant reference: any non-empty range shows it
         hi = lo + 1.0
     fig = Figure(figsize=(1.0 * n + 1.2, 1.0 * len(data) + 0.4), layout="constrained")
-    axes = fig.subplots(len(data), n, squeeze=False)
-    for r, (label, x) in enumerate(data.items()):
-        for c in range(n):
-            ax = axes[r, c]
-            image = np.clip(x[c], lo, hi)  # (H, W[, C])
-            if image.ndim == 3 and image.shape[2] == 1:
-                image = image[..., 0]
-            if image.ndim == 2:
-                ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            else:  # RGB: imshow needs [0, 1]
-                ax.imshow((image - lo) / (hi - lo), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    axes = fig.subplots(len(data), 1, squeeze=False)[:, 0]
+    gray = matplotlib.colormaps["gray"].with_extremes(bad="white")  # the gaps
+    for ax, (label, x) in zip(axes, data.items(), strict=True):
+        strip = _strip(np.clip(x[:n], lo, hi))
+        if strip.ndim == 2:
+            ax.imshow(strip, cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
+        else:  # RGB: imshow needs [0, 1]; the gaps are white
+            ax.imshow(np.nan_to_num((strip - lo) / (hi - lo), nan=1.0), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
     return fig
+
+
+def _strip(images: np.ndarray) -> np.ndarray:
+    """(n, H, W[, C]) images as one (H, n·W + gaps[, C]) array, NaN in the gaps (W // 8 or at
+    least 1 pixel wide); one-channel images lose their channel axis."""
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    n, h, w = images.shape[:3]
+    gap = max(1, w // 8)
+    strip = np.full((h, n * (w + gap) - gap, *images.shape[3:]), np.nan)
+    for c, image in enumerate(images):
+        strip[:, c * (w + gap) : c * (w + gap) + w] = image
+    return strip
 
 
 def _tabular_panels(data: dict[str, np.ndarray], n: int) -> Figure:
@@ -433,14 +448,15 @@ def filters_figure(
     title: str = "",
     max_filters: int = 100,
 ) -> Figure:
-    """Draws the first encoder layer's filters of an image model: one panel per hidden unit.
+    """Draws the first encoder layer's filters of an image model: one tile per hidden unit.
 
     Column j of ``kernel`` (D, H1) holds the weights of hidden unit j on the D input pixels;
     reshaped to ``example_shape`` it shows what the unit responds to (strokes, blobs, edges).
     Each filter is drawn on its own range, symmetric around 0 (``±max|w|``), with a diverging
     colormap (red positive, blue negative, white 0), so the sign structure is visible whatever
     the filter's norm. Colour images (C = 3) show the mean over channels. At most
-    ``max_filters`` filters, the first ones, in a near-square grid without ticks.
+    ``max_filters`` filters, the first ones, tiled in a near-square grid with grey lines between
+    them (``filter_mosaic``): one image, so a grid of 100 costs what one does.
 
     Args:
       kernel: (D, H1) first-layer kernel, D = prod(example_shape).
@@ -452,6 +468,29 @@ def filters_figure(
       FigureError: for a kernel that is not 2-D, D that does not match example_shape, an
         example_shape that is not an image, max_filters < 1, or non-finite weights.
     """
+    import matplotlib
+
+    mosaic, (rows, cols) = filter_mosaic(kernel, example_shape, max_filters)
+    total, shown = np.shape(kernel)[1], min(np.shape(kernel)[1], max_filters)
+    h, w = example_shape[:2]
+    size = 0.75 if cols <= 10 else 0.55
+    fig = Figure(figsize=(max(cols * size, 3.0), rows * size * h / w + 0.7), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.55")  # the lines between tiles
+    ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    count = f"{shown} of {total} filters" if shown < total else f"{total} filters"
+    fig.suptitle(f"{title} ({count})" if title else count, fontsize=10)
+    fig.supxlabel("each on its own range ±max|w|: red > 0, blue < 0", fontsize=8)
+    return fig
+
+
+def filter_mosaic(
+    kernel: np.ndarray, example_shape: tuple[int, ...], max_filters: int = 100
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The first ``max_filters`` columns of a (D, H1) kernel as images, each divided by its own
+    max|w| (so in [-1, 1]), tiled row by row in a near-square grid of (rows, cols) cells with one
+    NaN pixel between cells; unused cells are NaN. Returns (mosaic, (rows, cols))."""
     kernel = np.asarray(kernel, dtype=np.float64)
     example_shape = tuple(int(s) for s in example_shape)
     is_image = len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[2] in (1, 3))
@@ -472,30 +511,17 @@ def filters_figure(
         raise FigureError(f"max_filters={max_filters!r} must be >= 1")
     if not np.all(np.isfinite(kernel)):
         raise FigureError(f"kernel holds {int(np.sum(~np.isfinite(kernel)))} non-finite weights")
-    total = kernel.shape[1]
-    shown = min(total, max_filters)
+    shown = min(kernel.shape[1], max_filters)
     cols = math.ceil(math.sqrt(shown))
     rows = math.ceil(shown / cols)
     h, w = example_shape[:2]
-    size = 0.75 if cols <= 10 else 0.55
-    panel_w, panel_h = size, size * h / w
-    fig = Figure(figsize=(max(cols * panel_w, 3.0), rows * panel_h + 0.7), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for j, ax in enumerate(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if j >= shown:
-            ax.set_visible(False)
-            continue
-        image = kernel[:, j].reshape(example_shape)
-        if image.ndim == 3:
-            image = image.mean(axis=2)
-        bound = float(np.abs(image).max()) or 1.0
-        ax.imshow(image, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-        for spine in ax.spines.values():
-            spine.set_linewidth(0.4)
-    count = f"{shown} of {total} filters" if shown < total else f"{total} filters"
-    fig.suptitle(f"{title} ({count})" if title else count, fontsize=10)
-    fig.supxlabel("each on its own range ±max|w|: red > 0, blue < 0", fontsize=8)
-    return fig
+    images = kernel[:, :shown].T.reshape(shown, *example_shape)
+    if images.ndim == 4:
+        images = images.mean(axis=3)
+    bound = np.abs(images).max(axis=(1, 2), keepdims=True)
+    images = images / np.where(bound > 0, bound, 1.0)
+    mosaic = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for j, image in enumerate(images):
+        r, c = divmod(j, cols)
+        mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
+    return mosaic, (rows, cols)
