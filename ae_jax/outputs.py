@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -120,6 +121,26 @@ def warm_evaluation(cfg: Config, trainer: Trainer, params) -> None:
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     evaluate_trained(cfg, trainer, params)
     reconstruction_arrays(trainer, params, eval_level, cfg.trainer.seed)
+
+
+def warm_outputs_in_background(cfg: Config, trainer: Trainer, params) -> threading.Thread:
+    """Ready what ``evaluate_and_write`` needs while the run trains, on a second thread: its
+    evaluation programs (``warm_evaluation`` on ``params``, a host copy of the initial ones)
+    and matplotlib when figures are drawn. The device and XLA's threads train meanwhile; the
+    caller joins the thread before evaluating. A failure here is left for the real evaluation
+    to report."""
+
+    def warm() -> None:
+        try:
+            warm_evaluation(cfg, trainer, params)
+            if cfg.trainer.figures:
+                import ae_jax.evaluation.figures  # noqa: F401  (matplotlib: ~0.5 s)
+        except Exception:  # the evaluation after training raises it where it matters
+            log.debug("readying the evaluation failed", exc_info=True)
+
+    thread = threading.Thread(target=warm, name="ae_jax-warm-evaluation", daemon=True)
+    thread.start()
+    return thread
 
 
 FIGURES = ("reconstructions", "training_curves", "code_activations", "filters")

@@ -18,7 +18,13 @@ import jax
 from ae_jax.config import to_config, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.features import write_run_info
-from ae_jax.outputs import describe, epoch_logger, evaluate_and_write, open_run_loggers
+from ae_jax.outputs import (
+    describe,
+    epoch_logger,
+    evaluate_and_write,
+    open_run_loggers,
+    warm_outputs_in_background,
+)
 from ae_jax.training import distributed
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import sigterm_flag
@@ -66,13 +72,20 @@ def train_and_evaluate(
         if main:  # shapes and output activation, so that ae_jax.features.load_run needs no data
             write_run_info(workdir, data, trainer.output_activation)
         loggers = stack.enter_context(open_run_loggers(cfg, workdir, main))
+        # the evaluation's programs and matplotlib are readied while the model trains (after
+        # the epoch program, which would otherwise wait for the GIL)
+        initial, warming = jax.device_get(state.params), []
+        stack.callback(lambda: [thread.join() for thread in warming])  # also when fit raises
         state, history, timing = trainer.fit(
             state,
             checkpointer=checkpointer,
             resume=cfg.trainer.resume,
             on_epoch=epoch_logger(loggers),
+            on_compiled=lambda: warming.append(warm_outputs_in_background(cfg, trainer, initial)),
             profile_dir=workdir / "tensorboard" if cfg.trainer.profile else None,
         )
+        for thread in warming:
+            thread.join()
         if not main:
             return {}
         log.info(

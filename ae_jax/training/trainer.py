@@ -212,6 +212,7 @@ class Trainer:
         resume: bool = False,
         stage_name: str = "",
         on_epoch: Callable[[dict], None] | None = None,
+        on_compiled: Callable[[], None] | None = None,
         profile_dir=None,
     ):
         """Train from ``start_epoch`` (or, with ``resume``, from the newest checkpoint) to
@@ -223,14 +224,18 @@ class Trainer:
         so the device never waits for it. With a ``checkpointer`` the state is saved every
         ``trainer.checkpoint_seconds`` of training (or ``trainer.checkpoint_every`` epochs) and
         at the end, only after that epoch's losses were checked finite; SIGTERM saves after the
-        epoch in flight and raises ``Preempted``.
+        epoch in flight and raises ``Preempted``. ``on_compiled()`` is called once the epoch
+        program is ready, before the first epoch is dispatched.
         """
         t = self.cfg.trainer
         hparams = self.parallel.place(self.hparams() if hparams is None else hparams)
         x_train = self.parallel.place(jnp.asarray(self.data.x_train))
         state = self.parallel.place(state)
+        stage = self.stage(state, hparams, x_train, stage_name, profile_dir=profile_dir)
+        if on_compiled is not None:
+            on_compiled()
         result = run_stage(
-            self.stage(state, hparams, x_train, stage_name, profile_dir=profile_dir),
+            stage,
             state,
             checkpointer=checkpointer,
             resume=resume,
