@@ -179,6 +179,9 @@ class PretrainConfig:
     baseline: bool = True  # also train the same network from a random start, same stages
     probe: bool = True  # linear probe on the codes, raw pixels and PCA codes of the same size
     probe_steps: int = 500  # L-BFGS iterations of each probe
+    # the probes' weight penalty; several values are chosen among on the validation split
+    # (data.validation > 0), each probe its own, then refitted on training + validation
+    probe_l2: list[float] = field(default_factory=lambda: [1e-4])
 
 
 @dataclass
@@ -636,6 +639,17 @@ def validate_pretrain(cfg: Any) -> None:
         _positive_pretrain(key, getattr(p, key))
     for key in ("layer_batch_size", "supervised_batch_size"):
         _positive_pretrain(key, getattr(p, key), allow_none=True)
+    l2s = list(p.probe_l2)
+    if not l2s or not all(isinstance(v, (int, float)) and v >= 0 for v in l2s):
+        raise PretrainConfigError(
+            f"pretrain.probe_l2={l2s} is not valid; give one or more weight penalties >= 0, "
+            "e.g. [1e-4] or [1e-4,1e-3,1e-2]"
+        )
+    if p.probe and len(l2s) > 1 and not cfg.data.validation:
+        raise PretrainConfigError(
+            f"pretrain.probe_l2={l2s} lists {len(l2s)} values, which are chosen among on a "
+            "validation split; set data.validation (e.g. 10000) or give one value"
+        )
     if p.layer_lr is not None and not (isinstance(p.layer_lr, (int, float)) and p.layer_lr > 0):
         raise PretrainConfigError(f"pretrain.layer_lr={p.layer_lr!r} must be > 0 (or null)")
     if not (isinstance(p.supervised_lr, (int, float)) and p.supervised_lr > 0):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,39 +170,60 @@ def probe_report(
     steps: int = 500,
     seed: int = 0,
     baselines: bool = True,
+    l2: float | Sequence[float] = 1e-4,
+    z_val: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Linear-probe test error of codes, with raw inputs and PCA codes of the same size beside.
 
     Multinomial logistic regression on frozen features (``ae_jax.evaluation.probe``; Vincent et
     al. 2010, sec. 7), trained on the training split, error on the test split:
     ``probe/error_pct`` (the codes), ``probe/raw/error_pct`` (the inputs) and
-    ``probe/pca/error_pct`` (PCA-k of the inputs, k = the code size).
+    ``probe/pca/error_pct`` (PCA-k of the inputs, k = the code size). With several ``l2``
+    candidates each probe chooses its own on the validation split (``z_val``, the codes of
+    ``data.x_val``), then fits on training + validation (``probe/l2``, ``probe/val/error_pct``,
+    and the same under ``probe/raw/`` and ``probe/pca/``).
 
     Raises:
-      RunError: when the dataset has no labels.
+      RunError: when the dataset has no labels, or several l2 are given without a validation
+        split.
     """
     from ae_jax.evaluation.pca import fit_pca
     from ae_jax.evaluation.probe import linear_probe
 
     if data.y_train is None:
         raise RunError(f"{data.name} has no labels; a linear probe needs class labels")
-    codes = linear_probe(z_train, data.y_train, z_test, data.y_test, steps=steps, seed=seed)
-    out = {"probe/error_pct": codes["error_pct"], "probe/train_error_pct": codes["train_error_pct"]}
+    choose = np.ndim(l2) > 0 and len(l2) > 1
+    if choose and (z_val is None or data.x_val is None):
+        raise RunError(
+            f"choosing the probe's l2 among {list(l2)} needs a validation split "
+            "(data.validation > 0); the test split is never used to choose"
+        )
+    y_val = data.y_val if choose else None
+
+    def probe(prefix: str, train, test, val) -> dict[str, float]:
+        r = linear_probe(
+            train, data.y_train, test, data.y_test, steps=steps, seed=seed, l2=l2,
+            z_val=val if choose else None, y_val=y_val,
+        )  # fmt: skip
+        out = {f"{prefix}error_pct": r["error_pct"]}
+        if prefix == "probe/":  # the codes' training error too (how much the probe overfits)
+            out[f"{prefix}train_error_pct"] = r["train_error_pct"]
+        if "l2" in r:
+            out |= {f"{prefix}l2": r["l2"], f"{prefix}val/error_pct": r["val_error_pct"]}
+        return out
+
+    out = probe("probe/", z_train, z_test, z_val)
     if not baselines:
         return out
-    flat_train = data.x_train.reshape(data.x_train.shape[0], -1)
-    flat_test = data.x_test.reshape(data.x_test.shape[0], -1)
-    raw = linear_probe(flat_train, data.y_train, flat_test, data.y_test, steps=steps, seed=seed)
-    out["probe/raw/error_pct"] = raw["error_pct"]
+    flat = (-1, data.num_features)
+    flat_train, flat_test = data.x_train.reshape(flat), data.x_test.reshape(flat)
+    flat_val = None if data.x_val is None else data.x_val.reshape(flat)
+    out |= probe("probe/raw/", flat_train, flat_test, flat_val)
     k = min(np.shape(z_train)[1], *flat_train.shape)
     pca = fit_pca(flat_train, k)
-    pcs = linear_probe(
-        pca.encode(flat_train).astype(np.float32),
-        data.y_train,
-        pca.encode(flat_test).astype(np.float32),
-        data.y_test,
-        steps=steps,
-        seed=seed,
-    )
-    out["probe/pca/error_pct"] = pcs["error_pct"]
+
+    def pcs(x):
+        return None if x is None else pca.encode(x).astype(np.float32)
+
+    out |= probe("probe/pca/", pcs(flat_train), pcs(flat_test), pcs(flat_val))
     return out

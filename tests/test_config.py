@@ -60,6 +60,12 @@ def test_every_group_option_composes_and_validates(override):
         (["trainer.checkpoint_every=-1"], r"trainer.checkpoint_every=-1 .*or null"),
         (["trainer.checkpoint_seconds=0"], r"trainer.checkpoint_seconds=0(\.0)? is not valid.*> 0"),
         (["trainer.checkpoint_seconds=-5"], r"trainer.checkpoint_seconds=-5"),
+        (
+            ["+pretrain=layerwise", "pretrain.probe_l2=[1e-4,1e-2]"],
+            r"probe_l2=\[0.0001, 0.01\] lists 2 values.*set data.validation",
+        ),
+        (["+pretrain=layerwise", "pretrain.probe_l2=[-1]"], r"pretrain.probe_l2=\[-1.0\]"),
+        (["+pretrain=layerwise", "pretrain.probe_l2=[]"], r"pretrain.probe_l2=\[\] is not valid"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(overrides, match):

@@ -116,6 +116,34 @@ def test_bad_inputs_are_errors(digits_split, change, match):
         linear_probe(x_tr, y_tr, x_te, y_te, **kwargs)
 
 
+def test_l2_is_chosen_on_validation_then_refitted_on_train_and_validation(digits_split):
+    x_tr, x_te, y_tr, y_te = digits_split
+    x_fit, x_val, y_fit, y_val = x_tr[:1000], x_tr[1000:], y_tr[:1000], y_tr[1000:]
+    candidates = [3.0, 1e-2, 1e-4]  # 3.0 shrinks W almost to 0: far worse on validation
+    chosen = linear_probe(
+        x_fit, y_fit, x_te, y_te, l2=candidates, z_val=x_val, y_val=y_val, steps=300
+    )
+    # the choice is the lowest validation error of each penalty fitted on the training part
+    val = {c: linear_probe(x_fit, y_fit, x_val, y_val, l2=c, steps=300) for c in candidates}
+    best = min(candidates, key=lambda c: (val[c]["error_pct"], val[c]["test_nll"]))
+    assert chosen["l2"] == best != 3.0
+    assert chosen["val_error_pct"] == pytest.approx(val[best]["error_pct"])
+    assert val[3.0]["error_pct"] > val[best]["error_pct"] + 2.0
+    # ... then the probe is fitted on training + validation and the test split scored once
+    refit = linear_probe(
+        np.concatenate([x_fit, x_val]), np.concatenate([y_fit, y_val]), x_te, y_te, l2=best,
+        steps=300,
+    )  # fmt: skip
+    assert chosen["error_pct"] == pytest.approx(refit["error_pct"])
+    assert chosen["train_error_pct"] == pytest.approx(refit["train_error_pct"])
+    with pytest.raises(ProbeError, match=r"lists 3 values.*give z_val and y_val"):
+        linear_probe(x_fit, y_fit, x_te, y_te, l2=candidates)
+    with pytest.raises(ProbeError, match=r"z_val must have the 64 features"):
+        linear_probe(x_fit, y_fit, x_te, y_te, l2=candidates, z_val=x_val[:, :5], y_val=y_val)
+    with pytest.raises(ProbeError, match=r"l2=\[\] must be >= 0"):
+        linear_probe(x_fit, y_fit, x_te, y_te, l2=[])
+
+
 def test_mnist_raw_pixels(mnist_path):
     x_tr = _read_idx(mnist_path / "train-images-idx3-ubyte.gz") / np.float32(255)
     y_tr = _read_idx(mnist_path / "train-labels-idx1-ubyte.gz")

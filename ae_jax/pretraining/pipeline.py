@@ -185,8 +185,15 @@ def probe_stage(cfg: Config, trainer: Trainer, params, data: Dataset) -> dict[st
     flat = (-1, data.num_features)
     z_train = encode_in_chunks(enc, params, data.x_train.reshape(flat))
     z_test = encode_in_chunks(enc, params, data.x_test.reshape(flat))
+    z_val = None if data.x_val is None else encode_in_chunks(enc, params, data.x_val.reshape(flat))
     return probe_report(
-        z_train, z_test, data, steps=cfg.pretrain.probe_steps, seed=cfg.trainer.seed
+        z_train,
+        z_test,
+        data,
+        steps=cfg.pretrain.probe_steps,
+        seed=cfg.trainer.seed,
+        l2=list(cfg.pretrain.probe_l2),
+        z_val=z_val,
     )
 
 
