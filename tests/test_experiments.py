@@ -136,14 +136,12 @@ def test_ng2011_sparse_ae_smoke(mnist_path, tmp_path):
 
 
 def test_makhzani_ksparse_smoke(mnist_path, tmp_path):
-    # the probes' l2 chosen on a validation split, each probe its own
-    choice = ("data.validation=500", "pretrain.probe_l2=[1e-3,3.0]")
-    cfg = compose_experiment("makhzani2013_ksparse_mnist_smoke", mnist_path, *FAST[:2], *choice)
+    cfg = compose_experiment("makhzani2013_ksparse_mnist_smoke", mnist_path, *FAST[:2])
     m = train_and_evaluate(cfg, tmp_path)
     # the code keeps k = 8 of 128 units; the probe's features keep alpha * k = 24
     assert m["test/code_nonzero_max"] <= 8
     assert m["probe/error_pct"] < 20.0
-    for prefix in ("probe/", "probe/raw/", "probe/pca/"):
+    for prefix in ("probe/", "probe/raw/", "probe/pca/"):  # l2 chosen on validation, each its own
         assert m[f"{prefix}l2"] == 1e-3  # l2 = 3 shrinks the weights to ~0: worse on validation
         assert 0 < m[f"{prefix}val/error_pct"] < 30.0
     from ae_jax.features import embed, load_run
