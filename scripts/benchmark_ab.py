@@ -9,6 +9,15 @@ load and thermal drift hit both alike. Each process times the compiled epoch pro
 Hinton autoencoder 784-1000-500-250-30 (sigmoid, BCE, Adam) on MNIST-shaped data with
 ``ae_jax.benchmarking.epoch_program_seconds`` (best of ``--repeats`` epochs) at each batch size.
 Prints ms per step for A and B, and B/A.
+
+    python scripts/benchmark_ab.py --run --a 66740cf --b HEAD --rounds 5
+    python scripts/benchmark_ab.py --run --a 66740cf --b HEAD -- noise=masking noise.level=0.3
+
+``--run`` times a whole run instead: ``experiments/train.py`` (the default digits run, or the
+overrides after ``--``) in a fresh process, once per revision to fill its own compilation cache
+and then alternating for ``--rounds`` rounds. Prints the best and median wall time, the
+training time (``time/train_seconds``) and the rest: process start, composition, compiling,
+evaluation, figures and files.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +76,40 @@ def measure(tree: Path, batches: list[int], steps: int, repeats: int) -> dict[st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def time_run(tree: Path, overrides: list[str], out: Path, cache: Path) -> tuple[float, float]:
+    """(wall seconds, time/train_seconds) of one ``experiments/train.py`` process in ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "AE_JAX_COMPILATION_CACHE": str(cache)}
+    cmd = [sys.executable, "experiments/train.py", *overrides, f"hydra.run.dir={out}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed in {tree}:\n{proc.stderr[-2000:]}")
+    return wall, json.loads((out / "metrics.json").read_text())["time/train_seconds"]
+
+
+def compare_runs(args, trees: dict[str, Path], tmp: Path) -> None:
+    times: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    for name in ("A", "B"):  # each revision's compiled programs in its own cache
+        time_run(trees[name], args.overrides, tmp / f"warm{name}", tmp / f"cache{name}")
+    for r in range(args.rounds):
+        for name in ("A", "B"):
+            out = tmp / f"run{name}{r}"
+            times[name].append(time_run(trees[name], args.overrides, out, tmp / f"cache{name}"))
+            wall, train = times[name][-1]
+            print(f"round {r + 1}/{args.rounds} {name}: {wall:.2f} s ({train:.2f} training)",
+                  file=sys.stderr)  # fmt: skip
+    print(f"experiments/train.py {' '.join(args.overrides)}: seconds, warm compilation cache, "
+          f"{args.rounds} rounds")  # fmt: skip
+    print(f"A = {args.a}, B = {args.b}")
+    print(f"{'':>4} {'best wall':>10} {'median wall':>12} {'training':>9} {'outside':>8}")
+    for name in ("A", "B"):
+        walls = sorted(w for w, _ in times[name])
+        wall, train = min(times[name])
+        print(f"{name:>4} {wall:>10.2f} {statistics.median(walls):>12.2f} {train:>9.2f} "
+              f"{wall - train:>8.2f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", default="HEAD~1", help="git revision A (default HEAD~1)")
@@ -73,6 +118,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per epoch (default 40)")
     parser.add_argument("--repeats", type=int, default=5, help="epochs timed per process")
     parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
+    parser.add_argument("--run", action="store_true", help="time whole runs, not the step")
+    parser.add_argument("overrides", nargs="*", help="with --run: overrides of the run")
     args = parser.parse_args()
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -85,6 +132,8 @@ def main() -> None:
             trees = {name: export(rev, Path(tmp)) for name, rev in (("A", args.a), ("B", args.b))}
         except subprocess.CalledProcessError as err:
             sys.exit(f"error: git archive failed: {err.stderr.decode().strip()}")
+        if args.run:
+            return compare_runs(args, trees, Path(tmp))
         best: dict[str, dict[str, float]] = {"A": {}, "B": {}}
         for r in range(args.rounds):
             for name in ("A", "B"):
