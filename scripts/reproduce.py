@@ -50,8 +50,9 @@ class Reproduction:
     # the chosen run is published under the experiment's name with selection.json beside it
     select: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     then: list[str] = field(default_factory=list)  # commands (args) run after the first one
-    # a sweep's report (scripts/report.py) once every run has finished: (experiment, metrics)
-    report: tuple[str, list[str]] | None = None
+    # a sweep's report (scripts/report.py) once every run has finished: (experiment, metrics,
+    # the papers' numbers as report.py --reference arguments: metric, KEY=X, value, label)
+    report: tuple[str, list[str], list[tuple[str, str, str, str]]] | None = None
 
 
 # Makhzani & Frey's rows (k, test error %): recalled, unverified (docs/references.md#makhzani2013)
@@ -137,6 +138,10 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         report=(
             "vincent2010_sdae3_masking_ablation",
             ["supervised/test/error_pct", "supervised/val/error_pct"],
+            [
+                ("supervised/test/error_pct", "noise.level=0", "1.40", "SAE-3, paper"),
+                ("supervised/test/error_pct", "noise.level=0.25", "1.28", "SdA-3, paper"),
+            ],
         ),
     ),
     "ng2011_sparse_ae_mnist": Reproduction(
@@ -193,12 +198,14 @@ def publish(name: str) -> list[str]:
     for sub, experiment in REPRODUCTIONS[name].runs.items():
         done += publish_one(run_dir(name) / sub, experiment)
     if REPRODUCTIONS[name].report is not None:
-        experiment, metrics = REPRODUCTIONS[name].report
+        experiment, metrics, references = REPRODUCTIONS[name].report
         runs = [p.parent for p in run_dir(name).glob("*/status.json")]
         if runs and all(finished(p) for p in runs):
+            from ae_jax.sweeps.plots import Reference
             from ae_jax.sweeps.report import write_report
 
-            write_report(run_dir(name), RESULTS / experiment, metrics=metrics)
+            refs = tuple(Reference.parse(*r) for r in references)
+            write_report(run_dir(name), RESULTS / experiment, metrics=metrics, references=refs)
             done.append(experiment)
     for experiment, (metric, candidates) in REPRODUCTIONS[name].select.items():
         scored = []

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ae_jax.sweeps.collect import Axis, Run, collect_runs, find_run_dirs, load_run, swept_axes
-from ae_jax.sweeps.plots import axis_figure, reconstruction_grid, x_scale
+from ae_jax.sweeps.plots import Reference, axis_figure, reconstruction_grid, x_scale
 from ae_jax.sweeps.report import main, write_report
 from ae_jax.sweeps.summary import Stat, format_mean_std, present_metrics, summarize
 
@@ -318,6 +318,28 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     assert "](model.latent_dim.png)" in report_md and "PCA test MSE" in report_md
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_published_numbers_are_stars_on_their_axis_and_listed(sweep, tmp_path, capsys):
+    out = tmp_path / "ref"
+    refs = [
+        ["--reference", "test/mse", "model.latent_dim=4", "0.02", "paper, k=4"],
+        ["--reference", "test/mse", "model.latent_dim=64", "0.01", "paper, k=64"],  # no such k
+    ]
+    assert main([str(sweep), "--out", str(out), "--metric", "test/mse", *sum(refs, [])]) == 0
+    report_md = (out / "report.md").read_text()
+    assert "★ paper, k=4: test/mse = 0.02 at model.latent_dim = 4\n" in report_md
+    assert "★ paper, k=64: test/mse = 0.01 at model.latent_dim = 64 (not drawn" in report_md
+    runs = collect_runs(sweep)
+    axes = swept_axes(runs)
+    rows = summarize(runs, axes, ["test/mse"])
+    ref = Reference.parse("test/mse", "model.latent_dim=4", "0.02", "paper, k=4")
+    (panel,) = axis_figure(rows, axes, 0, ["test/mse"], references=(ref,)).get_axes()
+    (star,) = [ln for ln in panel.get_lines() if ln.get_marker() == "*"]
+    assert list(star.get_xdata()) == [4] and list(star.get_ydata()) == [0.02]
+    assert star.get_label() == "paper, k=4"
+    assert main([str(sweep), "--reference", "test/mse", "latent=4", "x", "p"]) == 2
+    assert "'x' must be a number" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ Figures are built on the Agg canvas without pyplot, like the run figures, and sa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,9 @@ METRIC_UNITS = {
     "train/samples_per_second": "training throughput (examples/s)",
     "val/mse": "validation MSE (per input element)",
     "val/denoise_mse": "validation denoising MSE",
+    "supervised/test/error_pct": "test error (%) after supervised fine-tuning",
+    "supervised/val/error_pct": "validation error (%) after supervised fine-tuning",
+    "probe/error_pct": "linear-probe test error (%)",
 }
 AXIS_UNITS = {
     "model.latent_dim": "code size k (units)",
@@ -107,10 +111,51 @@ def _set_x(ax, xs: list[Any], scale: str) -> None:
     ax.set_xticklabels([format_value(x) for x in xs])
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A published number to draw beside the sweep: ``metric`` at ``key`` = ``x`` is
+    ``value`` (e.g. supervised/test/error_pct at noise.level = 0.25 is 1.28, "SdA-3, paper")."""
+
+    metric: str
+    key: str
+    x: Any
+    value: float
+    label: str
+
+    @classmethod
+    def parse(cls, metric: str, at: str, value: str, label: str) -> Reference:
+        """From the command line's four words: METRIC KEY=X VALUE LABEL."""
+        key, sep, x = at.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{at!r} must be KEY=X, e.g. noise.level=0.25")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} must be a number (the reference's value)") from None
+        try:
+            x_value: Any = float(x)
+        except ValueError:
+            x_value = x
+        return cls(metric, key, x_value, number, label)
+
+    def position(self, axis: Axis, position: dict) -> float | None:
+        """Where the reference sits on ``axis`` (None when it belongs to another axis or to a
+        value that the sweep does not have)."""
+        if axis.keys != (self.key,):
+            return None
+        return next((p for x, p in position.items() if x == self.x), None)
+
+
 def axis_figure(
-    rows: list[Row], axes: list[Axis], index: int, metrics: list[str], title: str = ""
+    rows: list[Row],
+    axes: list[Axis],
+    index: int,
+    metrics: list[str],
+    title: str = "",
+    references: tuple[Reference, ...] = (),
 ) -> Figure:
-    """Metric vs ``axes[index]``: a panel per metric (test/pca_mse drawn inside test/mse)."""
+    """Metric vs ``axes[index]``: a panel per metric (test/pca_mse drawn inside test/mse) and
+    the ``references`` of that metric on this axis as black stars."""
     axis = axes[index]
     others = [i for i in range(len(axes)) if i != index]
     xs = sorted({_first(row.values[index]) for row in rows}, key=sort_key)
@@ -153,6 +198,10 @@ def axis_figure(
         if metric == "test/mse" and pca_shared:
             x, y = zip(*sorted(pca_shared.items()), strict=True)
             ax.plot(x, y, "--", color="0.35", linewidth=1.5, label="PCA, same k")
+        for ref in references:
+            at = ref.position(axis, position) if ref.metric == metric else None
+            if at is not None:
+                ax.plot([at], [ref.value], "*", color="black", markersize=11, label=ref.label)
         _set_x(ax, xs, scale)
         _log_y_if_wide(ax)
         ax.set_xlabel(axis_label(axis, rows))

@@ -45,9 +45,16 @@ from ae_jax.sweeps.collect import (
     find_study,
     swept_axes,
 )
-from ae_jax.sweeps.plots import axis_figure, reconstruction_grid, save, study_figure
+from ae_jax.sweeps.plots import (
+    Reference,
+    axis_figure,
+    reconstruction_grid,
+    save,
+    study_figure,
+)
 from ae_jax.sweeps.summary import (
     Row,
+    format_value,
     present_metrics,
     runs_csv,
     study_csv,
@@ -73,6 +80,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     study: Study | None = None  # a hyperparameter search (Optuna), else None
+    references: list[str] = field(default_factory=list)  # the published numbers, as text
 
 
 def _slug(text: str) -> str:
@@ -90,6 +98,7 @@ def write_report(
     out: str | os.PathLike | None = None,
     metrics: list[str] | None = None,
     seed_keys: tuple[str, ...] = SEED_KEYS,
+    references: tuple[Reference, ...] = (),
 ) -> Report:
     """Collect the runs under ``sweep_dir`` and write the tables and figures into ``out``.
 
@@ -99,6 +108,8 @@ def write_report(
       metrics: metric keys for the table and figures; default: summary.DEFAULT_METRICS that
         the runs have (test/pca_mse is added beside test/mse).
       seed_keys: config keys that count as replicates, not axes.
+      references: published numbers drawn as stars in their metric's panel of their axis
+        (``ae_jax.sweeps.plots.Reference``) and listed in report.md.
 
     Raises:
       SweepDirError: if sweep_dir holds no run.
@@ -165,7 +176,7 @@ def write_report(
     elif tabulate:
         for i, axis in enumerate(axes):
             path = out / f"{_slug(axis.keys[0])}.png"
-            save(axis_figure(rows, axes, i, plotted, title=title), path)
+            save(axis_figure(rows, axes, i, plotted, title=title, references=references), path)
             figures.append((f"{axis.name}", path))
         try:
             grid = reconstruction_grid(
@@ -178,6 +189,15 @@ def write_report(
             save(grid, out / "reconstructions.png")
             figures.append(("reconstructions", out / "reconstructions.png"))
     report.files += [p for _, p in figures]
+    for ref in references:
+        drawn = ref.metric in plotted and any(
+            ref.position(axis, {row.values[i]: 0 for row in rows}) is not None
+            for i, axis in enumerate(axes)
+        )
+        text = f"★ {ref.label}: {ref.metric} = {ref.value:g} at {ref.key} = {format_value(ref.x)}"
+        if not drawn:
+            text += " (not drawn: the sweep has no such metric or axis value)"
+        report.references.append(text)
 
     text = _report_markdown(report, tables.get("table.md"), tables.get("study.md"), figures, root)
     (out / "report.md").write_text(text)
@@ -207,6 +227,9 @@ def _report_markdown(
     for part in (study, table):
         if part:
             lines += [part.rstrip(), ""]
+    if report.references:
+        lines += ["Published numbers (stars in the figures):", ""]
+        lines += [f"- {r}" for r in report.references] + [""]
     lines += [f"- note: {n}" for n in report.notes] + ([""] if report.notes else [])
     for name, path in figures:
         lines += [f"![{name}]({path.name})", ""]
@@ -238,13 +261,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY",
         help="config key of the replicates (default: trainer.seed); repeatable",
     )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        nargs=4,
+        default=[],
+        metavar=("METRIC", "KEY=X", "VALUE", "LABEL"),
+        help="a published number drawn as a star, e.g. --reference supervised/test/error_pct "
+        "noise.level=0.25 1.28 'SdA-3 (paper)'; repeatable",
+    )
     args = parser.parse_args(argv)
+    try:
+        references = tuple(Reference.parse(*r) for r in args.reference)
+    except ValueError as err:
+        print(f"error: --reference {' '.join(args.reference[0])}: {err}")
+        return 2
     try:
         report = write_report(
             args.sweep_dir,
             args.out,
             args.metric,
             tuple(args.seed_key) if args.seed_key else SEED_KEYS,
+            references,
         )
     except SweepDirError as err:
         print(f"error: {err}")

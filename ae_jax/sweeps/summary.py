@@ -46,6 +46,9 @@ METRIC_LABELS = {
     "time/train_seconds": "train time (s)",
     "val/mse": "AE validation MSE",
     "val/denoise_mse": "validation denoising MSE",
+    "supervised/test/error_pct": "fine-tuned test error %",
+    "supervised/val/error_pct": "fine-tuned validation error %",
+    "probe/error_pct": "linear probe test error %",
 }
 LATEX_LABELS = {
     "test/mse": "AE MSE",
@@ -55,7 +58,16 @@ LATEX_LABELS = {
     "test/mean_code_activation": "mean code",
 }
 # Metrics where lower is better: the best row's mean is set in bold.
-LOWER_IS_BETTER = ("test/mse", "test/denoise_mse", "test/rmse", "test/bce", "test/sse_per_example")
+LOWER_IS_BETTER = (
+    "test/mse",
+    "test/denoise_mse",
+    "test/rmse",
+    "test/bce",
+    "test/sse_per_example",
+    "supervised/test/error_pct",
+    "supervised/val/error_pct",
+    "probe/error_pct",
+)
 
 
 @dataclass
