@@ -74,14 +74,18 @@ def train_and_evaluate(
         loggers = stack.enter_context(open_run_loggers(cfg, workdir, main))
         # the evaluation's programs and matplotlib are readied while the model trains (after
         # the epoch program, which would otherwise wait for the GIL)
-        initial, warming = jax.device_get(state.params), []
+        initial, warming = (jax.device_get(state.params) if main else None), []
         stack.callback(lambda: [thread.join() for thread in warming])  # also when fit raises
         state, history, timing = trainer.fit(
             state,
             checkpointer=checkpointer,
             resume=cfg.trainer.resume,
             on_epoch=epoch_logger(loggers),
-            on_compiled=lambda: warming.append(warm_outputs_in_background(cfg, trainer, initial)),
+            on_compiled=(
+                (lambda: warming.append(warm_outputs_in_background(cfg, trainer, initial)))
+                if main  # process 0 alone evaluates
+                else None
+            ),
             profile_dir=workdir / "tensorboard" if cfg.trainer.profile else None,
         )
         for thread in warming:
