@@ -180,7 +180,10 @@ def write_figures(
     reference = None
     if metrics and "test/pca_mse" in metrics:
         reference = {f"PCA k={min(k, data.num_features)} test MSE": metrics["test/pca_mse"]}
-    plot_training_curves(workdir / "training_curves.png", history, title=title, reference=reference)
+    if history:  # a stack without fine-tuning has no curves of its own (its layers have)
+        plot_training_curves(
+            workdir / "training_curves.png", history, title=title, reference=reference
+        )
     kl = cfg.reg.get("kl_sparse")
     plot_code_histogram(
         workdir / "code_activations.png",

@@ -238,3 +238,12 @@ def test_pipeline_pretraining_beats_random_start(mnist_path, tmp_path):
         "baseline/history.jsonl",
     ):
         assert (tmp_path / name).is_file(), name
+
+
+def test_a_stack_without_fine_tuning_still_draws_its_figures(mnist_path, tmp_path):
+    # e.g. Makhzani's or Vincent's protocols: layers, then straight to a probe or supervision
+    cfg = small_config(mnist_path, unsupervised=False)
+    cfg.trainer.figures = True
+    pretrain_and_finetune(cfg, tmp_path)
+    drawn = {p.name for p in tmp_path.glob("*.png")}
+    assert drawn == {"reconstructions.png", "code_activations.png", "filters.png"}  # no curves

@@ -287,7 +287,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     if history:
         write_history(workdir, history)
     write_reconstructions(trainer, params, workdir, 0.0, cfg.trainer.seed)
-    if cfg.trainer.figures and history:
+    if cfg.trainer.figures:  # reconstructions, codes, filters (curves only if fine-tuned)
         write_figures(trainer, history, workdir, ft_cfg, params, metrics)
     log.info("deep autoencoder (%s): %s", "fine-tuned" if history else "unrolled", summary(metrics))
 
