@@ -175,7 +175,8 @@ def write_figures(
     rows["autoencoder"] = saved["reconstruction"]
     if "pca" in saved:
         rows[f"PCA k={min(k, data.num_features)}"] = saved["pca"]
-    title = f"{cfg.name}: {data.name}, k={k}"
+    sparse = cfg.model.sparse_k  # a k-sparse code: its width, and the k units it keeps
+    title = f"{cfg.name}: {data.name}, " + (f"{k} units, top {sparse}" if sparse else f"k={k}")
     plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
     reference = None
     if metrics and "test/pca_mse" in metrics:
