@@ -278,3 +278,20 @@ def test_weight_decay_on_flax_params():
     kernels = [v["kernel"] for v in params.values()]
     expected = 0.5 * 0.3 * sum(float(jnp.sum(k**2)) for k in kernels)
     assert float(weight_decay(params, 0.3)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_dead_code_units_are_counted_on_the_held_out_split(tmp_path):
+    from conftest import make_config
+
+    from ae_jax.train import train_and_evaluate
+
+    # a k-sparse code of 32 units keeping 2 per example: some units are never chosen
+    cfg = make_config(
+        "model.latent_dim=32", "model.sparse_k=2", "trainer.epochs=2", "trainer.figures=false"
+    )
+    m = train_and_evaluate(cfg, tmp_path)
+    assert m["test/code_nonzero_max"] <= 2
+    codes = np.load(tmp_path / "reconstructions.npz")["codes"]  # the first 360 test codes
+    never = int(np.sum(~(np.abs(codes) > 1e-6).any(axis=0)))
+    assert m["test/code_dead_units"] == never  # digits' whole test split is 360 examples
+    assert codes.shape == (360, 32) and 0 < never < 32

@@ -46,6 +46,7 @@ def make_per_example_eval(objective: Objective):
             "bce": binary_cross_entropy_with_logits(logits, x),
             "code_mean": jnp.mean(code, axis=-1),
             "code_nonzero": jnp.sum(jnp.abs(code) > NONZERO_EPS, axis=-1).astype(jnp.float32),
+            "code_active": (jnp.abs(code) > NONZERO_EPS).reshape(code.shape[0], -1),  # (B, k)
         }
         keys = example_keys(key, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), x.shape[0])
         x_tilde, _ = objective.corrupt(keys, x, level)
@@ -159,6 +160,8 @@ def evaluate_test_split(
         p + "mean_code_activation": float(np.mean(per["code_mean"])),
         p + "code_nonzero_per_example": float(np.mean(per["code_nonzero"])),
         p + "code_nonzero_max": float(np.max(per["code_nonzero"])),
+        # units never active on any example of the split (a sparse code's wasted capacity)
+        p + "code_dead_units": float(np.sum(~per["code_active"].any(axis=0))),
     }
     if in_unit_interval:
         out[p + "bce"] = float(np.mean(per["bce"]))
