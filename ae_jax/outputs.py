@@ -108,7 +108,8 @@ def reconstruction_arrays(
         arrays["corrupted"] = x_in
     arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
     k = min(trainer.model.latent_dim, data.num_features, data.x_train.shape[0])
-    arrays["pca"] = trainer.pca(k).reconstruct(x_in).astype(np.float32)
+    if k < data.num_features:  # PCA with every component is the identity: nothing to compare
+        arrays["pca"] = trainer.pca(k).reconstruct(x_in).astype(np.float32)
     arrays["codes"] = np.asarray(obj.jitted.encode(params, data.x_test[:2048]))
     return arrays
 

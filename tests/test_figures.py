@@ -325,3 +325,16 @@ def test_filters_at_most_max_filters_and_rgb():
 def test_filters_errors(kernel, shape, kwargs, match):
     with pytest.raises(FigureError, match=match):
         filters_figure(kernel, shape, **kwargs)
+
+
+def test_an_overcomplete_run_draws_no_identity_pca_row(tmp_path):
+    from conftest import make_config
+
+    from ae_jax.train import train_and_evaluate
+
+    # 100 code units on 64 inputs: PCA with every component reconstructs exactly; no row
+    cfg = make_config("model=shallow", "model.latent_dim=100", "trainer.epochs=2")
+    train_and_evaluate(cfg, tmp_path)
+    assert "pca" not in np.load(tmp_path / "reconstructions.npz")
+    train_and_evaluate(make_config("trainer.epochs=2"), tmp_path / "k8")  # k = 8 < 64: a row
+    assert "pca" in np.load(tmp_path / "k8" / "reconstructions.npz")
