@@ -320,7 +320,10 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     assert "does not exist" in capsys.readouterr().out
 
 
-def test_published_numbers_are_stars_on_their_axis_and_listed(sweep, tmp_path, capsys):
+def test_published_numbers_are_marked_on_their_axis_and_listed(
+    sweep, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "ref"
     refs = [
         ["--reference", "test/mse", "model.latent_dim=4", "0.02", "paper, k=4"],
@@ -329,15 +332,20 @@ def test_published_numbers_are_stars_on_their_axis_and_listed(sweep, tmp_path, c
     assert main([str(sweep), "--out", str(out), "--metric", "test/mse", *sum(refs, [])]) == 0
     report_md = (out / "report.md").read_text()
     assert "★ paper, k=4: test/mse = 0.02 at model.latent_dim = 4\n" in report_md
-    assert "★ paper, k=64: test/mse = 0.01 at model.latent_dim = 64 (not drawn" in report_md
+    assert "◆ paper, k=64: test/mse = 0.01 at model.latent_dim = 64 (not drawn" in report_md
+    # a committed report names its sweep relative to the working directory, not by /tmp/...
+    assert "`multirun/2026-11-26/16-30-00_sweep_latent`: 12 runs" in report_md
     runs = collect_runs(sweep)
     axes = swept_axes(runs)
     rows = summarize(runs, axes, ["test/mse"])
     ref = Reference.parse("test/mse", "model.latent_dim=4", "0.02", "paper, k=4")
-    (panel,) = axis_figure(rows, axes, 0, ["test/mse"], references=(ref,)).get_axes()
+    other = Reference.parse("test/mse", "model.latent_dim=8", "0.015", "another paper, k=8")
+    (panel,) = axis_figure(rows, axes, 0, ["test/mse"], references=(ref, other)).get_axes()
     (star,) = [ln for ln in panel.get_lines() if ln.get_marker() == "*"]
     assert list(star.get_xdata()) == [4] and list(star.get_ydata()) == [0.02]
     assert star.get_label() == "paper, k=4"
+    (diamond,) = [ln for ln in panel.get_lines() if ln.get_marker() == "D"]  # told apart
+    assert list(diamond.get_xdata()) == [8] and diamond.get_label() == "another paper, k=8"
     assert main([str(sweep), "--reference", "test/mse", "latent=4", "x", "p"]) == 2
     assert "'x' must be a number" in capsys.readouterr().out
 

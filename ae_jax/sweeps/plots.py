@@ -111,6 +111,11 @@ def _set_x(ax, xs: list[Any], scale: str) -> None:
     ax.set_xticklabels([format_value(x) for x in xs])
 
 
+# one marker per published number, so that the legend tells them apart
+# (matplotlib's marker, the same shape in report.md's list)
+REFERENCE_MARKERS = (("*", "★"), ("D", "◆"), ("P", "✚"), ("X", "✖"), ("s", "■"), ("^", "▲"))
+
+
 @dataclass(frozen=True)
 class Reference:
     """A published number to draw beside the sweep: ``metric`` at ``key`` = ``x`` is
@@ -155,7 +160,7 @@ def axis_figure(
     references: tuple[Reference, ...] = (),
 ) -> Figure:
     """Metric vs ``axes[index]``: a panel per metric (test/pca_mse drawn inside test/mse) and
-    the ``references`` of that metric on this axis as black stars."""
+    the ``references`` of that metric on this axis as black markers (one shape per reference)."""
     axis = axes[index]
     others = [i for i in range(len(axes)) if i != index]
     xs = sorted({_first(row.values[index]) for row in rows}, key=sort_key)
@@ -198,10 +203,12 @@ def axis_figure(
         if metric == "test/mse" and pca_shared:
             x, y = zip(*sorted(pca_shared.items()), strict=True)
             ax.plot(x, y, "--", color="0.35", linewidth=1.5, label="PCA, same k")
-        for ref in references:
+        for i, ref in enumerate(references):
             at = ref.position(axis, position) if ref.metric == metric else None
             if at is not None:
-                ax.plot([at], [ref.value], "*", color="black", markersize=11, label=ref.label)
+                marker = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)][0]
+                size = 12 if marker == "*" else 8  # a star reads smaller than a filled shape
+                ax.plot([at], [ref.value], marker, color="black", markersize=size, label=ref.label)
         _set_x(ax, xs, scale)
         _log_y_if_wide(ax)
         ax.set_xlabel(axis_label(axis, rows))

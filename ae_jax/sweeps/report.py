@@ -46,6 +46,7 @@ from ae_jax.sweeps.collect import (
     swept_axes,
 )
 from ae_jax.sweeps.plots import (
+    REFERENCE_MARKERS,
     Reference,
     axis_figure,
     reconstruction_grid,
@@ -108,7 +109,7 @@ def write_report(
       metrics: metric keys for the table and figures; default: summary.DEFAULT_METRICS that
         the runs have (test/pca_mse is added beside test/mse).
       seed_keys: config keys that count as replicates, not axes.
-      references: published numbers drawn as stars in their metric's panel of their axis
+      references: published numbers drawn as black markers in their metric's panel of their axis
         (``ae_jax.sweeps.plots.Reference``) and listed in report.md.
 
     Raises:
@@ -189,20 +190,33 @@ def write_report(
             save(grid, out / "reconstructions.png")
             figures.append(("reconstructions", out / "reconstructions.png"))
     report.files += [p for _, p in figures]
-    for ref in references:
+    for i, ref in enumerate(references):
         drawn = ref.metric in plotted and any(
             ref.position(axis, {row.values[i]: 0 for row in rows}) is not None
             for i, axis in enumerate(axes)
         )
-        text = f"★ {ref.label}: {ref.metric} = {ref.value:g} at {ref.key} = {format_value(ref.x)}"
+        symbol = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)][1]
+        where = f"{ref.key} = {format_value(ref.x)}"
+        text = f"{symbol} {ref.label}: {ref.metric} = {ref.value:g} at {where}"
         if not drawn:
             text += " (not drawn: the sweep has no such metric or axis value)"
         report.references.append(text)
 
-    text = _report_markdown(report, tables.get("table.md"), tables.get("study.md"), figures, root)
+    text = _report_markdown(
+        report, tables.get("table.md"), tables.get("study.md"), figures, _shown_path(root)
+    )
     (out / "report.md").write_text(text)
     report.files.append(out / "report.md")
     return report
+
+
+def _shown_path(path: Path) -> Path:
+    """``path`` as a report names it: relative to the working directory when inside it (a
+    committed report does not carry the machine's absolute paths)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _report_markdown(
@@ -228,7 +242,7 @@ def _report_markdown(
         if part:
             lines += [part.rstrip(), ""]
     if report.references:
-        lines += ["Published numbers (stars in the figures):", ""]
+        lines += ["Published numbers (black markers in the figures):", ""]
         lines += [f"- {r}" for r in report.references] + [""]
     lines += [f"- note: {n}" for n in report.notes] + ([""] if report.notes else [])
     for name, path in figures:
