@@ -131,3 +131,46 @@ def test_earlier_results_survive_a_failed_run(tmp_path):
     with pytest.raises(ConfigError):
         train(tmp_path, "trainer.batch_size=5000")
     assert Path(workdir / "metrics.json").read_text() == '{"test/mse": 0.5}'
+
+
+def _omegaconf_yaml(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"+experiment={p.stem}"] for p in sorted((REPO / "conf" / "experiment").glob("*.yaml"))]
+    + [
+        ["model=shallow", "model.code_activation=sigmoid", "reg=[kl_sparse,weight_decay]"],
+        ["logger=[tensorboard,csv]", "noise=masking", "noise.level=0.25", "optim.lr=1"],
+        ["reg=contractive", "reg.contractive.strength=2", "data.validation=5000"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_config_yaml_is_omegaconfs_text(overrides):
+    """``to_yaml`` writes config.yaml without building an OmegaConf tree (a sweep asks for it
+    once per member); its text must stay exactly OmegaConf's."""
+    from ae_jax.config import to_yaml
+
+    cfg = make_config(*overrides)
+    assert to_yaml(cfg) == _omegaconf_yaml(cfg)
+
+
+def test_config_yaml_turns_ints_in_float_fields_into_floats_as_omegaconf_does():
+    import dataclasses
+
+    from ae_jax.config import to_yaml
+
+    cfg = make_config("+pretrain=layerwise", "reg=contractive")
+    cfg = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim, lr=1, grad_clip=2),
+        data=dataclasses.replace(cfg.data, validation=5000),
+        pretrain=dataclasses.replace(cfg.pretrain, probe_l2=[1, 0.001]),
+        reg={"contractive": dataclasses.replace(cfg.reg["contractive"], strength=3)},
+    )
+    text = to_yaml(cfg)
+    assert text == _omegaconf_yaml(cfg)
+    assert "lr: 1.0\n" in text and "validation: 5000.0\n" in text and "- 1.0\n" in text
