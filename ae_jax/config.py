@@ -43,7 +43,7 @@ from ae_jax.registry import (
 MODEL_KINDS = ("mlp", "linear", "conv")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "linear")
 DATA_SOURCES = ("digits", "tfds", "idx", "array")
-SCALINGS = ("auto", "unit", "standardize", "none")
+SCALINGS = ("auto", "unit", "standardize", "center", "none")
 PARALLEL_MODES = ("shard_map", "pmap")
 DECODER_INITS = ("pretrained", "transposed")
 
@@ -81,7 +81,7 @@ class DataConfig:
     label_column: int | None = None  # array, csv: column with integer labels
     manual_dir: str | None = None  # tfds: directory with the official files (offline)
     data_dir: str | None = None  # tfds: where prepared datasets live
-    scaling: str = "auto"  # auto | unit | standardize | none
+    scaling: str = "auto"  # auto | unit | standardize | center | none
     test_fraction: float = 0.2  # held out when the source has no test split
     max_train: int | None = None  # keep the first N training examples (smoke runs)
     max_test: int | None = None

@@ -506,3 +506,27 @@ def test_tfds_without_tensorflow_falls_back_to_idx(
 def test_tfds_needs_a_builder_name():
     with pytest.raises(DataError, match="needs data.tfds_name"):
         load_dataset(DataConfig(source="tfds"))
+
+
+def test_center_removes_the_training_mean_of_each_feature(tmp_path):
+    """``data.scaling=center``: unit scaling, then each feature's training mean subtracted
+    (each pixel's for images: the mean image), the same mean applied to the held-out splits."""
+    unit = load_dataset(DataConfig(scaling="unit", validation=100))
+    centred = load_dataset(DataConfig(scaling="center", validation=100))
+    assert centred.scaling == "center" and not centred.in_unit_interval
+    mean = unit.x_train.mean(axis=0, dtype=np.float64)  # (8, 8, 1): per pixel, not one scalar
+    assert np.ptp(mean) > 0.5
+    np.testing.assert_allclose(centred.x_train.mean(axis=0), 0, atol=1e-6)
+    for split in ("x_train", "x_val", "x_test"):
+        np.testing.assert_allclose(
+            getattr(centred, split), getattr(unit, split) - mean, atol=1e-6, err_msg=split
+        )
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.normal(5, 3, 80), np.full(80, 7.0)])
+    np.save(tmp_path / "x.npy", x)
+    table = load_array(tmp_path / "x.npy", scaling="center")  # min-max, then the column means
+    unit_table = load_array(tmp_path / "x.npy", scaling="unit")
+    np.testing.assert_allclose(
+        table.x_test, unit_table.x_test - unit_table.x_train.mean(0), atol=1e-6
+    )
+    np.testing.assert_allclose(table.x_train.mean(0), [0, 0], atol=1e-6)

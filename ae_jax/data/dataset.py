@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-APPLIED_SCALINGS = ("unit", "standardize", "none")
+APPLIED_SCALINGS = ("unit", "standardize", "center", "none")
 
 
 class DataError(ValueError):
@@ -55,7 +55,8 @@ class Dataset:
         y_test: int32 ``(N_test,)`` or None (None exactly when ``y_train`` is None).
         example_shape: ``(H, W, C)`` for images, ``(D,)`` for tabular data.
         is_image: True for ``(H, W, C)`` examples.
-        scaling: what was applied to the raw values: ``unit``, ``standardize`` or ``none``.
+        scaling: what was applied to the raw values: ``unit``, ``standardize``, ``center`` or
+            ``none``.
         x_val: float32 ``(N_val, *example_shape)`` carved out of the training split
             (``data.validation``) for model selection and early stopping, or None.
         y_val: int32 ``(N_val,)`` or None (labelled exactly when the other splits are).

@@ -199,6 +199,22 @@ def standardize(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tup
     return (x_train, *others)
 
 
+def center(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centring fitted on train: ``x' = x - mean``, the mean over the training examples of each
+    feature (each pixel of an image: the mean image is removed), in place on float32, applied
+    to ``x_train`` and every other split given; accumulated in float64.
+
+    For models whose units compete for the input, such as the k-sparse autoencoder's top-k: on
+    raw MNIST the mean image dominates every example, so the units aligned with it win most of
+    the selections (at initialisation, the top 10% of 1000 random units hold 43% of the top-100
+    wins, against 16% on centred images) and the rest starve.
+    """
+    mean = x_train.mean(axis=0, dtype=np.float64).astype(np.float32)  # (*example_shape)
+    for x in (x_train, *others):
+        x -= mean
+    return (x_train, *others)
+
+
 def scale(
     x_train: np.ndarray,
     others: list[np.ndarray],
@@ -206,13 +222,15 @@ def scale(
     is_image: bool,
     image_max: float | None,
 ) -> tuple[np.ndarray, list[np.ndarray], str]:
-    """``scaling`` (auto | unit | standardize | none) fitted on ``x_train`` and applied to float32
-    copies of it and of the held-out splits ``others``; returns (train, others, name).
+    """``scaling`` (auto | unit | standardize | center | none) fitted on ``x_train`` and applied
+    to float32 copies of it and of the held-out splits ``others``; returns (train, others,
+    name).
 
     With a known format maximum (``image_max``: 255 for 8-bit pixels, 16 for digits), ``unit``
     divides by it, ``standardize`` standardizes after that division and ``auto`` means
     ``unit``. Without one (arrays, tabular TFDS sets), ``unit`` is the min-max scaling fitted
-    on train (`unit_scale`) and ``auto`` means that.
+    on train (`unit_scale`) and ``auto`` means that. ``center`` is ``unit`` followed by
+    subtracting each feature's training mean (`center`).
     """
     x_train = np.array(x_train, dtype=np.float32, order="C")  # (N, *shape), a fresh copy
     others = [np.array(x, dtype=np.float32, order="C") for x in others]
@@ -225,6 +243,11 @@ def scale(
             x /= np.float32(image_max)
         if scaling == "unit":
             return x_train, others, "unit"
+    if scaling == "center":
+        if image_max is None:
+            x_train, *others = unit_scale(x_train, *others, is_image=is_image)
+        x_train, *others = center(x_train, *others)
+        return x_train, list(others), "center"
     fit = unit_scale if scaling == "unit" else standardize
     x_train, *others = fit(x_train, *others, is_image=is_image)
     return x_train, list(others), scaling
