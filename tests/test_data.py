@@ -395,7 +395,7 @@ def test_limit_beyond_the_data_names_both_counts():
 def test_unknown_source_and_scaling_are_named():
     with pytest.raises(DataError, match=r"source='hdf5'.*digits, tfds, idx, array"):
         load_dataset(DataConfig(source="hdf5"))
-    with pytest.raises(DataError, match=r"scaling='minmax'.*auto, unit, standardize, none"):
+    with pytest.raises(DataError, match=r"scaling='minmax'.*auto, unit, standardize, center, none"):
         load_dataset(DataConfig(scaling="minmax"))
 
 
