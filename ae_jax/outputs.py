@@ -180,7 +180,7 @@ def write_figures(
     title = f"{cfg.name}: {data.name}, " + (f"{k} units, top {sparse}" if sparse else f"k={k}")
     plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
     reference = None
-    if metrics and "test/pca_mse" in metrics:
+    if metrics and metrics.get("test/pca_mse", 0.0) > 0:  # 0: PCA is exact at this k
         reference = {f"PCA k={min(k, data.num_features)} test MSE": metrics["test/pca_mse"]}
     if history:  # a stack without fine-tuning has no curves of its own (its layers have)
         plot_training_curves(

@@ -99,6 +99,20 @@ def test_val_metrics_sit_beside_test_metrics_and_the_curve_is_on_validation(tmp_
     assert evaluated[-1]["val/mse"] == pytest.approx(m["val/mse"], rel=1e-5)
 
 
+def test_an_overcomplete_code_reports_exact_pca_as_zero_and_no_ratio(tmp_path):
+    # 96 code units on 64 pixels: PCA at that size reconstructs exactly, so its error is 0 (not
+    # rounding noise like 1e-31) and there is no ratio to report (not a "nan" in metrics.json).
+    m = train(
+        tmp_path, "model=shallow", "model.latent_dim=96", "data.validation=0.15", "trainer.epochs=2"
+    )
+    for split in ("val", "test"):
+        assert m[f"{split}/pca_mse"] == 0.0 and m[f"{split}/pca_sse_per_example"] == 0.0
+        assert f"{split}/mse_over_pca" not in m
+        assert m[f"{split}/mse"] > 0
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not [k for k, v in written.items() if isinstance(v, str)]  # no "nan" placeholders
+
+
 def test_early_stopping_keeps_the_best_epoch_and_stops(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="ae_jax"):
         m = train(tmp_path, *EARLY)

@@ -175,10 +175,14 @@ def evaluate_test_split(
     flat_test = x_test.reshape(x_test.shape[0], -1)
     if pca is None:
         pca = fit_pca(flat_train, _pca_k(latent_dim, x_train))
-    out[p + "pca_mse"] = pca_mse(pca, flat_test)
-    # With k >= the data's rank PCA is exact (its error is rounding): no ratio to report.
-    exact = out[p + "pca_mse"] <= 1e-9 * float(np.mean(np.var(flat_train, axis=0)))
-    out[p + "mse_over_pca"] = math.nan if exact else mse / out[p + "pca_mse"]
+    pca_error = pca_mse(pca, flat_test)
+    # With k >= the data's rank PCA is exact: its error is rounding (reported as 0), and there
+    # is no ratio to report.
+    if pca_error <= 1e-9 * float(np.mean(np.var(flat_train, axis=0))):
+        out[p + "pca_mse"] = 0.0
+    else:
+        out[p + "pca_mse"] = pca_error
+        out[p + "mse_over_pca"] = mse / pca_error
     if test and linear and latent_dim <= flat_train.shape[1]:
         columns = decoder_column_space(objective, params, latent_dim)  # (D, k)
         angles = principal_angles_deg(columns, pca.components.T)
