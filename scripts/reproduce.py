@@ -266,6 +266,10 @@ def reproduce(name: str) -> int:
     with log.open("a") as out:
         for cmd in commands(name):
             stamp = time.strftime("%H:%M:%S")
+            done = [a.split("=", 1)[1] for a in cmd if a.startswith("hydra.run.dir=")]
+            if done and finished(Path(done[0])):  # a finished run: nothing to train or score
+                print(f"[{stamp}] {name}: {done[0]} has finished; not run again", flush=True)
+                continue
             print(f"[{stamp}] {name}: {' '.join(cmd[1:])} (log {log})", flush=True)
             rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO) or rc
     published = publish(name)
