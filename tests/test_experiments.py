@@ -68,6 +68,12 @@ def test_full_experiments_follow_the_papers(mnist_path):
         "bce",
     )
     assert h.pretrain.enabled and h.pretrain.unsupervised and h.pretrain.baseline
+    # the published run trains on all 60,000; the selection run, as its comment gives it
+    assert h.data.validation == 0 and not h.trainer.early_stopping
+    s = compose_experiment(
+        "hinton2006_mnist", mnist_path, "data.validation=5000", "trainer.early_stopping=true"
+    )
+    assert (s.data.validation, s.trainer.early_stopping, s.trainer.patience) == (5000, True, 10)
     v = compose_experiment("vincent2010_sdae_mnist", mnist_path)
     assert (list(v.model.widths), v.model.latent_dim) == ([1000, 1000], 1000)
     assert (v.noise.kind, v.noise.level) == ("masking", 0.25)
