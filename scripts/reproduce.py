@@ -57,6 +57,8 @@ class Reproduction:
 
 # Makhzani & Frey's rows (k, test error %): recalled, unverified (docs/references.md#makhzani2013)
 KSPARSE = ((25, 1.35), (40, 1.54), (10, 2.10))
+# the rows' layer epochs and annealing epochs for k = 40 and 10 (k = 25: the config's 20 and 10)
+LAYER_EPOCHS = {40: (5, 2), 10: (50, 25)}
 LAMBDAS = ("1e-4", "3e-4", "1e-3", "3e-3")  # the CAE's strengths, chosen among on validation
 
 REPRODUCTIONS: dict[str, Reproduction] = {
@@ -127,9 +129,10 @@ REPRODUCTIONS: dict[str, Reproduction] = {
                 f"model.sparse_k={k}",
                 f"model.sparse_k_features={3 * k}",
                 # the layer's epochs, chosen per row on the probe's validation error (the
-                # experiment's config comment): 20 (k annealed over 10) for k = 25 and 40, 50
-                # (over 25) for k = 10
-                *(["pretrain.layer_epochs=50", "model.sparse_anneal_epochs=25"] if k == 10 else []),
+                # experiment's config comment): 20 (k annealed over 10) for k = 25, 5 (over 2)
+                # for k = 40, 50 (over 25) for k = 10
+                f"pretrain.layer_epochs={LAYER_EPOCHS[k][0]}",
+                f"model.sparse_anneal_epochs={LAYER_EPOCHS[k][1]}",
                 f"hydra.run.dir={{dir}}/k{k}",
             ]
             for k in (40, 10)
