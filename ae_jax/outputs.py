@@ -23,7 +23,9 @@ from ae_jax.training.trainer import Trainer
 log = logging.getLogger("ae_jax")
 
 
-def describe(cfg: Config, trainer: Trainer) -> str:
+def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
+    """One line: the data, the model, the objective, the optimiser and the schedule (and the
+    devices, unless the caller states its own layout, as a vectorised group does)."""
     m, data = cfg.model, trainer.data
     arch = f"{m.kind}"
     if m.kind != "conv":
@@ -34,6 +36,7 @@ def describe(cfg: Config, trainer: Trainer) -> str:
     else:
         arch += f" channels {list(m.channels)} -> {m.latent_dim}"
     n = trainer.parallel.devices
+    where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
     return (
         f"{data.name}: {data.x_train.shape[0]} train / "
         + ("" if data.x_val is None else f"{data.x_val.shape[0]} val / ")
@@ -43,8 +46,7 @@ def describe(cfg: Config, trainer: Trainer) -> str:
         f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
         f"{cfg.optim.name} lr {cfg.optim.lr} | "
         f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
-        f"{cfg.trainer.batch_size} "
-        f"on {len(n)} {n[0].platform} device(s)"
+        f"{cfg.trainer.batch_size}{where}"
     )
 
 

@@ -85,6 +85,15 @@ def test_full_experiments_follow_the_papers(mnist_path):
     assert (cae.model.depth, cae.model.latent_dim, cae.model.tied) == (0, 1000, True)
     assert [list(c.reg) for c in (cae, ae, wd)] == [["contractive"], [], ["weight_decay"]]
     assert all(c.pretrain.supervised for c in (cae, ae, wd))
+
+    # Rifai et al.'s fine-tuning, plain SGD on small batches (chosen on the CAE's validation
+    # error, RESULTS.md); the SdA-3 keeps Adam, which its validation error preferred
+    def recipe(c):
+        p = c.pretrain
+        return (p.supervised_optim, p.supervised_lr, p.supervised_schedule, p.supervised_batch_size)
+
+    assert all(recipe(c) == ("sgd", 0.1, "constant", 10) for c in (cae, ae, wd))
+    assert recipe(v) == ("adam", 3e-4, "cosine", None)
     ng = compose_experiment("ng2011_sparse_ae_mnist", mnist_path)
     assert (ng.model.depth, ng.model.latent_dim, ng.model.code_activation) == (0, 196, "sigmoid")
     assert (ng.model.output_activation, ng.loss.kind) == ("sigmoid", "mse")

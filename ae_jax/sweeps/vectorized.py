@@ -279,7 +279,7 @@ def train_group(
             "vectorised sweep: %d members in one program%s | %s",
             n,
             layout.describe(),
-            describe(base, trainer),
+            describe(base, trainer, devices=False),
         )
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
