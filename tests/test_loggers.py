@@ -109,6 +109,31 @@ def test_tensorboard_events_read_back_by_tensorboard(tmp_path, png):
     assert {m.name.tag for m in experiment.metric_infos} == set(FINAL)
 
 
+def test_tensorboard_rows_reach_the_disk_while_the_run_goes_on(tmp_path):
+    """Events are written in the caller's thread and flushed: the first row at once, later rows
+    every flush_secs or after a row that followed a pause of flush_secs; all of them at close."""
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    import time
+
+    def steps() -> list[int]:
+        acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [s.step for s in acc.Scalars("train/loss")] if acc.Tags()["scalars"] else []
+
+    settings = {"tensorboard": TensorBoardSettings(flush_secs=1, hparams=False)}
+    loggers = open_loggers(settings, workdir=tmp_path, run_name="r", config=CONFIG)
+    loggers.log_metrics({"train/loss": 1.0}, step=1)
+    loggers.log_metrics({"train/loss": 0.5}, step=2)
+    assert steps() == [1]  # the second is buffered: within flush_secs of the first flush
+    time.sleep(1.1)
+    loggers.log_metrics({"train/loss": 0.25}, step=3)  # after a pause: flushed with the rest
+    assert steps() == [1, 2, 3]
+    loggers.log_metrics({"train/loss": 0.125}, step=4)
+    loggers.close()
+    assert steps() == [1, 2, 3, 4]
+
+
 # ------------------------------------------------------------------------------------ wandb
 
 

@@ -242,7 +242,7 @@ def train_group(
         epoch_logger,
         evaluate_and_write,
         open_run_loggers,
-        warm_evaluation,
+        warm_outputs_in_background,
     )
     from ae_jax.run_io import write_json_atomic
 
@@ -288,8 +288,7 @@ def train_group(
         x_train = _spread(jnp.asarray(data.x_train), mesh, replicated=True)
         x_eval = _spread(jnp.asarray(trainer.x_eval), mesh, replicated=True)
         # The epoch program compiles on a second thread while this one initialises the
-        # members and readies their evaluation: XLA compiles without holding the GIL, and on a
-        # cold cache each of the three takes seconds.
+        # members: XLA compiles without holding the GIL, and on a cold cache each takes seconds.
         epoch_fn = _group_epoch(trainer, layout)
         abstract = _abstract_stack(jax.eval_shape(trainer.init_state), n, mesh)
 
@@ -309,12 +308,14 @@ def train_group(
             states = _spread(_stack(members), mesh)
             if t.resume:  # another group's checkpoints here: refused before anything is written
                 checkpointer.check_same_run(states)
-            # Every evaluation program, readied on the member that evaluates the most (its
-            # denoising too), so that evaluating the members after training only runs them.
-            warm_evaluation(
-                max(configs, key=_eval_level), trainer, jax.device_get(members[0].params)
-            )
             program, compile_seconds = compiling.result()
+        # Every evaluation program, readied while the members train (on a second thread, as a
+        # single run does) on the member that evaluates the most (its denoising too), so that
+        # evaluating the members after training only runs them.
+        warming = warm_outputs_in_background(
+            max(configs, key=_eval_level), trainer, jax.device_get(members[0].params)
+        )
+        stack.callback(warming.join)  # also when training raises
         for cfg, rundir in zip(configs, rundirs):
             rundir.start(to_yaml(cfg))
             write_json_atomic(
@@ -353,6 +354,7 @@ def train_group(
             on_member_epoch=lambda i, row: hooks[i] and hooks[i](row),
         )
         seconds = result.seconds
+        warming.join()
         trained = result.epochs_trained or trainer.epochs  # every session's, as seconds
         examples = trained * trainer.steps_per_epoch * t.batch_size
         params = jax.device_get(result.state.params)
