@@ -17,7 +17,12 @@ Prints ms per step for A and B, and B/A.
 overrides after ``--``) in a fresh process, once per revision to fill its own compilation cache
 and then alternating for ``--rounds`` rounds. Prints the best and median wall time, the
 training time (``time/train_seconds``) and the rest: process start, composition, compiling,
-evaluation, figures and files.
+evaluation, figures and files. ``--sweep`` times a ``--multirun`` of those overrides the same
+way (training: the longest member's ``time/train_seconds``):
+
+    python scripts/benchmark_ab.py --sweep --a 8902c9a --b HEAD -- noise=masking \\
+        trainer.figures=false noise.level=0,0.1,0.2,0.3 'trainer.seed=range(0,2)' \\
+        hydra/launcher=vmap
 """
 
 from __future__ import annotations
@@ -76,31 +81,41 @@ def measure(tree: Path, batches: list[int], steps: int, repeats: int) -> dict[st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def time_run(tree: Path, overrides: list[str], out: Path, cache: Path) -> tuple[float, float]:
-    """(wall seconds, time/train_seconds) of one ``experiments/train.py`` process in ``tree``."""
+def time_run(
+    tree: Path, overrides: list[str], out: Path, cache: Path, sweep: bool = False
+) -> tuple[float, float]:
+    """(wall seconds, time/train_seconds) of one ``experiments/train.py`` process in ``tree``
+    (with ``sweep``, a multirun: the longest member's training)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "AE_JAX_COMPILATION_CACHE": str(cache)}
-    cmd = [sys.executable, "experiments/train.py", *overrides, f"hydra.run.dir={out}"]
+    mode = ["--multirun"] if sweep else []
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    cmd = [sys.executable, "experiments/train.py", *mode, *overrides, f"{key}={out}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed in {tree}:\n{proc.stderr[-2000:]}")
-    return wall, json.loads((out / "metrics.json").read_text())["time/train_seconds"]
+    files = sorted(out.glob("*/metrics.json")) if sweep else [out / "metrics.json"]
+    if not files:
+        sys.exit(f"error: {' '.join(cmd)} wrote no metrics.json under {out}")
+    return wall, max(json.loads(f.read_text())["time/train_seconds"] for f in files)
 
 
 def compare_runs(args, trees: dict[str, Path], tmp: Path) -> None:
     times: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
     for name in ("A", "B"):  # each revision's compiled programs in its own cache
-        time_run(trees[name], args.overrides, tmp / f"warm{name}", tmp / f"cache{name}")
+        cache = tmp / f"cache{name}"
+        time_run(trees[name], args.overrides, tmp / f"warm{name}", cache, args.sweep)
     for r in range(args.rounds):
         for name in ("A", "B"):
-            out = tmp / f"run{name}{r}"
-            times[name].append(time_run(trees[name], args.overrides, out, tmp / f"cache{name}"))
+            out, cache = tmp / f"run{name}{r}", tmp / f"cache{name}"
+            times[name].append(time_run(trees[name], args.overrides, out, cache, args.sweep))
             wall, train = times[name][-1]
             print(f"round {r + 1}/{args.rounds} {name}: {wall:.2f} s ({train:.2f} training)",
                   file=sys.stderr)  # fmt: skip
-    print(f"experiments/train.py {' '.join(args.overrides)}: seconds, warm compilation cache, "
-          f"{args.rounds} rounds")  # fmt: skip
+    mode = "--multirun " if args.sweep else ""
+    print(f"experiments/train.py {mode}{' '.join(args.overrides)}: seconds, warm compilation "
+          f"cache, {args.rounds} rounds")  # fmt: skip
     print(f"A = {args.a}, B = {args.b}")
     print(f"{'':>4} {'best wall':>10} {'median wall':>12} {'training':>9} {'outside':>8}")
     for name in ("A", "B"):
@@ -119,7 +134,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="epochs timed per process")
     parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
     parser.add_argument("--run", action="store_true", help="time whole runs, not the step")
-    parser.add_argument("overrides", nargs="*", help="with --run: overrides of the run")
+    parser.add_argument("--sweep", action="store_true", help="time whole --multirun sweeps")
+    parser.add_argument("overrides", nargs="*", help="with --run/--sweep: overrides of the run")
     args = parser.parse_args()
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -132,7 +148,7 @@ def main() -> None:
             trees = {name: export(rev, Path(tmp)) for name, rev in (("A", args.a), ("B", args.b))}
         except subprocess.CalledProcessError as err:
             sys.exit(f"error: git archive failed: {err.stderr.decode().strip()}")
-        if args.run:
+        if args.run or args.sweep:
             return compare_runs(args, trees, Path(tmp))
         best: dict[str, dict[str, float]] = {"A": {}, "B": {}}
         for r in range(args.rounds):
