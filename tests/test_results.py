@@ -18,6 +18,8 @@ from conftest import REPO
 from hydra import compose
 from omegaconf import OmegaConf
 
+from ae_jax.sweeps.collect import flatten
+
 RESULTS = REPO / "results"
 # Settings that decide where and when a run writes, not what it computes; and the data path,
 # which is the machine's.
@@ -42,16 +44,6 @@ def _reproduce():
 
 
 REPRODUCTIONS = _reproduce().REPRODUCTIONS
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _published_runs():
@@ -83,7 +75,7 @@ def test_published_config_is_what_the_committed_command_composes(
 ):
     path = RESULTS / experiment / "config.yaml"
     assert path.is_file(), f"{experiment} is a reproduction but has no published config.yaml"
-    published = _flat(yaml.safe_load(path.read_text()))
+    published = flatten(yaml.safe_load(path.read_text()))
     overrides = []
     for arg in args:
         key, _, value = arg.partition("=")
@@ -95,7 +87,7 @@ def test_published_config_is_what_the_committed_command_composes(
     if reproduction.multirun:  # the members of a sweep the experiment's config defines
         sweep = compose("config", overrides=overrides, return_hydra_config=True).hydra.sweeper
         overrides += [f"{k}={json.dumps(published[k])}" for k in sweep.params or {}]
-    composed = _flat(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
+    composed = flatten(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
     differ = {
         key: (published[key], composed.get(key))
         for key in published  # keys added to the schema since publication keep old behaviour
