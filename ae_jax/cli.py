@@ -127,7 +127,7 @@ def run_or_exit(
     hydra_files: dict | None = None,
 ) -> dict:
     """Run ``fn(cfg, workdir, rundir)``, recording ``status.json`` (running / completed /
-    failed / preempted).
+    failed / preempted / interrupted).
 
     The run directory is claimed first (``ae_jax.training.rundir``: a lock naming the holder,
     the stored config compared, writability). A problem that is the user's to fix (a value, the
@@ -193,6 +193,18 @@ def run_or_exit(
         if not exit_on_error:
             return {}
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        record(status="interrupted", message="Ctrl-C", ended=time.time())
+        log.warning(
+            "Ctrl-C: stopped in %s; its checkpoints are kept: run the same command again to resume",
+            workdir,
+        )
+        # At once, as a second Ctrl-C asks: a checkpoint write still in flight is abandoned
+        # as a kill would leave it (the newest complete checkpoint is what resumes).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except BaseException as err:
         record(
             status="failed",
@@ -297,6 +309,48 @@ class SearchScoreCheck(Callback):
         check_search_or_exit(config, config.hydra)
         if is_search(config.hydra):  # optuna imports alembic, which logs each of its plugins
             logging.getLogger("alembic").setLevel(logging.WARNING)  # at INFO on the console
+
+
+class SweepLock(Callback):
+    """A sweep directory belongs to one multirun process at a time: before the first job,
+    ``<hydra.sweep.dir>/.sweep.lock`` is taken (``fcntl.flock``, naming the holder; the kernel
+    releases it when the process ends, however it ends). A second multirun on the same
+    directory is refused in one line, exit status 2, before any job composes or trains,
+    instead of training the jobs the first has not reached yet beside it. Each job's own
+    directory keeps its own lock (``RunDir``)."""
+
+    LOCK = ".sweep.lock"
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from ae_jax.training.rundir import hold_lock
+
+        root = Path(str(config.hydra.sweep.dir))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self._fd = hold_lock(
+                root / self.LOCK,
+                f"sweep directory {root}",
+                "wait for that multirun to finish (or stop it: it saves its checkpoints), or "
+                "choose another hydra.sweep.dir",
+            )
+        except RunDirError as err:
+            print(f"RunDirError: {err}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            print(
+                f"error: sweep directory {root} cannot be used ({err.strerror or err}); choose "
+                "a writable hydra.sweep.dir",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class MultirunSummary(Callback):

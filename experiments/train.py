@@ -51,5 +51,9 @@ if __name__ == "__main__":
         print(f"ConfigError: {err}", file=sys.stderr)
         sys.exit(2)
     check_output_dirs(sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run records it and exits 130 itself)
+        print("Ctrl-C: stopped", file=sys.stderr)
+        sys.exit(130)
     exit_fast()  # the work is written: skip the interpreter's teardown (~0.6 s)

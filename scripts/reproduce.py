@@ -8,7 +8,10 @@
 Each reproduction is one documented command of ``experiments/train.py`` (the ones RESULTS.md
 quotes) run into a fixed directory ``runs/<name>/`` with its console in ``runs/<name>.log``.
 Running the same line again after an interruption (a killed process, the end of a session)
-resumes every run from its checkpoints: finished stages are not trained again.
+resumes every run from its checkpoints: finished stages are not trained again. ``kill <pid>``
+(SIGTERM) or SIGHUP of this script reaches its training command, which checkpoints the epoch in
+flight and stops; nothing further runs. A reproduction runs in one process at a time
+(``runs/.<name>.lock``): a second instance is refused, naming the first's pid.
 
 When a run has finished, its ``metrics.json``, ``config.yaml``, histories and figures (never
 its parameters or checkpoints) are copied to ``results/<experiment>/``, and
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -259,16 +263,64 @@ def write_summary() -> Path:
     return out
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached this script: its training command was stopped (and saved
+    its checkpoints); nothing further runs."""
+
+
+def run_command(cmd: list[str], out) -> int:
+    """Run one training command; a SIGTERM or SIGHUP sent to this script is passed on to it
+    (it saves its checkpoints and exits, resumable) and then raises ``Stopped``, so that
+    stopping the script never leaves a training process running on its own. (Ctrl-C reaches
+    the command directly: it is in this script's process group.)"""
+    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rc = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Stopped(f"{signal.Signals(received[0]).name}: stopped {cmd[1]} (exit {rc})")
+    return rc
+
+
 def reproduce(name: str) -> int:
+    from ae_jax.training.rundir import RunDirError, hold_lock
+
     RUNS.mkdir(exist_ok=True)
     log = RUNS / f"{name}.log"
+    try:  # held until this process ends, however it ends
+        hold_lock(
+            RUNS / f".{name}.lock",
+            f"reproduction {name!r}",
+            f"wait for it to finish (its console is {log}), or stop it (kill <pid>: its runs "
+            "save their checkpoints, and the same command resumes them)",
+        )
+    except RunDirError as err:
+        print(f"error: {err}", flush=True)
+        return 2
     started = time.time()
     rc = 0
     with log.open("a") as out:
         for cmd in commands(name):
             stamp = time.strftime("%H:%M:%S")
             print(f"[{stamp}] {name}: {' '.join(cmd[1:])} (log {log})", flush=True)
-            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO) or rc
+            try:
+                rc = run_command(cmd, out) or rc
+            except Stopped as stop:
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] {name}: {stop}; run the same command "
+                    "again to resume",
+                    flush=True,
+                )
+                return 143
     published = publish(name)
     write_summary()
     print(
@@ -312,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     for name in args.names or REPRODUCTIONS:
         rc = reproduce(name) or rc
+        if rc == 143:  # stopped: the later reproductions do not start
+            break
     return rc
 
 

@@ -315,3 +315,54 @@ def test_an_unwritable_path_stops_before_training(tmp_path, where):
     assert "Traceback" not in log and "epoch 1/2" not in log
     assert "Not a directory" in log or "not writable" in log
     assert os.fspath(run_dir) in log
+
+
+def test_a_second_multirun_on_a_sweep_directory_is_refused(tmp_path):
+    # The first multirun holds <sweep>/.sweep.lock from before its first job: a second one on
+    # the same directory is refused at once, instead of training the jobs the first has not
+    # reached yet beside it.
+    args = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1", "trainer.seed=0,1")
+    first = subprocess.Popen(
+        _cmd(*args, "trainer.epochs=100000", "trainer.checkpoint_every=200"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("0/checkpoints/*/_CHECKPOINT_METADATA")):
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    assert (tmp_path / ".sweep.lock").read_text().startswith(f"pid {first.pid} ")
+    second = _run(*args, "trainer.epochs=2")
+    log = second.stdout + second.stderr
+    assert second.returncode == 2, log[-3000:]
+    assert f"sweep directory {tmp_path} is in use by pid {first.pid}" in log
+    assert "Traceback" not in log and "hydra.sweep.dir" in log
+    assert not (tmp_path / "1").exists()  # no job of the second multirun began
+    # Ctrl-C stops the first like SIGTERM: the epoch in flight is checkpointed, the sweep stops
+    first.send_signal(signal.SIGINT)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-3000:]
+    status = json.loads((tmp_path / "0" / "status.json").read_text())
+    assert status["status"] == "preempted" and status["message"].startswith("Ctrl-C: saved")
+    assert "Traceback" not in out and not (tmp_path / "1").exists()
+
+
+def test_ctrl_c_checkpoints_and_the_run_resumes_bitwise(tmp_path):
+    base = ("trainer.devices=1", "trainer.epochs=400", "trainer.checkpoint_every=20")
+    ref = _run(f"hydra.run.dir={tmp_path / 'ref'}", *base)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    args = (f"hydra.run.dir={tmp_path / 'run'}", *base)
+    first = _interrupt(args, tmp_path / "run" / "checkpoints" / "20", signal.SIGINT)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "Ctrl-C: saved epoch" in first.stdout and "Traceback" not in first.stdout
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "preempted"
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "resuming from" in log and "epoch   1/400" not in log
+    assert _metrics(tmp_path / "run" / "metrics.json") == _metrics(
+        tmp_path / "ref" / "metrics.json"
+    )

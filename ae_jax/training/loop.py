@@ -13,7 +13,7 @@ It owns:
 - checkpoints every ``checkpoint_seconds`` of training or every ``checkpoint_every`` epochs, and
   at the end, and resume from the newest valid one (a stage whose final checkpoint exists is
   complete and is not trained again);
-- SIGTERM: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised;
+- SIGTERM or Ctrl-C: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised;
 - early stopping on a validation metric (``Stage.monitor``, ``Stage.patience``): the best
   evaluation's parameters are kept on the device (per member in a group, selected with
   ``jnp.where``, so the host never waits), checkpointed with the state, and returned at the end;
@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -44,42 +45,63 @@ log = logging.getLogger("ae_jax")
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+    """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the run can be resumed."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the stage, epoch and step."""
 
 
-# ----------------------------------------------------------------------------- SIGTERM
+# ----------------------------------------------------------------------------- SIGTERM, Ctrl-C
 _SIGTERM = threading.Event()
+_RECEIVED: list[str] = []  # the stop signal's name, for the messages
 _depth = 0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _on_stop_signal(signum, _frame) -> None:
+    if signum == signal.SIGINT and _SIGTERM.is_set():
+        raise KeyboardInterrupt  # Ctrl-C a second time: stop at once, without a checkpoint
+    _RECEIVED[:] = ["Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name]
+    _SIGTERM.set()
+    if signum == signal.SIGINT:  # os.write: no lock that the interrupted code may hold
+        os.write(
+            2,
+            b"\nCtrl-C: the epoch in flight finishes and is checkpointed, then the run stops "
+            b"(Ctrl-C again: stop at once)\n",
+        )
 
 
 @contextlib.contextmanager
 def sigterm_flag():
-    """Within the block (nestable), SIGTERM sets a flag read by ``preempt_requested`` instead of
-    killing the process, so the epoch in flight can finish and be checkpointed. A whole
-    pipeline holds it once, so a SIGTERM between two stages is honoured too."""
+    """Within the block (nestable), SIGTERM or Ctrl-C (SIGINT) sets a flag read by
+    ``preempt_requested`` instead of killing the process, so the epoch in flight can finish
+    and be checkpointed; a second Ctrl-C raises ``KeyboardInterrupt`` at once. A whole
+    pipeline holds it once, so a signal between two stages is honoured too."""
     global _depth
     if threading.current_thread() is not threading.main_thread():
         yield preempt_requested  # signals can only be handled on the main thread
         return
-    previous = None
+    previous = {}
     if _depth == 0:
         _SIGTERM.clear()
-        previous = signal.signal(signal.SIGTERM, lambda *_: _SIGTERM.set())
+        previous = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
     _depth += 1
     try:
         yield preempt_requested
     finally:
         _depth -= 1
-        if _depth == 0:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def preempt_requested() -> bool:
     return _SIGTERM.is_set()
+
+
+def stop_signal() -> str:
+    """The name of the stop signal received ("SIGTERM", "Ctrl-C")."""
+    return _RECEIVED[0] if _RECEIVED else "SIGTERM"
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -330,10 +352,10 @@ def run_stage(
                     best.stopped = best.exhausted(stage.patience, failed)
                 save(done)
                 if preempted() and done < stage.epochs and not (best and best.stopped):
+                    where = f"stage {stage.name} " if stage.name else ""
                     raise Preempted(
-                        f"SIGTERM: saved {f'stage {stage.name} ' if stage.name else ''}epoch "
-                        f"{done}/{stage.epochs} to {checkpointer.path(done)}; run the same "
-                        "command again to resume"
+                        f"{stop_signal()}: saved {where}epoch {done}/{stage.epochs} to "
+                        f"{checkpointer.path(done)}; run the same command again to resume"
                     )
             else:
                 drain(keep=1)
@@ -482,7 +504,7 @@ def _profiled_epoch(stage: Stage, state, epoch: int):
 def raise_if_preempted(where: str) -> None:
     """Between stages: honour a SIGTERM that arrived after the last epoch's checkpoint."""
     if preempt_requested():
-        raise Preempted(f"SIGTERM: stopped {where}; run the same command again to resume")
+        raise Preempted(f"{stop_signal()}: stopped {where}; run the same command again to resume")
 
 
 def _diverged_message(stage: Stage, epoch: int, bad: int, per_step: dict, member=None) -> str:

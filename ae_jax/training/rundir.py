@@ -127,6 +127,27 @@ def fresh_or_resumed_workdir(workdir: Path, resume: bool) -> Path:
     return fresh
 
 
+def hold_lock(lock: Path, what: Path | str, way_out: str) -> int:
+    """Take the exclusive ``fcntl.flock`` on ``lock`` (created if missing) and write the
+    holder (pid and host) into it; returns the descriptor, which holds the lock until it is
+    closed or the process dies. Held by another process: ``RunDirError`` naming ``what``, the
+    holder and ``way_out``."""
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            raise RunDirError(f"{what} is in use by {holder} (lock {lock}); {way_out}") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
 class RunDir:
     """One run's directory: ``claim`` (lock, config check, writability), then ``start``."""
 
@@ -188,24 +209,9 @@ class RunDir:
             raise
 
     def _lock(self) -> None:
-        import fcntl
-
-        lock = self.path / self.LOCK
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunDirError(
-                    f"{self.path} is in use by {holder} (lock {lock}); wait for it to finish, "
-                    "or use another run directory"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd = hold_lock(
+            self.path / self.LOCK, self.path, "wait for it to finish, or use another run directory"
+        )
 
     def release(self) -> None:
         if self._lock_fd is not None:

@@ -1,0 +1,93 @@
+"""scripts/reproduce.py as a background job: one instance per reproduction, and stopping it
+stops its training command cleanly (checkpointed, resumable), never leaving it running alone.
+
+The reproduction here is a toy one (the default digits run, long enough to be stopped) in a
+temporary ``runs/``; the script's own code runs it, through the same ``reproduce()``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from conftest import REPO
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("reproduce", {script!r})
+    m = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = m
+    spec.loader.exec_module(m)
+    m.RUNS, m.RESULTS = Path({runs!r}), Path({results!r})
+    m.REPRODUCTIONS = {{
+        "toy": m.Reproduction(
+            ["trainer.devices=1", "trainer.epochs=100000", "trainer.checkpoint_every=200",
+             "trainer.figures=false"],
+            {{"": "toy"}},
+        )
+    }}
+    sys.exit(m.main(["toy"]))
+    """
+)
+
+
+def _start(tmp_path: Path) -> subprocess.Popen:
+    code = SCRIPT.format(
+        script=str(REPO / "scripts" / "reproduce.py"),
+        runs=str(tmp_path / "runs"),
+        results=str(tmp_path / "results"),
+    )
+    env = {**os.environ, "AE_JAX_MNIST_DIR": str(tmp_path)}  # not read by the digits run
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_one_reproduction_at_a_time_and_stopping_it_stops_its_run(tmp_path):
+    run = tmp_path / "runs" / "toy"
+    first = _start(tmp_path)
+    deadline = time.time() + 300
+    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    trainer_pid = int((run / ".lock").read_text().split()[1])  # "pid N on host"
+    assert trainer_pid != first.pid and _alive(trainer_pid)
+
+    # a second instance of the same reproduction: refused in one line, the first untouched
+    second = _start(tmp_path)
+    out = second.communicate(timeout=120)[0]
+    assert second.returncode == 2, out[-3000:]
+    assert f"reproduction 'toy' is in use by pid {first.pid}" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert first.poll() is None and _alive(trainer_pid)
+
+    # SIGTERM to the script reaches its training command, which checkpoints and stops
+    first.send_signal(signal.SIGTERM)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 143, out[-3000:]
+    assert "SIGTERM: stopped" in out and "run the same command again to resume" in out
+    assert not _alive(trainer_pid)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "preempted" and "SIGTERM: saved epoch" in status["message"]
+    assert not (tmp_path / "results" / "toy").exists()  # an unfinished run is not published
