@@ -136,7 +136,7 @@ class VmapLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from ae_jax.cli import USER_ERRORS, job_score
+        from ae_jax.cli import USER_ERRORS, job_score, quiet_console
         from ae_jax.config import register_configs, to_config, validate
         from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
         from ae_jax.training.loop import Preempted
@@ -177,6 +177,7 @@ class VmapLauncher(Launcher):
             jobs.append((seen.get("cfg"), seen.get("dir"), ret))
             records.append(seen.get("hydra", {}))
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        quiet_console()  # library chatter (JAX's "Unable to initialize backend") off the console
 
         # 2. Train: one vectorised program per group of compatible jobs. A bad member or a
         #    group that fails is recorded in each of its jobs' status.json (one line on the
