@@ -291,6 +291,16 @@ def run_command(cmd: list[str], out) -> int:
     return rc
 
 
+def errors_in(log: Path, start: int, most: int = 3) -> list[str]:
+    """The error lines (``[ERROR] - ...``, one per failed run) that ``log`` gained after byte
+    ``start``: the last ``most`` of them, without their timestamps."""
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    lines = [ln.split("][ERROR] - ", 1)[1] for ln in text.splitlines() if "][ERROR] - " in ln]
+    return lines[-most:]
+
+
 def reproduce(name: str) -> int:
     from ae_jax.training.rundir import RunDirError, hold_lock
 
@@ -312,8 +322,13 @@ def reproduce(name: str) -> int:
         for cmd in commands(name):
             stamp = time.strftime("%H:%M:%S")
             print(f"[{stamp}] {name}: {' '.join(cmd[1:])} (log {log})", flush=True)
+            start = out.tell()
             try:
-                rc = run_command(cmd, out) or rc
+                code = run_command(cmd, out)
+                rc = code or rc
+                if code:  # why, on the console too (the whole story is in the log)
+                    for line in errors_in(log, start):
+                        print(f"    {line}", flush=True)
             except Stopped as stop:
                 print(
                     f"[{time.strftime('%H:%M:%S')}] {name}: {stop}; run the same command "
@@ -361,6 +376,14 @@ def main(argv: list[str] | None = None) -> int:
             print("set AE_JAX_MNIST_DIR to the directory of the four MNIST .gz files")
             return 2
         os.environ["AE_JAX_MNIST_DIR"] = str(default)
+    mnist = Path(os.environ["AE_JAX_MNIST_DIR"])
+    if not mnist.is_dir():  # every reproduction trains on MNIST: refused before any starts
+        print(
+            f"AE_JAX_MNIST_DIR={mnist} is not a directory; set it to the directory of the four "
+            "MNIST files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])"
+        )
+        return 2
     rc = 0
     for name in args.names or REPRODUCTIONS:
         rc = reproduce(name) or rc

@@ -226,6 +226,9 @@ def test_idx_missing_directory_and_file(tmp_path, idx_dir):
     (idx_dir / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"lacks t10k-labels-idx1-ubyte\[\.gz\]"):
         load_idx(idx_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty holds none of train-images-idx3-ubyte\[\.gz\], "):
+        load_idx(tmp_path / "empty")
 
 
 def test_idx_unset_path_is_named():

@@ -106,10 +106,10 @@ def find_idx_files(directory: str | Path) -> dict[str, Path]:
         else:
             found[role] = hit
     if missing:
-        raise DataError(
-            f"IDX directory {directory} lacks {', '.join(f'{m}[.gz]' for m in missing)}; "
-            f"it must hold {expected}"
-        )
+        lacks = ", ".join(f"{m}[.gz]" for m in missing)
+        if found:
+            raise DataError(f"IDX directory {directory} lacks {lacks}; it must hold {expected}")
+        raise DataError(f"IDX directory {directory} holds none of {lacks}")
     return found
 
 
