@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax.config import Config, config_dict
-from ae_jax.evaluation.metrics import evaluate_trained
+from ae_jax.evaluation.metrics import evaluate_trained, warn_if_not_at_pca
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.trainer import Trainer
 
@@ -65,6 +65,7 @@ def evaluate_and_write(
     (``ae_jax.loggers``). Shared by single runs and the vectorised sweep engine."""
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     metrics = evaluate_trained(cfg, trainer, params)
+    warn_if_not_at_pca(cfg, trainer, metrics)
     metrics.update(timing)
     metrics["train/loss"] = history[-1]["train/loss"]
     metrics["train/loss/rec"] = history[-1]["train/loss/rec"]

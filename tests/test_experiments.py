@@ -139,7 +139,7 @@ def test_rifai_smoke(mnist_path, tmp_path):
 def test_pca_equivalence_smoke(mnist_path, tmp_path):
     cfg = compose_experiment("pca_equivalence_smoke", mnist_path, *FAST[:2])
     m = train_and_evaluate(cfg, tmp_path)
-    # model=linear's own defaults on 5000 images: trainer.min_steps turns 30 epochs into 20,000
+    # model=linear's own defaults on 5000 images: trainer.min_steps turns 30 epochs into 100,000
     # steps, and the linear AE lands on PCA (a random 5-d subspace of R^784 sits near 90 deg)
     assert 0.99 < m["test/mse_over_pca"] < 1.01
     assert m["test/subspace_angle_max_deg"] < 2.0

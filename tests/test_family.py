@@ -13,15 +13,43 @@ import pytest
 from conftest import train
 
 
-@pytest.mark.parametrize("k", [2, 5, 12, 32])
+@pytest.mark.parametrize("k", [2, 5, 12, 32, 56])
 def test_linear_autoencoder_reaches_pca_with_no_other_override(tmp_path, k):
-    # model=linear alone (its tied weights, optimiser and trainer defaults); k = 32 is the
-    # hardest code size on digits (lambda_32 / lambda_33 = 1.047). Measured (seed 0): ratio
-    # within 0.0001 of 1, largest angle 0.18, 0.14, 0.18 and 0.85 degrees at k = 2, 5, 12, 32.
+    # model=linear alone (its tied weights, optimiser and trainer defaults, 100,000 steps);
+    # on digits k = 32 has the smallest eigenvalue gap (lambda_32 / lambda_33 = 1.047) and
+    # k = 56 the slowest direction (a variance 1e-4 of the largest; 6.4 degrees after 20,000
+    # steps). Measured (seed 0): ratio within 0.00013 of 1, largest angle 0.09, 0.06, 0.13,
+    # 0.43 and 0.05 degrees at k = 2, 5, 12, 32, 56.
     m = train(tmp_path, "model=linear", f"model.latent_dim={k}")
     assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
     assert m["test/mse"] >= 0.99 * m["test/pca_mse"]  # PCA is the optimum of a linear map
     assert m["test/subspace_angle_max_deg"] < 2.0
+
+
+def test_a_linear_autoencoder_short_of_pca_says_so(tmp_path, caplog):
+    # too few steps: one warning naming the angle, the slow direction and the way out
+    m = train(
+        tmp_path / "short",
+        "model=linear",
+        "model.latent_dim=12",
+        "trainer.min_steps=0",
+        "trainer.epochs=3",
+    )
+    assert m["test/subspace_angle_max_deg"] > 2.0
+    short = [r.getMessage() for r in caplog.records if "has not reached PCA" in r.getMessage()]
+    assert len(short) == 1 and "trainer.min_steps=" in short[0], short
+    caplog.clear()
+    # a code wider than the training data's rank (digits: 60): the angle is not identifiable
+    train(
+        tmp_path / "wide",
+        "model=linear",
+        "model.latent_dim=62",
+        "trainer.min_steps=0",
+        "trainer.epochs=3",
+    )
+    wide = [r.getMessage() for r in caplog.records if "exceeds the rank" in r.getMessage()]
+    assert len(wide) == 1 and "exceeds the rank (60)" in wide[0], wide
+    assert not any("has not reached PCA" in r.getMessage() for r in caplog.records)
 
 
 def test_default_deep_autoencoder_beats_pca(tmp_path):

@@ -17,7 +17,7 @@ def _mnist(mnist_path):
 
 def test_linear_autoencoder_matches_pca_on_mnist(tmp_path):
     # model=linear's own optimiser and trainer on a subset, fewer epochs (trainer.min_steps
-    # keeps 20,000 steps); the full-data k = 10, 30, 50 runs are results/pca_equivalence_k*.
+    # keeps 100,000 steps); the full-data k = 10, 30, 50 runs are results/pca_equivalence_k*.
     m = train(tmp_path, *SUBSET, "model=linear", "model.latent_dim=10", "trainer.epochs=30")
     assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
     assert m["test/subspace_angle_max_deg"] < 2.0

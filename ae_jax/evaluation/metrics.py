@@ -9,6 +9,7 @@ features, mean over examples), ``bce`` is the per-pixel binary cross-entropy.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -24,6 +25,8 @@ from ae_jax.objectives.losses import (
 )
 from ae_jax.training.objective import Objective
 from ae_jax.training.step import example_keys
+
+log = logging.getLogger("ae_jax")
 
 EVAL_CHUNK = 2048  # examples per compiled evaluation call (bounds memory on big test sets)
 NONZERO_EPS = 1e-6  # |code| above this counts as an active unit
@@ -123,6 +126,49 @@ def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
     )
     out["test/pca_sse_per_example"] = out["test/pca_mse"] * data.num_features
     return out
+
+
+ANGLE_TOLERANCE_DEG = 2.0  # what "reached PCA's subspace" means here (and in the tests)
+
+
+def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
+    """After a linear autoencoder's final evaluation, one warning line when its code subspace
+    is not PCA's: either ``model.latent_dim`` exceeds the training data's rank (PCA's extra
+    directions are arbitrary, so the angle says nothing), or training stopped before the slow
+    directions settled, named with their variance and the setting that gives them more steps."""
+    if "test/subspace_angle_max_deg" not in metrics:
+        return
+    k = cfg.model.latent_dim
+    steps = trainer.epochs * trainer.steps_per_epoch
+    ev = np.asarray(trainer.pca(_pca_k(k, trainer.data.x_train)).eigenvalues, dtype=np.float64)
+    angle = metrics["test/subspace_angle_max_deg"]
+    rank = int(np.sum(ev > 1e-10 * ev[0])) if ev.size and ev[0] > 0 else 0
+    if k > rank:
+        log.warning(
+            "model.latent_dim=%d exceeds the rank (%d) of the training data: PCA's subspace "
+            "beyond %d directions is arbitrary, so test/subspace_angle_max_deg (%.1f deg) says "
+            "nothing; a code of at most %d units is identifiable",
+            k,
+            rank,
+            rank,
+            angle,
+            rank,
+        )
+    elif angle > ANGLE_TOLERANCE_DEG:
+        gap = ev[k - 1] / ev[k] if k < ev.size and ev[k] > 0 else math.inf
+        log.warning(
+            "the linear autoencoder has not reached PCA's subspace: largest principal angle "
+            "%.1f deg (test MSE %.4fx PCA's) after %d steps. Its slowest direction has variance "
+            "%.3g (%.1e of the largest; eigenvalue gap %.3g): train longer "
+            "(trainer.min_steps=%d or more)",
+            angle,
+            metrics.get("test/mse_over_pca", math.nan),
+            steps,
+            ev[k - 1],
+            ev[k - 1] / ev[0],
+            gap,
+            4 * steps,
+        )
 
 
 def _pca_k(latent_dim: int, x_train: np.ndarray) -> int:
