@@ -85,6 +85,7 @@ def sigterm_flag():
     previous = {}
     if _depth == 0:
         _SIGTERM.clear()
+        _RECEIVED.clear()
         previous = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
     _depth += 1
     try:
