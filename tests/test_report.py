@@ -272,6 +272,7 @@ def test_mean_std_formatting():
     assert format_mean_std(Stat(0.023, math.sqrt(13e-6), 3)) == "0.0230 ± 0.0036"
     assert format_mean_std(Stat(15.849, 0.5, 3)) == "15.85 ± 0.50"
     assert format_mean_std(Stat(0.0121275, math.nan, 1)) == "0.01213"
+    assert format_mean_std(Stat(1.61, 0.0, 3)) == "1.61 ± 0"  # three seeds that agree
     assert format_mean_std(Stat(math.nan, math.nan, 0)) == "—"
 
 

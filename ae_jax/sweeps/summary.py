@@ -154,9 +154,10 @@ def format_mean_std(stat: Stat, pm: str = " ± ") -> str:
     """``mean ± std`` with the std to two significant digits and the mean to the same place."""
     if stat.n == 0 or not math.isfinite(stat.mean):
         return "—"
-    # A spread below float32 resolution (the PCA baseline is the same for every seed) is none.
+    # A spread below float32 resolution (the PCA baseline is the same for every seed) is none:
+    # "± 0" over several runs (they agree), nothing after a single run.
     if not (math.isfinite(stat.std) and stat.std > 1e-6 * abs(stat.mean)):
-        return f"{stat.mean:.4g}"
+        return f"{stat.mean:.4g}" + (f"{pm}0" if stat.n > 1 else "")
     decimals = min(max(1 - math.floor(math.log10(stat.std)), 0), 10)
     return f"{stat.mean:.{decimals}f}{pm}{stat.std:.{decimals}f}"
 
