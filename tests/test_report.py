@@ -206,6 +206,12 @@ def test_axis_figure_has_error_bars_pca_baseline_log_x_and_failure_marks(sweep):
     assert caps[1][:, 1] == pytest.approx(0.023 + np.array([-1, 1]) * math.sqrt(13e-6))
     crosses = [ln for ln in mse.get_lines() if ln.get_marker() == "x"]
     assert list(crosses[0].get_xdata()) == [2, 8, 32]  # rows with runs that did not complete
+    # every completed seed of a row that averages several, as a point behind the mean
+    (seeds,) = mse.collections[-1:]
+    assert sorted(map(tuple, seeds.get_offsets().tolist())) == sorted(
+        (latent, mse_) for (latent, _), mse_ in MSE.items()
+    )
+    assert "each seed" in [t.get_text() for t in mse.get_legend().get_texts()]
     assert "sweep_latent" in fig._suptitle.get_text()
     assert mse.get_xlabel().startswith("model.latent_dim") and "MSE" in mse.get_ylabel()
 

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.transforms import offset_copy
 
 from ae_jax.evaluation.figures import reconstructions_figure
 from ae_jax.sweeps.collect import Axis, SearchParam, Study
@@ -177,6 +178,8 @@ def axis_figure(
     pca_shared = _shared_baseline(rows, index, position)
     for ax, metric in zip(subplots, panels, strict=True):
         failed_label = "runs not completed"
+        # one legend entry where there is one line; with several, each colour is its line's
+        seeds_label = "each seed" if len(lines) == 1 else None
         ordered = sorted(lines.items(), key=lambda kv: [sort_key(v) for v in kv[0]])
         for color, (key, members) in zip(colors, ordered, strict=True):
             members = sorted(members, key=lambda r: sort_key(_first(r.values[index])))
@@ -193,6 +196,8 @@ def axis_figure(
                 color,
                 label or ("autoencoder" if with_pca else None),
             )
+            if _draw_seeds(ax, members, index, metric, position, color, seeds_label):
+                seeds_label = None
             if with_pca and pca_shared is None:
                 pca_label = f"PCA, same k, {label}" if label else "PCA, same k"
                 _draw_line(ax, members, index, "test/pca_mse", position, color, pca_label, True)
@@ -299,6 +304,34 @@ def _draw_line(
             linewidth=1.5,
             label=label,
         )
+
+
+def _draw_seeds(
+    ax, rows: list[Row], index: int, metric: str, position: dict, color: str, label: str | None
+) -> bool:
+    """Each completed run of the rows that average several, as a hollow marker behind the
+    mean (a reader sees the seeds, not only their spread). True if any was drawn."""
+    pts = [
+        (position[_first(r.values[index])], run.metrics[metric])
+        for r in rows
+        if metric in r.stats and r.stats[metric].n > 1
+        for run in r.runs
+        if run.status == "completed" and math.isfinite(run.metrics.get(metric, math.nan))
+    ]
+    if pts:
+        x, y = zip(*pts, strict=True)
+        beside = offset_copy(ax.transData, fig=ax.figure, x=6, units="points")  # off the bar
+        ax.scatter(
+            x,
+            y,
+            s=18,
+            facecolors="none",
+            edgecolors=color,
+            alpha=0.7,
+            label=label,
+            transform=beside,
+        )
+    return bool(pts)
 
 
 def _reconstruction_of(row: Row) -> tuple[dict[str, np.ndarray], str] | None:
