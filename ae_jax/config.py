@@ -3,7 +3,7 @@
 Every Hydra config group (``model``, ``data``, ``noise``, ``loss``, ``optim``, ``trainer``,
 ``pretrain``) has a dataclass here, registered in Hydra's ConfigStore as ``<group>/base_<group>``;
 the YAML files in ``conf/<group>/`` start from it, so a misspelt key or a wrong type is refused
-by Hydra itself. ``reg`` is a mapping term name -> that term's config (any number of terms, each
+by Hydra itself (and, from the command line, in one line by ``check_overrides`` first). ``reg`` is a mapping term name -> that term's config (any number of terms, each
 option file of ``conf/reg/`` contributes one under its own name: ``reg=[kl_sparse,weight_decay]``);
 the terms and their config dataclasses come from ``ae_jax.registry.REGULARIZERS`` and are checked
 in ``to_config`` / ``validate``. ``validate`` checks values and combinations before any data is
@@ -372,15 +372,18 @@ def _reg_terms(reg: Any) -> dict[str, TermConfig]:
     return {str(name): term_config(str(name), value) for name, value in reg.items()}
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Check the ``reg`` overrides of a command line before Hydra composes the config.
+def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
+    """Check a command line's overrides before Hydra composes the config.
 
-    Hydra itself would refuse a misspelt ``reg.<term>.<key>`` or an unknown term with a
-    several-line message; this names them in one ConfigError instead (``reg=<name>``,
-    ``reg=[a,b]``, ``reg.<term>.<key>=value``, with or without ``+``/``++``). Other arguments
-    (and anything that does not parse) are left to Hydra.
+    Hydra itself would refuse a misspelt key, a value of the wrong type, an option file that
+    does not exist, a misspelt ``reg.<term>.<key>`` or an unknown term with a several-line
+    message; this names them in one ConfigError instead. ``reg``: ``reg=<name>``,
+    ``reg=[a,b]``, ``reg.<term>.<key>=value``, with or without ``+``/``++``; the other groups:
+    ``<group>.<key>=value`` (each value of a sweep) against the group's dataclass, and
+    ``<group>=<option>`` against the files of ``conf_dir/<group>/`` (when ``conf_dir`` is
+    given). Other arguments (and anything that does not parse) are left to Hydra.
     """
-    import re
+    _check_settings(overrides, conf_dir)
 
     selected: set[str] | None = None  # the terms chosen on this command line, if it chooses
     settings: list[tuple[str, str, str]] = []  # (argument, term, prefix) of reg.<term>.<key>=
@@ -417,6 +420,124 @@ def check_overrides(overrides: list[str]) -> None:
             f"{arg} sets term {term!r}, which this run does not select; select it with "
             f"reg={term} (or reg=[<terms>,{term}] for several)"
         )
+
+
+# The config groups whose keys are a dataclass's fields (``reg`` and ``logger`` are mappings
+# of registered names, checked by their registries).
+_GROUP_SCHEMAS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
+    if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+}
+
+
+def _describe_type(t: Any) -> str:
+    """What a value of annotation ``t`` must be, in words: ``a whole number``, ``a list of
+    numbers such as [1, 2] or null``..."""
+    options = (
+        typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+    )
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+    parts = []
+    for o in options:
+        if o is type(None):
+            continue
+        if typing.get_origin(o) is list:
+            (item,) = typing.get_args(o) or (Any,)
+            parts.append(f"a list of {words.get(item, 'values').replace('a ', '', 1)}s, e.g. [1,2]")
+        else:
+            parts.append(words.get(o, getattr(o, "__name__", str(o))))
+    if type(None) in options:
+        parts.append("null")
+    return " or ".join(parts)
+
+
+def _option_names(conf_dir: str, group: str) -> list[str] | None:
+    """The option files of ``conf_dir/<group>/`` (without ``.yaml``); None: not a group."""
+    from pathlib import Path
+
+    folder = Path(conf_dir) / group
+    if not folder.is_dir():
+        return None
+    stored = [f"base_{group}"] if group in _GROUP_SCHEMAS else []  # register_configs()'s
+    return sorted([p.stem for p in folder.glob("*.yaml")] + stored)
+
+
+def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
+    """``check_overrides`` for the dataclass groups' keys and values and the option files."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = None
+    multirun = any(
+        a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in overrides
+    )
+    for arg in overrides:
+        if arg.startswith("-"):
+            continue
+        head = arg.partition("=")[0].lstrip("+~")
+        group, _, key = head.partition(".")
+        if "@" in group or "/" in group or group == "hydra" or group in ("reg", "logger"):
+            continue  # Hydra's own groups, packages, and the registries' mappings
+        if key and group not in _GROUP_SCHEMAS:
+            continue
+        if not key and (conf_dir is None or _option_names(conf_dir, group) is None):
+            continue
+        parser = parser or OverridesParser.create()
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where
+            continue
+        if override.type == OverrideType.DEL or override.value_type == ValueType.INTERVAL_SWEEP:
+            continue
+        if override.is_sweep_override() and not multirun:
+            raise ConfigError(
+                f"{arg} gives several values; add --multirun to run one job for each (a string "
+                "that holds commas is quoted: key='a,b')"
+            )
+        values = (
+            list(override.sweep_iterator()) if override.is_discrete_sweep() else [override.value()]
+        )
+        raw = arg.partition("=")[2]  # as typed, where the value is not one item of a sweep
+        if not key:  # <group>=<option>: an option file of conf/<group>/
+            names = _option_names(conf_dir, group) or []  # type: ignore[arg-type]
+            for value in values:
+                if isinstance(value, str) and "${" not in value and value not in names:
+                    near = difflib.get_close_matches(value, names, n=1)
+                    hint = f" (did you mean {group}={near[0]}?)" if near else ""
+                    raise ConfigError(
+                        f"{group}={value} names no file conf/{group}/{value}.yaml{hint}; "
+                        f"choose one of: {', '.join(names)}"
+                    )
+            continue
+        schema = _GROUP_SCHEMAS[group]
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        name = key.partition(".")[0]
+        if name not in fields:  # with +/++ too: Hydra would add it, and nothing would read it
+            near = difflib.get_close_matches(name, list(fields), n=1)
+            raise ConfigError(
+                f"{head} is not a setting of {group}; did you mean {group}.{near[0]}?"
+                if near
+                else f"{head} is not a setting of {group}; its settings: {', '.join(fields)}"
+            )
+        if name != key:
+            continue  # an element of a list setting: left to Hydra
+        node = OmegaConf.structured(schema)
+        for value in values:
+            if isinstance(value, str) and "${" in value:
+                continue  # an interpolation: resolved after composition
+            try:
+                node[name] = value
+            except OmegaConfBaseException:
+                hint = typing.get_type_hints(schema)[name]
+                raise ConfigError(
+                    f"{group}.{name}={value if override.is_sweep_override() else raw} is not "
+                    f"valid; it must be {_describe_type(hint)}"
+                ) from None
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@ All the work happens in ``ae_jax.train.train_and_evaluate``; outputs go to Hydra
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -45,8 +46,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:  # a misspelt reg.<term>.<key> or an unknown term: one line, before Hydra composes
-        check_overrides(sys.argv[1:])
+    try:  # a misspelt key, a wrong value type, an unknown option: one line, before Hydra composes
+        check_overrides(sys.argv[1:], conf_dir=str(Path(__file__).resolve().parent.parent / "conf"))
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         sys.exit(2)

@@ -101,6 +101,45 @@ def test_a_setting_of_an_unselected_term_is_one_line():
     check_overrides(["+experiment=rifai2011_cae_mnist", "reg.contractive.strength=1"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["trainer.epoch=3"],
+            r"^trainer.epoch is not a setting of trainer; did you mean trainer.epochs\?$",
+        ),
+        (["+trainer.epoch=3"], r"did you mean trainer.epochs"),  # added, nothing would read it
+        (["data.zzz=1"], r"not a setting of data; its settings: source, name, "),
+        (["data.validation=abc"], r"^data.validation=abc is not valid; it must be a number$"),
+        (["trainer.epochs=2.5"], r"trainer.epochs=2.5 .*a whole number$"),
+        (["model.tied=maybe"], r"model.tied=maybe .*true or false$"),
+        (["model.widths=[a,b]"], r"model.widths=\[a,b\] .*list of whole numbers.* or null$"),
+        (["-m", "optim.lr=1e-3,abc"], r"^optim.lr=abc is not valid; it must be a number$"),
+        (["optim.lr=1e-3,3e-3"], r"gives several values; add --multirun"),
+        (["trainer.seed=range(0,3)"], r"gives several values; add --multirun"),
+        (["model=shalow"], r"^model=shalow names no file conf/model/shalow.yaml \(did you mean"),
+        (["+experiment=nope"], r"experiment=nope names no file .*choose one of: hinton2006_mnist"),
+        (["-m", "data=digits,nope"], r"data=nope names no file"),
+    ],
+)
+def test_a_wrong_key_value_or_option_is_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(overrides, conf_dir=str(REPO / "conf"))
+
+
+def test_valid_overrides_pass_the_check():
+    conf = str(REPO / "conf")
+    for overrides in (
+        ["model=base_model", "model.widths=[32,16]", "data.path=null", "optim.lr=3e-3"],
+        ["--multirun", "trainer.seed=range(0,3)", "noise.level=0,0.1", "data=digits,mnist"],
+        ["-m", "optim.lr=choice(1e-3,1e-2)", "optim.lr=tag(log,interval(1e-4,1e-2))"],
+        ["+experiment=rifai2011_cae_mnist", "~trainer.seed", "trainer.epochs=${trainer.seed}"],
+        ["data.validation=5000", "trainer.epochs=3", "hydra/launcher=vmap", "hydra.run.dir=x"],
+        ["model.kind=linear", "score=val/mse", "name=x", "logger=tensorboard"],
+    ):
+        check_overrides(overrides, conf_dir=conf)
+
+
 def test_command_line_typo_is_one_line_exit_2(tmp_path):
     proc = subprocess.run(
         [
@@ -120,6 +159,24 @@ def test_command_line_typo_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2, out
     assert "Traceback" not in out and len(out.splitlines()) == 1
     assert "reg.kl_sparse.strenght" in out and "strength" in out
+
+
+@pytest.mark.parametrize(
+    "argument", ["trainer.epoch=3", "data.validation=abc", "model=shalow", "optim.lr=1e-3,1e-2"]
+)
+def test_a_wrong_key_value_or_option_exits_2_in_one_line(tmp_path, argument):
+    proc = subprocess.run(
+        [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", argument],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2, out
+    assert len(out.splitlines()) == 1 and out.startswith("ConfigError: "), out
+    assert argument.partition("=")[0] in out
+    assert not any(tmp_path.iterdir())  # refused before a run directory was written
 
 
 @pytest.mark.parametrize(
