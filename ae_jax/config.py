@@ -3,7 +3,8 @@
 Every Hydra config group (``model``, ``data``, ``noise``, ``loss``, ``optim``, ``trainer``,
 ``pretrain``) has a dataclass here, registered in Hydra's ConfigStore as ``<group>/base_<group>``;
 the YAML files in ``conf/<group>/`` start from it, so a misspelt key or a wrong type is refused
-by Hydra itself (and, from the command line, in one line by ``check_overrides`` first). ``reg`` is a mapping term name -> that term's config (any number of terms, each
+by Hydra itself (and, from the command line, in one line by ``check_overrides`` first). ``reg``
+is a mapping term name -> that term's config (any number of terms, each
 option file of ``conf/reg/`` contributes one under its own name: ``reg=[kl_sparse,weight_decay]``);
 the terms and their config dataclasses come from ``ae_jax.registry.REGULARIZERS`` and are checked
 in ``to_config`` / ``validate``. ``validate`` checks values and combinations before any data is

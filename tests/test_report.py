@@ -325,6 +325,12 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     assert "](model.latent_dim.png)" in report_md and "PCA test MSE" in report_md
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().out
+    # a misspelt metric: one line naming it and the metrics the runs have, nothing written
+    assert main([str(sweep), "--out", str(tmp_path / "typo"), "--metric", "test/mes"]) == 2
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("error: --metric test/mes: no completed run")
+    assert "test/mse" in printed and len(printed.splitlines()) == 1
+    assert not (tmp_path / "typo").exists()
 
 
 def test_published_numbers_are_marked_on_their_axis_and_listed(

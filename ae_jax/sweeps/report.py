@@ -113,16 +113,24 @@ def write_report(
         (``ae_jax.sweeps.plots.Reference``) and listed in report.md.
 
     Raises:
-      SweepDirError: if sweep_dir holds no run.
+      SweepDirError: if sweep_dir holds no run, or ``metrics`` are asked for and no
+        completed run has any of them (nothing is written then).
     """
     root = Path(sweep_dir)
     runs = collect_runs(root)
     out = Path(out) if out is not None else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
     study = find_study(root, runs)
     searched = tuple(p.key for p in study.params) if study is not None else ()
     axes = swept_axes(runs, tuple(seed_keys) + searched)  # searched keys are no grid axes
     shown = present_metrics(runs, metrics)
+    done = [r for r in runs if r.status == "completed"]
+    if metrics and done and not shown:  # every asked metric misspelt or absent: say which exist
+        have = sorted({k for r in done for k in r.metrics})
+        raise SweepDirError(
+            f"--metric {' '.join(metrics)}: no completed run under {root} has it; its runs' "
+            f"metrics: {', '.join(have)}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, axes, shown)
     title = sweep_title(runs, root)
     counts = {
@@ -173,7 +181,9 @@ def write_report(
                 figures.append(("the best trial's reconstructions", out / "reconstructions.png"))
     plotted = [m for m in shown if any(row.stats[m].n for row in rows)]
     if tabulate and not plotted:
-        report.notes.append("no completed run: no figures")
+        report.notes.append(
+            "no completed run: no figures" if not done else "no metric to plot: no figures"
+        )
     elif tabulate:
         for i, axis in enumerate(axes):
             path = out / f"{_slug(axis.keys[0])}.png"
