@@ -181,3 +181,32 @@ def test_supervised_stage_selects_on_validation_error(tmp_path):
     assert curve[best] == min(curve.values())
     assert m["supervised/val/error_pct"] == pytest.approx(curve[best], abs=1e-4)
     assert m["supervised/test/error_pct"] < 10.0
+
+
+def test_a_small_but_real_pca_error_on_unscaled_columns_is_reported(tmp_path):
+    # Columns of very different sizes (raw units, data.scaling=none), 12 features, k = 8: the
+    # 4 directions PCA drops have variances near 1e-10 of the largest, far above round-off, so
+    # PCA's test error is small but not 0, and the ratio is reported.
+    rng = np.random.default_rng(0)
+    scales = np.array([1e4, 1e3, 300, 100, 30, 10, 3, 1, 0.1, 0.05, 0.03, 0.02])
+    x = rng.normal(size=(400, 12)) * scales + 1e3
+    path = tmp_path / "raw.npy"
+    np.save(path, x.astype(np.float32))
+    m = train(
+        tmp_path,
+        "data=array",
+        f"data.path={path}",
+        "data.scaling=none",
+        "model=linear",
+        "model.latent_dim=8",
+        "trainer=default",
+        "trainer.epochs=2",
+        "trainer.min_steps=0",
+    )
+    from ae_jax.evaluation.pca import fit_pca, pca_mse
+
+    ds = load_dataset(DataConfig(source="array", path=str(path), scaling="none"))
+    expected = pca_mse(fit_pca(ds.x_train.reshape(len(ds.x_train), -1), 8), ds.x_test)
+    assert expected > 5e-4  # the four small columns: (0.1^2 + 0.05^2 + 0.03^2 + 0.02^2) / 12
+    assert m["test/pca_mse"] == pytest.approx(expected, rel=1e-6)
+    assert "test/mse_over_pca" in m

@@ -222,9 +222,16 @@ def evaluate_test_split(
     if pca is None:
         pca = fit_pca(flat_train, _pca_k(latent_dim, x_train))
     pca_error = pca_mse(pca, flat_test)
-    # With k >= the data's rank PCA is exact: its error is rounding (reported as 0), and there
-    # is no ratio to report.
-    if pca_error <= 1e-9 * float(np.mean(np.var(flat_train, axis=0))):
+    # With k >= the training data's rank PCA is exact: its error is rounding (reported as 0),
+    # and there is no ratio to report. The rank is read off the spectrum (a direction beyond k
+    # with variance above the eigensolver's round-off is real, however small beside the
+    # largest: unscaled columns of very different sizes), and the error must be small too.
+    k = pca.components.shape[0]
+    spectrum = pca.eigenvalues
+    rank_reached = k >= spectrum.size or spectrum[k] <= (
+        10 * spectrum.size * np.finfo(np.float64).eps * spectrum[0]
+    )
+    if rank_reached and pca_error <= 1e-9 * float(np.mean(np.var(flat_train, axis=0))):
         out[p + "pca_mse"] = 0.0
     else:
         out[p + "pca_mse"] = pca_error
