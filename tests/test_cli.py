@@ -70,9 +70,11 @@ def test_bad_input_exits_with_a_clear_message_and_no_traceback(tmp_path):
 
 def test_unknown_dataset_lists_what_exists(tmp_path):
     proc = _run(tmp_path, "data=cifar100")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert "Available options in 'data'" in out and "digits" in out and "mnist" in out
+    assert "data=cifar100" in out and "choose one of:" in out
+    assert "digits" in out and "mnist" in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
 
 
 def test_compilation_cache_keeps_programs_between_runs(tmp_path):
