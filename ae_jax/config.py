@@ -453,15 +453,39 @@ def _describe_type(t: Any) -> str:
     return " or ".join(parts)
 
 
-def _option_names(conf_dir: str, group: str) -> list[str] | None:
-    """The option files of ``conf_dir/<group>/`` (without ``.yaml``); None: not a group."""
+def _conf_dirs(overrides: list[str], conf_dir: str | None) -> list[str] | None:
+    """The folders Hydra looks in for option files: ``conf_dir``, each ``--config-dir`` /
+    ``-cd``, and each ``file://`` entry of ``hydra.searchpath=[...]``. None where that is not
+    known before Hydra runs (no ``conf_dir``, another primary config path, a ``pkg://``
+    search path): then option names are left to Hydra."""
+    if conf_dir is None:
+        return None
+    dirs, args = [conf_dir], iter(overrides)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            dirs.append(value if eq else next(args, ""))
+        elif flag in ("--config-path", "-cp"):
+            return None
+        elif flag.lstrip("+") == "hydra.searchpath":
+            for entry in (e.strip(" '\"") for e in value.strip("[]").split(",")):
+                if entry and not entry.startswith("file://"):
+                    return None
+                if entry:
+                    dirs.append(entry.removeprefix("file://"))
+    return dirs
+
+
+def _option_names(conf_dirs: list[str], group: str) -> list[str] | None:
+    """The option files of ``<dir>/<group>/`` over ``conf_dirs`` (without ``.yaml``); None:
+    no folder holds the group."""
     from pathlib import Path
 
-    folder = Path(conf_dir) / group
-    if not folder.is_dir():
+    folders = [Path(d) / group for d in conf_dirs if (Path(d) / group).is_dir()]
+    if not folders:
         return None
     stored = [f"base_{group}"] if group in _GROUP_SCHEMAS else []  # register_configs()'s
-    return sorted([p.stem for p in folder.glob("*.yaml")] + stored)
+    return sorted({p.stem for f in folders for p in f.glob("*.yaml")} | set(stored))
 
 
 def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
@@ -474,10 +498,14 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     parser = None
+    conf_dirs = _conf_dirs(overrides, conf_dir)
     multirun = any(
         a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in overrides
     )
-    for arg in overrides:
+    args = iter(overrides)
+    for arg in args:
+        if arg in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
+            next(args, None)  # the flag's value, not an override
         if arg.startswith("-"):
             continue
         head = arg.partition("=")[0].lstrip("+~")
@@ -486,7 +514,7 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
             continue  # Hydra's own groups, packages, and the registries' mappings
         if key and group not in _GROUP_SCHEMAS:
             continue
-        if not key and (conf_dir is None or _option_names(conf_dir, group) is None):
+        if not key and (conf_dirs is None or _option_names(conf_dirs, group) is None):
             continue
         parser = parser or OverridesParser.create()
         try:
@@ -505,13 +533,15 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
         )
         raw = arg.partition("=")[2]  # as typed, where the value is not one item of a sweep
         if not key:  # <group>=<option>: an option file of conf/<group>/
-            names = _option_names(conf_dir, group) or []  # type: ignore[arg-type]
+            names = _option_names(conf_dirs, group) or []  # type: ignore[arg-type]
             for value in values:
                 if isinstance(value, str) and "${" not in value and value not in names:
                     near = difflib.get_close_matches(value, names, n=1)
                     hint = f" (did you mean {group}={near[0]}?)" if near else ""
+                    where = " or ".join(f"{d}/{group}/{value}.yaml" for d in conf_dirs[1:])
                     raise ConfigError(
-                        f"{group}={value} names no file conf/{group}/{value}.yaml{hint}; "
+                        f"{group}={value} names no file conf/{group}/{value}.yaml"
+                        f"{' or ' + where if where else ''}{hint}; "
                         f"choose one of: {', '.join(names)}"
                     )
             continue

@@ -127,6 +127,28 @@ def test_a_wrong_key_value_or_option_is_one_line(overrides, message):
         check_overrides(overrides, conf_dir=str(REPO / "conf"))
 
 
+def test_options_in_a_users_own_config_folder_are_found(tmp_path):
+    """A user's option files (``--config-dir`` / ``-cd``, ``hydra.searchpath=[file://...]``)
+    are options like the project's own; a misspelt one is named with both places to look."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mywine.yaml").write_text("defaults:\n  - array\n  - _self_\n")
+    conf = str(REPO / "conf")
+    for overrides in (
+        ["-cd", str(tmp_path), "data=mywine"],
+        [f"--config-dir={tmp_path}", "data=mywine", "model=shallow"],
+        [f"hydra.searchpath=[file://{tmp_path}]", "data=mywine"],
+        ["hydra.searchpath=[pkg://elsewhere.conf]", "data=anything"],  # known only to Hydra
+        ["--config-path", "/elsewhere", "data=anything"],
+    ):
+        check_overrides(overrides, conf_dir=conf)
+    with pytest.raises(ConfigError, match=r"^data=mywin names no file conf/data/mywin.yaml or "):
+        check_overrides(["-cd", str(tmp_path), "data=mywin"], conf_dir=conf)
+    with pytest.raises(ConfigError, match=r"did you mean data=mywine\?"):
+        check_overrides(["-cd", str(tmp_path), "data=mywin"], conf_dir=conf)
+    with pytest.raises(ConfigError, match=r"^data=mywine names no file conf/data/mywine.yaml;"):
+        check_overrides(["data=mywine"], conf_dir=conf)  # without the user's folder
+
+
 def test_valid_overrides_pass_the_check():
     conf = str(REPO / "conf")
     for overrides in (
