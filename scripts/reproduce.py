@@ -13,11 +13,13 @@ resumes every run from its checkpoints: finished stages are not trained again. `
 flight and stops; nothing further runs. A reproduction runs in one process at a time
 (``runs/.<name>.lock``): a second instance is refused, naming the first's pid.
 
-When a run has finished, its ``metrics.json``, ``config.yaml``, histories and figures (never
-its parameters or checkpoints) are copied to ``results/<experiment>/``, and
-``results/summary.json`` is rebuilt from every published experiment: a list of
-``{"experiment", "metric", "ours", "paper"}`` where ``metric`` is a key of that experiment's
-``metrics.json``. The papers' numbers and protocols are in docs/references.md.
+When a run has finished with the config its command composes now, its ``metrics.json``,
+``config.yaml``, histories and figures (never its parameters or checkpoints) are copied to
+``results/<experiment>/``. A finished run of another config (the experiment was changed after
+it ran, so its command refused the directory) is named on the console and not published:
+results/ keeps what it had. ``results/summary.json`` is then rebuilt from every published
+experiment: a list of ``{"experiment", "metric", "ours", "paper"}`` where ``metric`` is a key
+of that experiment's ``metrics.json``. The papers' numbers and protocols are in docs/references.md.
 """
 
 from __future__ import annotations
@@ -183,10 +185,102 @@ def finished(path: Path) -> bool:
         return False
 
 
+def command_args(r: Reproduction, sub: str) -> list[str]:
+    """The arguments of the command of ``r`` that writes run directory ``sub``."""
+    for args in r.then:
+        if any(a.startswith("hydra.run.dir=") and a.endswith(f"/{sub}") for a in args):
+            return args
+    return r.args
+
+
+def _hydra() -> None:
+    """Hydra initialised on conf/ for ``compose``, unless it already is."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ae_jax.config import register_configs
+
+    if GlobalHydra.instance().is_initialized():
+        return
+    register_configs()
+    initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name="publish")
+
+
+def composed_config(r: Reproduction, sub: str, stored: dict) -> dict:
+    """The config that the command of ``r`` writing ``sub`` composes now (as the run stores
+    it, ``config_dict``). A sweep's member takes its swept values (the command's comma lists,
+    the experiment's ``hydra.sweeper.params``) from ``stored``, its own config."""
+    from hydra import compose
+
+    from ae_jax.config import config_dict, to_config
+    from ae_jax.sweeps.collect import flatten
+
+    _hydra()
+    flat = flatten(stored)
+    overrides = []
+    for arg in command_args(r, sub):
+        key, _, value = arg.partition("=")
+        if key.startswith("hydra."):
+            continue
+        if r.multirun and "," in value:  # a swept value: the member's own
+            value = json.dumps(flat.get(key.lstrip("+")))
+        overrides.append(f"{key}={value}")
+    if r.multirun:
+        sweep = compose("config", overrides=overrides, return_hydra_config=True).hydra.sweeper
+        overrides += [f"{k}={json.dumps(flat.get(k))}" for k in sweep.params or {}]
+    return config_dict(to_config(compose("config", overrides=overrides)))
+
+
+def differences(name: str, sub: str, stored: dict) -> list[str]:
+    """How ``stored``, the config of a run of ``runs/<name>/<sub>``, differs from what its
+    command composes now (``key: stored -> command's``; [] when it is the command's run).
+    The run directory's own rule (``config_differences``), except that the number of epochs
+    must match too and the data path is the machine's."""
+    from ae_jax.config import Config, config_dict
+    from ae_jax.training.rundir import config_differences
+
+    try:
+        now = composed_config(REPRODUCTIONS[name], sub, stored)
+    except Exception as err:  # a config no longer composed (a removed option or key)
+        return [f"its command does not compose a config for it now ({err})".splitlines()[0]]
+    now.setdefault("data", {})["path"] = stored.get("data", {}).get("path")
+    diff = config_differences(stored, now, config_dict(Config()))
+    epochs = (stored.get("trainer", {}).get("epochs"), now["trainer"]["epochs"])
+    if epochs[0] != epochs[1] and not any(d.startswith("trainer.epochs:") for d in diff):
+        diff.append(f"trainer.epochs: {epochs[0]!r} -> {epochs[1]!r}")
+    return diff
+
+
+def stale(name: str, sub: str) -> list[str]:
+    """``differences`` for the run in ``runs/<name>/<sub>``."""
+    import yaml
+
+    path = run_dir(name) / sub / "config.yaml"
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        return [f"{path} cannot be read ({err})".splitlines()[0]]
+    return differences(name, sub, stored)
+
+
+def current(name: str, sub: str, skipped: list[str]) -> bool:
+    """Whether ``runs/<name>/<sub>`` has finished as its command's run now; when it finished
+    with another config, why not goes to ``skipped``."""
+    path = run_dir(name) / sub
+    if not finished(path):
+        return False
+    diff = stale(name, sub)
+    if diff:
+        skipped.append(
+            f"{path} finished with another config than its command's now ({'; '.join(diff[:3])}"
+            f"{'; ...' if len(diff) > 3 else ''}): not published; remove it and run "
+            f"`python scripts/reproduce.py {name}`"
+        )
+    return not diff
+
+
 def publish_one(source: Path, experiment: str) -> list[str]:
     """Copy a finished run's files (``KEEP``) to results/<experiment>/, all at once."""
-    if not finished(source):
-        return []
     target = RESULTS / experiment
     staging = RESULTS / f".{experiment}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -201,32 +295,39 @@ def publish_one(source: Path, experiment: str) -> list[str]:
     return [experiment]
 
 
-def publish(name: str) -> list[str]:
-    """Copy every finished run of ``name`` to results/; returns the experiments published."""
+def publish(name: str, skipped: list[str] | None = None) -> list[str]:
+    """Copy every finished run of ``name`` that is its command's run now (``current``) to
+    results/; returns the experiments published. Finished runs of another config (an
+    experiment changed since, and its command refused their directory) are named in
+    ``skipped`` and left where they are: results/ keeps what it had."""
+    skipped = [] if skipped is None else skipped
+    r = REPRODUCTIONS[name]
     done = []
-    for sub, experiment in REPRODUCTIONS[name].runs.items():
-        done += publish_one(run_dir(name) / sub, experiment)
-    if REPRODUCTIONS[name].report is not None:
-        experiment, metrics, references = REPRODUCTIONS[name].report
+    for sub, experiment in r.runs.items():
+        if current(name, sub, skipped):
+            done += publish_one(run_dir(name) / sub, experiment)
+    if r.report is not None:
+        experiment, metrics, references = r.report
         runs = [p.parent for p in run_dir(name).glob("*/status.json")]
-        if runs and all(finished(p) for p in runs):
+        ok = [current(name, p.name, skipped) for p in runs]  # every one checked and named
+        if runs and all(ok):
             from ae_jax.sweeps.plots import Reference
             from ae_jax.sweeps.report import write_report
 
-            refs = tuple(Reference.parse(*r) for r in references)
+            refs = tuple(Reference.parse(*ref) for ref in references)
             write_report(run_dir(name), RESULTS / experiment, metrics=metrics, references=refs)
             done.append(experiment)
-    for experiment, (metric, candidates) in REPRODUCTIONS[name].select.items():
+    for experiment, (metric, candidates) in r.select.items():
         scored = []
         for sub in candidates:
             path = run_dir(name) / sub
-            if finished(path):
+            if current(name, sub, skipped):
                 metrics = json.loads((path / "metrics.json").read_text())
                 scored.append((metrics[metric], sub, metrics))
         if len(scored) < len(candidates):
-            continue  # chosen only once every candidate has finished
+            continue  # chosen only once every candidate has finished, with the command's config
         best = min(scored, key=lambda s: s[0])[1]
-        REPRODUCTIONS[name].runs[best] = experiment
+        r.runs[best] = experiment
         done += publish_one(run_dir(name) / best, experiment)
         table = [
             {"run": sub, metric: value, "test": {k: v for k, v in m.items() if "/test/" in k}}
@@ -336,8 +437,11 @@ def reproduce(name: str) -> int:
                     flush=True,
                 )
                 return 143
-    published = publish(name)
+    skipped: list[str] = []
+    published = publish(name, skipped)
     write_summary()
+    for line in skipped:
+        print(f"    {line}", flush=True)
     print(
         f"[{time.strftime('%H:%M:%S')}] {name}: exit {rc} after {time.time() - started:.0f}s; "
         f"published {', '.join(published) or 'nothing'}",
@@ -366,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:28s} {'; '.join(state)}")
         return 0
     if args.publish_only:
+        skipped: list[str] = []
         for name in args.names or REPRODUCTIONS:
-            publish(name)
+            publish(name, skipped)
+        for line in skipped:
+            print(line)
         print(f"wrote {write_summary()}")
         return 0
     if "AE_JAX_MNIST_DIR" not in os.environ:

@@ -3,7 +3,8 @@
 A reproduction's config can change after its numbers were published (a learning rate chosen
 later on validation, a shared recipe edited for another row). Then results/ no longer says what
 the documented command computes. These tests compose every published experiment's command, as
-scripts/reproduce.py runs it, and compare it with the config.yaml published beside its numbers.
+scripts/reproduce.py runs it, and compare it with the config.yaml published beside its numbers,
+by the rule the script publishes by.
 """
 
 from __future__ import annotations
@@ -15,24 +16,8 @@ import sys
 import pytest
 import yaml
 from conftest import REPO
-from hydra import compose
-from omegaconf import OmegaConf
-
-from ae_jax.sweeps.collect import flatten
 
 RESULTS = REPO / "results"
-# Settings that decide where and when a run writes, not what it computes; and the data path,
-# which is the machine's.
-BOOKKEEPING = (
-    "data.path",
-    "trainer.checkpoint_every",
-    "trainer.checkpoint_seconds",
-    "trainer.keep_checkpoints",
-    "trainer.resume",
-    "trainer.progress",
-    "trainer.figures",
-    "logger.",
-)
 
 
 def _reproduce():
@@ -43,21 +28,18 @@ def _reproduce():
     return module
 
 
-REPRODUCTIONS = _reproduce().REPRODUCTIONS
+REPRODUCE = _reproduce()
+REPRODUCTIONS = REPRODUCE.REPRODUCTIONS
 
 
 def _published_runs():
-    """(experiment, the reproduction, its command's args) for every run published as one."""
-    for r in REPRODUCTIONS.values():
-        experiments = dict(r.runs)
-        experiments.update({experiment: experiment for experiment in r.select})
-        for sub, experiment in experiments.items():
-            then = [
-                args
-                for args in r.then
-                if any(a.startswith("hydra.run.dir=") and a.endswith(f"/{sub}") for a in args)
-            ]
-            yield pytest.param(experiment, r, (then or [r.args])[0], id=experiment)
+    """(experiment, its reproduction's name, the run directory whose command made it) for
+    every run published as one."""
+    for name, r in REPRODUCTIONS.items():
+        for sub, experiment in r.runs.items():
+            yield pytest.param(experiment, name, sub, id=experiment)
+        for experiment, (_, candidates) in r.select.items():
+            yield pytest.param(experiment, name, candidates[0], id=experiment)
 
 
 def test_summary_rows_are_the_published_metrics():
@@ -69,31 +51,39 @@ def test_summary_rows_are_the_published_metrics():
         assert (RESULTS / row["experiment"] / "config.yaml").is_file(), row["experiment"]
 
 
-@pytest.mark.parametrize(("experiment", "reproduction", "args"), list(_published_runs()))
-def test_published_config_is_what_the_committed_command_composes(
-    hydra_conf, experiment, reproduction, args
-):
+@pytest.mark.parametrize(("experiment", "name", "sub"), list(_published_runs()))
+def test_published_config_is_what_the_committed_command_composes(hydra_conf, experiment, name, sub):
+    """The rule scripts/reproduce.py publishes by (``differences``: the run directory's own
+    rule, with the epochs exact): the published run is the one its command makes now."""
     path = RESULTS / experiment / "config.yaml"
     assert path.is_file(), f"{experiment} is a reproduction but has no published config.yaml"
-    published = flatten(yaml.safe_load(path.read_text()))
-    overrides = []
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key.startswith("hydra."):
-            continue
-        if reproduction.multirun and "," in value:  # a swept value: the member published
-            value = json.dumps(published[key])
-        overrides.append(f"{key}={value}")
-    if reproduction.multirun:  # the members of a sweep the experiment's config defines
-        sweep = compose("config", overrides=overrides, return_hydra_config=True).hydra.sweeper
-        overrides += [f"{k}={json.dumps(published[k])}" for k in sweep.params or {}]
-    composed = flatten(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
-    differ = {
-        key: (published[key], composed.get(key))
-        for key in published  # keys added to the schema since publication keep old behaviour
-        if not key.startswith(BOOKKEEPING) and published[key] != composed.get(key)
-    }
+    differ = REPRODUCE.differences(name, sub, yaml.safe_load(path.read_text()))
     assert not differ, (
         f"results/{experiment} was made with settings its command no longer composes "
-        f"(published, now): {differ}; republish it (scripts/reproduce.py) or pin them"
+        f"(published -> now): {differ}; republish it (scripts/reproduce.py) or pin them"
     )
+
+
+def test_a_run_of_another_config_is_not_published(hydra_conf, tmp_path, monkeypatch):
+    """A finished run whose config its command no longer composes (the experiment changed;
+    the command refused the directory) is named and left out; results/ keeps what it had."""
+    name, published = "hinton2006_mnist_modern", RESULTS / "hinton2006_mnist_modern"
+    monkeypatch.setattr(REPRODUCE, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(REPRODUCE, "RESULTS", tmp_path / "results")
+    run = tmp_path / "runs" / name
+    run.mkdir(parents=True)
+    for f in ("config.yaml", "metrics.json"):
+        (run / f).write_text((published / f).read_text())
+    (run / "status.json").write_text(json.dumps({"status": "completed"}))
+    skipped: list[str] = []
+    assert REPRODUCE.publish(name, skipped) == [name] and not skipped  # the command's run
+
+    old = yaml.safe_load((published / "config.yaml").read_text())
+    old["optim"]["weight_decay"] = 0.02
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    (run / "metrics.json").write_text('{"test/mse": 1.0}')
+    assert REPRODUCE.publish(name, skipped) == []
+    assert len(skipped) == 1 and f"{run} finished with another config" in skipped[0]
+    assert "optim.weight_decay: 0.02 -> 0.1" in skipped[0], skipped
+    kept = json.loads((tmp_path / "results" / name / "metrics.json").read_text())
+    assert kept == json.loads((published / "metrics.json").read_text())
