@@ -453,6 +453,10 @@ def _describe_type(t: Any) -> str:
     return " or ".join(parts)
 
 
+# Hydra's command-line flags that take the next argument as their value (or ``flag=value``)
+CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
 def _conf_dirs(overrides: list[str], conf_dir: str | None) -> list[str] | None:
     """The folders Hydra looks in for option files: ``conf_dir``, each ``--config-dir`` /
     ``-cd``, and each ``file://`` entry of ``hydra.searchpath=[...]``. None where that is not
@@ -463,8 +467,10 @@ def _conf_dirs(overrides: list[str], conf_dir: str | None) -> list[str] | None:
     dirs, args = [conf_dir], iter(overrides)
     for arg in args:
         flag, eq, value = arg.partition("=")
+        if flag in CONFIG_FLAGS:
+            value = value if eq else next(args, "")
         if flag in ("--config-dir", "-cd"):
-            dirs.append(value if eq else next(args, ""))
+            dirs.append(value)
         elif flag in ("--config-path", "-cp"):
             return None
         elif flag.lstrip("+") == "hydra.searchpath":
@@ -504,7 +510,7 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     )
     args = iter(overrides)
     for arg in args:
-        if arg in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
+        if arg in CONFIG_FLAGS:
             next(args, None)  # the flag's value, not an override
         if arg.startswith("-"):
             continue
