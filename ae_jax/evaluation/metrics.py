@@ -129,6 +129,8 @@ def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
 
 
 ANGLE_TOLERANCE_DEG = 2.0  # what "reached PCA's subspace" means here (and in the tests)
+# training splits up to this size are advised full batches when a small gap holds them back
+FULL_BATCH_ADVICE_MAX = 10_000
 
 
 def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
@@ -156,18 +158,28 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
         )
     elif angle > ANGLE_TOLERANCE_DEG:
         gap = ev[k - 1] / ev[k] if k < ev.size and ev[k] > 0 else math.inf
+        n = trainer.data.x_train.shape[0]
+        way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
+        noisy = cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
+        if noisy and ev[k - 1] >= 1e-3 * ev[0]:
+            # steps enough, and a small gap rather than a small variance: the minibatches'
+            # gradient noise holds the subspace back (a flat 100-column table at k = 20:
+            # 2.4 deg after 100,000 steps of 64, 0.005 deg after 20,000 of the whole split)
+            way_out = (
+                f"use batches of the whole training split (trainer.batch_size={n}, no gradient "
+                f"noise), or {way_out}"
+            )
         log.warning(
             "the linear autoencoder has not reached PCA's subspace: largest principal angle "
             "%.1f deg (test MSE %.4fx PCA's) after %d steps. Its slowest direction has variance "
-            "%.3g (%.1e of the largest; eigenvalue gap %.3g): train longer "
-            "(trainer.min_steps=%d or more)",
+            "%.3g (%.1e of the largest; eigenvalue gap %.3g): %s",
             angle,
             metrics.get("test/mse_over_pca", math.nan),
             steps,
             ev[k - 1],
             ev[k - 1] / ev[0],
             gap,
-            4 * steps,
+            way_out,
         )
 
 
