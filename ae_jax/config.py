@@ -122,8 +122,9 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 200
-    # at least this many optimiser steps: on a small dataset trainer.epochs is raised to
-    # ceil(min_steps / steps per epoch), and the log says so (0: exactly trainer.epochs)
+    # at least this many optimiser steps: on a small dataset each of trainer.epochs makes
+    # ceil(min_steps / (epochs x steps per pass)) passes over the data, and the log says so
+    # (0: one pass per epoch)
     min_steps: int = 0
     batch_size: int = 64  # global batch, split across devices
     seed: int = 0

@@ -46,7 +46,9 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
         f"{cfg.optim.name} lr {cfg.optim.lr} | "
         f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
-        f"{cfg.trainer.batch_size}{where}"
+        f"{cfg.trainer.batch_size}"
+        + (f" ({trainer.passes} passes each)" if trainer.passes > 1 else "")
+        + where
     )
 
 

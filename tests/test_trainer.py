@@ -179,3 +179,44 @@ def test_overcomplete_warning_only_for_the_runs_own_code(caplog):
             data,
         )
     assert "and no input noise" in caplog.text
+
+
+def test_min_steps_on_a_small_split_makes_passes_that_equal_plain_epochs(tmp_path):
+    """trainer.min_steps on a small training split: trainer.epochs stay the epochs, each makes
+    several passes in one program, and epoch e of P passes is bitwise the plain epochs P*e,
+    ..., P*e + P - 1 (pass p folds in e * P + p)."""
+    from ae_jax.training.step import make_train_epoch
+
+    cfg = make_config("model=linear", "model.latent_dim=4", "trainer.epochs=5")
+    cfg.trainer.min_steps = 5 * 22 * 3  # digits: 22 steps of 64 per pass, so 3 passes
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    assert (trainer.epochs, trainer.passes, trainer.steps_per_epoch) == (5, 3, 66)
+    x, hparams = jnp.asarray(trainer.data.x_train), trainer.hparams()
+    plain = jax.jit(
+        make_train_epoch(
+            trainer.objective,
+            trainer.tx,
+            num_examples=x.shape[0],
+            batch_size=64,
+            num_devices=1,
+            axis_name=None,
+        )
+    )
+    passes = jax.jit(trainer.epoch_fn)
+    state = trainer.init_state()
+    a, ma = passes(state, x, jnp.int32(1), hparams)  # epoch 1: plain epochs 3, 4, 5
+    b, losses = state, []
+    for e in (3, 4, 5):
+        b, mb = plain(b, x, jnp.int32(e), hparams)
+        losses.append(mb["loss"])
+    np.testing.assert_array_equal(ma["loss"], np.concatenate(losses))
+    assert int(a.step) == int(b.step) == 66
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(u, v)
+
+    # a run: one history row per epoch, at least min_steps steps, one program
+    m = train(tmp_path, "model=linear", "model.latent_dim=4", "trainer.min_steps=20000")
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 300  # trainer.epochs of trainer=converge
+    assert m["compile/epoch_traces"] == 1
+    assert m["test/subspace_angle_max_deg"] < 2.0

@@ -205,6 +205,7 @@ def _group_epoch(trainer: Trainer, layout: Layout):
         num_devices=layout.data,
         axis_name=DATA_AXIS,
         step_norms=t.step_norms,
+        passes=trainer.passes,
     )
     members = PartitionSpec("members")
     return jax.shard_map(

@@ -92,22 +92,36 @@ def make_train_epoch(
     num_devices: int,
     axis_name: str | None,
     step_norms: bool = False,
+    passes: int = 1,
 ):
     """``epoch(state, data, epoch, hparams) -> (state, per_step_metrics)``: one compiled program.
 
     ``data`` (N, *S) is the whole training split, resident on the device; each step gathers its
     batch from a permutation drawn inside the program (``state.data_key`` folded with the epoch),
-    so the host does nothing between steps. Metrics come back per step, (steps,) each, except
-    ``l2_params``, the parameters' norm at the end of the epoch (a scalar), unless
-    ``step_norms`` asks for the three norms of every step.
+    so the host does nothing between steps. An epoch makes ``passes`` passes over the data, each
+    with its own permutation (pass p of epoch e folds in e * passes + p, so one pass is the
+    plain epoch): a tiny training split's thousands of epochs as a few hundred programs.
+    Metrics come back per step, (passes * steps,) each, except ``l2_params``, the parameters'
+    norm at the end of the epoch (a scalar), unless ``step_norms`` asks for the three norms
+    of every step.
     """
     steps = num_examples // batch_size
     local = batch_size // num_devices
     step_fn = make_train_step(objective, tx, axis_name, norms=step_norms)
 
+    def pass_order(data_key: jax.Array, index: jax.Array) -> jax.Array:
+        order = jax.random.permutation(jax.random.fold_in(data_key, index), num_examples)
+        return order[: steps * batch_size].reshape(steps, batch_size)  # (steps, B) global
+
     def train_epoch(state: TrainState, data: jax.Array, epoch: jax.Array, hparams: HParams):
-        order = jax.random.permutation(jax.random.fold_in(state.data_key, epoch), num_examples)
-        order = order[: steps * batch_size].reshape(steps, batch_size)  # (steps, B) global
+        if passes == 1:
+            order = pass_order(state.data_key, epoch)
+        else:
+            first = epoch * passes
+            orders = jax.vmap(pass_order, in_axes=(None, 0))(
+                state.data_key, first + jnp.arange(passes)
+            )  # (passes, steps, B)
+            order = orders.reshape(passes * steps, batch_size)
         order = jax.lax.dynamic_slice_in_dim(order, device_offset(axis_name, local), local, axis=1)
 
         def body(state, idx):  # idx: (b,) this device's share of the global batch

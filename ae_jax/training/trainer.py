@@ -83,17 +83,22 @@ class Trainer:
         validate_against_data(cfg, data, is_code)
         self.cfg, self.data = cfg, data
         t = cfg.trainer
-        self.steps_per_epoch = data.x_train.shape[0] // t.batch_size
-        self.epochs = max(t.epochs, -(-t.min_steps // self.steps_per_epoch))
-        if self.epochs != t.epochs:
+        per_pass = data.x_train.shape[0] // t.batch_size
+        # trainer.min_steps on a small training split: each epoch makes several passes over
+        # the data (one compiled program still), so that trainer.epochs reach min_steps
+        self.passes = max(1, -(-t.min_steps // (t.epochs * per_pass)))
+        self.steps_per_epoch = per_pass * self.passes
+        self.epochs = t.epochs
+        if self.passes > 1:
             log.info(
-                "trainer.min_steps=%d: training %d epochs instead of trainer.epochs=%d "
-                "(%d steps per epoch on %d examples)",
+                "trainer.min_steps=%d: each of the %d epochs makes %d passes over the %d "
+                "training examples (%d steps of %d per pass)",
                 t.min_steps,
                 self.epochs,
-                t.epochs,
-                self.steps_per_epoch,
+                self.passes,
                 data.x_train.shape[0],
+                per_pass,
+                t.batch_size,
             )
         self.total_steps = self.steps_per_epoch * self.epochs
         self.output_activation = resolve_output_activation(
@@ -118,6 +123,7 @@ class Trainer:
             num_devices=len(self.parallel.devices),
             axis_name=self.parallel.axis_name,
             step_norms=t.step_norms,
+            passes=self.passes,
         )
         self._program: Callable | None = None
         self._pca: dict = {}
