@@ -10,6 +10,11 @@ one process:
     python scripts/profile_group.py --devices 2 --members 8 64
     python scripts/profile_group.py --members 4 --trace  # + a jax.profiler breakdown by op
     python scripts/profile_group.py noise=none           # any config overrides at the end
+    python scripts/profile_group.py --devices 2 --members 8 --seeds 2   # 4 members per seed
+
+``--seeds`` gives the members that many seeds (consecutive members share one), so that the
+members of a seed share their random draws as ``train_group`` arranges them; by default each
+member has its own seed.
 
 ``--trace`` records five epochs with ``jax.profiler`` and sums the XLA:CPU thunks' time by
 kind: the threefry loops (random bits of the noise and the per-example keys), the matrix
@@ -43,11 +48,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1, help="CPU devices (one per core)")
     parser.add_argument("--epochs", type=int, default=20, help="timed epochs per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds among the members")
     parser.add_argument("--trace", action="store_true", help="op breakdown of the last count")
     parser.add_argument("overrides", nargs="*", default=["noise=masking"])
     args = parser.parse_args()
-    if args.devices < 1 or any(m < 1 for m in args.members):
-        sys.exit("--devices and --members must be positive integers")
+    if args.devices < 1 or any(m < 1 for m in args.members) or (args.seeds or 1) < 1:
+        sys.exit("--devices, --members and --seeds must be positive integers")
     os.environ.setdefault("AE_JAX_COMPILATION_CACHE", "off")
     import jax
 
@@ -102,16 +108,18 @@ def main() -> None:
     print(f"single-run program, 1 member: {one:.2f} ms per epoch")
     print("members | ms per epoch | per member | vs the single-run program | layout")
     for n in args.members:
+        seeds = list(range(n)) if args.seeds is None else [i * args.seeds // n for i in range(n)]
         configs = [
-            dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, seed=i))
-            for i in range(n)
+            dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, seed=s))
+            for s in seeds
         ]
         layout = V.group_layout(n, None, cfg.trainer.batch_size)
+        runs = V.shared_draws(seeds, layout.members)
         hp = V._spread(V._stack([make_hparams(c) for c in configs]), layout.mesh)
         xs = V._spread(np.asarray(data.x_train), layout.mesh, replicated=True)
-        states = V._spread(V._stack([trainer.init_state(seed=i) for i in range(n)]), layout.mesh)
+        states = V._spread(V._stack([trainer.init_state(seed=s) for s in seeds]), layout.mesh)
         program = (
-            jax.jit(V._group_epoch(trainer, layout), donate_argnums=0)
+            jax.jit(V._group_epoch(trainer, layout, runs), donate_argnums=0)
             .lower(states, xs, np.int32(0), hp)
             .compile(compiler_options=compiler_options(jax.devices()))
         )
@@ -119,6 +127,7 @@ def main() -> None:
         print(
             f"{n:7d} | {ms:12.2f} | {ms / n:10.2f} | {one * n / ms:24.2f}x | "
             + layout.describe().lstrip(", ")
+            + (f", {runs} members per draw" if runs > 1 else "")
         )
     if args.trace:
         _trace(program, states, xs, hp, steps, n)

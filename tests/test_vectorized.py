@@ -6,7 +6,12 @@ import pytest
 from conftest import make_config
 
 from ae_jax.config import ConfigError
-from ae_jax.sweeps.vectorized import group_by_program, train_group, train_vectorized
+from ae_jax.sweeps.vectorized import (
+    group_by_program,
+    shared_draws,
+    train_group,
+    train_vectorized,
+)
 from ae_jax.train import train_and_evaluate
 
 MEMBERS = [
@@ -152,6 +157,7 @@ def test_sixteen_members_over_eight_devices_equal_their_sequential_runs(tmp_path
     with caplog.at_level(logging.INFO, logger="ae_jax"):
         vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(16)])
     assert "16 members over 8 devices, 2 per device" in caplog.text
+    assert "each 2 members of one seed share their random draws" in caplog.text
     for i in range(16):  # the sequential runs on one device (make_config's default)
         cfg = make_config(*common[:1], *common[2:], *_member_overrides(i))
         seq = train_and_evaluate(cfg, tmp_path / f"seq{i}")
@@ -203,3 +209,42 @@ def test_fewer_members_than_devices_split_each_batch_over_a_data_axis(
         )
         for key in ("test/mse", "test/denoise_mse", "test/mean_code_activation", "train/loss"):
             assert vec[i][key] == pytest.approx(seq[key], rel=2e-4, abs=1e-6), (i, key)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "blocks", "runs"),
+    [
+        ([0, 0, 0, 0, 1, 1, 1, 1], 2, 4),  # one seed per device
+        ([0, 0, 0, 0, 1, 1, 1, 1], 1, 4),
+        ([0, 0, 0, 0, 0, 0, 0, 0], 2, 4),  # a run is cut where a device's block ends
+        ([0, 0, 1, 1, 1, 1], 1, 2),  # runs of 2 and 4 tile as runs of 2
+        ([0, 0, 1, 1, 1, 1], 2, 1),  # blocks [0 0 1] [1 1 1]: a run of 1
+        ([0, 1, 2, 3], 1, 1),
+    ],
+)
+def test_members_of_one_seed_share_draws_in_runs_that_tile_every_device(seeds, blocks, runs):
+    assert shared_draws(seeds, blocks) == runs
+
+
+def test_members_in_any_seed_order_share_draws_and_keep_their_own_results(tmp_path, caplog):
+    # Hydra lists a levels x seeds grid with the seeds interleaved: the group trains them side
+    # by side by seed (2 per device, sharing their data order and noise bits) and hands each
+    # member's metrics and files back in the caller's order, each equal to its sequential run.
+    import logging
+
+    common = ("trainer.epochs=4", "noise=masking", "reg=kl_sparse", "model.code_activation=sigmoid")
+    members = [
+        (f"noise.level={level}", f"reg.kl_sparse.strength={strength}", f"trainer.seed={seed}")
+        for level, strength, seed in [(0.1, 0.0, 1), (0.2, 0.02, 0), (0.3, 0.04, 1), (0.0, 0.06, 0)]
+    ]
+    configs = [make_config(*common, "trainer.devices=2", *m) for m in members]
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        vec = train_group(configs, [tmp_path / f"vec{i}" for i in range(4)])
+    assert "4 members over 2 devices, 2 per device, each 2 members" in caplog.text
+    for i, m in enumerate(members):
+        seq = train_and_evaluate(make_config(*common, *m), tmp_path / f"seq{i}")
+        for key in ("test/mse", "test/mean_code_activation", "train/loss"):
+            assert vec[i][key] == pytest.approx(seq[key], rel=2e-4, abs=1e-6), (i, key)
+        saved = json.loads((tmp_path / f"vec{i}" / "metrics.json").read_text())
+        assert saved["test/mse"] == vec[i]["test/mse"]
+    assert len({round(v["test/mse"], 6) for v in vec}) == 4

@@ -37,6 +37,7 @@ from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed
+from ae_jax.training.state import TrainState
 from ae_jax.training.step import DATA_AXIS, make_train_epoch
 from ae_jax.training.trainer import Trainer
 
@@ -189,13 +190,89 @@ def _spread(tree, mesh: Mesh | None, replicated: bool = False):
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
-def _group_epoch(trainer: Trainer, layout: Layout):
+def shared_draws(seeds: list[int], blocks: int) -> int:
+    """How many consecutive members share one stream of random draws: the members sit in
+    ``blocks`` equal blocks (one per device along the members axis); within a block, members
+    of equal seed in a row draw the same data orders, example keys and noise bits (every key of
+    a state derives from its seed alone). The answer is the largest run length that tiles
+    every block into runs of one seed (1: every member draws its own)."""
+    size = len(seeds) // blocks
+    runs = 0
+    for b in range(blocks):
+        block = seeds[b * size : (b + 1) * size]
+        start = 0
+        for i in range(1, size + 1):
+            if i == size or block[i] != block[start]:
+                runs = math.gcd(runs, i - start)
+                start = i
+    return max(runs, 1)
+
+
+# The state's leaves that a run of members of one seed hold in common: the step counter (all
+# members step together) and the two keys. The inner vmap of _members_vmap leaves them
+# unbatched, so everything drawn from them (the data order, the example keys, the noise
+# bits, the gathered batch) is computed once per run and broadcast to its members.
+_SHARED = TrainState(step=None, params=0, opt_state=0, key=None, data_key=None, running=0)
+
+
+def _members_vmap(epoch_fn, runs: int):
+    """``epoch_fn`` (one member) vmapped over a leading members axis of the state and the
+    hyperparameters. With ``runs`` > 1, consecutive runs of that many members share their
+    random draws (``shared_draws``): the members are folded into (n / runs, runs), the inner
+    vmap over a run keeps the ``_SHARED`` leaves unbatched, the outer one maps the runs.
+    Every member computes what it would alone; XLA only stops computing one run's draws
+    ``runs`` times (a sweep of noise levels on 2 seeds: ~12% of its epoch, PERFORMANCE.md)."""
+    if runs == 1:
+        return jax.vmap(epoch_fn, in_axes=(0, None, None, 0))
+    inner = jax.vmap(epoch_fn, in_axes=(_SHARED, None, None, 0), out_axes=(_SHARED, 0))
+    outer = jax.vmap(inner, in_axes=(0, None, None, 0))
+
+    def epoch(state: TrainState, data, epoch, hparams):
+        n = state.step.shape[0]
+
+        def fold(x):
+            return x.reshape(n // runs, runs, *x.shape[1:])
+
+        def unfold(x):
+            return x.reshape(n, *x.shape[2:])
+
+        def first(x):  # (n,) -> (n / runs,): equal within each run by construction
+            return fold(x)[:, 0]
+
+        def spread(x):  # (n / runs,) -> (n,)
+            return jnp.broadcast_to(x[:, None], (n // runs, runs, *x.shape[1:])).reshape(
+                n, *x.shape[1:]
+            )
+
+        folded = TrainState(
+            step=first(state.step),
+            params=jax.tree.map(fold, state.params),
+            opt_state=jax.tree.map(fold, state.opt_state),
+            key=first(state.key),
+            data_key=first(state.data_key),
+            running=jax.tree.map(fold, state.running),
+        )
+        out, metrics = outer(folded, data, epoch, jax.tree.map(fold, hparams))
+        state = TrainState(
+            step=spread(out.step),
+            params=jax.tree.map(unfold, out.params),
+            opt_state=jax.tree.map(unfold, out.opt_state),
+            key=spread(out.key),
+            data_key=spread(out.data_key),
+            running=jax.tree.map(unfold, out.running),
+        )
+        return state, jax.tree.map(unfold, metrics)
+
+    return epoch
+
+
+def _group_epoch(trainer: Trainer, layout: Layout, runs: int = 1):
     """The members' epoch: the single-device epoch vmapped over the members, or, with a data
     axis, the data-parallel per-device epoch vmapped over a device's members under
-    ``shard_map`` (its collectives run over ``data``; members never communicate)."""
-    vmapped = jax.vmap(trainer.epoch_fn, in_axes=(0, None, None, 0))
+    ``shard_map`` (its collectives run over ``data``; members never communicate). ``runs``
+    consecutive members share their random draws (``shared_draws``)."""
     if layout.data == 1:
-        return vmapped
+        return _members_vmap(trainer.epoch_fn, runs)
     t = trainer.cfg.trainer
     per_device = make_train_epoch(
         trainer.objective,
@@ -209,7 +286,7 @@ def _group_epoch(trainer: Trainer, layout: Layout):
     )
     members = PartitionSpec("members")
     return jax.shard_map(
-        jax.vmap(per_device, in_axes=(0, None, None, 0)),
+        _members_vmap(per_device, runs),
         mesh=layout.mesh,
         in_specs=(members, PartitionSpec(), PartitionSpec(), members),
         out_specs=members,
@@ -247,12 +324,25 @@ def train_group(
     )
     from ae_jax.run_io import write_json_atomic
 
-    t0, started = time.perf_counter(), time.time()
-    base = configs[0]
     if len({static_part(c) for c in configs}) != 1:
         raise ConfigError(
             "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
         )
+    # Members of one seed side by side (stable), so that they share their random draws
+    # (shared_draws); each member's results go back to its place in the caller's order.
+    order = sorted(range(len(configs)), key=lambda i: configs[i].trainer.seed)
+    if order != list(range(len(configs))):
+        ordered = train_group(
+            [configs[i] for i in order],
+            [workdirs[i] for i in order],
+            None if hydra_files is None else [hydra_files[i] for i in order],
+        )
+        back: list[dict] = [{} for _ in configs]
+        for k, i in enumerate(order):
+            back[i] = ordered[k]
+        return back
+    t0, started = time.perf_counter(), time.time()
+    base = configs[0]
     if any(c.pretrain.enabled for c in configs):
         raise ConfigError(
             "pretrain.enabled=true is a sequence of programs (layers, fine-tuning, supervised "
@@ -276,10 +366,12 @@ def train_group(
         stack.enter_context(sigterm_flag())
         data = load_dataset(base.data)
         trainer = Trainer(base, data)
+        runs = shared_draws([c.trainer.seed for c in configs], layout.members)
         log.info(
-            "vectorised sweep: %d members in one program%s | %s",
+            "vectorised sweep: %d members in one program%s%s | %s",
             n,
             layout.describe(),
+            f", each {runs} members of one seed share their random draws" if runs > 1 else "",
             describe(base, trainer, devices=False),
         )
         checkpointer = Checkpointer(
@@ -290,7 +382,7 @@ def train_group(
         x_eval = _spread(jnp.asarray(trainer.x_eval), mesh, replicated=True)
         # The epoch program compiles on a second thread while this one initialises the
         # members: XLA compiles without holding the GIL, and on a cold cache each takes seconds.
-        epoch_fn = _group_epoch(trainer, layout)
+        epoch_fn = _group_epoch(trainer, layout, runs)
         abstract = _abstract_stack(jax.eval_shape(trainer.init_state), n, mesh)
 
         def compile_epoch():
