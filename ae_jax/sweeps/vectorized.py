@@ -396,8 +396,10 @@ def train_group(
         with ThreadPoolExecutor(1, thread_name_prefix="ae_jax-compile") as pool:
             compiling = pool.submit(compile_epoch)
             # One seed at a time: the initialiser compiles once (1.5 s cold for the digits
-            # model) and each further seed costs ~30 ms; vmapped it compiles for 2.7 s.
-            members = [trainer.init_state(seed=c.trainer.seed) for c in configs]
+            # model) and each further seed costs ~30 ms; vmapped it compiles for 2.7 s. A
+            # state depends on its seed alone: members of one seed start from one state.
+            initial = {s: trainer.init_state(seed=s) for s in {c.trainer.seed for c in configs}}
+            members = [initial[c.trainer.seed] for c in configs]
             states = _spread(_stack(members), mesh)
             if t.resume:  # another group's checkpoints here: refused before anything is written
                 checkpointer.check_same_run(states)
