@@ -403,14 +403,16 @@ def train_group(
             states = _spread(_stack(members), mesh)
             if t.resume:  # another group's checkpoints here: refused before anything is written
                 checkpointer.check_same_run(states)
+            # Every evaluation program, readied on a third thread (as a single run does) on the
+            # member that evaluates the most (its denoising too), so that evaluating the
+            # members after training only runs them. Started before the epoch program is
+            # ready: on a cold cache its compiling then uses the core that would otherwise
+            # wait for the epoch program, instead of the cores the members train on.
+            warming = warm_outputs_in_background(
+                max(configs, key=_eval_level), trainer, jax.device_get(members[0].params)
+            )
+            stack.callback(warming.join)  # also when training raises
             program, compile_seconds = compiling.result()
-        # Every evaluation program, readied while the members train (on a second thread, as a
-        # single run does) on the member that evaluates the most (its denoising too), so that
-        # evaluating the members after training only runs them.
-        warming = warm_outputs_in_background(
-            max(configs, key=_eval_level), trainer, jax.device_get(members[0].params)
-        )
-        stack.callback(warming.join)  # also when training raises
         for cfg, rundir in zip(configs, rundirs):
             rundir.start(to_yaml(cfg))
             write_json_atomic(
