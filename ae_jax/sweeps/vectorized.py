@@ -3,10 +3,11 @@
 Members of a sweep that share every shape-determining setting and differ only in the noise
 level, the regularisation strength, the learning rate or the seed are stacked along a leading
 axis and trained by ``jax.vmap`` of the same per-device epoch that single runs use: one
-compilation, one dispatch per epoch for all members, bigger matrix multiplies. Each member then
-gets exactly the outputs a single run writes (metrics.json, history, reconstructions, params,
-figures), so reports cannot tell the two engines apart, and its metrics equal its sequential
-run's to float round-off (tests/test_vectorized.py).
+compilation, one dispatch per epoch for all members, bigger matrix multiplies; members of one
+seed compute their random draws (data order, noise) once between them (``shared_draws``). Each
+member then gets exactly the outputs a single run writes (metrics.json, history,
+reconstructions, params, figures), so reports cannot tell the two engines apart, and its
+metrics equal its sequential run's to float round-off (tests/test_vectorized.py).
 
 Select it for a Hydra multirun with ``hydra/launcher=vmap`` (see ``hydra_plugins/``), or call
 ``train_vectorized(configs, workdirs)`` from Python.
@@ -215,6 +216,18 @@ def shared_draws(seeds: list[int], blocks: int) -> int:
 _SHARED = TrainState(step=None, params=0, opt_state=0, key=None, data_key=None, running=0)
 
 
+def _map_state(state: TrainState, shared, each) -> TrainState:
+    """``shared`` applied to the ``_SHARED`` leaves of ``state``, ``each`` to every other leaf."""
+    return TrainState(
+        step=shared(state.step),
+        params=jax.tree.map(each, state.params),
+        opt_state=jax.tree.map(each, state.opt_state),
+        key=shared(state.key),
+        data_key=shared(state.data_key),
+        running=jax.tree.map(each, state.running),
+    )
+
+
 def _members_vmap(epoch_fn, runs: int):
     """``epoch_fn`` (one member) vmapped over a leading members axis of the state and the
     hyperparameters. With ``runs`` > 1, consecutive runs of that many members share their
@@ -244,24 +257,10 @@ def _members_vmap(epoch_fn, runs: int):
                 n, *x.shape[1:]
             )
 
-        folded = TrainState(
-            step=first(state.step),
-            params=jax.tree.map(fold, state.params),
-            opt_state=jax.tree.map(fold, state.opt_state),
-            key=first(state.key),
-            data_key=first(state.data_key),
-            running=jax.tree.map(fold, state.running),
+        out, metrics = outer(
+            _map_state(state, first, fold), data, epoch, jax.tree.map(fold, hparams)
         )
-        out, metrics = outer(folded, data, epoch, jax.tree.map(fold, hparams))
-        state = TrainState(
-            step=spread(out.step),
-            params=jax.tree.map(unfold, out.params),
-            opt_state=jax.tree.map(unfold, out.opt_state),
-            key=spread(out.key),
-            data_key=spread(out.data_key),
-            running=jax.tree.map(unfold, out.running),
-        )
-        return state, jax.tree.map(unfold, metrics)
+        return _map_state(out, spread, unfold), jax.tree.map(unfold, metrics)
 
     return epoch
 
