@@ -323,10 +323,6 @@ def train_group(
     )
     from ae_jax.run_io import write_json_atomic
 
-    if len({static_part(c) for c in configs}) != 1:
-        raise ConfigError(
-            "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
-        )
     # Members of one seed side by side (stable), so that they share their random draws
     # (shared_draws); each member's results go back to its place in the caller's order.
     order = sorted(range(len(configs)), key=lambda i: configs[i].trainer.seed)
@@ -340,6 +336,10 @@ def train_group(
         for k, i in enumerate(order):
             back[i] = ordered[k]
         return back
+    if len({static_part(c) for c in configs}) != 1:  # checked once, in the ordered call
+        raise ConfigError(
+            "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
+        )
     t0, started = time.perf_counter(), time.time()
     base = configs[0]
     if any(c.pretrain.enabled for c in configs):
