@@ -151,6 +151,30 @@ def test_cpu_compiler_options_drop_parameter_copies_and_change_no_value():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_regularised_layer_fine_tuned_on_labels_is_not_warned_about(tmp_path, caplog):
+    # An overcomplete contractive layer (64 -> 100) pretrained, then fine-tuned on labels only:
+    # the code was regularised where it was trained, so no "reg=none ... identity" warning
+    # (the supervised stage's deep-AE config drops the regulariser, which once caused one).
+    import logging
+
+    overrides = (
+        "+pretrain=layerwise",
+        "model=shallow",
+        "model.latent_dim=100",
+        "reg=contractive",
+        "pretrain.supervised=true",
+        "pretrain.unsupervised=false",
+        "pretrain.baseline=false",
+        "pretrain.probe=false",
+        "pretrain.layer_epochs=1",
+        "pretrain.supervised_epochs=1",
+    )
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        m = train(tmp_path, *overrides)
+    assert "overcomplete" not in caplog.text
+    assert "supervised/test/error_pct" in m  # it ran to the end
+
+
 def test_overcomplete_warning_only_for_the_runs_own_code(caplog):
     import logging
 

@@ -230,7 +230,9 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         )
     sizes = layer_sizes(cfg, data.num_features)
     ft_cfg = finetune_config(cfg, sizes)
-    trainer = Trainer(ft_cfg, data)  # refuses what does not fit the data before anything runs
+    # refuses what does not fit the data before anything runs; the deep AE's code is trained
+    # unregularised (the layers carry the regulariser) only by unsupervised fine-tuning
+    trainer = Trainer(ft_cfg, data, is_code=p.unsupervised)
     if t.resume:  # another model's checkpoints here: refused before anything is written
         Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
     rundir.start(to_yaml(cfg))
