@@ -151,10 +151,21 @@ def test_cpu_compiler_options_drop_parameter_copies_and_change_no_value():
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_regularised_layer_fine_tuned_on_labels_is_not_warned_about(tmp_path, caplog):
-    # An overcomplete contractive layer (64 -> 100) pretrained, then fine-tuned on labels only:
-    # the code was regularised where it was trained, so no "reg=none ... identity" warning
-    # (the supervised stage's deep-AE config drops the regulariser, which once caused one).
+@pytest.mark.parametrize(
+    "stage, warned",
+    [
+        (("pretrain.supervised=true", "pretrain.unsupervised=false"), False),
+        (("pretrain.unsupervised=true", "pretrain.finetune_keep_objective=true"), False),
+        (("pretrain.unsupervised=true",), True),
+    ],
+)
+def test_a_pipeline_warns_of_an_unregularised_wide_code_only_where_one_is_trained(
+    tmp_path, caplog, stage, warned
+):
+    # An overcomplete contractive layer (64 -> 100), then fine-tuning. The supervised stage's
+    # deep-AE config drops the regulariser, which once drew a "reg=none ... identity" warning
+    # on every such pipeline (the rifai2011 CAE's included): only unsupervised fine-tuning
+    # without the layers' objective trains the code unregularised, and the line says why.
     import logging
 
     overrides = (
@@ -162,17 +173,22 @@ def test_a_regularised_layer_fine_tuned_on_labels_is_not_warned_about(tmp_path, 
         "model=shallow",
         "model.latent_dim=100",
         "reg=contractive",
-        "pretrain.supervised=true",
-        "pretrain.unsupervised=false",
+        "trainer.epochs=1",
         "pretrain.baseline=false",
         "pretrain.probe=false",
         "pretrain.layer_epochs=1",
         "pretrain.supervised_epochs=1",
+        *stage,
     )
     with caplog.at_level(logging.WARNING, logger="ae_jax"):
         m = train(tmp_path, *overrides)
-    assert "overcomplete" not in caplog.text
-    assert "supervised/test/error_pct" in m  # it ran to the end
+    assert m  # it ran to the end
+    if warned:
+        assert "model.latent_dim=100 > input dimension 64 with reg=none" in caplog.text
+        assert "in unsupervised fine-tuning" in caplog.text
+        assert "pretrain.finetune_keep_objective=true fine-tunes with the layers" in caplog.text
+    else:
+        assert "overcomplete" not in caplog.text
 
 
 def test_overcomplete_warning_only_for_the_runs_own_code(caplog):

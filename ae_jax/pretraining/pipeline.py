@@ -55,7 +55,7 @@ from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import checkpoint_schedule, raise_if_preempted
 from ae_jax.training.rundir import claimed
-from ae_jax.training.trainer import Trainer
+from ae_jax.training.trainer import Trainer, warn_if_overcomplete
 
 log = logging.getLogger("ae_jax")
 LAYER_METRICS = (
@@ -230,9 +230,17 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         )
     sizes = layer_sizes(cfg, data.num_features)
     ft_cfg = finetune_config(cfg, sizes)
-    # refuses what does not fit the data before anything runs; the deep AE's code is trained
-    # unregularised (the layers carry the regulariser) only by unsupervised fine-tuning
-    trainer = Trainer(ft_cfg, data, is_code=p.unsupervised)
+    trainer = Trainer(ft_cfg, data, is_code=False)  # refuses what does not fit the data
+    if p.unsupervised:  # the one stage that trains the deep AE's code on ft_cfg's objective
+        if not p.finetune_keep_objective and (cfg.reg or cfg.noise.kind != "none"):
+            warn_if_overcomplete(
+                ft_cfg,
+                data.num_features,
+                " in unsupervised fine-tuning",
+                "pretrain.finetune_keep_objective=true fine-tunes with the layers' reg and noise",
+            )
+        else:
+            warn_if_overcomplete(ft_cfg, data.num_features)
     if t.resume:  # another model's checkpoints here: refused before anything is written
         Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
     rundir.start(to_yaml(cfg))

@@ -58,21 +58,36 @@ def validate_against_data(cfg: Config, data: Dataset, is_code: bool = True) -> N
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {n} training examples "
             f"of {data.name}; valid: 1..{n}"
         )
-    d = data.num_features
+    if is_code:
+        warn_if_overcomplete(cfg, data.num_features)
+
+
+def warn_if_overcomplete(
+    cfg: Config,
+    input_dim: int,
+    where: str = "",
+    remedy: str = "add a sparsity or contractive regulariser, model.sparse_k or denoising noise",
+) -> None:
+    """One warning line when ``cfg`` trains a code wider than its input with nothing that
+    stops it from learning the identity (no code regulariser, k-sparsity or input noise);
+    ``where`` names the stage when the objective is not the user's config's own."""
     code_terms = [k for k in cfg.reg if k != "weight_decay"]  # terms that act on the code
     # input noise regularises too: a denoising AE cannot copy its corrupted input
     denoising = cfg.noise.kind != "none" and cfg.noise.level > 0
-    overcomplete = (
-        cfg.model.latent_dim > d and not code_terms and cfg.model.sparse_k is None and not denoising
-    )
-    if is_code and overcomplete:
+    if (
+        cfg.model.latent_dim > input_dim
+        and not code_terms
+        and cfg.model.sparse_k is None
+        and not denoising
+    ):
         log.warning(
-            "model.latent_dim=%d > input dimension %d with reg=%s and no input noise: an "
-            "overcomplete code can learn the identity; add a sparsity or contractive "
-            "regulariser, model.sparse_k or denoising noise",
+            "model.latent_dim=%d > input dimension %d with reg=%s and no input noise%s: an "
+            "overcomplete code can learn the identity; %s",
             cfg.model.latent_dim,
-            d,
+            input_dim,
             "[" + ",".join(cfg.reg) + "]" if cfg.reg else "none",
+            where,
+            remedy,
         )
 
 
