@@ -235,15 +235,19 @@ def score_of(cfg: Any, metrics: dict) -> float:
     return float(metrics[key])
 
 
-def job_score(cfg: Any, metrics: dict) -> float:
+def job_score(cfg: Any, metrics: dict, search: bool | None = None) -> float:
     """``score_of`` for the entry points and launchers: a score key missing from the metrics
-    is one error line and exit status 2 (the run's own files are already written)."""
+    is one error line and exit status 2 (the run's own files are already written). ``search``:
+    whether the job is a trial of a hyperparameter search (None: ask Hydra's config of the
+    running job; a launcher that trains outside its jobs' Hydra context says so itself)."""
     try:
         value = score_of(cfg, metrics)
     except ConfigError as err:
         log.error("ConfigError: %s", err)
         sys.exit(2)
-    if math.isnan(value) and _in_search():
+    if search is None:
+        search = _in_search()
+    if math.isnan(value) and search:
         # Optuna 2.x cannot record a NaN (and the released sweeper then ends the whole search
         # with a traceback): a failed trial scores +inf, the worst value, and the search goes
         # on; its status.json keeps the reason and the multirun summary lists it.

@@ -136,7 +136,7 @@ class VmapLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from ae_jax.cli import USER_ERRORS, job_score, quiet_console
+        from ae_jax.cli import USER_ERRORS, is_search, job_score, quiet_console
         from ae_jax.config import register_configs, to_config, validate
         from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
         from ae_jax.training.loop import Preempted
@@ -147,6 +147,9 @@ class VmapLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        # A trial of an Optuna search that fails scores +inf (job_score), here as under the
+        # basic launcher: the jobs train outside their Hydra context, so it is said here.
+        search = is_search(self.config.hydra)
 
         # 1. Let Hydra set up each job (directory, .hydra/ files, logging) with a task that only
         #    records the job's config and directory.
@@ -192,7 +195,7 @@ class VmapLauncher(Launcher):
                 log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
                 write_hydra_files(workdir, records[i])
                 _fail(workdir, err)
-                ret._return_value = float("nan")
+                ret._return_value = job_score(cfg, {}, search)
         # A layer-wise pipeline (pretrain.enabled) is several programs in sequence, not one
         # program the members could share: such a job trains on its own, the normal way.
         alone = [k for k, c in enumerate(configs) if c.pretrain.enabled]
@@ -202,7 +205,7 @@ class VmapLauncher(Launcher):
                 "job #%d: a layer-wise pipeline does not vectorise; trained on its own",
                 initial_job_idx + i,
             )
-            _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2])
+            _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
         groups = group_by_program(configs)
@@ -226,7 +229,7 @@ class VmapLauncher(Launcher):
                 for m in members:
                     if not RunDir(jobs[m][1]).holds_run():
                         _fail(jobs[m][1], err)
-                    jobs[m][2]._return_value = float("nan")
+                    jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
                 continue
             except Exception as err:
                 log.exception("vectorised group of jobs %s failed", members)
@@ -235,18 +238,18 @@ class VmapLauncher(Launcher):
                     jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
                 continue
             for m, metrics in zip(members, results):
-                jobs[m][2]._return_value = job_score(jobs[m][0], metrics)
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
         return [ret for _, _, ret in jobs]
 
 
-def _run_alone(cfg, workdir, record, ret) -> None:
+def _run_alone(cfg, workdir, record, ret, search: bool) -> None:
     """Train one job the way ``experiments/train.py`` does (``ae_jax.cli.run_or_exit``: its
     status.json, one line for a user error, SIGTERM a clean stop that the same command resumes)."""
     from ae_jax.cli import job_score, run_or_exit
     from ae_jax.train import train_and_evaluate
 
     metrics = run_or_exit(train_and_evaluate, cfg, workdir, exit_on_error=False, hydra_files=record)
-    ret._return_value = job_score(cfg, metrics)
+    ret._return_value = job_score(cfg, metrics, search)
 
 
 def _write_status(workdir, status, **fields):
