@@ -161,6 +161,9 @@ def test_vmap_diverging_member_fails_alone(tmp_path):
     status = json.loads((tmp_path / "1" / "status.json").read_text())
     assert status["status"] == "failed"
     assert "member 1" in status["error"] and "global step" in status["error"]
+    assert status["error"].endswith(
+        "Lower optim.lr (now 10000.0) or the regularisation strengths, or set optim.grad_clip"
+    )  # its own rate
     assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
     assert (tmp_path / "0" / "metrics.json").exists() and not (
         tmp_path / "1" / "metrics.json"

@@ -40,7 +40,7 @@ from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed
 from ae_jax.training.state import TrainState
 from ae_jax.training.step import DATA_AXIS, make_train_epoch
-from ae_jax.training.trainer import Trainer
+from ae_jax.training.trainer import Trainer, divergence_hint
 
 log = logging.getLogger("ae_jax")
 
@@ -433,6 +433,7 @@ def train_group(
             progress=t.progress,
             members=n,
             member_names=[str(w) for w in workdirs],
+            member_hints=[divergence_hint(c) for c in configs],
             **trainer.selection(),  # val/ curve; early stopping per member
         )
         group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name

@@ -132,8 +132,9 @@ class Stage:
     progress: bool = True
     members: int | None = None  # a vectorised group: every leaf has a leading members axis
     member_names: list[str] | None = None  # for console lines about one member
+    member_hints: list[str] | None = None  # each member's ``hint`` (its own learning rate)
     profile_dir: Path | None = None  # a jax.profiler trace of the first epoch trained, here
-    hint: str = "lower optim.lr or the regularisation strengths, or set optim.grad_clip"
+    hint: str = "Lower optim.lr or the regularisation strengths, or set optim.grad_clip"
     eval_prefix: str = "eval"  # history columns of ``evaluate``: "val" on a validation split
     monitor: str | None = None  # early stopping on evaluate()[monitor] (lower is better)
     patience: int | None = None  # evaluations without improvement before stopping
@@ -511,11 +512,12 @@ def raise_if_preempted(where: str) -> None:
 def _diverged_message(stage: Stage, epoch: int, bad: int, per_step: dict, member=None) -> str:
     step = epoch * stage.steps_per_epoch + bad + 1
     loss = np.asarray(per_step["loss"]).reshape(-1)[bad]
-    who = ""
-    if member is not None:
-        names = stage.member_names
-        who = f"member {member}" + (f" ({names[member]})" if names else "") + ": "
-    return f"{stage.label}{who}non-finite loss ({loss}) at epoch {epoch + 1}, global step {step}"
+    where = f"non-finite loss ({loss}) at epoch {epoch + 1}, global step {step}"
+    if member is None:
+        return stage.label + where
+    names, hints = stage.member_names, stage.member_hints
+    who = f"member {member}" + (f" ({names[member]})" if names else "")
+    return f"{stage.label}{who}: {where}. {hints[member] if hints else stage.hint}"
 
 
 def _check(stage: Stage, epoch: int, per_step: dict, checkpointer) -> None:

@@ -91,6 +91,14 @@ def warn_if_overcomplete(
         )
 
 
+def divergence_hint(cfg: Config) -> str:
+    """What to change when a run of ``cfg`` diverges (the end of its one error line)."""
+    return (
+        f"Lower optim.lr (now {cfg.optim.lr}) or the regularisation strengths, "
+        "or set optim.grad_clip"
+    )
+
+
 class Trainer:
     """Model, objective, optimiser and the compiled epoch program of one config and dataset."""
 
@@ -217,8 +225,7 @@ class Trainer:
             **checkpoint_schedule(t),
             log_every=t.log_every,
             progress=t.progress,
-            hint=f"Lower optim.lr (now {self.cfg.optim.lr}) or the regularisation strengths, "
-            "or set optim.grad_clip",
+            hint=divergence_hint(self.cfg),
             **{**self.selection(), **settings},
         )
 
