@@ -295,6 +295,52 @@ def check_search_score(cfg: Any, hydra_cfg: Any) -> None:
         )
 
 
+def check_search_space(config: Any) -> None:
+    """Refuse a hyperparameter search whose range for a key reaches values the key cannot take
+    (``noise.level=interval(0.5, 2.0)``): every end of an interval, every value of a choice or
+    range, is put in the run's config and validated, so a range that would only feed the
+    sampler refused trials is one line before the search starts. Keys that name config groups
+    (``noise=choice(masking, gaussian)``) are left to Hydra.
+
+    Raises:
+      ConfigError: naming the searched key, its range and why the value is refused.
+    """
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+    from omegaconf import OmegaConf, open_dict
+
+    from ae_jax.config import to_config, validate
+
+    hydra_cfg = config.hydra
+    if not is_search(hydra_cfg):
+        return
+    params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) or {}
+    texts = [f"{key}={value}" for key, value in params.items()]
+    texts += [str(t) for t in OmegaConf.select(hydra_cfg, "overrides.task", default=None) or []]
+    base = copy.deepcopy(config)
+    with open_dict(base):
+        del base["hydra"]
+    for override in OverridesParser.create().parse_overrides(texts):
+        key = override.key_or_group
+        node = OmegaConf.select(base, key, default=None)
+        if not override.is_sweep_override() or node is None or OmegaConf.is_config(node):
+            continue
+        sweep = override.value()
+        ends = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else None
+        for value in ends or list(override.sweep_iterator()):
+            trial = copy.deepcopy(base)
+            OmegaConf.update(trial, key, value, merge=False)
+            try:
+                validate(to_config(trial))
+            except ConfigError as err:
+                searched = override.input_line or f"{key}={override.get_value_element_as_str()}"
+                raise ConfigError(
+                    f"the search over {searched} reaches values that are refused: {err}"
+                ) from None
+
+
 def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
     """``check_search_score``, a refusal being one line on stderr and exit status 2."""
     try:
@@ -311,6 +357,11 @@ class SearchScoreCheck(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         check_search_or_exit(config, config.hydra)
+        try:
+            check_search_space(config)
+        except ConfigError as err:
+            print(f"ConfigError: {err}", file=sys.stderr)
+            sys.exit(2)
         if is_search(config.hydra):  # optuna imports alembic, which logs each of its plugins
             logging.getLogger("alembic").setLevel(logging.WARNING)  # at INFO on the console
 

@@ -194,6 +194,39 @@ def test_a_search_scored_on_test_data_is_refused_before_training(tmp_path, overr
     assert "epoch 1/" not in out and not list(tmp_path.rglob("metrics.json"))  # no training
 
 
+@pytest.mark.parametrize("where", ["command line", "sweep file"])
+def test_a_search_range_reaching_refused_values_is_one_line_before_the_search(tmp_path, where):
+    # Each end of a searched interval (each value of a choice) is validated before the sweeper
+    # starts: a range that would feed the sampler refused trials is refused itself.
+    options = []
+    if where == "command line":
+        search = [*TINY, "noise=masking", "noise.level=interval(0.5, 2.0)"]
+        expected = (
+            "the search over noise.level=interval(0.5, 2.0) reaches values that are refused: "
+            "noise.level=2.0 is not valid; it must be a finite number in [0.0, 1.0]"
+        )
+    else:  # the search space of a sweep file (hydra.sweeper.params), from an added config dir
+        conf = tmp_path / "conf" / "sweep"
+        conf.mkdir(parents=True)
+        text = (REPO / "conf" / "sweep" / "optuna_contractive.yaml").read_text()
+        assert "interval(1e-5, 1e-1)" in text
+        (conf / "bad_range.yaml").write_text(text.replace("1e-5, 1e-1", "-1e-3, 1e-1"))
+        search = ["+sweep=bad_range", *TINY[1:]]
+        options = ["--config-dir", str(tmp_path / "conf")]
+        expected = (
+            "the search over reg.contractive.strength=tag(log, interval(-1e-3, 1e-1)) reaches "
+            "values that are refused: reg.contractive.strength=-0.001 is not valid"
+        )
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "experiments/train.py", *options, "--multirun"]
+    cmd.append(f"hydra.sweep.dir={sweep_dir}")
+    proc = subprocess.run([*cmd, *search], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert f"ConfigError: {expected}" in out and "Traceback" not in out, out[-3000:]
+    assert "epoch 1/" not in out and not list(sweep_dir.rglob("metrics.json"))  # no training
+
+
 # --- the report of a study, from files ------------------------------------------------------
 
 
