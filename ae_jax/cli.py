@@ -352,8 +352,9 @@ def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
 
 class SearchScoreCheck(Callback):
     """Before the first job of a multirun (whichever launcher runs it): a hyperparameter search
-    (Hydra's Optuna sweeper) scored on a test/ metric is refused in one line, exit status 2,
-    before the sweeper starts, so before any job trains or any job directory is made."""
+    (Hydra's Optuna sweeper) scored on a test/ metric, or whose searched range reaches values a
+    key cannot take (``check_search_space``), is refused in one line, exit status 2, before the
+    sweeper starts, so before any job trains or any job directory is made."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         check_search_or_exit(config, config.hydra)
