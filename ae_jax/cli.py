@@ -25,6 +25,18 @@ from ae_jax.training.rundir import RunDirError
 log = logging.getLogger("ae_jax")
 # Problems that are the user's to fix: reported in one line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, DataError, RunDirError, CheckpointError, TrainingDiverged, LoggerError)
+
+# Jobs of this process's multirun that were refused without a word in their own directory
+# (it holds another run, whose files stay as they were): job directory -> the error line.
+# MultirunSummary lists them as failed; their status.json is the earlier run's.
+REFUSED: dict[str, str] = {}
+
+
+def refused(workdir: Path | str, err: BaseException) -> None:
+    """Record that this multirun's job in ``workdir`` was refused (``REFUSED``)."""
+    REFUSED[str(Path(workdir).absolute())] = f"{type(err).__name__}: {err}"
+
+
 CACHE_ENV = "AE_JAX_COMPILATION_CACHE"  # a directory for compiled programs, or "off"
 CACHE_DEFAULT = Path.home() / ".cache" / "ae_jax" / "xla"
 
@@ -159,17 +171,19 @@ def run_or_exit(
     if hydra_files is None:  # a launcher that set the job up passes its record
         hydra_files = hydra_record(cfg)  # Hydra's record of this job, for .hydra/
 
-    def record(**fields) -> None:
+    def record(**fields) -> bool:
+        """Write the job's status.json; False where a refused rerun leaves it as it was."""
         rundir = state["rundir"]
         began = rundir is not None and rundir.started
         if not state["main"] or not (began or not earlier):
-            return  # a refused rerun leaves the earlier run's files as they were
+            return False  # a refused rerun leaves the earlier run's files as they were
         try:
             if not began:  # a fresh directory: say what this job was (sweep reports read it)
                 write_hydra_files(workdir, hydra_files)
             write_json_atomic(workdir / "status.json", {"started": started, **fields})
         except OSError:
             pass  # an unwritable directory was already reported in the error itself
+        return True
 
     try:
         cfg = validate(to_config(cfg))
@@ -188,7 +202,8 @@ def run_or_exit(
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
             err = RunDirError(f"{err.filename or 'a file'}: {err.strerror or err}")
-        record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time())
+        if not record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()):
+            refused(workdir, err)
         log.error("%s: %s", type(err).__name__, err)
         if not exit_on_error:
             return {}
@@ -411,8 +426,12 @@ class SweepLock(Callback):
 
 class MultirunSummary(Callback):
     """At the end of a Hydra multirun: one line per failed job (from each job's
-    ``status.json``, whichever launcher ran it, vectorised members included) and exit status 2
-    when any job failed, instead of Hydra's traceback of the first failure."""
+    ``status.json``, whichever launcher ran it, vectorised members included, and each job this
+    process refused in a directory that holds another run: ``REFUSED``) and exit status 2 when
+    any job failed or was refused, instead of Hydra's traceback of the first failure."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        REFUSED.clear()  # this multirun's refusals only
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         import json
@@ -420,15 +439,23 @@ class MultirunSummary(Callback):
         root = Path(str(config.hydra.sweep.dir))
         counts: dict[str, int] = {}
         failed = []
-        for status_file in sorted(root.glob("**/status.json")):
-            try:
-                status = json.loads(status_file.read_text())
-            except (OSError, ValueError):
-                continue
+        # each job directory under the sweep: its status.json, or this process's refusal
+        jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
+        top = root.absolute()
+        jobs.update({Path(d): None for d in REFUSED if top in Path(d).parents})
+        for job in sorted(jobs):
+            reason = REFUSED.get(str(job))
+            if reason:  # its status.json, if any, is an earlier run's, left as it was
+                status = {"status": "refused", "error": reason}
+            else:
+                try:
+                    status = json.loads(jobs[job].read_text())
+                except (OSError, ValueError):
+                    continue
             s = status.get("status", "unknown")
             counts[s] = counts.get(s, 0) + 1
-            if s == "failed":
-                failed.append(f"  {status_file.parent}: {status.get('error', 'failed')}")
+            if s in ("failed", "refused"):
+                failed.append(f"  {job}: {status.get('error', 'failed')}")
         if not counts:
             return
         log.info(
@@ -437,5 +464,6 @@ class MultirunSummary(Callback):
             ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         )
         if failed:
-            log.error("%d job(s) failed:\n%s", len(failed), "\n".join(failed))
+            what = "failed or were refused" if counts.get("refused") else "failed"
+            log.error("%d job(s) %s:\n%s", len(failed), what, "\n".join(failed))
             sys.exit(2)

@@ -230,6 +230,26 @@ def test_a_refused_rerun_changes_nothing(finished, overrides, message):
     assert _snapshot(finished) == before
 
 
+@pytest.mark.parametrize("launcher", ["basic", "vmap"])
+def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, launcher):
+    # The same sweep directory, one value changed: that job's directory holds the earlier run,
+    # which stays as it was; the multirun reports it refused and exits 2 (it used to count the
+    # earlier run's status.json as this multirun's "completed" and exit 0).
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", f"hydra/launcher={launcher}")
+    fixed = ("trainer.devices=1", "trainer.epochs=3", "trainer.figures=false", "noise=masking")
+    first = _run(*grid, *fixed, "noise.level=0,0.1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _snapshot(tmp_path / "1")
+    proc = _run(*grid, *fixed, "noise.level=0,0.2")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log
+    reason = f"{tmp_path / '1'}: RunDirError: {tmp_path / '1'} holds a run with another config"
+    assert reason in log and "noise.level: 0.1 -> 0.2" in log
+    assert "refused" in log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
+    assert _snapshot(tmp_path / "1") == before
+
+
 def test_another_model_is_another_run_not_corrupt(finished, tmp_path):
     import shutil
 

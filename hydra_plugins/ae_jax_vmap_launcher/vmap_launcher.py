@@ -140,7 +140,7 @@ class VmapLauncher(Launcher):
         from ae_jax.config import register_configs, to_config, validate
         from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
         from ae_jax.training.loop import Preempted
-        from ae_jax.training.rundir import RunDir, hydra_record, write_hydra_files
+        from ae_jax.training.rundir import hydra_record
 
         setup_globals()
         register_configs()
@@ -193,8 +193,7 @@ class VmapLauncher(Launcher):
                 valid.append(i)
             except USER_ERRORS as err:  # a bad member fails alone, with its reason
                 log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
-                write_hydra_files(workdir, records[i])
-                _fail(workdir, err)
+                _fail_or_refuse(workdir, err, records[i])
                 ret._return_value = job_score(cfg, {}, search)
         # A layer-wise pipeline (pretrain.enabled) is several programs in sequence, not one
         # program the members could share: such a job trains on its own, the normal way.
@@ -227,8 +226,7 @@ class VmapLauncher(Launcher):
             except USER_ERRORS as err:
                 log.error("vectorised group of jobs %s: %s: %s", members, type(err).__name__, err)
                 for m in members:
-                    if not RunDir(jobs[m][1]).holds_run():
-                        _fail(jobs[m][1], err)
+                    _fail_or_refuse(jobs[m][1], err)
                     jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
                 continue
             except Exception as err:
@@ -265,3 +263,17 @@ def _write_status(workdir, status, **fields):
 
 def _fail(workdir, err):
     _write_status(workdir, "failed", error=f"{type(err).__name__}: {err}")
+
+
+def _fail_or_refuse(workdir, err, hydra_files: dict | None = None) -> None:
+    """A job refused before it trained: its status.json says why, unless its directory holds
+    another run, whose files stay as they were (the multirun summary lists it as refused)."""
+    from ae_jax.cli import refused
+    from ae_jax.training.rundir import RunDir, write_hydra_files
+
+    if RunDir(workdir).holds_run():
+        refused(workdir, err)
+        return
+    if hydra_files is not None:
+        write_hydra_files(workdir, hydra_files)
+    _fail(workdir, err)
