@@ -28,7 +28,7 @@ USER_ERRORS = (ConfigError, DataError, RunDirError, CheckpointError, TrainingDiv
 
 # Jobs of this process's multirun that were refused without a word in their own directory
 # (it holds another run, whose files stay as they were): job directory -> the error line.
-# MultirunSummary lists them as failed; their status.json is the earlier run's.
+# MultirunSummary lists them as refused; their status.json, if any, is the earlier run's.
 REFUSED: dict[str, str] = {}
 
 
