@@ -61,10 +61,16 @@ def evaluate_and_write(
     workdir: Path,
     t0: float,
     loggers=None,
+    figures_later: list | None = None,
 ) -> dict[str, float]:
     """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
     figures to ``workdir``, and hand the figures and the final metrics to ``loggers``
-    (``ae_jax.loggers``). Shared by single runs and the vectorised sweep engine."""
+    (``ae_jax.loggers``). Shared by single runs and the vectorised sweep engine.
+
+    Given ``figures_later``, the run's figures are not drawn: what they are drawn from
+    (``figures_of_run``, or None with ``trainer.figures=false``) is appended to it, and the
+    caller draws them (``draw_many_runs_figures``, several runs at once) and then calls
+    ``finish_outputs``."""
     eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     metrics = evaluate_trained(cfg, trainer, params)
     warn_if_not_at_pca(cfg, trainer, metrics)
@@ -76,12 +82,26 @@ def evaluate_and_write(
     write_json_atomic(workdir / "metrics.json", metrics)
     write_history(workdir, history)
     write_reconstructions(trainer, params, workdir, eval_level, cfg.trainer.seed)
+    figures = None
     if cfg.trainer.figures:
-        write_figures(trainer, history, workdir, cfg, params, metrics)
+        figures = figures_of_run(trainer, history, workdir, cfg, params, metrics)
+    if figures_later is not None:
+        figures_later.append(figures)
+        return metrics
+    if figures is not None:
+        from ae_jax.evaluation.figures import draw_run_figures
+
+        draw_run_figures(figures)
+    finish_outputs(loggers, cfg, workdir, history, metrics)
+    return metrics
+
+
+def finish_outputs(loggers, cfg: Config, workdir: Path, history: list, metrics: dict) -> None:
+    """The end of a run's outputs, once its figures are drawn: the figures and the final
+    metrics to the loggers, and the summary lines on the console."""
     log_final(loggers, cfg, workdir, history, metrics)
     log.info(summary(metrics))
     log.info("outputs in %s", workdir.resolve())
-    return metrics
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -164,48 +184,45 @@ def write_figures(
     ``training_curves.png`` (log-scale losses, eval beside train, PCA's test MSE as a reference
     line), ``code_activations.png`` (sparsity; KL's target marked) and, for a fully connected
     model of images, ``filters.png`` (the first layer's weights as images)."""
-    from ae_jax.evaluation.figures import (
-        plot_code_histogram,
-        plot_filters,
-        plot_reconstructions,
-        plot_training_curves,
-    )
+    from ae_jax.evaluation.figures import draw_run_figures
+
+    draw_run_figures(figures_of_run(trainer, history, workdir, cfg, params, metrics))
+
+
+def figures_of_run(
+    trainer: Trainer,
+    history,
+    workdir: Path,
+    cfg: Config,
+    params=None,
+    metrics: dict | None = None,
+):
+    """What ``write_figures`` draws, as plain values (``ae_jax.evaluation.figures.RunFigures``),
+    after ``write_reconstructions`` has written the run's ``reconstructions.npz``."""
+    from ae_jax.evaluation.figures import RunFigures
 
     data, obj = trainer.data, trainer.objective
     k = cfg.model.latent_dim
-    saved = np.load(workdir / "reconstructions.npz")
-    rows = {"input": saved["input"]}
-    if "corrupted" in saved:
-        level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
-        rows[f"{obj.noise_kind} {level:g}"] = saved["corrupted"]
-    rows["autoencoder"] = saved["reconstruction"]
-    if "pca" in saved:
-        rows[f"PCA k={min(k, data.num_features)}"] = saved["pca"]
+    level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     sparse = cfg.model.sparse_k  # a k-sparse code: its width, and the k units it keeps
-    title = f"{cfg.name}: {data.name}, " + (f"{k} units, top {sparse}" if sparse else f"k={k}")
-    plot_reconstructions(workdir / "reconstructions.png", rows, data.example_shape, title=title)
+    pca_label = f"PCA k={min(k, data.num_features)}"
     reference = None
     if metrics and metrics.get("test/pca_mse", 0.0) > 0:  # 0: PCA is exact at this k
-        reference = {f"PCA k={min(k, data.num_features)} test MSE": metrics["test/pca_mse"]}
-    if history:  # a stack without fine-tuning has no curves of its own (its layers have)
-        plot_training_curves(
-            workdir / "training_curves.png", history, title=title, reference=reference
-        )
-    kl = cfg.reg.get("kl_sparse")
-    plot_code_histogram(
-        workdir / "code_activations.png",
-        saved["codes"],
-        title=title,
-        target=getattr(kl, "target", None),
-    )
+        reference = {f"{pca_label} test MSE": metrics["test/pca_mse"]}
     kernel = (params or {}).get("encoder_0", {}).get("kernel") if params is not None else None
-    if data.is_image and kernel is not None and np.ndim(kernel) == 2:
-        plot_filters(
-            workdir / "filters.png",
-            np.asarray(kernel),
-            data.example_shape,
-            title=f"{title}: first-layer filters",
-        )
+    if not (data.is_image and kernel is not None and np.ndim(kernel) == 2):
+        kernel = None
+    return RunFigures(
+        workdir=Path(workdir),
+        title=f"{cfg.name}: {data.name}, " + (f"{k} units, top {sparse}" if sparse else f"k={k}"),
+        example_shape=tuple(data.example_shape),
+        corrupted_label=f"{obj.noise_kind} {level:g}",
+        pca_label=pca_label,
+        history=list(history or []),
+        reference=reference,
+        kl_target=getattr(cfg.reg.get("kl_sparse"), "target", None),
+        kernel=None if kernel is None else np.asarray(kernel),
+    )
 
 
 def log_final(loggers, cfg: Config, workdir: Path, history: list, metrics: dict) -> None:

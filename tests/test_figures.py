@@ -338,3 +338,93 @@ def test_an_overcomplete_run_draws_no_identity_pca_row(tmp_path):
     assert "pca" not in np.load(tmp_path / "reconstructions.npz")
     train_and_evaluate(make_config("trainer.epochs=2"), tmp_path / "k8")  # k = 8 < 64: a row
     assert "pca" in np.load(tmp_path / "k8" / "reconstructions.npz")
+
+
+def _runs(digits, tmp_path, count: int) -> list:
+    """``count`` runs' figure inputs, each in its own directory with its reconstructions.npz."""
+    from ae_jax.evaluation.figures import RunFigures
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for i in range(count):
+        workdir = tmp_path / f"run{i}"
+        workdir.mkdir(parents=True)
+        x = digits[:10]
+        np.savez(
+            workdir / "reconstructions.npz",
+            input=x,
+            corrupted=x * (rng.random(x.shape) > 0.25),
+            reconstruction=np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1),
+            codes=rng.standard_normal((20, 8)),
+        )
+        jobs.append(
+            RunFigures(
+                workdir=workdir,
+                title=f"run {i}",
+                example_shape=(8, 8, 1),
+                corrupted_label="masking 0.25",
+                pca_label="PCA k=8",
+                history=_history(),
+                reference={"PCA k=8 test MSE": 0.02},
+                kl_target=None,
+                kernel=rng.standard_normal((64, 16)),
+            )
+        )
+    return jobs
+
+
+FIGURE_FILES = ("reconstructions", "training_curves", "code_activations", "filters")
+
+
+def test_many_runs_figures_drawn_by_workers_equal_those_drawn_alone(digits, tmp_path, monkeypatch):
+    """Worker processes draw some of the runs (this process draws fewer than all), and every
+    run's four PNGs are byte for byte those that drawing each run alone writes."""
+    import ae_jax.evaluation.figures as F
+
+    alone = _runs(digits, tmp_path / "alone", 5)
+    for job in alone:
+        F.draw_run_figures(job)
+    shared = _runs(digits, tmp_path / "shared", 5)
+    here = []
+    draw = F.draw_run_figures
+    monkeypatch.setattr(F, "draw_run_figures", lambda job: (here.append(job), draw(job)))
+    F.draw_many_runs_figures(shared, workers=2)
+    assert 0 < len(here) < len(shared)
+    for a, b in zip(alone, shared):
+        for name in FIGURE_FILES:
+            assert (b.workdir / f"{name}.png").read_bytes() == (
+                a.workdir / f"{name}.png"
+            ).read_bytes(), f"{b.workdir.name}/{name}.png"
+
+
+def test_an_error_in_a_workers_figure_is_raised_here(digits, tmp_path):
+    """The first run goes to the worker; its kernel does not fit the images."""
+    import dataclasses
+
+    from ae_jax.evaluation.figures import draw_many_runs_figures
+
+    jobs = _runs(digits, tmp_path, 3)
+    jobs[0] = dataclasses.replace(jobs[0], kernel=np.ones((10, 4)))
+    with pytest.raises(FigureError, match="kernel has 10 rows but example_shape"):
+        draw_many_runs_figures(jobs, workers=1)
+
+
+def test_a_worker_that_dies_hands_its_runs_back(digits, tmp_path, monkeypatch):
+    """Workers that exit at once (killed, out of memory): every run is still drawn, here."""
+    import subprocess
+    import sys
+
+    from ae_jax.evaluation import figure_worker
+    from ae_jax.evaluation.figures import draw_many_runs_figures
+
+    start = subprocess.Popen
+
+    def dying(cmd, **kwargs):
+        return start([sys.executable, "-c", "pass"], **kwargs)
+
+    monkeypatch.setattr(figure_worker.subprocess, "Popen", dying)
+    jobs = _runs(digits, tmp_path, 4)
+    draw_many_runs_figures(jobs, workers=2)
+    for job in jobs:
+        for name in FIGURE_FILES:
+            assert _png(job.workdir / f"{name}.png").shape[2] == 4

@@ -51,6 +51,37 @@ def test_members_match_their_sequential_runs(tmp_path):
         assert status["status"] == "completed" and status["members"] == len(configs)
 
 
+def test_every_member_gets_its_figures_before_it_is_completed(tmp_path, monkeypatch):
+    """The members' figures are drawn together, after every member is evaluated (on spare cores
+    too: ae_jax.evaluation.figures.draw_many_runs_figures); a member is completed only once its
+    own are written, and each gets the four a single run draws."""
+    import ae_jax.evaluation.figures as F
+
+    configs = [
+        make_config("trainer.epochs=2", "trainer.figures=true", "noise=masking", f"noise.level={v}")
+        for v in (0.0, 0.1, 0.2)
+    ]
+    drawn = []
+    draw_many = F.draw_many_runs_figures
+
+    def spy(jobs, workers=None):
+        for job in jobs:  # not yet drawn, and its member not yet completed
+            assert not (job.workdir / "reconstructions.png").exists()
+            status = json.loads((job.workdir / "status.json").read_text())
+            assert status["status"] == "running"
+        drawn.extend(job.workdir for job in jobs)
+        draw_many(jobs, workers=1)
+
+    monkeypatch.setattr(F, "draw_many_runs_figures", spy)
+    workdirs = [tmp_path / f"m{i}" for i in range(3)]
+    train_vectorized(configs, workdirs)
+    assert drawn == workdirs
+    for w in workdirs:
+        for name in ("reconstructions", "training_curves", "code_activations", "filters"):
+            assert (w / f"{name}.png").stat().st_size > 1000, (w, name)
+        assert json.loads((w / "status.json").read_text())["status"] == "completed"
+
+
 def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
     configs = [
         make_config("trainer.epochs=2", f"model.latent_dim={k}", f"trainer.seed={s}")

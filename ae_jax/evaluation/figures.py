@@ -13,6 +13,8 @@ involved and nothing needs closing (safe in tests, threads and headless jobs).
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -525,3 +527,115 @@ def filter_mosaic(
         r, c = divmod(j, cols)
         mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
     return mosaic, (rows, cols)
+
+
+# The figures of whole runs ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFigures:
+    """What a run's figures are drawn from, as plain values (numpy, strings, the history rows),
+    so that a worker process can draw them: built by ``ae_jax.outputs.figures_of_run``. The
+    reconstructions come from the run's ``reconstructions.npz``."""
+
+    workdir: Path
+    title: str
+    example_shape: tuple[int, ...]
+    corrupted_label: str  # the row of corrupted inputs, when the npz holds one
+    pca_label: str  # the row of PCA's reconstructions, when the npz holds one
+    history: list[dict]
+    reference: dict[str, float] | None  # the training curves' reference lines
+    kl_target: float | None  # the KL penalty's target mean activation
+    kernel: np.ndarray | None  # an image model's first-layer (D, H1) weights
+
+
+def draw_run_figures(job: RunFigures) -> None:
+    """The run's figures (``ae_jax.outputs.FIGURES``) in ``job.workdir``: ``reconstructions.png``,
+    ``training_curves.png`` (when the run has a history), ``code_activations.png`` and, given a
+    first-layer kernel, ``filters.png``."""
+    saved = np.load(Path(job.workdir) / "reconstructions.npz")
+    rows = {"input": saved["input"]}
+    if "corrupted" in saved:
+        rows[job.corrupted_label] = saved["corrupted"]
+    rows["autoencoder"] = saved["reconstruction"]
+    if "pca" in saved:
+        rows[job.pca_label] = saved["pca"]
+    out = Path(job.workdir)
+    plot_reconstructions(out / "reconstructions.png", rows, job.example_shape, title=job.title)
+    if job.history:  # a stack without fine-tuning has no curves of its own (its layers have)
+        plot_training_curves(
+            out / "training_curves.png", job.history, title=job.title, reference=job.reference
+        )
+    plot_code_histogram(
+        out / "code_activations.png", saved["codes"], title=job.title, target=job.kl_target
+    )
+    if job.kernel is not None:
+        plot_filters(
+            out / "filters.png",
+            job.kernel,
+            job.example_shape,
+            title=f"{job.title}: first-layer filters",
+        )
+
+
+# One run's figures take ~0.5 s on one core of the 2-core CPU this was measured on; a worker
+# process ~0.5 s to start (Python, numpy, matplotlib), on a core that would otherwise wait. Below
+# this many runs per worker a worker does not pay.
+RUNS_PER_WORKER = 3
+MAX_WORKERS = 8  # each worker holds ~100 MB
+
+
+def spare_cores() -> int:
+    """The cores this process may use, less the one it runs on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)) - 1, 0)
+    return max((os.cpu_count() or 1) - 1, 0)
+
+
+def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = None) -> None:
+    """Draw several runs' figures (``draw_run_figures``): in this process and, with enough runs,
+    in worker processes beside it, one per spare core (at most ``MAX_WORKERS``; ``workers``
+    overrides). Each worker is ``python -m ae_jax.evaluation.figure_worker``: it imports only
+    numpy and matplotlib, never the caller's script (which ``multiprocessing``'s spawn would run
+    again) and never JAX, whose threads must not be forked. The workers take runs from one end
+    of the list while this process draws from the other, so a worker still starting holds back
+    at most one run. A worker that dies hands its run back to this process; an error in a figure
+    is raised here, as it would be drawing alone. Returns when every figure is written."""
+    import select
+
+    from ae_jax.evaluation.figure_worker import Worker
+
+    queue = collections.deque(jobs)
+    if workers is None:
+        workers = min(spare_cores(), len(queue) // RUNS_PER_WORKER, MAX_WORKERS)
+    if os.name == "nt":  # select() cannot wait on pipes there
+        workers = 0
+    pool = [Worker() for _ in range(max(workers, 0))]
+    busy: dict[int, tuple[Worker, RunFigures]] = {}  # by the worker's answer pipe
+    try:
+        while queue or busy:
+            for worker in pool:
+                if queue and worker.alive and worker.fileno() not in busy:
+                    job = queue.popleft()
+                    if worker.send(job):
+                        busy[worker.fileno()] = (worker, job)
+                    else:
+                        queue.appendleft(job)
+            if queue:
+                draw_run_figures(queue.pop())
+                timeout = 0.0  # collect what the workers finished meanwhile, then go on
+            elif busy:
+                timeout = None  # only the workers' runs are left: wait for one
+            else:
+                continue
+            ready, _, _ = select.select(list(busy), [], [], timeout)
+            for fd in ready:
+                worker, job = busy.pop(fd)
+                finished, error = worker.receive()
+                if not finished:
+                    queue.append(job)  # the worker died: drawn here instead
+                elif error is not None:
+                    raise error
+    finally:
+        for worker in pool:
+            worker.close(kill=any(w is worker for w, _ in busy.values()))

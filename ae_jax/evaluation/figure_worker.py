@@ -1,0 +1,100 @@
+"""A process that draws runs' figures for ``draw_many_runs_figures``.
+
+    python -m ae_jax.evaluation.figure_worker
+
+reads pickled ``RunFigures`` from stdin, draws each (``draw_run_figures``) and answers on stdout
+with the pickled exception it raised, or None; it stops at the end of its input (its parent
+closed the pipe, or died). ``Worker`` is the parent's handle on one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class Worker:
+    """A figure worker process, started on creation."""
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])  # where ae_jax is importable
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ae_jax.evaluation.figure_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.alive = True
+
+    def fileno(self) -> int:
+        return self.proc.stdout.fileno()
+
+    def send(self, job) -> bool:
+        """Hand the worker one run; False if it has died."""
+        try:
+            pickle.dump(job, self.proc.stdin)
+            self.proc.stdin.flush()
+            return True
+        except OSError:  # a broken pipe: the worker is gone
+            self.alive = False
+            return False
+
+    def receive(self) -> tuple[bool, BaseException | None]:
+        """(finished, the error the run's figures raised or None); finished is False when the
+        worker died before answering."""
+        try:
+            return True, pickle.load(self.proc.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self.alive = False
+            return False, None
+
+    def close(self, kill: bool = False) -> None:
+        """End the worker: at once if ``kill`` (it is drawing a run no one waits for), else once
+        it has read the end of its input."""
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def serve() -> None:
+    """The worker's loop (see the module docstring)."""
+    from ae_jax.evaluation.figures import draw_run_figures
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but answers on the answer pipe
+    while True:
+        try:
+            job = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            draw_run_figures(job)
+            answer = None
+        except Exception as err:  # raised in the parent, as if it had drawn the run itself
+            answer = err
+        try:
+            data = pickle.dumps(answer)
+        except Exception:  # an exception that does not pickle: its type and message
+            data = pickle.dumps(RuntimeError(f"{type(answer).__name__}: {answer}"))
+        out.write(data)
+        out.flush()
+
+
+if __name__ == "__main__":
+    serve()
