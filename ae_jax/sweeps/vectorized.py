@@ -314,7 +314,6 @@ def train_group(
     turns non-finite is marked failed (its status, a console line naming it, the epoch and the
     step) and the others finish. Each member's outputs go to its workdir; returns each
     member's metrics ({} for a failed one)."""
-    from ae_jax.evaluation.figures import draw_many_runs_figures
     from ae_jax.outputs import (
         describe,
         epoch_logger,
@@ -500,7 +499,10 @@ def train_group(
             results.append(metrics)
         # The members' figures cost more than their evaluation (~0.5 s a member against ~0.01 s
         # on this 2-core CPU): drawn on the spare cores too, then each member is finished.
-        draw_many_runs_figures([f for f in figures if f is not None])
+        if any(f is not None for f in figures):  # matplotlib only when figures are drawn
+            from ae_jax.evaluation.figures import draw_many_runs_figures
+
+            draw_many_runs_figures([f for f in figures if f is not None])
         for i, cfg, workdir, status, metrics in evaluated:
             finish_outputs(loggers[i], cfg, workdir, result.history[i], metrics)
             write_json_atomic(
