@@ -1,15 +1,13 @@
 """A process that draws runs' figures for ``draw_many_runs_figures``.
 
-    python -m ae_jax.evaluation.figure_worker
-
-reads pickled ``RunFigures`` from stdin, draws each (``draw_run_figures``) and answers on stdout
-with the pickled exception it raised, or None; it stops at the end of its input (its parent
-closed the pipe, or died). ``Worker`` is the parent's handle on one.
+``Worker`` starts a fresh Python running ``serve()`` (this ae_jax first on its path): it reads
+pickled ``RunFigures`` from stdin, draws each (``draw_run_figures``) and answers on stdout with
+the pickled exception it raised, or None; it stops at the end of its input (its parent closed
+the pipe, or died).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import signal
 import subprocess
@@ -21,14 +19,12 @@ class Worker:
     """A figure worker process, started on creation."""
 
     def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])  # where ae_jax is importable
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        root = str(Path(__file__).resolve().parents[2])  # this ae_jax's, whatever the cwd holds
+        start = "from ae_jax.evaluation.figure_worker import serve; serve()"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ae_jax.evaluation.figure_worker"],
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); {start}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
         )
         self.alive = True
 
@@ -94,7 +90,3 @@ def serve() -> None:
             data = pickle.dumps(RuntimeError(f"{type(answer).__name__}: {answer}"))
         out.write(data)
         out.flush()
-
-
-if __name__ == "__main__":
-    serve()

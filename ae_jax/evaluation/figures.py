@@ -595,12 +595,13 @@ def spare_cores() -> int:
 def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = None) -> None:
     """Draw several runs' figures (``draw_run_figures``): in this process and, with enough runs,
     in worker processes beside it, one per spare core (at most ``MAX_WORKERS``; ``workers``
-    overrides). Each worker is ``python -m ae_jax.evaluation.figure_worker``: it imports only
-    numpy and matplotlib, never the caller's script (which ``multiprocessing``'s spawn would run
-    again) and never JAX, whose threads must not be forked. The workers take runs from one end
-    of the list while this process draws from the other, so a worker still starting holds back
-    at most one run. A worker that dies hands its run back to this process; an error in a figure
-    is raised here, as it would be drawing alone. Returns when every figure is written."""
+    overrides). Each worker is a fresh Python running ``ae_jax.evaluation.figure_worker``: it
+    imports only numpy and matplotlib, never the caller's script (which ``multiprocessing``'s
+    spawn would run again) and never JAX, whose threads must not be forked. The workers take
+    runs from one end of the list while this process draws from the other, so a worker still
+    starting holds back at most one run. A worker that dies hands its run back to this process;
+    an error in a figure is raised here, as it would be drawing alone. Returns when every figure
+    is written."""
     import select
 
     from ae_jax.evaluation.figure_worker import Worker
