@@ -33,8 +33,9 @@ class Worker:
 
     def send(self, job) -> bool:
         """Hand the worker one run; False if it has died."""
-        try:
-            pickle.dump(job, self.proc.stdin)
+        data = pickle.dumps(job)
+        try:  # framed: the worker reads the whole run before unpickling it (see serve)
+            self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
             self.proc.stdin.flush()
             return True
         except OSError:  # a broken pipe: the worker is gone
@@ -68,25 +69,35 @@ class Worker:
 
 
 def serve() -> None:
-    """The worker's loop (see the module docstring)."""
-    from ae_jax.evaluation.figures import draw_run_figures
+    """The worker's loop (see the module docstring). Each run arrives as 8 bytes of length and
+    its pickle, read whole before unpickling: unpickling imports matplotlib (~0.5 s), and a
+    parent writing a run larger than the pipe holds (an MNIST layer's kernel) would wait that
+    long. matplotlib is imported on a thread meanwhile, while the first run is awaited."""
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_import_figures, daemon=True).start()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers on the answer pipe
     while True:
-        try:
-            job = pickle.load(inp)
-        except EOFError:
+        header = inp.read(8)
+        data = inp.read(int.from_bytes(header, "little")) if len(header) == 8 else b""
+        if not data:  # the end of the input: the parent is done (or gone)
             return
+        answer = None
         try:
-            draw_run_figures(job)
-            answer = None
+            from ae_jax.evaluation.figures import draw_run_figures
+
+            draw_run_figures(pickle.loads(data))
         except Exception as err:  # raised in the parent, as if it had drawn the run itself
             answer = err
         try:
-            data = pickle.dumps(answer)
+            reply = pickle.dumps(answer)
         except Exception:  # an exception that does not pickle: its type and message
-            data = pickle.dumps(RuntimeError(f"{type(answer).__name__}: {answer}"))
-        out.write(data)
+            reply = pickle.dumps(RuntimeError(f"{type(answer).__name__}: {answer}"))
+        out.write(reply)
         out.flush()
+
+
+def _import_figures() -> None:
+    import ae_jax.evaluation.figures  # noqa: F401
