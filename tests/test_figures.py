@@ -409,8 +409,10 @@ def test_an_error_in_a_workers_figure_is_raised_here(digits, tmp_path):
         draw_many_runs_figures(jobs, workers=1)
 
 
-def test_a_worker_that_dies_hands_its_runs_back(digits, tmp_path, monkeypatch):
-    """Workers that exit at once (killed, out of memory): every run is still drawn, here."""
+@pytest.mark.parametrize("fault", ["dies", "cannot start"])
+def test_a_worker_that_dies_hands_its_runs_back(digits, tmp_path, monkeypatch, fault):
+    """Workers that exit at once (killed, out of memory) or cannot be started (no interpreter
+    to run): every run is still drawn, here."""
     import subprocess
     import sys
 
@@ -420,6 +422,8 @@ def test_a_worker_that_dies_hands_its_runs_back(digits, tmp_path, monkeypatch):
     start = subprocess.Popen
 
     def dying(cmd, **kwargs):
+        if fault == "cannot start":
+            raise FileNotFoundError(2, "No such file or directory", cmd[0])
         return start([sys.executable, "-c", "pass"], **kwargs)
 
     monkeypatch.setattr(figure_worker.subprocess, "Popen", dying)

@@ -611,7 +611,12 @@ def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = Non
         workers = min(spare_cores(), len(queue) // RUNS_PER_WORKER, MAX_WORKERS)
     if os.name == "nt":  # select() cannot wait on pipes there
         workers = 0
-    pool = [Worker() for _ in range(max(workers, 0))]
+    pool: list[Worker] = []
+    for _ in range(max(workers, 0)):
+        try:
+            pool.append(Worker())
+        except OSError:  # no interpreter to start (an embedded Python): the rest is drawn here
+            break
     busy: dict[int, tuple[Worker, RunFigures]] = {}  # by the worker's answer pipe
     try:
         while queue or busy:
