@@ -602,14 +602,14 @@ def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = Non
     starting holds back at most one run. A worker that dies hands its run back to this process;
     an error in a figure is raised here, as it would be drawing alone. Returns when every figure
     is written."""
-    import select
+    import selectors
 
     from ae_jax.evaluation.figure_worker import Worker
 
     queue = collections.deque(jobs)
     if workers is None:
         workers = min(spare_cores(), len(queue) // RUNS_PER_WORKER, MAX_WORKERS)
-    if os.name == "nt":  # select() cannot wait on pipes there
+    if os.name == "nt":  # no waiting on pipes there
         workers = 0
     pool: list[Worker] = []
     for _ in range(max(workers, 0)):
@@ -634,7 +634,10 @@ def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = Non
                 timeout = None  # only the workers' runs are left: wait for one
             else:
                 continue
-            ready, _, _ = select.select(list(busy), [], [], timeout)
+            with selectors.DefaultSelector() as waiting:  # (select() fails beyond fd 1023)
+                for fd in busy:
+                    waiting.register(fd, selectors.EVENT_READ)
+                ready = [key.fd for key, _ in waiting.select(timeout)]
             for fd in ready:
                 worker, job = busy.pop(fd)
                 finished, error = worker.receive()
