@@ -376,19 +376,27 @@ def _runs(digits, tmp_path, count: int) -> list:
 FIGURE_FILES = ("reconstructions", "training_curves", "code_activations", "filters")
 
 
-def test_many_runs_figures_drawn_by_workers_equal_those_drawn_alone(digits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rc", [{}, {"axes.facecolor": "0.9", "lines.linewidth": 3.0}])
+def test_many_runs_figures_drawn_by_workers_equal_those_drawn_alone(
+    digits, tmp_path, monkeypatch, rc
+):
     """Worker processes draw some of the runs (this process draws fewer than all), and every
-    run's four PNGs are byte for byte those that drawing each run alone writes."""
+    run's four PNGs are byte for byte those that drawing each run alone writes, also under
+    matplotlib settings this process changed at run time (a notebook's style)."""
+    import matplotlib
+
     import ae_jax.evaluation.figures as F
 
     alone = _runs(digits, tmp_path / "alone", 5)
-    for job in alone:
-        F.draw_run_figures(job)
+    with matplotlib.rc_context(rc):
+        for job in alone:
+            F.draw_run_figures(job)
     shared = _runs(digits, tmp_path / "shared", 5)
     here = []
     draw = F.draw_run_figures
     monkeypatch.setattr(F, "draw_run_figures", lambda job: (here.append(job), draw(job)))
-    F.draw_many_runs_figures(shared, workers=2)
+    with matplotlib.rc_context(rc):
+        F.draw_many_runs_figures(shared, workers=2)
     assert 0 < len(here) < len(shared)
     for a, b in zip(alone, shared):
         for name in FIGURE_FILES:

@@ -1,9 +1,9 @@
 """A process that draws runs' figures for ``draw_many_runs_figures``.
 
 ``Worker`` starts a fresh Python running ``serve()`` (this ae_jax first on its path): it reads
-pickled ``RunFigures`` from stdin, draws each (``draw_run_figures``) and answers on stdout with
-the pickled exception it raised, or None; it stops at the end of its input (its parent closed
-the pipe, or died).
+pickled ``RunFigures`` from stdin, each with the matplotlib settings its parent changed, draws
+each (``draw_run_figures``) and answers on stdout with the pickled exception it raised, or None;
+it stops at the end of its input (its parent closed the pipe, or died).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ class Worker:
     def fileno(self) -> int:
         return self.proc.stdout.fileno()
 
-    def send(self, job) -> bool:
-        """Hand the worker one run; False if it has died."""
-        data = pickle.dumps(job)
+    def send(self, job, rc: dict) -> bool:
+        """Hand the worker one run, drawn under the matplotlib settings ``rc``; False if it has
+        died."""
+        data = pickle.dumps((job, rc))
         try:  # framed: the worker reads the whole run before unpickling it (see serve)
             self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
             self.proc.stdin.flush()
@@ -86,9 +87,13 @@ def serve() -> None:
             return
         answer = None
         try:
+            import matplotlib
+
             from ae_jax.evaluation.figures import draw_run_figures
 
-            draw_run_figures(pickle.loads(data))
+            job, rc = pickle.loads(data)
+            with matplotlib.rc_context(rc):
+                draw_run_figures(job)
         except Exception as err:  # raised in the parent, as if it had drawn the run itself
             answer = err
         try:

@@ -592,6 +592,19 @@ def spare_cores() -> int:
     return max((os.cpu_count() or 1) - 1, 0)
 
 
+def changed_rc_params() -> dict:
+    """The matplotlib settings this process changed at run time (``rcParams`` against what its
+    matplotlibrc gives a fresh process), so that a worker draws as this process does."""
+    import matplotlib
+
+    fresh = matplotlib.rc_params()
+    return {
+        k: v
+        for k, v in matplotlib.rcParams.items()
+        if k != "backend" and k in fresh and fresh[k] != v
+    }
+
+
 def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = None) -> None:
     """Draw several runs' figures (``draw_run_figures``): in this process and, with enough runs,
     in worker processes beside it, one per spare core (at most ``MAX_WORKERS``; ``workers``
@@ -600,7 +613,8 @@ def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = Non
     spawn would run again) and never JAX, whose threads must not be forked. The workers take
     runs from one end of the list while this process draws from the other, so a worker still
     starting holds back at most one run. A worker that dies hands its run back to this process;
-    an error in a figure is raised here, as it would be drawing alone. Returns when every figure
+    an error in a figure is raised here, as it would be drawing alone. Workers draw under the
+    matplotlib settings this process changed (``changed_rc_params``). Returns when every figure
     is written."""
     import selectors
 
@@ -617,13 +631,14 @@ def draw_many_runs_figures(jobs: Sequence[RunFigures], workers: int | None = Non
             pool.append(Worker())
         except OSError:  # no interpreter to start (an embedded Python): the rest is drawn here
             break
+    rc = changed_rc_params() if pool else {}
     busy: dict[int, tuple[Worker, RunFigures]] = {}  # by the worker's answer pipe
     try:
         while queue or busy:
             for worker in pool:
                 if queue and worker.alive and worker.fileno() not in busy:
                     job = queue.popleft()
-                    if worker.send(job):
+                    if worker.send(job, rc):
                         busy[worker.fileno()] = (worker, job)
                     else:
                         queue.appendleft(job)
