@@ -393,8 +393,19 @@ def train_group(
             options = compiler_options(trainer.parallel.devices)
             return lowered.compile(compiler_options=options), time.perf_counter() - start
 
-        with ThreadPoolExecutor(1, thread_name_prefix="ae_jax-compile") as pool:
+        def compile_evaluation():
+            # The members' held-out MSE every eval_every epochs, compiled beside the epoch
+            # program: jitted on first use it compiled (or loaded) at epoch eval_every while the
+            # members waited, and every call took jit's slow path for the members' arrays.
+            return (
+                jax.jit(jax.vmap(trainer.eval_mse, in_axes=(0, None)))
+                .lower(abstract.params, x_eval)
+                .compile()
+            )
+
+        with ThreadPoolExecutor(2, thread_name_prefix="ae_jax-compile") as pool:
             compiling = pool.submit(compile_epoch)
+            evaluating = pool.submit(compile_evaluation)
             # One seed at a time: the initialiser compiles once (1.5 s cold for the digits
             # model) and each further seed costs ~30 ms; vmapped it compiles for 2.7 s. A
             # state depends on its seed alone: members of one seed start from one state.
@@ -413,13 +424,13 @@ def train_group(
             )
             stack.callback(warming.join)  # also when training raises
             program, compile_seconds = compiling.result()
+            eval_mse = evaluating.result()
         for cfg, rundir in zip(configs, rundirs):
             rundir.start(to_yaml(cfg))
             write_json_atomic(
                 rundir.path / "status.json",
                 {"status": "running", "started": time.time(), "engine": "vmap", "members": n},
             )
-        eval_mse = jax.jit(jax.vmap(trainer.eval_mse, in_axes=(0, None)))
 
         stage = Stage(
             name="",
