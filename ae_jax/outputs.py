@@ -172,23 +172,6 @@ def warm_outputs_in_background(cfg: Config, trainer: Trainer, params) -> threadi
 FIGURES = ("reconstructions", "training_curves", "code_activations", "filters")
 
 
-def write_figures(
-    trainer: Trainer,
-    history,
-    workdir: Path,
-    cfg: Config,
-    params=None,
-    metrics: dict | None = None,
-) -> None:
-    """``reconstructions.png`` (input / corrupted / AE / PCA with the same k),
-    ``training_curves.png`` (log-scale losses, eval beside train, PCA's test MSE as a reference
-    line), ``code_activations.png`` (sparsity; KL's target marked) and, for a fully connected
-    model of images, ``filters.png`` (the first layer's weights as images)."""
-    from ae_jax.evaluation.figures import draw_run_figures
-
-    draw_run_figures(figures_of_run(trainer, history, workdir, cfg, params, metrics))
-
-
 def figures_of_run(
     trainer: Trainer,
     history,
@@ -197,8 +180,12 @@ def figures_of_run(
     params=None,
     metrics: dict | None = None,
 ):
-    """What ``write_figures`` draws, as plain values (``ae_jax.evaluation.figures.RunFigures``),
-    after ``write_reconstructions`` has written the run's ``reconstructions.npz``."""
+    """A run's figures, as plain values (``ae_jax.evaluation.figures.RunFigures``, drawn by
+    ``draw_run_figures`` here or in a worker process), once ``write_reconstructions`` has written
+    its ``reconstructions.npz``: ``reconstructions.png`` (input / corrupted / AE / PCA with the
+    same k), ``training_curves.png`` (log-scale losses, eval beside train, PCA's test MSE as a
+    reference line), ``code_activations.png`` (sparsity; KL's target marked) and, for a fully
+    connected model of images, ``filters.png`` (the first layer's weights as images)."""
     from ae_jax.evaluation.figures import RunFigures
 
     data, obj = trainer.data, trainer.objective

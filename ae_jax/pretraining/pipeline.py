@@ -37,11 +37,11 @@ from ae_jax.features import probe_report, write_run_info
 from ae_jax.outputs import (
     describe,
     epoch_logger,
+    figures_of_run,
     log_final,
     open_run_loggers,
     save_params,
     summary,
-    write_figures,
     write_reconstructions,
 )
 from ae_jax.pretraining.classifier import (
@@ -298,7 +298,9 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         write_history(workdir, history)
     write_reconstructions(trainer, params, workdir, 0.0, cfg.trainer.seed)
     if cfg.trainer.figures:  # reconstructions, codes, filters (curves only if fine-tuned)
-        write_figures(trainer, history, workdir, ft_cfg, params, metrics)
+        from ae_jax.evaluation.figures import draw_run_figures
+
+        draw_run_figures(figures_of_run(trainer, history, workdir, ft_cfg, params, metrics))
     log.info("deep autoencoder (%s): %s", "fine-tuned" if history else "unrolled", summary(metrics))
 
     # 4. supervised fine-tuning of the encoder + softmax
