@@ -328,15 +328,13 @@ def check_search_space(config: Any) -> None:
 
     from ae_jax.config import to_config, validate
 
-    hydra_cfg = config.hydra
-    if not is_search(hydra_cfg):
+    space = search_space(config.hydra)
+    if not space:
         return
-    params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) or {}
-    texts = [f"{key}={value}" for key, value in params.items()]
-    texts += [str(t) for t in OmegaConf.select(hydra_cfg, "overrides.task", default=None) or []]
     base = copy.deepcopy(config)
     with open_dict(base):
         del base["hydra"]
+    texts = [f"{key}={spec}" for key, spec in space.items()]
     for override in OverridesParser.create().parse_overrides(texts):
         key = override.key_or_group
         node = OmegaConf.select(base, key, default=None)
@@ -354,6 +352,49 @@ def check_search_space(config: Any) -> None:
                 raise ConfigError(
                     f"the search over {searched} reaches values that are refused: {err}"
                 ) from None
+
+
+def search_space(hydra_cfg: Any) -> dict[str, str]:
+    """The parameters a hyperparameter search samples, as Hydra's Optuna sweeper reads them:
+    its ``params``, then the command line's overrides in order (a sweep override such as
+    ``optim.lr='tag(log, interval(1e-3, 1))'`` replaces a key's range, a fixed value such as
+    ``optim.lr=0.01`` takes the key out of the search). Key -> the override's text; {} for a
+    multirun that is no search."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if not is_search(hydra_cfg):
+        return {}
+    params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) or {}
+    texts = [f"{key}={value}" for key, value in params.items()]
+    texts += [str(t) for t in OmegaConf.select(hydra_cfg, "overrides.task", default=None) or []]
+    space: dict[str, str] = {}
+    for text, override in zip(texts, OverridesParser.create().parse_overrides(texts)):
+        key = override.get_key_element()  # the sweeper's name for it (a "+" prefix kept)
+        if override.is_sweep_override():
+            space[key] = text.partition("=")[2]
+        else:
+            space.pop(key, None)
+    return space
+
+
+def record_search_space(config: Any, root: Path) -> None:
+    """Write ``<sweep dir>/search_space.yaml``: what this search samples (``search_space``),
+    which the sweeper itself records nowhere (a trial's ``.hydra/hydra.yaml`` holds the sweep
+    file's ``params`` even where the command line replaced them); the study report reads it."""
+    import yaml
+
+    from ae_jax.run_io import write_text_atomic
+    from ae_jax.sweeps.collect import SEARCH_SPACE
+
+    space = search_space(config.hydra)
+    if space:
+        header = (
+            "# The parameters this hyperparameter search samples, as Hydra's Optuna sweeper\n"
+            "# read them: its params, then the command line's overrides.\n"
+        )
+        text = yaml.safe_dump(space, sort_keys=False, default_flow_style=False, width=1000)
+        write_text_atomic(root / SEARCH_SPACE, header + text)
 
 
 def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
@@ -388,7 +429,8 @@ class SweepLock(Callback):
     releases it when the process ends, however it ends). A second multirun on the same
     directory is refused in one line, exit status 2, before any job composes or trains,
     instead of training the jobs the first has not reached yet beside it. Each job's own
-    directory keeps its own lock (``RunDir``)."""
+    directory keeps its own lock (``RunDir``). Holding the lock, a hyperparameter search
+    records what it samples there (``record_search_space``)."""
 
     LOCK = ".sweep.lock"
 
@@ -407,6 +449,7 @@ class SweepLock(Callback):
                 "wait for that multirun to finish (or stop it: it saves its checkpoints), or "
                 "choose another hydra.sweep.dir",
             )
+            record_search_space(config, root)  # the sweep directory is this process's now
         except RunDirError as err:
             print(f"RunDirError: {err}", file=sys.stderr)
             sys.exit(2)

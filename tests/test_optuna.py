@@ -165,6 +165,12 @@ def test_a_search_goes_on_past_diverged_trials_and_lists_them(tmp_path, launcher
         if t not in failed
     }
     assert results["best_value"] == min(completed.values())
+    # the range the command line gave, not the sweep file's, is recorded and reported
+    space = yaml.safe_load((tmp_path / "search_space.yaml").read_text())
+    assert space["optim.lr"] == "tag(log, interval(1e-2, 1e6))", space
+    study = find_study(tmp_path, collect_runs(tmp_path))
+    lr = next(p for p in study.params if p.key == "optim.lr")
+    assert lr.describe() == "log-uniform in [0.01, 1e+06]"
 
 
 @pytest.mark.parametrize(
@@ -269,3 +275,52 @@ def test_the_report_of_an_interrupted_study_ranks_its_trials_and_keeps_a_failed_
     rows = (report.out / "study.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[4].endswith(",1")  # trial 3 marked best
     assert (report.out / "study.png").exists()
+
+
+def test_search_space_is_the_sweep_files_params_as_the_command_line_changed_them():
+    from ae_jax.cli import search_space
+
+    hydra_cfg = OmegaConf.create(
+        {
+            **OPTUNA,
+            "mode": "MULTIRUN",
+            "overrides": {
+                "task": [
+                    "optim.lr=tag(log, interval(1e-3, 1))",  # replaces the file's range
+                    "reg.contractive.strength=1e-3",  # a fixed value: no longer searched
+                    "+model.extra=choice(1, 2)",  # added on the command line
+                    "trainer.epochs=5",
+                ]
+            },
+        }
+    )
+    hydra_cfg.sweeper.params = {
+        "optim.lr": "tag(log, interval(1e-4, 1e-1))",
+        "reg.contractive.strength": "tag(log, interval(1e-5, 1e-1))",
+        "trainer.seed": "range(0, 3)",
+    }
+    assert search_space(hydra_cfg) == {
+        "optim.lr": "tag(log, interval(1e-3, 1))",
+        "trainer.seed": "range(0, 3)",
+        "+model.extra": "choice(1, 2)",
+    }
+    hydra_cfg.sweeper = BASIC["sweeper"]
+    assert search_space(hydra_cfg) == {}  # a grid sweep is no search
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_report_names_the_range_that_was_searched_not_the_sweep_files(tmp_path, recorded):
+    # the sweep file searched optim.lr in [1e-4, 1e-1]; the command line replaced the range
+    for number, lr in enumerate([0.3, 2.0, 0.5]):
+        _write_trial(tmp_path, number, lr, 0.01 * (number + 1))
+    if recorded:  # what the multirun writes (ae_jax.cli.record_search_space)
+        (tmp_path / "search_space.yaml").write_text("optim.lr: tag(log, interval(0.1, 3))\n")
+    study = find_study(tmp_path, collect_runs(tmp_path))
+    (lr,) = study.params
+    if recorded:
+        assert lr.log and (lr.low, lr.high) == (0.1, 3.0)
+        assert lr.describe() == "log-uniform in [0.1, 3]"
+    else:  # an older sweep: its trials lie outside the file's range, which is not claimed
+        assert lr.low is None and lr.describe() == "(command line)"
+    text = (write_report(tmp_path, tmp_path / "out").out / "study.md").read_text()
+    assert "[0.0001, 0.1]" not in text and lr.describe() in text

@@ -316,6 +316,9 @@ def _is_number(value: Any) -> bool:
 # them as a study instead.
 
 STUDY_RESULTS = "optimization_results.yaml"
+# What the search sampled (the sweep file's params as the command line changed them), written
+# by the multirun (ae_jax.cli.record_search_space): key -> the sweeper's text for it.
+SEARCH_SPACE = "search_space.yaml"
 
 
 @dataclass(frozen=True)
@@ -422,6 +425,26 @@ def search_param(key: str, spec: Any) -> SearchParam | None:
     return SearchParam(key, str(spec), log)
 
 
+def _search_space(root: Path) -> dict | None:
+    """``<root>/search_space.yaml`` (``SEARCH_SPACE``), or None where it is missing or broken."""
+    try:
+        loaded = yaml.safe_load((root / SEARCH_SPACE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _within(param: SearchParam, values: list[Any]) -> bool:
+    """Whether every numeric value lies in ``param``'s range (a choice: is one of them)."""
+    if param.choices is not None:
+        allowed = {repr(c) for c in param.choices} | {str(c) for c in param.choices}
+        return all(v is None or repr(v) in allowed or str(v) in allowed for v in values)
+    if param.low is None or param.high is None:
+        return True
+    slack = 1e-9 * max(abs(param.low), abs(param.high))
+    return all(not _is_number(v) or param.low - slack <= v <= param.high + slack for v in values)
+
+
 def _override_values(run: Run) -> dict[str, Any]:
     out = {}
     for item in run.overrides:
@@ -467,12 +490,18 @@ def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
     sweeper = sweeper if is_optuna else {}
     trial_runs = [r for r in runs if r.status != "not started"]
 
-    params: list[SearchParam] = []
-    for key, spec in (sweeper.get("params") or {}).items():
-        if (p := search_param(str(key), spec)) is not None:
-            params.append(p)
-    known = {p.key for p in params}
     given = [_override_values(r) for r in trial_runs]
+    recorded = _search_space(root)
+    params: list[SearchParam] = []
+    for key, spec in (recorded if recorded is not None else sweeper.get("params") or {}).items():
+        if (p := search_param(str(key).lstrip("+"), spec)) is None:
+            continue
+        if recorded is None and not _within(p, [g.get(p.key) for g in given]):
+            # a sweep run before search_space.yaml was written, its range replaced on the
+            # command line: the sweep file's range is not what was searched
+            p = SearchParam(p.key, "(command line)", p.log)
+        params.append(p)
+    known = {p.key for p in params}
     for key in sorted({k for g in given for k in g} - known):
         values = [g.get(key) for g in given]
         if len(trial_runs) > 1 and len({repr(v) for v in values}) == len(values):
