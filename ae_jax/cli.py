@@ -509,4 +509,9 @@ class MultirunSummary(Callback):
         if failed:
             what = "failed or were refused" if counts.get("refused") else "failed"
             log.error("%d job(s) %s:\n%s", len(failed), what, "\n".join(failed))
+            if is_search(config.hydra) and not counts.get("completed"):
+                log.error(
+                    "no trial of this search completed: the sweeper's best value (inf) and "
+                    "best parameters above name a failed trial, not a result"
+                )
             sys.exit(2)

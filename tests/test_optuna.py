@@ -173,6 +173,22 @@ def test_a_search_goes_on_past_diverged_trials_and_lists_them(tmp_path, launcher
     assert lr.describe() == "log-uniform in [0.01, 1e+06]"
 
 
+def test_a_search_whose_every_trial_failed_says_the_sweepers_best_is_no_result(tmp_path):
+    cmd = [sys.executable, "experiments/train.py", "--multirun", *TINY]
+    cmd += ["hydra.sweeper.n_trials=2", "optim=sgd", "model.output_activation=linear"]
+    cmd += ["model.code_activation=linear", "optim.lr=tag(log, interval(1e3, 1e6))"]
+    proc = subprocess.run(
+        [*cmd, f"hydra.sweep.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert "2 job(s) failed" in out
+    line = "no trial of this search completed: the sweeper's best value (inf) and best parameters"
+    assert out.count(line) == 1, out[-3000:]
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_value"] == float("inf")
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
