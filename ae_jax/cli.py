@@ -378,23 +378,50 @@ def search_space(hydra_cfg: Any) -> dict[str, str]:
     return space
 
 
-def record_search_space(config: Any, root: Path) -> None:
-    """Write ``<sweep dir>/search_space.yaml``: what this search samples (``search_space``),
-    which the sweeper itself records nowhere (a trial's ``.hydra/hydra.yaml`` holds the sweep
-    file's ``params`` even where the command line replaced them); the study report reads it."""
+def record_search(config: Any, root: Path) -> None:
+    """Write ``<sweep dir>/search.yaml`` for a hyperparameter search: what it samples
+    (``params``: ``search_space``; the sweeper records this nowhere, and a trial's
+    ``.hydra/hydra.yaml`` keeps the sweep file's ranges even where the command line replaced
+    them) and its sampler's seed (``sampler_seed``). A sampler given no seed gets one here,
+    or the one recorded by an earlier run of the search in this directory: the same command
+    then continues an interrupted search (the sampler proposes the same trials, whose
+    directories hold their runs) instead of proposing new trials that those directories
+    refuse. Called holding the sweep directory's lock, before the sweeper is made."""
     import yaml
+    from omegaconf import OmegaConf, read_write
 
     from ae_jax.run_io import write_text_atomic
-    from ae_jax.sweeps.collect import SEARCH_SPACE
+    from ae_jax.sweeps.collect import SEARCH_RECORD, read_search_record
 
-    space = search_space(config.hydra)
-    if space:
-        header = (
-            "# The parameters this hyperparameter search samples, as Hydra's Optuna sweeper\n"
-            "# read them: its params, then the command line's overrides.\n"
-        )
-        text = yaml.safe_dump(space, sort_keys=False, default_flow_style=False, width=1000)
-        write_text_atomic(root / SEARCH_SPACE, header + text)
+    if not is_search(config.hydra):
+        return
+    record: dict[str, Any] = {"params": search_space(config.hydra)}
+    sampler = OmegaConf.select(config.hydra, "sweeper.sampler", default=None)
+    if OmegaConf.is_dict(sampler) and "seed" in sampler:
+        seed = sampler.seed
+        if seed is None:
+            earlier = (read_search_record(root) or {}).get("sampler_seed")
+            seed = (
+                earlier if isinstance(earlier, int) else int.from_bytes(os.urandom(4), "big") >> 1
+            )
+            with read_write(sampler):
+                sampler.seed = seed
+            how = "recorded by this search's earlier run" if seed == earlier else "chosen"
+            log.info(
+                "the sampler was given no seed: seed %d, %s in %s (the same command continues "
+                "this search)",
+                seed,
+                how,
+                root / SEARCH_RECORD,
+            )
+        record["sampler_seed"] = int(seed)
+    header = (
+        "# The hyperparameter search in this sweep directory: the parameters it samples, as\n"
+        "# Hydra's Optuna sweeper read them (its params, then the command line's overrides),\n"
+        "# and its sampler's seed.\n"
+    )
+    text = yaml.safe_dump(record, sort_keys=False, default_flow_style=False, width=1000)
+    write_text_atomic(root / SEARCH_RECORD, header + text)
 
 
 def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
@@ -430,7 +457,7 @@ class SweepLock(Callback):
     directory is refused in one line, exit status 2, before any job composes or trains,
     instead of training the jobs the first has not reached yet beside it. Each job's own
     directory keeps its own lock (``RunDir``). Holding the lock, a hyperparameter search
-    records what it samples there (``record_search_space``)."""
+    records what it samples and its sampler's seed there (``record_search``)."""
 
     LOCK = ".sweep.lock"
 
@@ -449,7 +476,7 @@ class SweepLock(Callback):
                 "wait for that multirun to finish (or stop it: it saves its checkpoints), or "
                 "choose another hydra.sweep.dir",
             )
-            record_search_space(config, root)  # the sweep directory is this process's now
+            record_search(config, root)  # the sweep directory is this process's now
         except RunDirError as err:
             print(f"RunDirError: {err}", file=sys.stderr)
             sys.exit(2)
@@ -509,7 +536,7 @@ class MultirunSummary(Callback):
         if failed:
             what = "failed or were refused" if counts.get("refused") else "failed"
             log.error("%d job(s) %s:\n%s", len(failed), what, "\n".join(failed))
-            if is_search(config.hydra) and not counts.get("completed"):
+            if is_search(config.hydra) and not (counts.get("completed") or counts.get("refused")):
                 log.error(
                     "no trial of this search completed: the sweeper's best value (inf) and "
                     "best parameters above name a failed trial, not a result"

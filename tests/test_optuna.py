@@ -166,8 +166,9 @@ def test_a_search_goes_on_past_diverged_trials_and_lists_them(tmp_path, launcher
     }
     assert results["best_value"] == min(completed.values())
     # the range the command line gave, not the sweep file's, is recorded and reported
-    space = yaml.safe_load((tmp_path / "search_space.yaml").read_text())
-    assert space["optim.lr"] == "tag(log, interval(1e-2, 1e6))", space
+    record = yaml.safe_load((tmp_path / "search.yaml").read_text())
+    assert record["params"]["optim.lr"] == "tag(log, interval(1e-2, 1e6))", record
+    assert record["sampler_seed"] == 0  # the sweep file's
     study = find_study(tmp_path, collect_runs(tmp_path))
     lr = next(p for p in study.params if p.key == "optim.lr")
     assert lr.describe() == "log-uniform in [0.01, 1e+06]"
@@ -329,8 +330,9 @@ def test_the_report_names_the_range_that_was_searched_not_the_sweep_files(tmp_pa
     # the sweep file searched optim.lr in [1e-4, 1e-1]; the command line replaced the range
     for number, lr in enumerate([0.3, 2.0, 0.5]):
         _write_trial(tmp_path, number, lr, 0.01 * (number + 1))
-    if recorded:  # what the multirun writes (ae_jax.cli.record_search_space)
-        (tmp_path / "search_space.yaml").write_text("optim.lr: tag(log, interval(0.1, 3))\n")
+    if recorded:  # what the multirun writes (ae_jax.cli.record_search)
+        record = "params:\n  optim.lr: tag(log, interval(0.1, 3))\nsampler_seed: 0\n"
+        (tmp_path / "search.yaml").write_text(record)
     study = find_study(tmp_path, collect_runs(tmp_path))
     (lr,) = study.params
     if recorded:
@@ -340,3 +342,23 @@ def test_the_report_names_the_range_that_was_searched_not_the_sweep_files(tmp_pa
         assert lr.low is None and lr.describe() == "(command line)"
     text = (write_report(tmp_path, tmp_path / "out").out / "study.md").read_text()
     assert "[0.0001, 0.1]" not in text and lr.describe() in text
+
+
+def test_the_same_command_continues_a_search_given_no_seed(tmp_path):
+    # TPE without a seed: the first run chooses one and records it in search.yaml; the same
+    # command finds it, so the sampler proposes the same trials, whose directories hold their
+    # finished runs: nothing is trained again (without the record the proposals differ and
+    # every directory refuses its new trial)
+    cmd = [sys.executable, "experiments/train.py", "--multirun", *TINY]
+    cmd += ["hydra.sweeper.sampler.seed=null", f"hydra.sweep.dir={tmp_path}"]
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        runs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == 0 and "Traceback" not in runs[-1], runs[-1][-3000:]
+    first, again = runs
+    seed = yaml.safe_load((tmp_path / "search.yaml").read_text())["sampler_seed"]
+    assert f"seed {seed}, chosen in" in first
+    assert f"seed {seed}, recorded by this search's earlier run" in again
+    assert first.count("epoch 1/3") == 4 and "epoch 1/3" not in again, again[-3000:]
+    assert again.count("not trained again") == 4 and "4 completed" in again

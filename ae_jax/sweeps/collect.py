@@ -316,9 +316,10 @@ def _is_number(value: Any) -> bool:
 # them as a study instead.
 
 STUDY_RESULTS = "optimization_results.yaml"
-# What the search sampled (the sweep file's params as the command line changed them), written
-# by the multirun (ae_jax.cli.record_search_space): key -> the sweeper's text for it.
-SEARCH_SPACE = "search_space.yaml"
+# The search's record, written by the multirun (ae_jax.cli.record_search): ``params``, what it
+# sampled (the sweep file's params as the command line changed them; key -> the sweeper's text
+# for it), and ``sampler_seed``.
+SEARCH_RECORD = "search.yaml"
 
 
 @dataclass(frozen=True)
@@ -425,10 +426,10 @@ def search_param(key: str, spec: Any) -> SearchParam | None:
     return SearchParam(key, str(spec), log)
 
 
-def _search_space(root: Path) -> dict | None:
-    """``<root>/search_space.yaml`` (``SEARCH_SPACE``), or None where it is missing or broken."""
+def read_search_record(root: str | os.PathLike) -> dict | None:
+    """``<root>/search.yaml`` (``SEARCH_RECORD``), or None where it is missing or broken."""
     try:
-        loaded = yaml.safe_load((root / SEARCH_SPACE).read_text())
+        loaded = yaml.safe_load((Path(root) / SEARCH_RECORD).read_text())
     except (OSError, yaml.YAMLError):
         return None
     return loaded if isinstance(loaded, dict) else None
@@ -491,13 +492,14 @@ def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
     trial_runs = [r for r in runs if r.status != "not started"]
 
     given = [_override_values(r) for r in trial_runs]
-    recorded = _search_space(root)
+    recorded = (read_search_record(root) or {}).get("params")
+    recorded = recorded if isinstance(recorded, dict) else None
     params: list[SearchParam] = []
     for key, spec in (recorded if recorded is not None else sweeper.get("params") or {}).items():
         if (p := search_param(str(key).lstrip("+"), spec)) is None:
             continue
         if recorded is None and not _within(p, [g.get(p.key) for g in given]):
-            # a sweep run before search_space.yaml was written, its range replaced on the
+            # a sweep run before search.yaml was written, its range replaced on the
             # command line: the sweep file's range is not what was searched
             p = SearchParam(p.key, "(command line)", p.log)
         params.append(p)
