@@ -240,13 +240,18 @@ def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, 
     first = _run(*grid, *fixed, "noise.level=0,0.1")
     assert first.returncode == 0, first.stderr[-3000:]
     before = _snapshot(tmp_path / "1")
-    proc = _run(*grid, *fixed, "noise.level=0,0.2")
+    # job 1 changed, job 2 added: job 1 alone is refused (under the vmap launcher it used to
+    # refuse the whole group), job 0 is not trained again, job 2 trains
+    proc = _run(*grid, *fixed, "noise.level=0,0.2,0.3")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log
     reason = f"{tmp_path / '1'}: RunDirError: {tmp_path / '1'} holds a run with another config"
     assert reason in log and "noise.level: 0.1 -> 0.2" in log
-    assert "refused" in log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
+    summary = log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
+    assert "2 completed" in summary and "1 refused" in summary, summary
+    assert log.count("epoch 1/3") == 1 and "not trained again" in log, log[-3000:]
+    assert json.loads((tmp_path / "2" / "status.json").read_text())["status"] == "completed"
     assert _snapshot(tmp_path / "1") == before
 
 

@@ -305,15 +305,64 @@ def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     return parent / ".vmap-groups" / key / "checkpoints"
 
 
+def finished_members(configs: list[Config], workdirs: list[Path]) -> dict[int, dict]:
+    """Members whose directory already holds this very run, completed, when the group they
+    form has no checkpoint of its own: index -> that run's metrics. A sweep run again with
+    values added or removed forms other groups than before, keyed elsewhere
+    (``group_checkpoint_dir``): their finished members are not trained again, as a finished
+    single run is not. A group that has a checkpoint resumes (or re-evaluates) all its members
+    as before; ``trainer.resume=false`` trains every member."""
+    ckpt = group_checkpoint_dir(configs, workdirs)
+    if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+        return {}
+    done = {}
+    for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
+        if cfg.trainer.resume and (metrics := _finished_run(cfg, Path(workdir))) is not None:
+            done[i] = metrics
+    return done
+
+
+def _finished_run(cfg: Config, workdir: Path) -> dict | None:
+    """``workdir``'s metrics if it holds a completed run of ``cfg`` (no key differs but those
+    that may, and the same epochs: more would extend it), else None."""
+    import json
+
+    import yaml
+
+    from ae_jax.config import config_dict
+    from ae_jax.training.rundir import config_differences
+
+    try:
+        status = json.loads((workdir / "status.json").read_text())
+        metrics = json.loads((workdir / "metrics.json").read_text())
+        stored = yaml.safe_load((workdir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not (isinstance(status, dict) and isinstance(metrics, dict) and isinstance(stored, dict)):
+        return None
+    if status.get("status") != "completed" or not metrics:
+        return None
+    new = config_dict(cfg)
+    if (stored.get("trainer") or {}).get("epochs") != cfg.trainer.epochs:
+        return None
+    return None if config_differences(stored, new, config_dict(Config())) else metrics
+
+
 def train_group(
-    configs: list[Config], workdirs: list[Path], hydra_files: list[dict] | None = None
+    configs: list[Config],
+    workdirs: list[Path],
+    hydra_files: list[dict] | None = None,
+    rundirs: list | None = None,
 ) -> list[dict[str, float]]:
     """Train configs that share one program (see ``group_by_program``) as one vmapped program
     through the one loop: a stage whose state has a leading members axis, checkpointed for all
     members together and resumed the same way (``group_checkpoint_dir``). A member whose loss
     turns non-finite is marked failed (its status, a console line naming it, the epoch and the
     step) and the others finish. Each member's outputs go to its workdir; returns each
-    member's metrics ({} for a failed one)."""
+    member's metrics ({} for a failed one). ``rundirs``: the members' directories already
+    claimed by the caller (``claimed``; the caller releases them), so that a directory holding
+    another run refuses its own member before the group is formed; otherwise they are claimed
+    here, and one such directory refuses the group."""
     from ae_jax.outputs import (
         describe,
         epoch_logger,
@@ -332,6 +381,7 @@ def train_group(
             [configs[i] for i in order],
             [workdirs[i] for i in order],
             None if hydra_files is None else [hydra_files[i] for i in order],
+            None if rundirs is None else [rundirs[i] for i in order],
         )
         back: list[dict] = [{} for _ in configs]
         for k, i in enumerate(order):
@@ -360,16 +410,17 @@ def train_group(
     with contextlib.ExitStack() as stack:
         records = hydra_files or [{} for _ in configs]
         rundirs = [
-            stack.enter_context(claimed(c, w, hydra_files=h))
-            for c, w, h in zip(configs, workdirs, records)
+            stack.enter_context(claimed(c, w, rundir=r, hydra_files=h))
+            for c, w, h, r in zip(configs, workdirs, records, rundirs or [None] * n)
         ]
         stack.enter_context(sigterm_flag())
         data = load_dataset(base.data)
         trainer = Trainer(base, data)
         runs = shared_draws([c.trainer.seed for c in configs], layout.members)
         log.info(
-            "vectorised sweep: %d members in one program%s%s | %s",
+            "vectorised sweep: %d member%s in one program%s%s | %s",
             n,
+            "" if n == 1 else "s",
             layout.describe(),
             f", each {runs} members of one seed share their random draws" if runs > 1 else "",
             describe(base, trainer, devices=False),

@@ -9,6 +9,7 @@ trains each group as one ``jax.vmap``-ed program (``ae_jax.sweeps.vectorized``).
 with the same files a sequential run writes.
 """
 
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -138,9 +139,7 @@ class VmapLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from ae_jax.cli import USER_ERRORS, is_search, job_score, quiet_console
         from ae_jax.config import register_configs, to_config, validate
-        from ae_jax.sweeps.vectorized import group_by_program, host_cores_as_devices, train_group
-        from ae_jax.training.loop import Preempted
-        from ae_jax.training.rundir import hydra_record
+        from ae_jax.training.rundir import RunDirError, claimed, hydra_record
 
         setup_globals()
         register_configs()
@@ -207,8 +206,55 @@ class VmapLauncher(Launcher):
             _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
-        groups = group_by_program(configs)
-        if not alone and configs:  # jobs trained alone keep one device, as they would sequentially
+        # Each job's directory is claimed (locked, its earlier run's config compared) before
+        # the groups form: one that holds another run refuses its own job, as under the basic
+        # launcher, and the others still train together. The claims last until every group
+        # has trained.
+        claims = contextlib.ExitStack()
+        rundirs: dict[int, Any] = {}
+        for k, cfg in enumerate(configs):
+            i = valid[k]
+            try:
+                rundirs[i] = claims.enter_context(claimed(cfg, jobs[i][1], hydra_files=records[i]))
+            except RunDirError as err:
+                log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
+                _fail_or_refuse(jobs[i][1], err, records[i])
+                jobs[i][2]._return_value = job_score(jobs[i][0], {}, search)
+        configs = [c for k, c in enumerate(configs) if valid[k] in rundirs]
+        valid = [v for v in valid if v in rundirs]
+        with claims:
+            self._train_groups(
+                configs, valid, jobs, records, rundirs, alone, search, initial_job_idx
+            )
+        return [ret for _, _, ret in jobs]
+
+    def _train_groups(self, configs, valid, jobs, records, rundirs, alone, search, first) -> None:
+        """One vectorised program per group of compatible jobs (their directories claimed)."""
+        from ae_jax.cli import USER_ERRORS, job_score
+        from ae_jax.sweeps.vectorized import (
+            finished_members,
+            group_by_program,
+            host_cores_as_devices,
+            train_group,
+        )
+        from ae_jax.training.loop import Preempted
+
+        groups = []
+        for group in group_by_program(configs):
+            # members that finished this very run in an earlier group (the sweep had other
+            # values then) keep their results; the others form the group
+            done = finished_members([configs[g] for g in group], [jobs[valid[g]][1] for g in group])
+            for k, metrics in done.items():
+                m = valid[group[k]]
+                log.info(
+                    "job #%d: %s holds this run, completed: not trained again",
+                    first + m,
+                    jobs[m][1],
+                )
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
+            if len(done) < len(group):
+                groups.append([g for k, g in enumerate(group) if k not in done])
+        if not alone and groups:  # jobs trained alone keep one device, as they would sequentially
             host_cores_as_devices(max(len(g) for g in groups))
         for group in groups:
             members = [valid[g] for g in group]
@@ -217,6 +263,7 @@ class VmapLauncher(Launcher):
                     [configs[g] for g in group],
                     [jobs[m][1] for m in members],
                     hydra_files=[records[m] for m in members],
+                    rundirs=[rundirs[m] for m in members],
                 )
             except Preempted as err:
                 for m in members:
@@ -237,7 +284,6 @@ class VmapLauncher(Launcher):
                 continue
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
-        return [ret for _, _, ret in jobs]
 
 
 def _run_alone(cfg, workdir, record, ret, search: bool) -> None:
