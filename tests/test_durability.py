@@ -280,6 +280,22 @@ def test_extending_epochs_resumes_the_run(tmp_path):
     assert [json.loads(r)["epoch"] for r in history] == [1, 2, 3, 4, 5]
 
 
+def test_extending_epochs_resumes_a_vmap_sweep_and_equals_the_longer_sweep(tmp_path):
+    # the group's checkpoint is found again with more epochs (its key leaves trainer.epochs
+    # out) and the members go on from it, as a single run does
+    grid = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "trainer.log_every=1")
+    grid += ("noise=masking", "noise.level=0,0.2")
+    assert _run(*grid, f"hydra.sweep.dir={tmp_path / 'a'}", "trainer.epochs=3").returncode == 0
+    proc = _run(*grid, f"hydra.sweep.dir={tmp_path / 'a'}", "trainer.epochs=5")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "(epoch 3 of 5)" in log and "epoch 1/5" not in log and "epoch 4/5" in log
+    history = (tmp_path / "a" / "1" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    assert _run(*grid, f"hydra.sweep.dir={tmp_path / 'b'}", "trainer.epochs=5").returncode == 0
+    assert _sweep_metrics(tmp_path / "a") == _sweep_metrics(tmp_path / "b")
+
+
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
     # the time it trained (not 0), and a resumed run the time of both sessions.

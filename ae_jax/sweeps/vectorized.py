@@ -299,8 +299,14 @@ def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     parent = Path(os.path.commonpath([str(Path(w).absolute()) for w in workdirs]))
     if len(workdirs) == 1:
         parent = parent.parent
+    # trainer.epochs is left out: more epochs extend a finished group, as they extend a
+    # single run (where they may not, the members' directories refuse the new config)
+    base = configs[0]
+    program = static_part(
+        dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, epochs=0))
+    )
     key = hashlib.sha256(
-        (static_part(configs[0]) + "|".join(str(Path(w).absolute()) for w in workdirs)).encode()
+        (program + "|".join(str(Path(w).absolute()) for w in workdirs)).encode()
     ).hexdigest()[:12]
     return parent / ".vmap-groups" / key / "checkpoints"
 
