@@ -331,6 +331,14 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     assert printed.startswith("error: --metric test/mes: no completed run")
     assert "test/mse" in printed and len(printed.splitlines()) == 1
     assert not (tmp_path / "typo").exists()
+    # an --out that cannot be made (under a file): one line naming it, no traceback
+    (tmp_path / "a_file").write_text("")
+    assert main([str(sweep), "--out", str(tmp_path / "a_file" / "report")]) == 2
+    printed = capsys.readouterr().out.strip()
+    assert printed == (
+        f"error: the report's directory {tmp_path / 'a_file' / 'report'} cannot be written "
+        "(Not a directory); choose a writable --out"
+    )
 
 
 def test_published_numbers_are_marked_on_their_axis_and_listed(

@@ -130,7 +130,15 @@ def write_report(
             f"--metric {' '.join(metrics)}: no completed run under {root} has it; its runs' "
             f"metrics: {', '.join(have)}"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:
+        raise SweepDirError(
+            f"the report's directory {out} cannot be written ({err.strerror or err}); choose a "
+            "writable --out"
+        ) from None
     rows = summarize(runs, axes, shown)
     title = sweep_title(runs, root)
     counts = {
@@ -310,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except SweepDirError as err:
         print(f"error: {err}")
+        return 2
+    except OSError as err:  # a file of the report, part-way (a full disk, a removed directory)
+        where = err.filename or args.out or "the report's directory"
+        print(f"error: {where} cannot be written ({err.strerror or err}); choose a writable --out")
         return 2
     c = report.counts
     what = f"axes: {', '.join(report.axes) or 'none'}"
