@@ -310,6 +310,27 @@ def check_search_score(cfg: Any, hydra_cfg: Any) -> None:
         )
 
 
+def check_search_settings(hydra_cfg: Any) -> None:
+    """Refuse a hyperparameter search whose trial counts cannot run: ``hydra.sweeper.n_trials``
+    and ``n_jobs`` must be positive integers (0 trials ended the released sweeper with a
+    traceback after the search, a count of jobs below 1 never proposes a trial).
+
+    Raises:
+      ConfigError: naming the key, its value and what is valid.
+    """
+    from omegaconf import OmegaConf
+
+    if not is_search(hydra_cfg):
+        return
+    for key in ("n_trials", "n_jobs"):
+        value = OmegaConf.select(hydra_cfg, f"sweeper.{key}", default=None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(
+                f"hydra.sweeper.{key}={value} is not valid; it must be a positive integer "
+                f"({'trials of the search' if key == 'n_trials' else 'trials proposed at once'})"
+            )
+
+
 def check_search_space(config: Any) -> None:
     """Refuse a hyperparameter search whose range for a key reaches values the key cannot take
     (``noise.level=interval(0.5, 2.0)``): every end of an interval, every value of a choice or
@@ -442,6 +463,7 @@ class SearchScoreCheck(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         check_search_or_exit(config, config.hydra)
         try:
+            check_search_settings(config.hydra)
             check_search_space(config)
         except ConfigError as err:
             print(f"ConfigError: {err}", file=sys.stderr)

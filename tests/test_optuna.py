@@ -362,3 +362,16 @@ def test_the_same_command_continues_a_search_given_no_seed(tmp_path):
     assert f"seed {seed}, recorded by this search's earlier run" in again
     assert first.count("epoch 1/3") == 4 and "epoch 1/3" not in again, again[-3000:]
     assert again.count("not trained again") == 4 and "4 completed" in again
+
+
+@pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0", "n_trials=-3", "n_jobs=1.5"])
+def test_trial_counts_that_cannot_run_are_refused_naming_the_key(setting):
+    from ae_jax.cli import check_search_settings
+
+    key, value = setting.split("=")
+    hydra_cfg = OmegaConf.create({**OPTUNA, "mode": "MULTIRUN"})
+    hydra_cfg.sweeper.n_trials, hydra_cfg.sweeper.n_jobs = 16, 8
+    check_search_settings(hydra_cfg)  # the committed search's counts
+    hydra_cfg.sweeper[key] = float(value) if "." in value else int(value)
+    with pytest.raises(ConfigError, match=rf"^hydra\.sweeper\.{key}={value} is not valid; it must"):
+        check_search_settings(hydra_cfg)
