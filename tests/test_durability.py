@@ -296,6 +296,37 @@ def test_extending_epochs_resumes_a_vmap_sweep_and_equals_the_longer_sweep(tmp_p
     assert _sweep_metrics(tmp_path / "a") == _sweep_metrics(tmp_path / "b")
 
 
+def test_a_vmap_group_checkpoint_beyond_the_epochs_asked_is_refused_not_reported(tmp_path):
+    # A group killed at epoch 100 of 600 (its members' directories hold no result yet), then
+    # run with 50 epochs: its checkpoint is found (the key leaves the epochs out), and it used
+    # to be reported as a finished 50-epoch run with 100 epochs of training. Refused, named;
+    # 600 epochs then continue it.
+    grid = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "noise=masking")
+    grid += ("noise.level=0,0.2", "trainer.checkpoint_every=50", f"hydra.sweep.dir={tmp_path}")
+    proc = subprocess.Popen(
+        _cmd(*grid, "trainer.epochs=600"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".vmap-groups/*/checkpoints/100/_CHECKPOINT_METADATA")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=300)
+    short = _run(*grid, "trainer.epochs=50")
+    log = short.stdout + short.stderr
+    assert short.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert "holds epoch 1" in log and "more than the 50 epochs this run trains" in log, log[-3000:]
+    assert not list(tmp_path.glob("*/metrics.json"))
+    resumed = _run(*grid, "trainer.epochs=600")
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "of 600)" in log and "resuming from" in log, log[-3000:]
+
+
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
     # the time it trained (not 0), and a resumed run the time of both sessions.

@@ -248,6 +248,15 @@ def run_stage(
             prior = float(extra.get("seconds", 0.0))
             if best is not None:
                 best.restore(checkpointer.last_aux, extra.get("early_stopping"))
+            if start_epoch > stage.epochs:  # a longer run's (a vmap group keys out the epochs)
+                from ae_jax.training.checkpoint import CheckpointError
+
+                raise CheckpointError(
+                    f"{checkpointer.newest()} holds epoch {start_epoch}, more than the "
+                    f"{stage.epochs} epochs {stage.label or 'this run '}trains: it belongs to "
+                    f"a longer run; give it {start_epoch} epochs or more to continue that run, "
+                    "or use a new run directory"
+                )
             if start_epoch >= stage.epochs or (best is not None and best.stopped):
                 log.info(
                     "%sstage complete (checkpoint %s): not trained again",
