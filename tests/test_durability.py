@@ -65,16 +65,22 @@ def _sweep_metrics(root: Path) -> dict:
     return {p.parent.name: _metrics(p) for p in sorted(root.glob("*/metrics.json"))}
 
 
-def _interrupt(args, ready: Path, sig) -> subprocess.CompletedProcess:
-    """Start the command, wait until ``ready`` exists (a committed checkpoint), send ``sig``."""
+def _started(args, root: Path, pattern: str) -> subprocess.Popen:
+    """Start the command; return once a file matching ``pattern`` under ``root`` exists."""
     proc = subprocess.Popen(
         _cmd(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.time() + 300
-    while not (ready / "_CHECKPOINT_METADATA").exists():
+    while not list(root.glob(pattern)):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
+        assert time.time() < deadline, f"no {pattern} appeared under {root}"
         time.sleep(0.02)
+    return proc
+
+
+def _interrupt(args, ready: Path, sig) -> subprocess.CompletedProcess:
+    """Start the command, wait until ``ready`` exists (a committed checkpoint), send ``sig``."""
+    proc = _started(args, ready, "_CHECKPOINT_METADATA")
     proc.send_signal(sig)
     out = proc.communicate(timeout=300)[0]
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
@@ -303,18 +309,8 @@ def test_a_vmap_group_checkpoint_beyond_the_epochs_asked_is_refused_not_reported
     # 600 epochs then continue it.
     grid = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "noise=masking")
     grid += ("noise.level=0,0.2", "trainer.checkpoint_every=50", f"hydra.sweep.dir={tmp_path}")
-    proc = subprocess.Popen(
-        _cmd(*grid, "trainer.epochs=600"),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while not list(tmp_path.glob(".vmap-groups/*/checkpoints/100/_CHECKPOINT_METADATA")):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+    ready = ".vmap-groups/*/checkpoints/100/_CHECKPOINT_METADATA"
+    proc = _started((*grid, "trainer.epochs=600"), tmp_path, ready)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=300)
     short = _run(*grid, "trainer.epochs=50")
@@ -397,18 +393,8 @@ def test_a_second_multirun_on_a_sweep_directory_is_refused(tmp_path):
     # the same directory is refused at once, instead of training the jobs the first has not
     # reached yet beside it.
     args = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1", "trainer.seed=0,1")
-    first = subprocess.Popen(
-        _cmd(*args, "trainer.epochs=100000", "trainer.checkpoint_every=200"),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while not list(tmp_path.glob("0/checkpoints/*/_CHECKPOINT_METADATA")):
-        assert first.poll() is None, first.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    long = (*args, "trainer.epochs=100000", "trainer.checkpoint_every=200")
+    first = _started(long, tmp_path, "0/checkpoints/*/_CHECKPOINT_METADATA")
     assert (tmp_path / ".sweep.lock").read_text().startswith(f"pid {first.pid} ")
     second = _run(*args, "trainer.epochs=2")
     log = second.stdout + second.stderr
