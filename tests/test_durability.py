@@ -316,7 +316,9 @@ def test_a_vmap_group_checkpoint_beyond_the_epochs_asked_is_refused_not_reported
     short = _run(*grid, "trainer.epochs=50")
     log = short.stdout + short.stderr
     assert short.returncode == 2 and "Traceback" not in log, log[-3000:]
-    assert "holds epoch 1" in log and "more than the 50 epochs this run trains" in log, log[-3000:]
+    assert "holds epoch 1" in log and "more than the 50 epochs that this run trains" in log, log[
+        -3000:
+    ]
     assert not list(tmp_path.glob("*/metrics.json"))
     resumed = _run(*grid, "trainer.epochs=600")
     log = resumed.stdout + resumed.stderr

@@ -127,6 +127,29 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
 
 
+def test_the_launcher_spreads_a_group_over_the_hosts_cores(tmp_path):
+    # Without a device count of the user's (the tests set 8 fake devices: removed here), the
+    # launcher gives the group one CPU device per core, at most one per member, before JAX
+    # starts: nothing it does first (claiming the jobs' directories) may start JAX's backend.
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "experiments/train.py", "--multirun", "hydra/launcher=vmap"]
+    cmd += [f"hydra.sweep.dir={tmp_path}", "trainer.figures=false", "trainer.epochs=2"]
+    cmd += ["noise=masking", "noise.level=0,0.25", "trainer.seed=0,1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    if len(os.sched_getaffinity(0)) > 1:  # CI has 2 cores
+        assert "4 members over " in out and "on 1 device" not in out, out[-3000:]
+    else:
+        assert "4 members in one program on 1 device" in out, out[-3000:]
+
+
 def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
     # two learning rates: each member keeps its own best evaluation's parameters, as its
     # sequential run does; the group trains until the last member has run out of patience

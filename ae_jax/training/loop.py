@@ -253,9 +253,10 @@ def run_stage(
 
                 raise CheckpointError(
                     f"{checkpointer.newest()} holds epoch {start_epoch}, more than the "
-                    f"{stage.epochs} epochs {stage.label or 'this run '}trains: it belongs to "
-                    f"a longer run; give it {start_epoch} epochs or more to continue that run, "
-                    "or use a new run directory"
+                    f"{stage.epochs} epochs that "
+                    f"{f'stage {stage.name}' if stage.name else 'this run'} trains: it belongs "
+                    f"to a longer run; give it {start_epoch} epochs or more to continue that "
+                    "run, or use a new run directory"
                 )
             if start_epoch >= stage.epochs or (best is not None and best.stopped):
                 log.info(

@@ -266,18 +266,26 @@ def write_hydra_files(path: Path, record: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def claimed(
-    cfg: Any, workdir: str | Path, rundir: RunDir | None = None, hydra_files: dict | None = None
+    cfg: Any,
+    workdir: str | Path,
+    rundir: RunDir | None = None,
+    hydra_files: dict | None = None,
+    main: bool | None = None,
 ):
     """``workdir`` claimed for the validated config ``cfg`` (``RunDir.claim``) for the block,
-    released after it; yields the ``RunDir``. A caller that already holds one passes it in."""
+    released after it; yields the ``RunDir``. A caller that already holds one passes it in.
+    ``main``: whether this process writes the run's files (None: JAX's process 0, which starts
+    JAX's backend; a caller that must set devices up first says so itself)."""
     if rundir is not None:
         yield rundir
         return
-    import jax
-
     from ae_jax.config import Config, config_dict
 
-    rundir = RunDir(workdir, main=jax.process_index() == 0)
+    if main is None:
+        import jax
+
+        main = jax.process_index() == 0
+    rundir = RunDir(workdir, main=main)
     rundir.hydra_files = hydra_files or {}
     defaults = config_dict(Config())
     rundir.claim(config_dict(cfg), resume=cfg.trainer.resume, defaults=defaults)

@@ -209,20 +209,22 @@ class VmapLauncher(Launcher):
         # Each job's directory is claimed (locked, its earlier run's config compared) before
         # the groups form: one that holds another run refuses its own job, as under the basic
         # launcher, and the others still train together. The claims last until every group
-        # has trained.
-        claims = contextlib.ExitStack()
-        rundirs: dict[int, Any] = {}
-        for k, cfg in enumerate(configs):
-            i = valid[k]
-            try:
-                rundirs[i] = claims.enter_context(claimed(cfg, jobs[i][1], hydra_files=records[i]))
-            except RunDirError as err:
-                log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
-                _fail_or_refuse(jobs[i][1], err, records[i])
-                jobs[i][2]._return_value = job_score(jobs[i][0], {}, search)
-        configs = [c for k, c in enumerate(configs) if valid[k] in rundirs]
-        valid = [v for v in valid if v in rundirs]
-        with claims:
+        # has trained. This process is the multirun's only one (main=True: asking JAX would
+        # start its backend before the groups' CPU devices are set up).
+        with contextlib.ExitStack() as claims:
+            rundirs: dict[int, Any] = {}
+            for k, cfg in enumerate(configs):
+                i = valid[k]
+                try:
+                    rundirs[i] = claims.enter_context(
+                        claimed(cfg, jobs[i][1], hydra_files=records[i], main=True)
+                    )
+                except RunDirError as err:
+                    log.error("job #%d: %s: %s", initial_job_idx + i, type(err).__name__, err)
+                    _fail_or_refuse(jobs[i][1], err, records[i])
+                    jobs[i][2]._return_value = job_score(jobs[i][0], {}, search)
+            configs = [c for k, c in enumerate(configs) if valid[k] in rundirs]
+            valid = [v for v in valid if v in rundirs]
             self._train_groups(
                 configs, valid, jobs, records, rundirs, alone, search, initial_job_idx
             )
