@@ -20,7 +20,7 @@ from ae_jax.loggers import LoggerError
 from ae_jax.run_io import write_json_atomic
 from ae_jax.training.checkpoint import CheckpointError
 from ae_jax.training.loop import Preempted, TrainingDiverged
-from ae_jax.training.rundir import RunDirError
+from ae_jax.training.rundir import RunDirError, RunDirInUse
 
 log = logging.getLogger("ae_jax")
 # Problems that are the user's to fix: reported in one line, exit status 2, no traceback.
@@ -202,8 +202,10 @@ def run_or_exit(
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
             err = RunDirError(f"{err.filename or 'a file'}: {err.strerror or err}")
-        if not record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()):
-            refused(workdir, err)
+        if isinstance(err, RunDirInUse) or not record(
+            status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()
+        ):
+            refused(workdir, err)  # another run's files (a process running there) stay as they are
         log.error("%s: %s", type(err).__name__, err)
         if not exit_on_error:
             return {}

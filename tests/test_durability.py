@@ -342,34 +342,61 @@ def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     assert extended["time/train_seconds"] > first["time/train_seconds"]
 
 
-def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+def _hold(workdir: Path) -> subprocess.Popen:
+    """A process that claims ``workdir`` as a run starting there does (its lock, then its
+    status.json says running, no checkpoint yet) and holds it."""
+    workdir.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from ae_jax.training.rundir import RunDir; "
-            f"RunDir({str(tmp_path)!r}).claim({{}}); print('held', flush=True); time.sleep(300)",
+            "import pathlib, time; from ae_jax.training.rundir import RunDir; "
+            f"d = pathlib.Path({str(workdir)!r}); RunDir(d).claim({{}}); "
+            "(d / 'status.json').write_text('{\"status\": \"running\"}'); "
+            "print('held', flush=True); time.sleep(300)",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    holder = _hold(tmp_path)
     args = (f"hydra.run.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=2")
     proc = _run(*args)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert f"in use by pid {holder.pid}" in log and "Traceback" not in log
-    assert (
-        not (tmp_path / "status.json").exists()
-        or "failed" in (tmp_path / "status.json").read_text()
-    )
+    # the running run's status stays its own (it used to be overwritten with "failed")
+    assert json.loads((tmp_path / "status.json").read_text()) == {"status": "running"}
     holder.kill()  # SIGKILL: the lock file stays behind, its flock does not
     holder.wait()
     assert (tmp_path / ".lock").exists()
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_job_whose_directory_is_in_use_is_refused_alone_and_left_as_it_is(tmp_path):
+    # another process runs in job 0's directory: under the vmap launcher that job alone is
+    # refused (listed as such), its status.json untouched, and job 1 trains
+    holder = _hold(tmp_path / "0")
+    try:
+        grid = ("--multirun", "hydra/launcher=vmap", f"hydra.sweep.dir={tmp_path}")
+        proc = _run(*grid, "trainer.figures=false", "trainer.epochs=2", "trainer.seed=0,1")
+    finally:
+        holder.kill()
+        holder.wait()
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert f"{tmp_path / '0'}: RunDirInUse: {tmp_path / '0'} is in use by pid {holder.pid}" in log
+    summary = log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
+    assert "1 completed" in summary and "1 refused" in summary, summary
+    assert json.loads((tmp_path / "0" / "status.json").read_text()) == {"status": "running"}
+    assert json.loads((tmp_path / "1" / "status.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.parametrize("where", ["run", "checkpoints"])

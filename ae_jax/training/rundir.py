@@ -63,6 +63,10 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used by this run; the message names the path and the way out."""
 
 
+class RunDirInUse(RunDirError):
+    """Another process holds the directory's lock: its files are that run's, left untouched."""
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -141,7 +145,7 @@ def hold_lock(lock: Path, what: Path | str, way_out: str) -> int:
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         if err.errno in (errno.EAGAIN, errno.EACCES):
-            raise RunDirError(f"{what} is in use by {holder} (lock {lock}); {way_out}") from None
+            raise RunDirInUse(f"{what} is in use by {holder} (lock {lock}); {way_out}") from None
         raise
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())

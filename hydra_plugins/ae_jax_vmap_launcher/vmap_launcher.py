@@ -315,11 +315,12 @@ def _fail(workdir, err):
 
 def _fail_or_refuse(workdir, err, hydra_files: dict | None = None) -> None:
     """A job refused before it trained: its status.json says why, unless its directory holds
-    another run, whose files stay as they were (the multirun summary lists it as refused)."""
+    another run, or another process runs there, whose files stay as they were (the multirun
+    summary lists it as refused)."""
     from ae_jax.cli import refused
-    from ae_jax.training.rundir import RunDir, write_hydra_files
+    from ae_jax.training.rundir import RunDir, RunDirInUse, write_hydra_files
 
-    if RunDir(workdir).holds_run():
+    if isinstance(err, RunDirInUse) or RunDir(workdir).holds_run():
         refused(workdir, err)
         return
     if hydra_files is not None:
