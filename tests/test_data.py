@@ -490,6 +490,53 @@ def test_tfds_refuses_unknown_builder_and_missing_files(tmp_path, mnist_path):
     assert time.perf_counter() - start < 10  # refused up front, not after network retries
 
 
+def test_tfds_offline_download_is_refused_up_front_naming_the_files(tmp_path, monkeypatch):
+    """Without data.manual_dir and without the network, tensorflow-datasets retried the
+    download for minutes, and the run then ended as "RunDirError: a file: HTTPConnectionPool"."""
+    require_tensorflow()
+    import socket
+
+    from ae_jax.data import tfds_source
+
+    attempts = []
+
+    def no_network(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    for var in tfds_source.PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    cfg = DataConfig(source="tfds", tfds_name="fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    start = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg)
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert message.startswith("fashion_mnist is not in ") and str(tmp_path / "tfds") in message
+    assert "fashion-mnist.s3-website.eu-central-1.amazonaws.com:80 cannot be reached" in message
+    assert "train-images-idx3-ubyte.gz" in message and "set data.manual_dir" in message
+    assert attempts and len(message.splitlines()) == 1
+    # behind a proxy the hosts cannot be tested directly: the download is left to try
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    attempts.clear()
+    assert tfds_source.unreachable(["https://example.invalid/x.gz"]) is None and not attempts
+
+
+def test_a_failed_tfds_download_is_one_data_error():
+    from ae_jax.data import tfds_source
+
+    class Builder:  # a builder whose hosts answer but whose download fails
+        name, data_dir, url_infos = "somedata", "/tmp/tfds/somedata/1.0.0", {}
+
+        def download_and_prepare(self):
+            raise ConnectionError("Connection reset by peer")
+
+    with pytest.raises(DataError, match=r"could not download somedata into /tmp/tfds/somedata"):
+        tfds_source._download(Builder())
+
+
 @pytest.mark.parametrize("module", ["tensorflow", "tensorflow_datasets"])
 def test_tfds_without_tensorflow_falls_back_to_idx(
     monkeypatch, capsys, mnist_path, mnist_idx, module

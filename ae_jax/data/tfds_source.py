@@ -14,6 +14,7 @@ index (a fixed permutation of the file order).
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,74 @@ def _builder(tfds: Any, tfds_name: str, data_dir: str | None) -> Any:
         raise DataError(f"data.tfds_name={tfds_name!r} cannot be built by tfds: {err}") from err
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+REACH_TIMEOUT = 5.0  # seconds to open a connection to a download host before calling it offline
+
+
+def unreachable(urls: list[str], timeout: float = REACH_TIMEOUT) -> str | None:
+    """Why the hosts of ``urls`` cannot be reached (name lookup or connection), or None when
+    each accepts a TCP connection; None too behind a proxy (``*_PROXY`` set), which this
+    cannot test. Asked before a download, because offline tensorflow-datasets retries for
+    minutes before it gives up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) or os.environ.get(v.lower()) for v in PROXY_VARIABLES):
+        return None
+    hosts = {}
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.hostname:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            hosts[(parts.hostname, port)] = None
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            return f"{host}:{port} cannot be reached ({err.strerror or err})"
+    return None
+
+
+def _download(builder: Any) -> None:
+    """Download and prepare ``builder`` (no ``data.manual_dir``), or one ``DataError`` that
+    names the dataset, where it would be stored, and the offline way to prepare it."""
+    names = sorted({info.filename for info in (builder.url_infos or {}).values() if info.filename})
+    offline = (
+        f"; to prepare it without the network, put its official files "
+        f"({', '.join(names) or 'see its tensorflow-datasets page'}) in a directory and set "
+        "data.manual_dir to it"
+    )
+    problem = unreachable(list(builder.url_infos or {}))
+    if problem is not None:
+        raise DataError(
+            f"{builder.name} is not in {builder.data_dir} and cannot be downloaded: "
+            f"{problem}{offline}"
+        )
+    try:
+        builder.download_and_prepare()
+    except Exception as err:  # network and checksum errors: tfds has no common base class
+        raise DataError(
+            f"tensorflow-datasets could not download {builder.name} into {builder.data_dir}: "
+            f"{err}{offline}"
+        ) from err
+
+
+def _is_prepared(builder: Any) -> bool:
+    """``builder.is_prepared()`` without its absl warning for a missing dataset
+    ("Variant folder ... has no dataset_info.json"): not being prepared is not a fault."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl.setLevel(level)
+
+
 def _prepare(tfds: Any, builder: Any, manual_dir: str | None) -> None:
     if manual_dir is None:
-        builder.download_and_prepare()  # downloads: needs the network unless already prepared
+        if not _is_prepared(builder):
+            _download(builder)
         return
     directory = Path(manual_dir).expanduser()
     if not directory.is_dir():
@@ -67,7 +133,7 @@ def _prepare(tfds: Any, builder: Any, manual_dir: str | None) -> None:
             f"data.manual_dir={manual_dir!r} is not a directory; it must hold the dataset's "
             "official files (or set data.manual_dir=null to let tensorflow-datasets download them)"
         )
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         # Offline, a missing file makes tfds retry the network for minutes: refuse it up front.
         needed = sorted({info.filename for info in (builder.url_infos or {}).values()})
         missing = [name for name in needed if name and not (directory / name).is_file()]
