@@ -201,7 +201,8 @@ def run_or_exit(
         if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
-            err = RunDirError(f"{err.filename or 'a file'}: {err.strerror or err}")
+            where = f"{err.filename}: " if err.filename else ""
+            err = RunDirError(f"{where}{err.strerror or err}")
         if isinstance(err, RunDirInUse) or not record(
             status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()
         ):

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ae_jax.data import load_dataset
+from ae_jax.data import DataError, load_dataset
 from ae_jax.features import RunError, embed, load_run, probe_report, reconstruct
 
 
@@ -28,21 +30,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="output .npz (default: RUN_DIR/embeddings.npz)")
     parser.add_argument("--reconstructions", action="store_true", help="add x_hat_test")
     parser.add_argument("--probe", action="store_true", help="linear probe: codes, raw, PCA")
-    parser.add_argument("--probe-steps", type=int, default=500)
+    parser.add_argument("--probe-steps", type=int, default=500, help="L-BFGS steps (>= 1)")
     args = parser.parse_args(argv)
+    if args.probe_steps < 1:
+        parser.error(f"--probe-steps {args.probe_steps}: give a positive number of steps")
     try:
-        run = load_run(args.run_dir)
-    except RunError as err:
+        return _embed(args)
+    except (RunError, DataError, OSError) as err:  # one line, no traceback
+        if isinstance(err, OSError) and err.filename:
+            err = f"{err.filename}: {err.strerror or err}"
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _embed(args: argparse.Namespace) -> dict:
+    run = load_run(args.run_dir)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "embeddings.npz"
+    if not out.parent.is_dir():
+        raise RunError(f"--out {out}: its directory {out.parent} does not exist")
     data = load_dataset(run.cfg.data)
+    if args.probe and data.y_train is None:  # before any compute or file
+        raise RunError(f"--probe: {data.name} has no labels; a linear probe needs class labels")
     arrays = {"z_train": embed(run, data.x_train), "z_test": embed(run, data.x_test)}
     if data.y_train is not None:
         arrays.update(y_train=data.y_train, y_test=data.y_test)
     if args.reconstructions:
         arrays["x_hat_test"] = reconstruct(run, data.x_test).astype(np.float32)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "embeddings.npz"
-    np.savez_compressed(out, **arrays)
+    _save_npz_atomic(out, arrays)
     report = {
         "out": str(out),
         "z_train": list(arrays["z_train"].shape),
@@ -60,6 +74,21 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(json.dumps(report, indent=2))
     return report
+
+
+def _save_npz_atomic(out: Path, arrays: dict) -> None:
+    """``out`` written whole or not at all (an earlier file there is kept until the rename)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as err:
+        raise RunError(f"--out {out} cannot be written: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

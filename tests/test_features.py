@@ -140,3 +140,51 @@ def test_embed_command_writes_codes(trained_run, data, tmp_path, capsys):
         main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_path, capsys):
+    """A missing data file, an --out that cannot be written, --probe without labels and a bad
+    --probe-steps each end in one line (exit 2), and none leaves a file behind."""
+    from omegaconf import OmegaConf
+
+    main = _embed_main()
+
+    def refused(args, expected):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and "Traceback" not in "".join(err)
+        if not err[-1].startswith("__main__.py: error:"):  # argparse's own lead with its usage
+            assert len(err) == 1
+        assert expected in err[-1], err
+
+    def run_on(directory, **data):
+        run = tmp_path / directory
+        shutil.copytree(trained_run, run)
+        cfg = OmegaConf.load(run / "config.yaml")
+        cfg.data.update(data)
+        OmegaConf.save(cfg, run / "config.yaml")
+        (run / "embeddings.npz").unlink(missing_ok=True)
+        return run
+
+    gone = run_on("moved", path=str(tmp_path / "no-such-mnist"))
+    refused([gone], "no-such-mnist")
+    images = tmp_path / "unlabelled.npy"
+    np.save(images, np.random.default_rng(0).random((300, 28, 28), dtype=np.float32))
+    unlabelled = run_on(
+        "unlabelled",
+        source="array",
+        path=str(images),
+        name="unlabelled",
+        max_train=None,
+        max_test=None,
+    )
+    refused([unlabelled, "--probe"], "--probe: unlabelled has no labels")
+    refused([trained_run, "--out", tmp_path / "no-dir" / "z.npz"], "does not exist")
+    refused([trained_run, "--probe", "--probe-steps", "0"], "--probe-steps 0")
+    for run in (gone, unlabelled):
+        assert not (run / "embeddings.npz").exists()
+    assert not list(tmp_path.glob("**/.*.tmp"))
+    # the unlabelled run's codes are written without --probe
+    report = main([str(unlabelled)])
+    assert report["z_train"] == [240, 8] and "y_train" not in np.load(unlabelled / "embeddings.npz")
