@@ -16,9 +16,11 @@ Prints ms per step for A and B, and B/A.
 ``--run`` times a whole run instead: ``experiments/train.py`` (the default digits run, or the
 overrides after ``--``) in a fresh process, once per revision to fill its own compilation cache
 and then alternating for ``--rounds`` rounds. Prints the best and median wall time, the
-training time (``time/train_seconds``) and the rest: process start, composition, compiling,
-evaluation, figures and files. ``--sweep`` times a ``--multirun`` of those overrides the same
-way (training: the longest member's ``time/train_seconds``):
+training time (``time/train_seconds``), the rest (process start, composition, compiling,
+evaluation, figures and files) and the process's CPU seconds. ``--cold`` gives every timed run
+an empty compilation cache of its own, what a first run of these shapes pays. ``--sweep``
+times a ``--multirun`` of those overrides the same way (training: the longest member's
+``time/train_seconds``):
 
     python scripts/benchmark_ab.py --sweep --a 8902c9a --b HEAD -- noise=masking \\
         trainer.figures=false noise.level=0,0.1,0.2,0.3 'trainer.seed=range(0,2)' \\
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,46 +86,57 @@ def measure(tree: Path, batches: list[int], steps: int, repeats: int) -> dict[st
 
 def time_run(
     tree: Path, overrides: list[str], out: Path, cache: Path, sweep: bool = False
-) -> tuple[float, float]:
-    """(wall seconds, time/train_seconds) of one ``experiments/train.py`` process in ``tree``
-    (with ``sweep``, a multirun: the longest member's training)."""
+) -> tuple[float, float, float]:
+    """(wall seconds, time/train_seconds, CPU seconds) of one ``experiments/train.py`` process
+    in ``tree`` (with ``sweep``, a multirun: the longest member's training)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "AE_JAX_COMPILATION_CACHE": str(cache)}
     mode = ["--multirun"] if sweep else []
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     cmd = [sys.executable, "experiments/train.py", *mode, *overrides, f"{key}={out}"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed in {tree}:\n{proc.stderr[-2000:]}")
     files = sorted(out.glob("*/metrics.json")) if sweep else [out / "metrics.json"]
     if not files:
         sys.exit(f"error: {' '.join(cmd)} wrote no metrics.json under {out}")
-    return wall, max(json.loads(f.read_text())["time/train_seconds"] for f in files)
+    return wall, max(json.loads(f.read_text())["time/train_seconds"] for f in files), cpu
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def compare_runs(args, trees: dict[str, Path], tmp: Path) -> None:
-    times: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
-    for name in ("A", "B"):  # each revision's compiled programs in its own cache
-        cache = tmp / f"cache{name}"
-        time_run(trees[name], args.overrides, tmp / f"warm{name}", cache, args.sweep)
+    times: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
+    if not args.cold:
+        for name in ("A", "B"):  # each revision's compiled programs in its own cache
+            cache = tmp / f"cache{name}"
+            time_run(trees[name], args.overrides, tmp / f"warm{name}", cache, args.sweep)
     for r in range(args.rounds):
         for name in ("A", "B"):
-            out, cache = tmp / f"run{name}{r}", tmp / f"cache{name}"
+            out = tmp / f"run{name}{r}"
+            cache = tmp / (f"cold{name}{r}" if args.cold else f"cache{name}")
             times[name].append(time_run(trees[name], args.overrides, out, cache, args.sweep))
-            wall, train = times[name][-1]
-            print(f"round {r + 1}/{args.rounds} {name}: {wall:.2f} s ({train:.2f} training)",
-                  file=sys.stderr)  # fmt: skip
+            wall, train, cpu = times[name][-1]
+            print(f"round {r + 1}/{args.rounds} {name}: {wall:.2f} s ({train:.2f} training, "
+                  f"{cpu:.2f} CPU-s)", file=sys.stderr)  # fmt: skip
     mode = "--multirun " if args.sweep else ""
-    print(f"experiments/train.py {mode}{' '.join(args.overrides)}: seconds, warm compilation "
-          f"cache, {args.rounds} rounds")  # fmt: skip
+    cache = "empty compilation caches" if args.cold else "warm compilation cache"
+    print(f"experiments/train.py {mode}{' '.join(args.overrides)}: seconds, {cache}, "
+          f"{args.rounds} rounds")  # fmt: skip
     print(f"A = {args.a}, B = {args.b}")
-    print(f"{'':>4} {'best wall':>10} {'median wall':>12} {'training':>9} {'outside':>8}")
+    print(f"{'':>4} {'best wall':>10} {'median wall':>12} {'training':>9} {'outside':>8} "
+          f"{'median CPU s':>13}")  # fmt: skip
     for name in ("A", "B"):
-        walls = sorted(w for w, _ in times[name])
-        wall, train = min(times[name])
+        walls = sorted(w for w, _, _ in times[name])
+        wall, train, _ = min(times[name])
+        cpu = statistics.median(c for _, _, c in times[name])
         print(f"{name:>4} {wall:>10.2f} {statistics.median(walls):>12.2f} {train:>9.2f} "
-              f"{wall - train:>8.2f}")  # fmt: skip
+              f"{wall - train:>8.2f} {cpu:>13.2f}")  # fmt: skip
 
 
 def main() -> None:
@@ -135,6 +149,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
     parser.add_argument("--run", action="store_true", help="time whole runs, not the step")
     parser.add_argument("--sweep", action="store_true", help="time whole --multirun sweeps")
+    parser.add_argument(
+        "--cold", action="store_true", help="with --run/--sweep: an empty cache for every run"
+    )
     parser.add_argument("overrides", nargs="*", help="with --run/--sweep: overrides of the run")
     args = parser.parse_args()
     try:
