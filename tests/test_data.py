@@ -496,7 +496,7 @@ def test_tfds_offline_download_is_refused_up_front_naming_the_files(tmp_path, mo
     require_tensorflow()
     import socket
 
-    from ae_jax.data import tfds_source
+    from ae_jax import network
 
     attempts = []
 
@@ -504,7 +504,7 @@ def test_tfds_offline_download_is_refused_up_front_naming_the_files(tmp_path, mo
         attempts.append(address)
         raise OSError(101, "Network is unreachable")
 
-    for var in tfds_source.PROXY_VARIABLES:
+    for var in network.PROXY_VARIABLES:
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.lower(), raising=False)
     monkeypatch.setattr(socket, "create_connection", no_network)
@@ -521,7 +521,7 @@ def test_tfds_offline_download_is_refused_up_front_naming_the_files(tmp_path, mo
     # behind a proxy the hosts cannot be tested directly: the download is left to try
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     attempts.clear()
-    assert tfds_source.unreachable(["https://example.invalid/x.gz"]) is None and not attempts
+    assert network.unreachable(["https://example.invalid/x.gz"]) is None and not attempts
 
 
 def test_a_failed_tfds_download_is_one_data_error():

@@ -9,6 +9,7 @@ import math
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,38 @@ def wandb_env(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
 
 
+def _closed_server(monkeypatch) -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens, with no proxy in the way."""
+    import socket
+
+    from ae_jax.network import PROXY_VARIABLES
+
+    for var in PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_an_online_wandb_run_without_its_server_is_refused_at_once(
+    tmp_path, wandb_env, monkeypatch
+):
+    """Online without a reachable server, W&B retried for 90 s and the run ended in a
+    three-line error; now the server is asked first and the line says how to log offline."""
+    base = _closed_server(monkeypatch)
+    monkeypatch.setenv("WANDB_BASE_URL", base)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    start = time.perf_counter()
+    with pytest.raises(LoggerError) as err:
+        open_loggers({"wandb": {"mode": "online"}}, workdir=tmp_path, run_name="r")
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert message.startswith(f"logger=wandb: W&B's server {base} is needed for an online run")
+    assert "logger.wandb.mode=offline" in message and "\n" not in message
+    assert not (tmp_path / "wandb").exists()
+
+
 def test_wandb_offline_run_read_back(tmp_path, png, wandb_env, capfd):
     import json
 
@@ -280,6 +313,24 @@ def test_mlflow_store_read_back(tmp_path, png, monkeypatch):
     artifacts = client.list_artifacts(run.info.run_id, f"images/epoch_{EPOCHS}")
     assert [a.path for a in artifacts] == [f"images/epoch_{EPOCHS}/reconstructions.png"]
     assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the cwd
+
+
+def test_an_unreachable_mlflow_server_is_refused_at_once(tmp_path, monkeypatch):
+    """MLflow retried a tracking server that refused connections for 4 minutes before the run
+    ended with its error; now it is asked once, before training, and the line names it."""
+    pytest.importorskip("mlflow")
+    uri = _closed_server(monkeypatch)
+    port = uri.rsplit(":", 1)[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.perf_counter()
+    with pytest.raises(LoggerError) as err:
+        open_loggers({"mlflow": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert message.startswith(f"logger=mlflow: the tracking server {uri} ($MLFLOW_TRACKING_URI)")
+    assert f"127.0.0.1:{port} cannot be reached" in message and "mlflow.db" in message
+    with pytest.raises(LoggerError, match=r"\(logger.mlflow.tracking_uri\)"):
+        open_loggers({"mlflow": {"tracking_uri": uri}}, workdir=tmp_path, run_name="r")
 
 
 def test_mlflow_explicit_file_store_renames_nested_metrics(tmp_path, png, monkeypatch):

@@ -24,6 +24,7 @@ import numpy as np
 from ae_jax.data.dataset import DataError
 from ae_jax.data.idx import has_idx_files, load_idx_directory
 from ae_jax.data.preprocessing import RawData
+from ae_jax.network import unreachable
 
 MNIST_FAMILY = ("mnist", "fashion_mnist", "kmnist", "emnist")
 
@@ -56,34 +57,6 @@ def _builder(tfds: Any, tfds_name: str, data_dir: str | None) -> Any:
         return tfds.builder(tfds_name, data_dir=data_dir)
     except Exception as err:  # tfds raises several unrelated types for a bad name/config/version
         raise DataError(f"data.tfds_name={tfds_name!r} cannot be built by tfds: {err}") from err
-
-
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-REACH_TIMEOUT = 5.0  # seconds to open a connection to a download host before calling it offline
-
-
-def unreachable(urls: list[str], timeout: float = REACH_TIMEOUT) -> str | None:
-    """Why the hosts of ``urls`` cannot be reached (name lookup or connection), or None when
-    each accepts a TCP connection; None too behind a proxy (``*_PROXY`` set), which this
-    cannot test. Asked before a download, because offline tensorflow-datasets retries for
-    minutes before it gives up."""
-    import socket
-    from urllib.parse import urlsplit
-
-    if any(os.environ.get(v) or os.environ.get(v.lower()) for v in PROXY_VARIABLES):
-        return None
-    hosts = {}
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.hostname:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            hosts[(parts.hostname, port)] = None
-    for host, port in hosts:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as err:
-            return f"{host}:{port} cannot be reached ({err.strerror or err})"
-    return None
 
 
 def _download(builder: Any) -> None:

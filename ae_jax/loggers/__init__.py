@@ -252,8 +252,9 @@ def open_loggers(
             except LoggerError:
                 raise
             except Exception as e:
+                said = " ".join(str(e).split())  # one line: W&B's errors span several
                 raise LoggerError(
-                    f"logger={name} could not be opened in {workdir}: {type(e).__name__}: {e}"
+                    f"logger={name} could not be opened in {workdir}: {type(e).__name__}: {said}"
                 ) from e
     except BaseException:
         Loggers(opened).close()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ae_jax.loggers.registry import MlflowSettings
+from ae_jax.network import unreachable
 
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
@@ -139,6 +140,16 @@ def open_mlflow(
     workdir = Path(workdir)
     uri = tracking_uri(settings, workdir)
     own_store = not settings.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
+    problem = unreachable([uri])  # MLflow would retry an unreachable server for minutes
+    if problem is not None:
+        from ae_jax.loggers import LoggerError
+
+        given = "logger.mlflow.tracking_uri" if settings.tracking_uri else "$MLFLOW_TRACKING_URI"
+        raise LoggerError(
+            f"logger=mlflow: the tracking server {uri} ({given}): {problem}; "
+            f"start it or correct {given}, or leave both unset to log into the run "
+            "directory's own store (mlflow.db)"
+        )
     if _is_file_store(uri):
         # An explicit MLFLOW_ALLOW_FILE_STORE=false is respected (MLflow then refuses).
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ae_jax.loggers.registry import WandbSettings
+from ae_jax.network import unreachable
 
 
 def logged_in() -> bool:
@@ -76,6 +77,18 @@ def open_wandb(
     os.environ.setdefault("WANDB_SILENT", "true")  # before the import: W&B reads it early
     import wandb
 
+    mode = resolve_mode(settings)
+    if mode == "online":  # offline, W&B retries its server for 90 s before it gives up
+        base = _base_url(wandb)
+        problem = unreachable([base])
+        if problem is not None:
+            from ae_jax.loggers import LoggerError
+
+            raise LoggerError(
+                f"logger=wandb: W&B's server {base} is needed for an online run but {problem}; "
+                "log offline instead (logger.wandb.mode=offline; later: wandb sync <run "
+                "dir>/wandb/offline-run-*)"
+            )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
@@ -87,8 +100,20 @@ def open_wandb(
         config=dict(config) or None,
         tags=list(settings.tags) or None,
         notes=settings.notes,
-        mode=resolve_mode(settings),
+        mode=mode,
         reinit="create_new",  # several runs in one process (a vectorised sweep, tests)
         settings=wandb.Settings(silent=True, console="off", disable_git=False),
     )
     return WandbLogger(run, config_given=bool(config))
+
+
+def _base_url(wandb: Any) -> str:
+    """The server an online run would use: W&B's default, then its settings files (``wandb
+    login --host``), then ``$WANDB_BASE_URL``, in W&B's own order."""
+    settings = wandb.Settings()
+    try:
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+    except Exception:  # another W&B version: its default is still the right guess
+        pass
+    return settings.base_url
