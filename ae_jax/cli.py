@@ -120,12 +120,14 @@ def check_output_dirs(argv: list[str]) -> None:
         key, _, value = arg.partition("=")
         if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
             continue
+        path = Path(value).expanduser()
         try:
-            Path(value).expanduser().mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
+            blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+            why = f"{blocker} is a file" if blocker else err.strerror
             print(
-                f"error: {key}={value} cannot be created ({err.strerror}); choose a writable "
-                "directory",
+                f"error: {key}={value} cannot be created ({why}); choose a writable directory",
                 file=sys.stderr,
             )
             sys.exit(2)
