@@ -54,6 +54,7 @@ def test_every_group_option_composes_and_validates(override):
         ),
         (["reg=l1", "reg.l1.strength=-1"], r"reg.l1.strength=-1"),
         (["optim.lr=0"], r"optim.lr=0"),
+        (["optim.grad_clip=0"], r"optim.grad_clip=0(\.0)? is not valid; it must be > 0.*or null"),
         (["trainer.epochs=0"], r"trainer.epochs=0"),
         (["loss=bce", "model.output_activation=linear"], r"loss=bce .*output_activation=linear"),
         (["data.test_fraction=1.0"], r"data.test_fraction=1.0"),
