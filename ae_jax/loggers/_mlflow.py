@@ -26,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ae_jax.loggers.registry import MlflowSettings
 from ae_jax.network import unreachable
@@ -34,6 +35,11 @@ MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
 PARAMS_PER_BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
 METRICS_PER_BATCH = 1000  # MAX_METRICS_PER_BATCH
+# MLflow's own defaults for a tracking server (7 retries with doubling waits, 120 s a request)
+# hold a run's training loop for 4 minutes or more when the server stops answering mid-run;
+# these bound it to seconds (a refused connection) or about a minute (a silent one). Set in
+# the environment, MLflow's variables win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def mlflow_key(key: str) -> str:
@@ -80,6 +86,15 @@ class MlflowLogger:
         self._metrics: set[str] = set()
         self._last_step = 0
         self._closed = False
+        self._broken = False  # a request failed: the store is not asked again, not even to close
+
+    @contextlib.contextmanager
+    def _request(self):
+        try:
+            yield
+        except Exception:
+            self._broken = True
+            raise
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -89,8 +104,9 @@ class MlflowLogger:
             for k, v in params.items()
             if mlflow_key(k) not in self._params
         ]
-        for i in range(0, len(new), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
+        with self._request():
+            for i in range(0, len(new), PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
         self._params.update(p.key for p in new)
 
     def _log(self, values: dict[str, float], step: int) -> None:
@@ -98,8 +114,9 @@ class MlflowLogger:
 
         ts = int(time.time() * 1000)
         metrics = [Metric(self._metric_key(k), v, ts, step) for k, v in values.items()]
-        for i in range(0, len(metrics), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+        with self._request():
+            for i in range(0, len(metrics), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
 
     def _metric_key(self, key: str) -> str:
         key = mlflow_key(key)
@@ -115,7 +132,8 @@ class MlflowLogger:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / name
             shutil.copyfile(png_path, local)
-            self.client.log_artifact(self.run_id, str(local), f"images/epoch_{step}")
+            with self._request():
+                self.client.log_artifact(self.run_id, str(local), f"images/epoch_{step}")
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         self.log_params(hparams)  # only those the run did not log when it opened
@@ -126,7 +144,8 @@ class MlflowLogger:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.client.set_terminated(self.run_id, "FINISHED")
+            if not self._broken:
+                self.client.set_terminated(self.run_id, "FINISHED")
 
 
 def open_mlflow(
@@ -140,6 +159,9 @@ def open_mlflow(
     workdir = Path(workdir)
     uri = tracking_uri(settings, workdir)
     own_store = not settings.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
+    if urlsplit(uri).scheme in ("http", "https"):
+        for var, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
     problem = unreachable([uri])  # MLflow would retry an unreachable server for minutes
     if problem is not None:
         from ae_jax.loggers import LoggerError
