@@ -8,6 +8,7 @@ from conftest import make_config
 from ae_jax.config import ConfigError
 from ae_jax.sweeps.vectorized import (
     group_by_program,
+    grouping_settings,
     shared_draws,
     train_group,
     train_vectorized,
@@ -90,8 +91,13 @@ def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
     ]
     groups = group_by_program(configs)
     assert sorted(map(sorted, groups)) == [[0, 1], [2, 3]]
-    with pytest.raises(ConfigError, match="differ only in"):
+    assert grouping_settings(configs) == ["model.latent_dim"]  # not trainer.seed: it is traced
+    with pytest.raises(
+        ConfigError, match="differ only in .*; these also differ in model.latent_dim"
+    ):
         train_group(configs, [tmp_path / str(i) for i in range(4)])
+    more = [*configs, make_config("trainer.epochs=3", "loss=bce", "optim.lr=0.1")]
+    assert grouping_settings(more) == ["loss.kind", "model.latent_dim", "trainer.epochs"]
 
 
 def _vmap_multirun(tmp_path, *overrides: str) -> str:
@@ -120,11 +126,24 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         tmp_path, "trainer.epochs=2", "noise=masking", "noise.level=0,0.25", "trainer.seed=0,1"
     )
     assert "vectorised sweep: 4 members in one program" in out
+    assert "vectorised groups" not in out  # one group: nothing to explain
     for job in range(4):
         d = tmp_path / str(job)
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
+
+
+def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):
+    out = _vmap_multirun(
+        tmp_path, "trainer.epochs=2", "trainer.figures=false", "model.latent_dim=4,8",
+        "trainer.seed=0,1",
+    )  # fmt: skip
+    assert (
+        "2 vectorised groups: the jobs differ in model.latent_dim, which the members of one "
+        "program share (they may differ in noise.level, noise.eval_level"
+    ) in out
+    assert out.count("vectorised sweep: 2 members in one program") == 2
 
 
 def test_the_launcher_spreads_a_group_over_the_hosts_cores(tmp_path):

@@ -55,9 +55,9 @@ VECTORIZABLE = (
 )
 
 
-def static_part(cfg: Config) -> str:
-    """The config with every vectorisable scalar blanked: equal strings share one program."""
-    c = dataclasses.replace(
+def _blanked(cfg: Config) -> Config:
+    """``cfg`` with every vectorisable setting (``VECTORIZABLE``) blanked."""
+    return dataclasses.replace(
         cfg,
         noise=dataclasses.replace(cfg.noise, level=0.0, eval_level=None),
         reg={k: dataclasses.replace(t, strength=0.0) for k, t in cfg.reg.items()},
@@ -65,7 +65,11 @@ def static_part(cfg: Config) -> str:
         trainer=dataclasses.replace(cfg.trainer, seed=0),
         name="",
     )
-    return to_yaml(c)
+
+
+def static_part(cfg: Config) -> str:
+    """The config with every vectorisable scalar blanked: equal strings share one program."""
+    return to_yaml(_blanked(cfg))
 
 
 def group_by_program(configs: list[Config]) -> list[list[int]]:
@@ -74,6 +78,16 @@ def group_by_program(configs: list[Config]) -> list[list[int]]:
     for i, cfg in enumerate(configs):
         groups.setdefault(static_part(cfg), []).append(i)
     return list(groups.values())
+
+
+def grouping_settings(configs: list[Config]) -> list[str]:
+    """The settings (dotted keys) that keep ``configs`` out of one program: those, other than
+    ``VECTORIZABLE``, whose values differ between them."""
+    from ae_jax.loggers import flatten_config
+
+    flat = [flatten_config(dataclasses.asdict(_blanked(c))) for c in configs]
+    keys = sorted(set().union(*flat))
+    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
 
 def _stack(trees):
@@ -395,7 +409,8 @@ def train_group(
         return back
     if len({static_part(c) for c in configs}) != 1:  # checked once, in the ordered call
         raise ConfigError(
-            "train_group needs members that differ only in " + ", ".join(VECTORIZABLE)
+            f"train_group needs members that differ only in {', '.join(VECTORIZABLE)}; "
+            f"these also differ in {', '.join(grouping_settings(configs))}"
         )
     t0, started = time.perf_counter(), time.time()
     base = configs[0]

@@ -234,15 +234,26 @@ class VmapLauncher(Launcher):
         """One vectorised program per group of compatible jobs (their directories claimed)."""
         from ae_jax.cli import USER_ERRORS, job_score
         from ae_jax.sweeps.vectorized import (
+            VECTORIZABLE,
             finished_members,
             group_by_program,
+            grouping_settings,
             host_cores_as_devices,
             train_group,
         )
         from ae_jax.training.loop import Preempted
 
+        programs = group_by_program(configs)
+        if len(programs) > 1:
+            log.info(
+                "%d vectorised groups: the jobs differ in %s, which the members of one program "
+                "share (they may differ in %s)",
+                len(programs),
+                ", ".join(grouping_settings(configs)),
+                ", ".join(VECTORIZABLE),
+            )
         groups = []
-        for group in group_by_program(configs):
+        for group in programs:
             # members that finished this very run in an earlier group (the sweep had other
             # values then) keep their results; the others form the group
             done = finished_members([configs[g] for g in group], [jobs[valid[g]][1] for g in group])
