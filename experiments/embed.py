@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ae_jax.data import DataError, load_dataset
 from ae_jax.features import RunError, embed, load_run, probe_report, reconstruct
+from ae_jax.run_io import write_atomic
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,7 +55,10 @@ def _embed(args: argparse.Namespace) -> dict:
         arrays.update(y_train=data.y_train, y_test=data.y_test)
     if args.reconstructions:
         arrays["x_hat_test"] = reconstruct(run, data.x_test).astype(np.float32)
-    _save_npz_atomic(out, arrays)
+    try:
+        write_atomic(out, lambda f: np.savez_compressed(f, **arrays))  # never half a file
+    except OSError as err:
+        raise RunError(f"--out {out} cannot be written: {err.strerror or err}") from err
     report = {
         "out": str(out),
         "z_train": list(arrays["z_train"].shape),
@@ -74,21 +76,6 @@ def _embed(args: argparse.Namespace) -> dict:
         )
     print(json.dumps(report, indent=2))
     return report
-
-
-def _save_npz_atomic(out: Path, arrays: dict) -> None:
-    """``out`` written whole or not at all (an earlier file there is kept until the rename)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    except OSError as err:
-        raise RunError(f"--out {out} cannot be written: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":
