@@ -161,6 +161,47 @@ def test_means_and_sample_stds_over_seeds_in_the_csv_table(sweep, tmp_path):
     assert ERROR in rows[8]["errors"] and rows[32]["test/mse/n"] == "0"
 
 
+def test_a_run_that_did_not_finish_is_told_apart_by_its_lock_and_status(tmp_path):
+    """status.json says running: the pid its lock records is alive, gone (killed), or on
+    another host; a run stopped by SIGTERM or Ctrl-C (checkpointed) is unfinished, not failed
+    ('unknown status preempted' before)."""
+    import os
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cases = {
+        "alive": ({"status": "running"}, f"pid {os.getpid()} on {socket.gethostname()}\n"),
+        "killed": ({"status": "running"}, f"pid {dead.pid} on {socket.gethostname()}\n"),
+        "elsewhere": ({"status": "running"}, "pid 7 on another-host.example\n"),
+        "no-lock": ({"status": "running"}, None),
+        "preempted": (
+            {"status": "preempted", "message": "SIGTERM: saved epoch 3/9 to x; run the same "
+             "command again to resume"},
+            None,
+        ),
+        "interrupted": ({"status": "interrupted", "message": "Ctrl-C"}, None),
+    }  # fmt: skip
+    for name, (status, lock) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({"model": {"latent_dim": 2}}))
+        (d / "status.json").write_text(json.dumps(status))
+        if lock is not None:
+            (d / ".lock").write_text(lock)
+    said = {r.path.name: (r.status, r.error) for r in collect_runs(tmp_path)}
+    assert all(status == "unfinished" for status, _ in said.values()), said
+    assert said["alive"][1] == f"still running (pid {os.getpid()})"
+    assert said["killed"][1].startswith(f"stopped without a word (its process, pid {dead.pid}")
+    assert "the same command resumes it" in said["killed"][1]
+    assert "pid 7 on another-host.example (cannot be checked from here)" in said["elsewhere"][1]
+    assert "no process is recorded" in said["no-lock"][1]
+    assert said["preempted"][1] == (
+        "preempted: SIGTERM: saved epoch 3/9 to x; run the same command again to resume"
+    )
+    assert said["interrupted"][1] == "interrupted: Ctrl-C; the same command resumes it"
+
+
 def test_markdown_and_latex_show_failures_and_the_best_row(sweep, tmp_path):
     write_report(sweep, tmp_path / "out")
     md = (tmp_path / "out" / "table.md").read_text()

@@ -162,7 +162,11 @@ def load_run(path: str | os.PathLike) -> Run:
     if state == "failed":
         status, error = "failed", error or "failed (no error recorded)"
     elif state == "running":
-        status, error = "unfinished", "status.json says running: killed, or still running"
+        status, error = "unfinished", running_or_stopped(path)
+    elif state in ("preempted", "interrupted"):  # SIGTERM / Ctrl-C: checkpointed, resumable
+        said = str(status_raw.get("message") or "stopped")
+        resumes = "" if "resume" in said else "; the same command resumes it"
+        status, error = "unfinished", f"{state}: {said}{resumes}"
     elif state not in (None, "completed"):
         status, error = "failed", f"unknown status {state!r} in status.json"
     elif metrics:  # completed, or no readable status.json but the run got to its metrics
@@ -174,6 +178,32 @@ def load_run(path: str | os.PathLike) -> Run:
     else:
         status, error = "unfinished", "no status.json and no metrics.json: never got far"
     return Run(path, status, error, config, metrics if status == "completed" else {}, overrides)
+
+
+def running_or_stopped(path: Path) -> str:
+    """What a run whose status.json says running is doing, read from the holder its lock
+    records ("pid N on HOST", ``ae_jax.training.rundir.hold_lock``) without taking the lock."""
+    import socket
+
+    from ae_jax.training.rundir import RunDir
+
+    try:
+        holder = (path / RunDir.LOCK).read_text().split()
+        pid, host = int(holder[1]), holder[3]
+    except (OSError, ValueError, IndexError):
+        return "status.json says running, and no process is recorded: stopped, or still starting"
+    if host != socket.gethostname():
+        return f"status.json says running, in pid {pid} on {host} (cannot be checked from here)"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return (
+            f"stopped without a word (its process, pid {pid}, is gone: killed?); the same "
+            "command resumes it from its last checkpoint"
+        )
+    except PermissionError:
+        pass  # alive, another user's
+    return f"still running (pid {pid})"
 
 
 def find_run_dirs(root: str | os.PathLike) -> list[Path]:
