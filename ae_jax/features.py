@@ -29,8 +29,8 @@ from ae_jax.config import Config, load_config
 from ae_jax.data import Dataset, load_dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.training.objective import Objective, build_objective
+from ae_jax.training.rundir import RUN_INFO
 
-RUN_INFO = "run.json"
 CONFIG_FILE = "config.yaml"
 PARAMS_FILE = "params.msgpack"
 CHUNK = 4096  # examples per compiled call (one compilation, bounded memory)
@@ -63,6 +63,7 @@ def run_info(data: Dataset, output_activation: str) -> dict:
         "low": float(data.x_train.min()),
         "high": float(data.x_train.max()),
         "dataset": data.name,
+        "data_fingerprint": data.fingerprint,  # ae_jax.training.rundir.RunDir.check_data
     }
 
 

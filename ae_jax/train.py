@@ -62,6 +62,7 @@ def train_and_evaluate(
             return pretrain_and_finetune(cfg, workdir, rundir)
         t0 = time.perf_counter()
         data = load_dataset(cfg.data)
+        rundir.check_data(data, cfg.data)
         trainer = Trainer(cfg, data)
         log.info(describe(cfg, trainer))
         checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.trainer.keep_checkpoints)

@@ -580,3 +580,22 @@ def test_center_removes_the_training_mean_of_each_feature(tmp_path):
         table.x_test, unit_table.x_test - unit_table.x_train.mean(0), atol=1e-6
     )
     np.testing.assert_allclose(table.x_train.mean(0), [0, 0], atol=1e-6)
+
+
+def test_the_fingerprint_changes_with_any_value_or_label_not_the_name(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((50, 8)).astype(np.float32), rng.integers(0, 3, 50)
+    path = tmp_path / "xy.npz"
+
+    def fingerprint(x, y, **settings):
+        np.savez(path, x=x, y=y)
+        return load_array(path, test_fraction=0.2, **settings).fingerprint
+
+    base = fingerprint(x, y)
+    assert fingerprint(x, y, name="other") == base and len(base) == 40
+    x2 = x.copy()
+    x2[7, 3] += 1e-3
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 3
+    assert len({base, fingerprint(x2, y), fingerprint(x, y2)}) == 3
+    assert fingerprint(x, y, validation=0.2) != base  # another split of the same rows

@@ -459,3 +459,44 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_bitwise(tmp_path):
     assert _metrics(tmp_path / "run" / "metrics.json") == _metrics(
         tmp_path / "ref" / "metrics.json"
     )
+
+
+def test_a_rerun_on_changed_data_is_refused_not_resumed(tmp_path, caplog):
+    """The same config on a data file whose values changed used to resume the earlier run's
+    checkpoint on the new data; the fingerprint in run.json refuses it (single runs and vmap
+    groups), leaving the earlier run's files as they were, and the restored data resumes."""
+    import logging
+
+    import numpy as np
+    from conftest import make_config
+
+    from ae_jax.sweeps.vectorized import train_vectorized
+    from ae_jax.train import train_and_evaluate
+    from ae_jax.training.rundir import RunDirError
+
+    table = np.random.default_rng(0).normal(size=(120, 6))
+    csv = tmp_path / "table.csv"
+    np.savetxt(csv, table, delimiter=",")
+    data = ("data=array", f"data.path={csv}", "trainer.batch_size=32")
+    run = tmp_path / "run"
+    train_and_evaluate(make_config(*data, "trainer.epochs=2"), run)
+    group = [tmp_path / "m0", tmp_path / "m1"]
+    members = [make_config(*data, "trainer.epochs=2", f"trainer.seed={s}") for s in (0, 1)]
+    train_vectorized(members, group)
+    before = {p: p.read_bytes() for d in (run, *group) for p in sorted(d.glob("*.json"))}
+
+    changed = table.copy()
+    changed[:3] *= 2.0  # three rows of the same file: same shapes, same config
+    np.savetxt(csv, changed, delimiter=",")
+    refusal = r"holds a run that trained on other data: array \(.*table.csv\) has changed since"
+    with pytest.raises(RunDirError, match=refusal):
+        train_and_evaluate(make_config(*data, "trainer.epochs=4"), run)
+    with pytest.raises(RunDirError, match=refusal):
+        train_vectorized(members, group)
+    assert {p: p.read_bytes() for p in before} == before  # nothing written over
+
+    np.savetxt(csv, table, delimiter=",")  # the data restored: the run goes on from epoch 2
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        train_and_evaluate(make_config(*data, "trainer.epochs=4"), run)
+    assert "(epoch 2 of 4)" in caplog.text
+    assert len((run / "history.jsonl").read_text().splitlines()) == 4

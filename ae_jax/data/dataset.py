@@ -132,6 +132,24 @@ class Dataset:
         labels = (y for y in (self.y_train, self.y_test, self.y_val) if y is not None)
         return int(max(y.max() for y in labels)) + 1
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of every split's examples and labels (values, shapes, dtypes; not the
+        name): equal exactly when a run would see the same data. A run records it in its
+        ``run.json`` so that a rerun on changed data is refused instead of resumed
+        (~0.1 s for MNIST's 190 MB; a fingerprint, not a signature)."""
+        import hashlib
+
+        digest = hashlib.sha1()
+        for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            if array is None:
+                digest.update(b"none;")
+                continue
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
+
     def __repr__(self) -> str:
         labels = "unlabelled" if self.y_train is None else f"{self.num_classes} classes"
         return (

@@ -223,6 +223,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     p, t = cfg.pretrain, cfg.trainer
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
+    rundir.check_data(data, cfg.data)
     if p.supervised and data.y_train is None:
         raise SupervisedError(
             f"pretrain.supervised=true needs class labels, but {data.name} has none; use a "
@@ -244,6 +245,8 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     if t.resume:  # another model's checkpoints here: refused before anything is written
         Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
     rundir.start(to_yaml(cfg))
+    if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
+        write_run_info(workdir, data, trainer.output_activation)
     loggers = stack.enter_context(open_run_loggers(cfg, workdir, rundir.main))
     metrics: dict[str, float] = {}
 
@@ -264,7 +267,6 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
 
     # 2. unroll into the deep autoencoder
     log.info(describe(ft_cfg, trainer))
-    write_run_info(workdir, data, trainer.output_activation)
     state = trainer.init_state()
     random_start = jax.device_get(state.params)
     unrolled = unroll([layer.params for layer in layers], random_start, p.decoder_init)

@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
+from ae_jax.features import write_run_info
 from ae_jax.run_io import write_history
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_flag
@@ -436,6 +437,8 @@ def train_group(
         ]
         stack.enter_context(sigterm_flag())
         data = load_dataset(base.data)
+        for rundir in rundirs:
+            rundir.check_data(data, base.data)
         trainer = Trainer(base, data)
         runs = shared_draws([c.trainer.seed for c in configs], layout.members)
         log.info(
@@ -499,6 +502,7 @@ def train_group(
             eval_mse = evaluating.result()
         for cfg, rundir in zip(configs, rundirs):
             rundir.start(to_yaml(cfg))
+            write_run_info(rundir.path, data, trainer.output_activation)  # as a single run does
             write_json_atomic(
                 rundir.path / "status.json",
                 {"status": "running", "started": time.time(), "engine": "vmap", "members": n},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -152,8 +153,12 @@ def hold_lock(lock: Path, what: Path | str, way_out: str) -> int:
     return fd
 
 
+RUN_INFO = "run.json"  # what the run saw: its data's fingerprint, shapes (ae_jax.features)
+
+
 class RunDir:
-    """One run's directory: ``claim`` (lock, config check, writability), then ``start``."""
+    """One run's directory: ``claim`` (lock, config check, writability), ``check_data`` once
+    the data is loaded, then ``start``."""
 
     LOCK = ".lock"
 
@@ -221,6 +226,28 @@ class RunDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock; the file may stay
             self._lock_fd = None
+
+    def check_data(self, data: Any, data_cfg: Any) -> None:
+        """Refuse to go on with an earlier run here that saw other data (its ``run.json``
+        records the fingerprint, ``ae_jax.data.Dataset.fingerprint``, from its start): the same
+        config on a changed file would resume that run's checkpoints (a vectorised group's are
+        in the sweep's ``.vmap-groups/``) on the new data. Writes nothing."""
+        if not self.main:
+            return
+        try:
+            stored = json.loads((self.path / RUN_INFO).read_text()).get("data_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return  # no record (a run from before fingerprints): nothing to compare
+        fingerprint = data.fingerprint
+        if stored is not None and stored != fingerprint:
+            path = getattr(data_cfg, "path", None)
+            name = f"{data.name} ({path})" if path else data.name
+            raise RunDirError(
+                f"{self.path} holds a run that trained on other data: {name} has changed since "
+                f"(fingerprint {stored[:12]} then, {fingerprint[:12]} now). Restore that data, "
+                "or use a new run directory (hydra.run.dir=...), or trainer.resume=false to "
+                "keep that run and write this one beside it"
+            )
 
     # -------------------------------------------------------------- start
     def start(self, config_yaml: str) -> None:
