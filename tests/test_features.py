@@ -154,8 +154,8 @@ def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_p
             main([str(a) for a in args])
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and "Traceback" not in "".join(err)
-        if not err[-1].startswith("__main__.py: error:"):  # argparse's own lead with its usage
-            assert len(err) == 1
+        if not err[0].startswith("usage:"):  # argparse's own errors lead with its usage
+            assert len(err) == 1, err
         assert expected in err[-1], err
 
     def run_on(directory, **data):
