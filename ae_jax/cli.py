@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -17,7 +19,7 @@ from hydra.experimental.callback import Callback
 from ae_jax.config import ConfigError, score_key
 from ae_jax.data import DataError
 from ae_jax.loggers import LoggerError
-from ae_jax.run_io import write_json_atomic
+from ae_jax.run_io import free_bytes, size_text, write_json_atomic
 from ae_jax.training.checkpoint import CheckpointError
 from ae_jax.training.loop import Preempted, TrainingDiverged
 from ae_jax.training.rundir import RunDirError, RunDirInUse
@@ -26,15 +28,22 @@ log = logging.getLogger("ae_jax")
 # Problems that are the user's to fix: reported in one line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, DataError, RunDirError, CheckpointError, TrainingDiverged, LoggerError)
 
-# Jobs of this process's multirun that were refused without a word in their own directory
-# (it holds another run, whose files stay as they were): job directory -> the error line.
-# MultirunSummary lists them as refused; their status.json, if any, is the earlier run's.
-REFUSED: dict[str, str] = {}
+# How jobs of this process's multirun ended where their own status.json does not say it:
+# refused without a word in their directory (it holds another run, whose files stay as they
+# were), or failed where status.json could not be written (a full disk). Job directory ->
+# (status, the error line); MultirunSummary reads these before the jobs' status.json.
+UNRECORDED: dict[str, tuple[str, str]] = {}
 
 
 def refused(workdir: Path | str, err: BaseException) -> None:
-    """Record that this multirun's job in ``workdir`` was refused (``REFUSED``)."""
-    REFUSED[str(Path(workdir).absolute())] = f"{type(err).__name__}: {err}"
+    """Record that this multirun's job in ``workdir`` was refused (``UNRECORDED``)."""
+    UNRECORDED[str(Path(workdir).absolute())] = ("refused", f"{type(err).__name__}: {err}")
+
+
+def failed_unrecorded(workdir: Path | str, error: str) -> None:
+    """Record that this multirun's job in ``workdir`` failed with ``error`` (its line), where
+    its status.json could not be written (``UNRECORDED``)."""
+    UNRECORDED[str(Path(workdir).absolute())] = ("failed", error)
 
 
 CACHE_ENV = "AE_JAX_COMPILATION_CACHE"  # a directory for compiled programs, or "off"
@@ -107,10 +116,30 @@ def quiet_console() -> None:
         return record.name.startswith(("ae_jax", "hydra", "__main__"))
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = _drop_on_error(handler)
+        elif isinstance(handler, logging.StreamHandler):
             handler.addFilter(lambda r: ours(r) or r.levelno >= logging.WARNING)
+
+
+def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord], None]:
+    """A log file that can no longer be written (a full disk) is closed with one warning on
+    the console, instead of a traceback for every line logged after."""
+
+    def handle_error(record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        root = logging.getLogger()
+        root.removeHandler(handler)
+        with contextlib.suppress(Exception):
+            handler.close()
+        reason = getattr(err, "strerror", None) or err
+        log.warning(
+            "%s can no longer be written (%s): the console has the rest",
+            handler.baseFilename,
+            reason,
+        )
+
+    return handle_error
 
 
 def check_output_dirs(argv: list[str]) -> None:
@@ -131,6 +160,19 @@ def check_output_dirs(argv: list[str]) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def os_error_line(err: OSError, workdir: str | Path) -> str:
+    """One line for an OS error of a run (a full disk, a path that vanished): the file and
+    the reason, and for a full disk the room left and how to go on."""
+    line = f"{err.filename}: " if err.filename else ""
+    line += err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        free = free_bytes(err.filename or workdir)
+        if free is not None:
+            line += f" ({size_text(free)} free there)"
+        line += "; free space and run the same command again: it resumes from the newest checkpoint"
+    return line
 
 
 def run_or_exit(
@@ -183,8 +225,9 @@ def run_or_exit(
             if not began:  # a fresh directory: say what this job was (sweep reports read it)
                 write_hydra_files(workdir, hydra_files)
             write_json_atomic(workdir / "status.json", {"started": started, **fields})
-        except OSError:
-            pass  # an unwritable directory was already reported in the error itself
+        except OSError:  # an unwritable directory or a full disk: reported in the error itself
+            if fields.get("status") == "failed":
+                failed_unrecorded(workdir, fields.get("error", "failed"))
         return True
 
     try:
@@ -203,8 +246,7 @@ def run_or_exit(
         if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
-            where = f"{err.filename}: " if err.filename else ""
-            err = RunDirError(f"{where}{err.strerror or err}")
+            err = RunDirError(os_error_line(err, workdir))
         if isinstance(err, RunDirInUse) or not record(
             status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()
         ):
@@ -524,11 +566,12 @@ class SweepLock(Callback):
 class MultirunSummary(Callback):
     """At the end of a Hydra multirun: one line per failed job (from each job's
     ``status.json``, whichever launcher ran it, vectorised members included, and each job this
-    process refused in a directory that holds another run: ``REFUSED``) and exit status 2 when
+    process refused in a directory that holds another run, or failed where its status.json
+    could not be written: ``UNRECORDED``) and exit status 2 when
     any job failed or was refused, instead of Hydra's traceback of the first failure."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        REFUSED.clear()  # this multirun's refusals only
+        UNRECORDED.clear()  # this multirun's jobs only
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         import json
@@ -539,11 +582,11 @@ class MultirunSummary(Callback):
         # each job directory under the sweep: its status.json, or this process's refusal
         jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
         top = root.absolute()
-        jobs.update({Path(d): None for d in REFUSED if top in Path(d).parents})
+        jobs.update({Path(d): None for d in UNRECORDED if top in Path(d).parents})
         for job in sorted(jobs):
-            reason = REFUSED.get(str(job))
-            if reason:  # its status.json, if any, is an earlier run's, left as it was
-                status = {"status": "refused", "error": reason}
+            if str(job) in UNRECORDED:  # its status.json, if any, is not this run's end
+                ended, reason = UNRECORDED[str(job)]
+                status = {"status": ended, "error": reason}
             else:
                 try:
                     status = json.loads(jobs[job].read_text())

@@ -17,7 +17,7 @@ import numpy as np
 
 from ae_jax.config import Config, config_dict
 from ae_jax.evaluation.metrics import evaluate_trained, warn_if_not_at_pca
-from ae_jax.run_io import write_history, write_json_atomic
+from ae_jax.run_io import write_atomic, write_history, write_json_atomic
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -116,7 +116,7 @@ def write_reconstructions(
     """``reconstructions.npz``: the first n test inputs, their corrupted versions (when the run
     measures denoising) and reconstructions, and the codes of up to 2048 test examples."""
     arrays = reconstruction_arrays(trainer, params, eval_level, seed, n)
-    np.savez_compressed(workdir / "reconstructions.npz", **arrays)
+    write_atomic(workdir / "reconstructions.npz", lambda f: np.savez_compressed(f, **arrays))
 
 
 def reconstruction_arrays(
@@ -243,9 +243,7 @@ def save_params(path: Path, params) -> None:
     """The trained parameters (flax msgpack), written atomically."""
     from flax import serialization
 
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(serialization.to_bytes(params))
-    tmp.replace(path)
+    write_atomic(path, lambda f: f.write(serialization.to_bytes(params)))
 
 
 def summary(metrics: dict[str, float]) -> str:

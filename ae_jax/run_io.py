@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,16 +34,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """``write(f)`` into a temporary file beside ``path``, then renamed to it: ``path`` is
-    whole or as it was (an earlier file there is kept until the rename)."""
+    whole or as it was (an earlier file there is kept until the rename). An OS error (a full
+    disk) names ``path``, and no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename != str(path):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 
@@ -51,17 +58,41 @@ def write_history(workdir: str | Path, history: list[dict[str, float]]) -> None:
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    tmp = workdir / ".history.jsonl.tmp"
-    with open(tmp, "w") as f:
-        for row in history:
-            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-    os.replace(tmp, workdir / "history.jsonl")
-    tmp = workdir / ".history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, workdir / "history.csv")
+    lines = "".join(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n" for row in history)
+    write_text_atomic(workdir / "history.jsonl", lines)
+    write_text_atomic(workdir / "history.csv", csv_text(keys, history))
+
+
+def csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV with a header of ``columns`` (a missing value is an empty cell)."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def size_text(nbytes: float) -> str:
+    """A byte count as people read it: ``512 B``, ``412 KiB``, ``1.1 MiB``, ``3.2 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            break
+        nbytes /= 1024
+    if unit == "B":
+        return f"{int(nbytes)} B"
+    return f"{nbytes:.1f} {unit}" if nbytes < 10 else f"{nbytes:.0f} {unit}"
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent); None
+    where the system cannot say."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def read_json(path: str | Path) -> Any:

@@ -6,6 +6,7 @@ keys) and the data order is a function of the data key and the epoch.
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -255,3 +256,61 @@ def test_checkpoints_follow_training_time_when_checkpoint_every_is_null(tmp_path
     # trainer.checkpoint_every, when set, is what counts.
     cfg = validate(make_config("trainer.checkpoint_every=4", "trainer.checkpoint_seconds=0.001"))
     assert checkpoint_schedule(cfg.trainer) == {"checkpoint_every": 4, "checkpoint_seconds": None}
+
+
+def test_a_full_disk_refuses_the_checkpoint_before_orbax_writes_it(tmp_path, monkeypatch):
+    from flax import serialization
+
+    import ae_jax.training.checkpoint as ckpt
+
+    state = {"w": np.arange(1000, dtype=np.float32), "step": np.int32(3)}
+    ck = Checkpointer(tmp_path / "ck")
+    ck.check_space(state)  # a real disk has room
+    ck.save(1, state, [{"epoch": 1}])
+    monkeypatch.setattr(ckpt, "free_bytes", lambda path: 1000)
+    with pytest.raises(ckpt.CheckpointWriteError) as err:
+        ck.check_space(state, label="this run")
+    line = str(err.value)
+    assert line.startswith(f"{tmp_path / 'ck'} has 1000 B free, and this run needs at least ")
+    assert "hydra.run.dir=" in line
+    with pytest.raises(ckpt.CheckpointWriteError) as err:
+        ck.save(2, {**state, "w": state["w"] + 1}, [{"epoch": 1}, {"epoch": 2}])
+    line = str(err.value)
+    assert line.startswith(f"cannot write checkpoint {tmp_path / 'ck' / '2'} (No space left")
+    assert "1000 B free" in line
+    assert f"the same command resumes from {tmp_path / 'ck' / '1'}" in line
+    # nothing half-written beside the good checkpoint, which is intact
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["1"]
+    assert ck.epochs() == [1]
+    # the state that could not be written is in the rescue file the line names
+    rescue = line.split("was saved to ")[1].split(" instead")[0]
+    restored = serialization.from_bytes(state, open(rescue, "rb").read())
+    np.testing.assert_array_equal(restored["w"], state["w"] + 1)
+    os.unlink(rescue)
+
+
+def test_orbax_failing_mid_write_is_one_line(tmp_path):
+    # A file-size limit makes the checkpoint's data file fail part-way inside Orbax (past the
+    # space check): one line naming the checkpoint and the OS reason, none of Orbax's threads'
+    # tracebacks, and the rerun without the limit trains.
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    env = {**os.environ, "AE_JAX_COMPILATION_CACHE": "off"}
+    args = (
+        sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", "trainer.devices=1",
+        "trainer.epochs=5", "trainer.figures=false",
+    )  # fmt: skip
+    proc = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=limit, env=env
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log and "Event loop is closed" not in log, log[-3000:]
+    assert f"CheckpointWriteError: cannot write checkpoint {tmp_path / 'checkpoints' / '5'} " in log
+    assert "(File too large)" in log, log[-2000:]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"

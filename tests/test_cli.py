@@ -108,3 +108,69 @@ def test_compilation_cache_keeps_programs_between_runs(tmp_path):
         warned = f"compilation cache off: cannot create {unwritable}" in done.stderr
         assert warned == (setting == unwritable), done.stderr[-2000:]
     assert any((tmp_path / "xla").iterdir())  # the program was written for the next run
+
+
+def test_a_file_that_cannot_be_written_names_itself_and_keeps_the_earlier_one(tmp_path):
+    import errno
+
+    import pytest
+
+    from ae_jax.cli import os_error_line
+    from ae_jax.run_io import write_atomic, write_text_atomic
+
+    target = tmp_path / "reconstructions.npz"
+    write_text_atomic(target, "the earlier file")
+
+    def full_disk(f):
+        f.write(b"part of it")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        write_atomic(target, full_disk)
+    assert err.value.filename == str(target) and err.value.errno == errno.ENOSPC
+    assert target.read_text() == "the earlier file"  # whole, or as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reconstructions.npz"]  # no .tmp left
+    line = os_error_line(err.value, tmp_path)
+    assert line.startswith(f"{target}: No space left on device (")
+    assert " free there); free space and run the same command again: it resumes" in line
+
+
+def test_a_log_file_that_can_no_longer_be_written_is_dropped_with_one_warning(
+    tmp_path, capsys, caplog
+):
+    import errno
+    import logging
+
+    from ae_jax.cli import quiet_console
+
+    root = logging.getLogger()
+    handler = logging.FileHandler(tmp_path / "train.log")
+    root.addHandler(handler)
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    try:
+        quiet_console()
+        handler.stream.close()
+        handler.stream = FullDisk()
+        logging.getLogger("ae_jax").warning("one line")
+        logging.getLogger("ae_jax").warning("another line")
+        assert handler not in root.handlers
+        dropped = [r.getMessage() for r in caplog.records if "can no longer" in r.getMessage()]
+        assert dropped == [
+            f"{tmp_path / 'train.log'} can no longer be written (No space left on device): "
+            "the console has the rest"
+        ]
+        err = capsys.readouterr().err
+        assert "Logging error" not in err and "Traceback" not in err
+    finally:
+        if handler in root.handlers:
+            root.removeHandler(handler)

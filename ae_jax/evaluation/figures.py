@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ae_jax.run_io import write_atomic
+
 _DPI = 150
 # Substrings that mark a history key as a loss-like metric (other keys, e.g. train/l2_grads or
 # train/lr, live on other scales and are left out of the curves).
@@ -38,9 +40,7 @@ class FigureError(ValueError):
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png", bbox_inches="tight")
+    write_atomic(path, lambda f: fig.savefig(f, dpi=_DPI, format="png", bbox_inches="tight"))
 
 
 def _check_rows(

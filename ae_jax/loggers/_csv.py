@@ -9,11 +9,11 @@ epoch again replaces that epoch and the ones after it.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 from ae_jax.loggers.registry import CsvSettings
+from ae_jax.run_io import csv_text, write_text_atomic
 
 
 class CsvLogger:
@@ -39,14 +39,8 @@ class CsvLogger:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            for step in sorted(self.rows):
-                writer.writerow({"step": step, **self.rows[step]})
-        os.replace(tmp, self.path)
+        rows = [{"step": step, **self.rows[step]} for step in sorted(self.rows)]
+        write_text_atomic(self.path, csv_text(self.columns, rows))
 
     def log_image(self, tag: str, png_path: Path, step: int) -> None:
         pass  # the PNG is already in the run directory

@@ -26,6 +26,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 from matplotlib.transforms import offset_copy
 
 from ae_jax.evaluation.figures import reconstructions_figure
+from ae_jax.run_io import write_atomic
 from ae_jax.sweeps.collect import Axis, SearchParam, Study
 from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, sort_key
 
@@ -580,4 +581,5 @@ def _mantissa_235(value: float, _pos=None) -> str:
 
 
 def save(fig: Figure, path) -> None:
-    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
+    """The figure as a PNG at ``path``, written atomically (whole, or not at all)."""
+    write_atomic(path, lambda f: fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight"))

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ae_jax.evaluation.figures import FigureError
+from ae_jax.run_io import write_text_atomic
 from ae_jax.sweeps.collect import (
     SEED_KEYS,
     Axis,
@@ -163,7 +164,7 @@ def write_report(
         tables["study.md"] = study_markdown(study, root, title)
         tables["study.csv"] = study_csv(study, root)
     for name, text in tables.items():
-        (out / name).write_text(text)
+        write_text_atomic(out / name, text)
         report.files.append(out / name)
 
     figures: list[tuple[str, Path]] = []
@@ -223,7 +224,7 @@ def write_report(
     text = _report_markdown(
         report, tables.get("table.md"), tables.get("study.md"), figures, _shown_path(root)
     )
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
     report.files.append(out / "report.md")
     return report
 

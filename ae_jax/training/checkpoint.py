@@ -16,8 +16,13 @@ the reason, after saving the state to a rescue file where possible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import os
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ae_jax.run_io import free_bytes, size_text
 
 log = logging.getLogger("ae_jax")
 # Orbax reports every save at INFO through absl; our own log line says what matters.
@@ -89,8 +96,65 @@ def _reason(err: BaseException) -> str:
     while err is not None:
         if isinstance(err, OSError) and err.strerror:
             return err.strerror
+        code = re.search(r"os_error_code='(\d+)'", str(err))  # tensorstore's way to say it
+        if code:
+            return os.strerror(int(code.group(1)))
+        if "RESOURCE_EXHAUSTED" in str(err):
+            return "No space left on device"
         err = err.__cause__ or err.__context__
     return "write failed"
+
+
+# What a checkpoint takes on disk beyond its arrays and JSON record: Orbax's metadata files
+# (measured: ~90 KiB for the default run's, on 4 KiB blocks), rounded up.
+_CHECKPOINT_OVERHEAD = 128 * 1024
+# What a run writes besides its checkpoints (figures, history, logs, the final parameters of a
+# small model), for the space check before training: a floor, not a promise.
+OUTPUTS_FLOOR = 1024 * 1024
+
+
+def nbytes(tree: Any) -> int:
+    """Bytes of a pytree's arrays (typed PRNG keys as their raw data)."""
+    return sum(
+        int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize
+        for x in jax.tree.leaves(_to_saveable(tree))
+    )
+
+
+def _absl_errors(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+
+def _closed_loop_hook(previous):
+    """``sys.unraisablehook`` without the "Event loop is closed" errors that tensorstore's
+    threads raise, one traceback each, once a failed write has closed Orbax's event loop."""
+
+    def hook(unraisable) -> None:
+        err = unraisable.exc_value
+        if not (isinstance(err, RuntimeError) and "Event loop is closed" in str(err)):
+            previous(unraisable)
+
+    return hook
+
+
+@contextlib.contextmanager
+def _orbax_failures_quiet():
+    """While Orbax writes, its failures are this module's to report, in one line: Orbax's own
+    error records (tracebacks from its writer threads) are dropped, and after a failure also
+    what its abandoned writes raise later (asyncio's "exception was never retrieved" records,
+    tensorstore's closed-loop errors). After a successful write everything is as before."""
+    absl, previous = logging.getLogger("absl"), sys.unraisablehook
+    absl.addFilter(_absl_errors)
+    sys.unraisablehook = _closed_loop_hook(previous)
+    try:
+        yield
+    except BaseException:
+        logging.getLogger("asyncio").addFilter(lambda r: "never retrieved" not in r.getMessage())
+        raise  # the hook stays: the abandoned writes fail after this
+    else:
+        sys.unraisablehook = previous
+    finally:
+        absl.removeFilter(_absl_errors)
 
 
 class Checkpointer:
@@ -98,6 +162,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int = 3):
         self.directory = Path(directory).absolute()
+        self.keep = keep
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
@@ -148,18 +213,57 @@ class Checkpointer:
         if aux is not None:
             meta["aux_digest"] = digest(aux)
             items["aux"] = ocp.args.StandardSave(aux)
-        try:
-            self.manager.save(
-                epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True
+        need = nbytes(tree) + nbytes(aux) + len(json.dumps(meta)) + _CHECKPOINT_OVERHEAD
+        free = free_bytes(self.directory)
+        if free is not None and free < need:  # refused here, not half-written by Orbax
+            raise self._write_failed(
+                epoch,
+                tree,
+                f"No space left on device: {size_text(free)} free in {self.directory}, the "
+                f"checkpoint takes about {size_text(need)}",
             )
-            self.manager.wait_until_finished()
+        try:
+            with _orbax_failures_quiet():
+                self.manager.save(
+                    epoch,
+                    args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items),
+                    force=True,
+                )
+                self.manager.wait_until_finished()
         except Exception as err:
-            raise CheckpointWriteError(
-                f"cannot write checkpoint {self.path(epoch)} ({_reason(err)}); "
-                + self._rescue(epoch, tree)
-            ) from None
+            raise self._write_failed(epoch, tree, _reason(err)) from None
         self.last_saved = self.path(epoch)
         return self.last_saved
+
+    def check_space(
+        self, state: Any, aux: Any = None, label: str = "this run", runs: int = 1
+    ) -> None:
+        """Refuse, before training, a directory without room for one checkpoint of this
+        state and the other outputs of its ``runs`` runs (each later save is checked again
+        before it is written)."""
+        one = nbytes(state) + nbytes(aux) + _CHECKPOINT_OVERHEAD
+        outputs = runs * OUTPUTS_FLOOR
+        need = one + outputs
+        free = free_bytes(self.directory)
+        if free is not None and free < need:
+            raise CheckpointWriteError(
+                f"{self.directory} has {size_text(free)} free, and {label} needs at least "
+                f"{size_text(need)} there (a checkpoint of {size_text(one)} and "
+                f"{size_text(outputs)} of figures and logs); free space there, or choose another "
+                "directory (hydra.run.dir=..., or hydra.sweep.dir=... for a multirun)"
+            )
+
+    def _write_failed(self, epoch: int, tree: Any, reason: str) -> CheckpointWriteError:
+        """The error of a checkpoint that could not be written: the path, the reason, where the
+        state was saved instead, and what the same command would resume from."""
+        newest = self.newest()
+        then = (
+            f"the same command resumes from {newest}" if newest else "the same command starts over"
+        )
+        return CheckpointWriteError(
+            f"cannot write checkpoint {self.path(epoch)} ({reason}); "
+            f"{self._rescue(epoch, tree)}. Once it can be written, {then}"
+        )
 
     def _rescue(self, epoch: int, tree: Any) -> str:
         """Save the state where it can be written, so a failed checkpoint loses no training."""

@@ -270,6 +270,19 @@ def run_stage(
                 log.info("resuming stage %s at %s from %s", stage.name, at, where)
             else:
                 log.info("resuming from %s (%s)", where, at)
+    if checkpointer is not None and start_epoch < stage.epochs:
+        checkpointer.check_space(
+            state,
+            aux=None if best is None else best.tree,
+            label=(
+                f"stage {stage.name}"
+                if stage.name
+                else f"this group of {stage.members} runs"
+                if stage.members
+                else "this run"
+            ),
+            runs=stage.members or 1,
+        )
     pending: list[tuple[int, Any, Any, Any]] = []
     start = time.perf_counter()
     prefix = f"{stage.eval_prefix}/"

@@ -232,7 +232,7 @@ class VmapLauncher(Launcher):
 
     def _train_groups(self, configs, valid, jobs, records, rundirs, alone, search, first) -> None:
         """One vectorised program per group of compatible jobs (their directories claimed)."""
-        from ae_jax.cli import USER_ERRORS, job_score
+        from ae_jax.cli import USER_ERRORS, job_score, os_error_line
         from ae_jax.sweeps.vectorized import (
             VECTORIZABLE,
             finished_members,
@@ -242,6 +242,7 @@ class VmapLauncher(Launcher):
             train_group,
         )
         from ae_jax.training.loop import Preempted
+        from ae_jax.training.rundir import RunDirError
 
         programs = group_by_program(configs)
         if len(programs) > 1:
@@ -283,10 +284,16 @@ class VmapLauncher(Launcher):
                     _write_status(jobs[m][1], "preempted", message=str(err))
                 log.warning("%s", err)
                 sys.exit(0)  # a clean stop: the same command resumes every group
-            except USER_ERRORS as err:
+            except (*USER_ERRORS, OSError) as err:
+                written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
+                if written:  # a file the group could not write (a full disk): one line naming it
+                    err = RunDirError(os_error_line(err, jobs[members[0]][1]))
                 log.error("vectorised group of jobs %s: %s: %s", members, type(err).__name__, err)
                 for m in members:
-                    _fail_or_refuse(jobs[m][1], err)
+                    if written:  # these jobs began: it is their failure, not a refusal
+                        _fail(jobs[m][1], err)
+                    else:
+                        _fail_or_refuse(jobs[m][1], err)
                     jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
                 continue
             except Exception as err:
@@ -314,10 +321,16 @@ def _write_status(workdir, status, **fields):
 
     from ae_jax.run_io import write_json_atomic
 
-    write_json_atomic(
-        Path(workdir) / "status.json",
-        {"status": status, "engine": "vmap", "ended": time.time(), **fields},
-    )
+    try:
+        write_json_atomic(
+            Path(workdir) / "status.json",
+            {"status": status, "engine": "vmap", "ended": time.time(), **fields},
+        )
+    except OSError:  # a full disk: the error is on the console and in the multirun's summary
+        if status == "failed":
+            from ae_jax.cli import failed_unrecorded
+
+            failed_unrecorded(workdir, fields.get("error", "failed"))
 
 
 def _fail(workdir, err):
