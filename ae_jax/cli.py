@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -143,23 +144,37 @@ def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord]
 
 
 def check_output_dirs(argv: list[str]) -> None:
-    """Refuse, in one line and before Hydra starts, a ``hydra.run.dir`` / ``hydra.sweep.dir``
-    given on the command line that cannot be created (Hydra would stop with its own error)."""
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
-            continue
-        path = Path(value).expanduser()
-        try:
+    """Refuse, in one line and before Hydra starts, an output directory that cannot be
+    created or written (Hydra would stop with a traceback opening its train.log): the
+    ``hydra.run.dir`` (or, with ``--multirun``, ``hydra.sweep.dir``) given on the command line,
+    created here, or the default's nearest existing parent (``outputs/``, ``multirun/``)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+") == key]
+    value = given[-1] if given else ("multirun" if multirun else "outputs") + "/${now:...}"
+    static = value.split("${")[0]
+    if not static:  # all of it interpolated (an environment variable): Hydra's to resolve
+        return
+    path = Path(static).expanduser()
+    try:
+        if "${" in value:  # created by Hydra: its nearest existing parent must take it
+            path = next(p for p in (path, *path.parents) if p.exists())
+        else:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
-            why = f"{blocker} is a file" if blocker else err.strerror
-            print(
-                f"error: {key}={value} cannot be created ({why}); choose a writable directory",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path))
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        why = f"{blocker} is a file" if blocker else err.strerror
+        shown = f"{key}={value}" if given else f"the default {key} ({value})"
+        print(
+            f"error: {shown} cannot be {'written' if path.is_dir() else 'created'} ({why}); "
+            f"choose a writable directory{'' if given else f' ({key}=...)'}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def os_error_line(err: OSError, workdir: str | Path) -> str:

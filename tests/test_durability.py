@@ -420,6 +420,23 @@ def test_an_unwritable_path_stops_before_training(tmp_path, where):
     assert os.fspath(run_dir) in log
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_default_output_directory_that_cannot_be_created_is_one_line(tmp_path, multirun):
+    # run from a directory where the default outputs/ (multirun/) is a file: Hydra would stop
+    # with a traceback opening its train.log
+    top = "multirun" if multirun else "outputs"
+    (tmp_path / top).write_text("not a directory")
+    args = ["--multirun", "trainer.seed=0,1"] if multirun else []
+    cmd = [sys.executable, str(Path(REPO) / "experiments" / "train.py"), *args, "trainer.epochs=2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log and "HYDRA_FULL_ERROR" not in log, log[-3000:]
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    assert f"error: the default {key} ({top}/" in log
+    assert f"({top} is a file); choose a writable directory ({key}=...)" in log
+
+
 def test_a_second_multirun_on_a_sweep_directory_is_refused(tmp_path):
     # The first multirun holds <sweep>/.sweep.lock from before its first job: a second one on
     # the same directory is refused at once, instead of training the jobs the first has not
