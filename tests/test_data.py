@@ -490,6 +490,30 @@ def test_tfds_refuses_unknown_builder_and_missing_files(tmp_path, mnist_path):
     assert time.perf_counter() - start < 10  # refused up front, not after network retries
 
 
+def test_a_manual_file_that_is_not_the_official_one_is_named_in_one_line(tmp_path, mnist_path):
+    # A truncated copy (an interrupted download): tensorflow-datasets' checksum error is five
+    # lines of UrlInfo reprs; the run's error names the file and both sizes in one line.
+    require_tensorflow()
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in ("t10k-images", "t10k-labels", "train-labels"):
+        name += "-idx3-ubyte.gz" if "images" in name else "-idx1-ubyte.gz"
+        (manual / name).symlink_to(mnist_path / name)
+    truncated = manual / "train-images-idx3-ubyte.gz"
+    truncated.write_bytes((mnist_path / truncated.name).read_bytes()[:5_000_000])
+    cfg = DataConfig(
+        source="tfds", tfds_name="mnist", manual_dir=str(manual), data_dir=str(tmp_path / "tfds")
+    )
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg)
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.endswith(
+        f"{truncated} is not the official file (its checksum differs; 4.77 MiB, the official "
+        "one is 9.45 MiB): replace it with the official file"
+    ), line
+
+
 def test_tfds_offline_download_is_refused_up_front_naming_the_files(tmp_path, monkeypatch):
     """Without data.manual_dir and without the network, tensorflow-datasets retried the
     download for minutes, and the run then ended as "RunDirError: a file: HTTPConnectionPool"."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ MNIST_FAMILY = ("mnist", "fashion_mnist", "kmnist", "emnist")
 def import_tfds() -> Any:
     """The ``tensorflow_datasets`` module, with TensorFlow importable; ImportError otherwise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter quiet
+    # TF only reads and decodes the dataset's files here (integer pixels, no float math), so
+    # its oneDNN kernels change nothing but print a line on every run that imports it
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -59,6 +63,25 @@ def _builder(tfds: Any, tfds_name: str, data_dir: str | None) -> Any:
         raise DataError(f"data.tfds_name={tfds_name!r} cannot be built by tfds: {err}") from err
 
 
+def _tfds_error_line(err: BaseException) -> str:
+    """One line for a tensorflow-datasets error: a file whose checksum is not the official
+    one's is named with both sizes; any other message is flattened to one line."""
+    text = str(err)
+    wrong = re.search(
+        r"downloaded to (.+?), has wrong checksum.*?Expected: UrlInfo\(size=([^,]+),"
+        r".*?Got: UrlInfo\(size=([^,]+),",
+        text,
+        re.S,
+    )
+    if wrong:
+        path, expected, got = wrong.groups()
+        return (
+            f"{path} is not the official file (its checksum differs; {got}, the official one "
+            f"is {expected}): replace it with the official file"
+        )
+    return " ".join(text.split()) or type(err).__name__
+
+
 def _download(builder: Any) -> None:
     """Download and prepare ``builder`` (no ``data.manual_dir``), or one ``DataError`` that
     names the dataset, where it would be stored, and the offline way to prepare it."""
@@ -79,7 +102,7 @@ def _download(builder: Any) -> None:
     except Exception as err:  # network and checksum errors: tfds has no common base class
         raise DataError(
             f"tensorflow-datasets could not download {builder.name} into {builder.data_dir}: "
-            f"{err}{offline}"
+            f"{_tfds_error_line(err)}{offline}"
         ) from err
 
 
@@ -116,12 +139,13 @@ def _prepare(tfds: Any, builder: Any, manual_dir: str | None) -> None:
                 f"{builder.name} needs {', '.join(needed)} there"
             )
     config = tfds.download.DownloadConfig(manual_dir=str(directory))
+    tfds.disable_progress_bar()  # local files, prepared in seconds: no bars on the console
     try:
         builder.download_and_prepare(download_config=config)
     except Exception as err:  # checksum mismatch, unreadable file: tfds has no common base class
         raise DataError(
             f"tensorflow-datasets could not prepare {builder.name} from data.manual_dir="
-            f"{manual_dir!r}: {err}"
+            f"{manual_dir!r}: {_tfds_error_line(err)}"
         ) from err
 
 
