@@ -25,6 +25,7 @@ of that experiment's ``metrics.json``. The papers' numbers and protocols are in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -279,19 +280,58 @@ def current(name: str, sub: str, skipped: list[str]) -> bool:
     return not diff
 
 
-def publish_one(source: Path, experiment: str) -> list[str]:
-    """Copy a finished run's files (``KEEP``) to results/<experiment>/, all at once."""
+class PublishError(OSError):
+    """An experiment's files could not be written to results/; its published files there are
+    as they were."""
+
+
+@contextlib.contextmanager
+def staged(experiment: str):
+    """A fresh ``results/.<experiment>.partial`` to write into; on success it replaces
+    ``results/<experiment>`` in two renames, on failure it is removed and what was published
+    stays whole (a ``PublishError`` naming the experiment and the reason)."""
     target = RESULTS / experiment
-    staging = RESULTS / f".{experiment}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    for pattern in KEEP:
-        for f in source.glob(pattern):
-            if f.is_file():
-                dest = staging / f.relative_to(source)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, dest)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    staging, old = RESULTS / f".{experiment}.partial", RESULTS / f".{experiment}.old"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        yield staging
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not target.exists():
+            old.rename(target)
+        where = f"{err.filename}: " if err.filename else ""
+        raise PublishError(
+            f"cannot publish {experiment} to {RESULTS} ({where}{err.strerror or err}); "
+            f"{target} is as it was"
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_error(err: OSError) -> str:
+    """One line for a failure to publish (``PublishError`` says it already)."""
+    if isinstance(err, PublishError):
+        return str(err)
+    where = f"{err.filename}: " if err.filename else ""
+    return f"cannot write to {RESULTS} ({where}{err.strerror or err})"
+
+
+def publish_one(source: Path, experiment: str, extra: dict[str, str] | None = None) -> list[str]:
+    """Copy a finished run's files (``KEEP``), and ``extra`` files (name -> text), to
+    results/<experiment>/, all at once."""
+    with staged(experiment) as staging:
+        for pattern in KEEP:
+            for f in source.glob(pattern):
+                if f.is_file():
+                    dest = staging / f.relative_to(source)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, dest)
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text)
     return [experiment]
 
 
@@ -315,7 +355,8 @@ def publish(name: str, skipped: list[str] | None = None) -> list[str]:
             from ae_jax.sweeps.report import write_report
 
             refs = tuple(Reference.parse(*ref) for ref in references)
-            write_report(run_dir(name), RESULTS / experiment, metrics=metrics, references=refs)
+            with staged(experiment) as staging:
+                write_report(run_dir(name), staging, metrics=metrics, references=refs)
             done.append(experiment)
     for experiment, (metric, candidates) in r.select.items():
         scored = []
@@ -328,13 +369,15 @@ def publish(name: str, skipped: list[str] | None = None) -> list[str]:
             continue  # chosen only once every candidate has finished, with the command's config
         best = min(scored, key=lambda s: s[0])[1]
         r.runs[best] = experiment
-        done += publish_one(run_dir(name) / best, experiment)
         table = [
             {"run": sub, metric: value, "test": {k: v for k, v in m.items() if "/test/" in k}}
             for value, sub, m in scored
         ]
-        (RESULTS / experiment / "selection.json").write_text(
-            json.dumps({"metric": metric, "chosen": best, "candidates": table}, indent=2) + "\n"
+        selection = {"metric": metric, "chosen": best, "candidates": table}
+        done += publish_one(
+            run_dir(name) / best,
+            experiment,
+            extra={"selection.json": json.dumps(selection, indent=2) + "\n"},
         )
     return done
 
@@ -358,9 +401,9 @@ def write_summary() -> Path:
                 )
     out = RESULTS / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    os.replace(tmp, out)
+    from ae_jax.run_io import write_text_atomic
+
+    write_text_atomic(out, json.dumps(rows, indent=2) + "\n")
     return out
 
 
@@ -438,8 +481,12 @@ def reproduce(name: str) -> int:
                 )
                 return 143
     skipped: list[str] = []
-    published = publish(name, skipped)
-    write_summary()
+    try:
+        published = publish(name, skipped)
+        write_summary()
+    except OSError as err:  # a full disk, an unwritable results/: what was published stays
+        print(f"error: {publish_error(err)}", flush=True)
+        return 2
     for line in skipped:
         print(f"    {line}", flush=True)
     print(
@@ -471,11 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.publish_only:
         skipped: list[str] = []
-        for name in args.names or REPRODUCTIONS:
-            publish(name, skipped)
+        try:
+            for name in args.names or REPRODUCTIONS:
+                publish(name, skipped)
+            summary = write_summary()
+        except OSError as err:
+            print(f"error: {publish_error(err)}")
+            return 2
         for line in skipped:
             print(line)
-        print(f"wrote {write_summary()}")
+        print(f"wrote {summary}")
         return 0
     if "AE_JAX_MNIST_DIR" not in os.environ:
         default = REPO.parent / "shared" / "data" / "mnist"

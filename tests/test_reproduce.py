@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 SCRIPT = textwrap.dedent(
@@ -91,3 +92,59 @@ def test_one_reproduction_at_a_time_and_stopping_it_stops_its_run(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "preempted" and "SIGTERM: saved epoch" in status["message"]
     assert not (tmp_path / "results" / "toy").exists()  # an unfinished run is not published
+
+
+def _load_script(tmp_path: Path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    m = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", m)  # its dataclasses look themselves up there
+    spec.loader.exec_module(m)
+    m.RUNS, m.RESULTS = tmp_path / "runs", tmp_path / "results"
+    return m
+
+
+def test_publishing_replaces_an_experiment_whole_or_leaves_it_as_it_was(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    m = _load_script(tmp_path, monkeypatch)
+    run = tmp_path / "runs" / "toy"
+    (run / "sub").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"test/mse": 0.5}')
+    (run / "config.yaml").write_text("new: config\n")
+    (run / "sub" / "history.csv").write_text("epoch\n1\n")
+    (run / "params.msgpack").write_bytes(b"not published")
+    published = tmp_path / "results" / "toy"
+    published.mkdir(parents=True)
+    (published / "metrics.json").write_text('{"test/mse": 0.9}')
+    (published / "old.png").write_bytes(b"png")
+    before = {p.name: p.read_bytes() for p in published.iterdir()}
+
+    # a full disk part-way through the copy: the published files stay, nothing is left over
+    copy = shutil.copy2
+    copied = []
+
+    def fails_second(src, dst):
+        if copied:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        copied.append(src)
+        return copy(src, dst)
+
+    monkeypatch.setattr(m.shutil, "copy2", fails_second)
+    with pytest.raises(m.PublishError) as err:
+        m.publish_one(run, "toy", extra={"selection.json": "{}"})
+    assert f"cannot publish toy to {tmp_path / 'results'} (" in str(err.value)
+    assert "No space left on device); " in str(err.value)
+    assert str(err.value).endswith(f"{published} is as it was")
+    assert {p.name: p.read_bytes() for p in published.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["toy"]
+
+    # and with room: the experiment is the run's files, the earlier ones gone
+    monkeypatch.setattr(m.shutil, "copy2", copy)
+    assert m.publish_one(run, "toy", extra={"selection.json": "{}"}) == ["toy"]
+    files = sorted(str(p.relative_to(published)) for p in published.rglob("*") if p.is_file())
+    assert files == ["config.yaml", "metrics.json", "selection.json", "sub/history.csv"]
+    assert json.loads((published / "metrics.json").read_text()) == {"test/mse": 0.5}
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["toy"]
