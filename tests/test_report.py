@@ -451,3 +451,33 @@ def test_a_real_multirun_of_a_committed_sweep_and_its_report(tmp_path):
     assert "not completed" not in (sweep_dir / "report" / "table.md").read_text()
     assert (sweep_dir / "report" / "model.latent_dim.png").stat().st_size > 10_000
     assert (sweep_dir / "report" / "reconstructions.png").stat().st_size > 10_000
+
+
+def test_a_report_that_fails_part_way_leaves_the_earlier_one_as_it_was(
+    sweep, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import ae_jax.sweeps.report as report_module
+
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out), "--metric", "test/mse"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    save = report_module.save
+
+    def full_disk_at_the_figure(fig, path):
+        if path.name == "model.latent_dim.png":  # the tables are written by then
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save(fig, path)
+
+    monkeypatch.setattr(report_module, "save", full_disk_at_the_figure)
+    assert main([str(sweep), "--out", str(out)]) == 2  # another report: every metric
+    printed = capsys.readouterr().out.strip()
+    assert printed == (
+        f"error: {out / 'model.latent_dim.png'} cannot be written (No space left on device); "
+        "choose a writable --out"
+    )
+    # the earlier report, every file as it was: no table of the failed one beside its figures
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

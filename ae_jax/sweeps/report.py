@@ -32,6 +32,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,80 +153,98 @@ def write_report(
         report.notes.append(f"no completed run has {', '.join(missing)}")
     tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
 
-    tables = {"runs.csv": runs_csv(runs, axes, seed_keys, root)}
-    if tabulate:
-        tables = {
-            "table.md": to_markdown(rows, axes, shown, root),
-            "table.csv": to_csv(rows, axes, shown),
-            "table.tex": to_latex(rows, axes, shown, caption=f"{title}."),
-            **tables,
-        }
-    if study is not None:
-        tables["study.md"] = study_markdown(study, root, title)
-        tables["study.csv"] = study_csv(study, root)
-    for name, text in tables.items():
-        write_text_atomic(out / name, text)
-        report.files.append(out / name)
+    # Written into a directory of its own first, then moved into ``out`` file by file: a
+    # report that fails part-way (a full disk) leaves an earlier report there as it was.
+    work = out / f".report-{os.getpid()}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.mkdir()
+        tables = {"runs.csv": runs_csv(runs, axes, seed_keys, root)}
+        if tabulate:
+            tables = {
+                "table.md": to_markdown(rows, axes, shown, root),
+                "table.csv": to_csv(rows, axes, shown),
+                "table.tex": to_latex(rows, axes, shown, caption=f"{title}."),
+                **tables,
+            }
+        if study is not None:
+            tables["study.md"] = study_markdown(study, root, title)
+            tables["study.csv"] = study_csv(study, root)
+        for name, text in tables.items():
+            write_text_atomic(work / name, text)
+            report.files.append(work / name)
 
-    figures: list[tuple[str, Path]] = []
-    if study is not None and study.trials:
-        save(study_figure(study, title=title), out / "study.png")
-        figures.append(
-            ("the score against each searched parameter and the trial", out / "study.png")
-        )
-        best = study.best
-        if not tabulate and best is not None:
-            rows_best = [Row((f"{best.number} (best)",), [best.run])]
-            try:
-                shown_best = reconstruction_grid(
-                    rows_best,
-                    [Axis(("trial",))],
-                    title=f"{title}: test reconstructions of the best trial ({best.number})",
-                )
-            except FigureError as err:
-                shown_best = None
-                report.notes.append(f"no reconstructions: {err}")
-            if shown_best is not None:
-                save(shown_best, out / "reconstructions.png")
-                figures.append(("the best trial's reconstructions", out / "reconstructions.png"))
-    plotted = [m for m in shown if any(row.stats[m].n for row in rows)]
-    if tabulate and not plotted:
-        report.notes.append(
-            "no completed run: no figures" if not done else "no metric to plot: no figures"
-        )
-    elif tabulate:
-        for i, axis in enumerate(axes):
-            path = out / f"{_slug(axis.keys[0])}.png"
-            save(axis_figure(rows, axes, i, plotted, title=title, references=references), path)
-            figures.append((f"{axis.name}", path))
-        try:
-            grid = reconstruction_grid(
-                rows, axes, title=f"{title}: test reconstructions (lowest seed of each row)"
+        figures: list[tuple[str, Path]] = []
+        if study is not None and study.trials:
+            save(study_figure(study, title=title), work / "study.png")
+            figures.append(
+                ("the score against each searched parameter and the trial", work / "study.png")
             )
-        except FigureError as err:  # e.g. runs saved different numbers of examples
-            grid = None
-            report.notes.append(f"no reconstruction grid: {err}")
-        if grid is not None:
-            save(grid, out / "reconstructions.png")
-            figures.append(("reconstructions", out / "reconstructions.png"))
-    report.files += [p for _, p in figures]
-    for i, ref in enumerate(references):
-        drawn = ref.metric in plotted and any(
-            ref.position(axis, {row.values[i]: 0 for row in rows}) is not None
-            for i, axis in enumerate(axes)
-        )
-        symbol = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)][1]
-        where = f"{ref.key} = {format_value(ref.x)}"
-        text = f"{symbol} {ref.label}: {ref.metric} = {ref.value:g} at {where}"
-        if not drawn:
-            text += " (not drawn: the sweep has no such metric or axis value)"
-        report.references.append(text)
+            best = study.best
+            if not tabulate and best is not None:
+                rows_best = [Row((f"{best.number} (best)",), [best.run])]
+                try:
+                    shown_best = reconstruction_grid(
+                        rows_best,
+                        [Axis(("trial",))],
+                        title=f"{title}: test reconstructions of the best trial ({best.number})",
+                    )
+                except FigureError as err:
+                    shown_best = None
+                    report.notes.append(f"no reconstructions: {err}")
+                if shown_best is not None:
+                    save(shown_best, work / "reconstructions.png")
+                    figures.append(
+                        ("the best trial's reconstructions", work / "reconstructions.png")
+                    )
+        plotted = [m for m in shown if any(row.stats[m].n for row in rows)]
+        if tabulate and not plotted:
+            report.notes.append(
+                "no completed run: no figures" if not done else "no metric to plot: no figures"
+            )
+        elif tabulate:
+            for i, axis in enumerate(axes):
+                path = work / f"{_slug(axis.keys[0])}.png"
+                save(axis_figure(rows, axes, i, plotted, title=title, references=references), path)
+                figures.append((f"{axis.name}", path))
+            try:
+                grid = reconstruction_grid(
+                    rows, axes, title=f"{title}: test reconstructions (lowest seed of each row)"
+                )
+            except FigureError as err:  # e.g. runs saved different numbers of examples
+                grid = None
+                report.notes.append(f"no reconstruction grid: {err}")
+            if grid is not None:
+                save(grid, work / "reconstructions.png")
+                figures.append(("reconstructions", work / "reconstructions.png"))
+        report.files += [p for _, p in figures]
+        for i, ref in enumerate(references):
+            drawn = ref.metric in plotted and any(
+                ref.position(axis, {row.values[i]: 0 for row in rows}) is not None
+                for i, axis in enumerate(axes)
+            )
+            symbol = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)][1]
+            where = f"{ref.key} = {format_value(ref.x)}"
+            text = f"{symbol} {ref.label}: {ref.metric} = {ref.value:g} at {where}"
+            if not drawn:
+                text += " (not drawn: the sweep has no such metric or axis value)"
+            report.references.append(text)
 
-    text = _report_markdown(
-        report, tables.get("table.md"), tables.get("study.md"), figures, _shown_path(root)
-    )
-    write_text_atomic(out / "report.md", text)
-    report.files.append(out / "report.md")
+        text = _report_markdown(
+            report, tables.get("table.md"), tables.get("study.md"), figures, _shown_path(root)
+        )
+        write_text_atomic(work / "report.md", text)
+        report.files.append(work / "report.md")
+    except BaseException as err:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename and Path(err.filename).parent == work:
+            name = str(out / Path(err.filename).name)  # the file as the user knows it
+            raise OSError(err.errno, err.strerror or str(err), name) from None
+        raise
+    for f in report.files:
+        os.replace(f, out / f.name)
+    work.rmdir()
+    report.files = [out / f.name for f in report.files]
     return report
 
 
