@@ -81,7 +81,35 @@ def enable_compilation_cache() -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     # JAX's default threshold (1 s) leaves out the small programs that add up at startup.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    _one_cache_write_warning(path)
     return path
+
+
+_CACHE_WRITE_WARNING = "Error writing persistent compilation cache entry"
+
+
+def _one_cache_write_warning(path: str) -> None:
+    """A cache that stops taking entries (a full disk) says so once, naming the directory,
+    instead of JAX's two-line warning for every program compiled after."""
+    import warnings
+
+    previous = warnings.showwarning
+    said: list[bool] = []
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if not text.startswith(_CACHE_WRITE_WARNING):
+            previous(message, category, filename, lineno, file, line)
+        elif not said:
+            said.append(True)
+            reason = text.split("': ", 1)[-1]  # "OSError: [Errno 28] No space left on device"
+            print(
+                f"warning: the compilation cache {path} cannot take more programs ({reason}); "
+                f"they compile again in later runs until it can (or set {CACHE_ENV}=off)",
+                file=sys.stderr,
+            )
+
+    warnings.showwarning = show
 
 
 def exit_fast(code: int = 0) -> None:

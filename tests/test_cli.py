@@ -174,3 +174,30 @@ def test_a_log_file_that_can_no_longer_be_written_is_dropped_with_one_warning(
     finally:
         if handler in root.handlers:
             root.removeHandler(handler)
+
+
+def test_a_compilation_cache_that_fills_up_says_so_once(capsys):
+    import warnings
+
+    from ae_jax.cli import _one_cache_write_warning
+
+    shown = []
+    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        _one_cache_write_warning("/cache")
+        for name in ("jit_init", "jit_epoch", "jit_eval"):
+            warnings.warn(
+                f"Error writing persistent compilation cache entry for '{name}': OSError: "
+                "[Errno 28] No space left on device",
+                UserWarning,
+                stacklevel=1,
+            )
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err.count("compilation cache") == 1, err
+    assert (
+        "warning: the compilation cache /cache cannot take more programs (OSError: [Errno 28] "
+        "No space left on device); they compile again in later runs until it can" in err
+    )
+    assert shown == ["something else"]  # other warnings are shown as before
