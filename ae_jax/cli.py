@@ -419,6 +419,21 @@ def check_search_settings(hydra_cfg: Any) -> None:
                 f"hydra.sweeper.{key}={value} is not valid; it must be a positive integer "
                 f"({'trials of the search' if key == 'n_trials' else 'trials proposed at once'})"
             )
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default="minimize")
+    if OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
+        directions = list(direction)
+        if len(directions) == 1:
+            direction = directions[0]
+        else:  # Optuna would fail every trial, as "Return value must be a list ...", and exit 0
+            raise ConfigError(
+                f"hydra.sweeper.direction={directions} asks for {len(directions)} objectives; a "
+                "trial is scored on one metric (score=...): use minimize or maximize"
+            )
+    if str(direction).lower() not in ("minimize", "maximize"):
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} is not valid; use minimize or maximize "
+            "(what the search does to the score)"
+        )
 
 
 def check_search_space(config: Any) -> None:
@@ -453,6 +468,12 @@ def check_search_space(config: Any) -> None:
             continue
         sweep = override.value()
         ends = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else None
+        if ends and ends[0] > ends[1]:
+            searched = override.input_line or f"{key}={override.get_value_element_as_str()}"
+            raise ConfigError(
+                f"the search over {searched} runs from {ends[0]:g} down to {ends[1]:g}; an "
+                f"interval goes from low to high: interval({ends[1]:g}, {ends[0]:g})"
+            )
         for value in ends or list(override.sweep_iterator()):
             trial = copy.deepcopy(base)
             OmegaConf.update(trial, key, value, merge=False)

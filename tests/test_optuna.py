@@ -375,3 +375,41 @@ def test_trial_counts_that_cannot_run_are_refused_naming_the_key(setting):
     hydra_cfg.sweeper[key] = float(value) if "." in value else int(value)
     with pytest.raises(ConfigError, match=rf"^hydra\.sweeper\.{key}={value} is not valid; it must"):
         check_search_settings(hydra_cfg)
+
+
+@pytest.mark.parametrize(
+    "direction, expected",
+    [
+        ("up", r"^hydra\.sweeper\.direction=up is not valid; use minimize or maximize"),
+        (
+            ["minimize", "maximize"],
+            r"^hydra\.sweeper\.direction=\['minimize', 'maximize'\] asks for 2 objectives; a "
+            r"trial is scored on one metric",
+        ),
+    ],
+)
+def test_a_direction_the_search_cannot_follow_is_refused(direction, expected):
+    # "up" was Optuna's traceback; two objectives failed every trial and the multirun ended 0
+    from ae_jax.cli import check_search_settings
+
+    hydra_cfg = OmegaConf.create({**OPTUNA, "mode": "MULTIRUN"})
+    hydra_cfg.sweeper.n_trials, hydra_cfg.sweeper.n_jobs = 16, 8
+    for fine in ("minimize", "maximize", ["maximize"]):
+        hydra_cfg.sweeper.direction = fine
+        check_search_settings(hydra_cfg)
+    hydra_cfg.sweeper.direction = direction
+    with pytest.raises(ConfigError, match=expected):
+        check_search_settings(hydra_cfg)
+
+
+def test_an_interval_from_high_to_low_is_refused_naming_the_order(tmp_path):
+    cmd = [sys.executable, "experiments/train.py", "--multirun", f"hydra.sweep.dir={tmp_path}"]
+    search = [*TINY, "optim.lr=tag(log, interval(1e-1, 1e-4))"]
+    proc = subprocess.run([*cmd, *search], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert (
+        "ConfigError: the search over optim.lr=tag(log, interval(1e-1, 1e-4)) runs from 0.1 down "
+        "to 0.0001; an interval goes from low to high: interval(0.0001, 0.1)"
+    ) in out
