@@ -79,6 +79,22 @@ def _info_from_data(cfg: Config) -> dict:
     return run_info(data, out)
 
 
+def _unfinished(path: Path) -> str | None:
+    """How the run in ``path`` stands, from its status.json, when it has not completed."""
+    try:
+        status = json.loads((path / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    state = status.get("status")
+    if state == "running":
+        from ae_jax.sweeps.collect import running_or_stopped
+
+        return running_or_stopped(path)
+    if state in ("failed", "preempted", "interrupted"):
+        return f"{state}: {status.get('error') or status.get('message') or 'no reason recorded'}"
+    return None
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Load the config and parameters of a run directory.
 
@@ -93,6 +109,12 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunError(f"run directory {str(path)!r} does not exist")
     for name in (CONFIG_FILE, PARAMS_FILE):
         if not (path / name).is_file():
+            unfinished = _unfinished(path) if name == PARAMS_FILE else None
+            if unfinished:
+                raise RunError(
+                    f"{str(path)!r} has no {name}: its run has not finished ({unfinished}); "
+                    "give it here once it has finished"
+                )
             raise RunError(
                 f"{str(path)!r} has no {name}; give the directory of a finished run (written by "
                 "experiments/train.py: it holds config.yaml and params.msgpack)"

@@ -3,7 +3,9 @@ the linear probe against raw pixels and PCA codes, and the embed command."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -79,7 +81,20 @@ def test_bad_runs_and_inputs_are_refused(trained_run, tmp_path):
     no_params = tmp_path / "no_params"
     no_params.mkdir()
     shutil.copy(trained_run / "config.yaml", no_params / "config.yaml")
-    with pytest.raises(RunError, match="has no params.msgpack"):
+    with pytest.raises(RunError, match="has no params.msgpack; give the directory of a fin"):
+        load_run(no_params)
+    # a run that has not finished says how it stands, from its status.json
+    stopped = "SIGTERM: saved epoch 5/9 to x/checkpoints/5; run the same command again to resume"
+    (no_params / "status.json").write_text(json.dumps({"status": "preempted", "message": stopped}))
+    with pytest.raises(RunError) as err:
+        load_run(no_params)
+    assert str(err.value) == (
+        f"{str(no_params)!r} has no params.msgpack: its run has not finished (preempted: "
+        f"{stopped}); give it here once it has finished"
+    )
+    (no_params / "status.json").write_text(json.dumps({"status": "running"}))
+    (no_params / ".lock").write_text(f"pid 999999999 on {socket.gethostname()}\n")
+    with pytest.raises(RunError, match=r"has not finished \(stopped without a word \(its proc"):
         load_run(no_params)
     other = tmp_path / "other_model"
     shutil.copytree(trained_run, other)
