@@ -121,6 +121,21 @@ def nbytes(tree: Any) -> int:
     )
 
 
+def _free_here(directory: Path) -> int | None:
+    """Free bytes where a checkpoint is written, as every process of a run sees it: process
+    0's answer, so that all of them refuse a save (or a stage) together, never some of them
+    while the others wait in the save's collective writes."""
+    free = free_bytes(directory)
+    if jax.process_count() == 1:
+        return free
+    from jax.experimental import multihost_utils
+
+    # two int32s (JAX's default integers): GiB and the bytes beyond, -1 for "cannot say"
+    parts = [-1, -1] if free is None else [free >> 30, free & (2**30 - 1)]
+    gib, rest = (int(v) for v in multihost_utils.broadcast_one_to_all(np.int32(parts)))
+    return None if gib < 0 else (gib << 30) + rest
+
+
 def _absl_errors(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
 
@@ -214,7 +229,7 @@ class Checkpointer:
             meta["aux_digest"] = digest(aux)
             items["aux"] = ocp.args.StandardSave(aux)
         need = nbytes(tree) + nbytes(aux) + len(json.dumps(meta)) + _CHECKPOINT_OVERHEAD
-        free = free_bytes(self.directory)
+        free = _free_here(self.directory)
         if free is not None and free < need:  # refused here, not half-written by Orbax
             raise self._write_failed(
                 epoch,
@@ -244,7 +259,7 @@ class Checkpointer:
         one = nbytes(state) + nbytes(aux) + _CHECKPOINT_OVERHEAD
         outputs = runs * OUTPUTS_FLOOR
         need = one + outputs
-        free = free_bytes(self.directory)
+        free = _free_here(self.directory)
         if free is not None and free < need:
             raise CheckpointWriteError(
                 f"{self.directory} has {size_text(free)} free, and {label} needs at least "
