@@ -517,6 +517,17 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
             continue
         head = arg.partition("=")[0].lstrip("+~")
         group, _, key = head.partition(".")
+        searched = head.removeprefix("hydra.sweeper.params.")
+        value = arg.partition("=")[2].strip()
+        sweep = re.search(r"\b(interval|range|choice)\(", value) and value[:1] not in "'\""
+        if searched != head and ("." in searched or sweep):
+            # Hydra: "Sweeping over Hydra's configuration is not supported", or, quoted,
+            # "Could not override ... Key 'optim' is not in struct" (params' keys hold dots)
+            raise ConfigError(
+                f"{arg}: a searched range is given on the command line as the key itself, "
+                f"in shell quotes: '{searched}={value.strip(chr(39) + chr(34))}'; "
+                "hydra.sweeper.params holds the ranges of a sweep file"
+            )
         if "@" in group or "/" in group or group == "hydra" or group in ("reg", "logger"):
             continue  # Hydra's own groups, packages, and the registries' mappings
         if key and group not in _GROUP_SCHEMAS:

@@ -413,3 +413,25 @@ def test_an_interval_from_high_to_low_is_refused_naming_the_order(tmp_path):
         "ConfigError: the search over optim.lr=tag(log, interval(1e-1, 1e-4)) runs from 0.1 down "
         "to 0.0001; an interval goes from low to high: interval(0.0001, 0.1)"
     ) in out
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "hydra.sweeper.params.optim.lr=tag(log, interval(1e-4, 1e-1))",  # Hydra: "Sweeping
+        # over Hydra's configuration is not supported"
+        "hydra.sweeper.params.optim.lr='tag(log, interval(1e-4, 1e-1))'",  # Hydra: "Key
+        # 'optim' is not in struct"
+    ],
+)
+def test_a_range_given_under_hydra_sweeper_params_says_how_to_give_it(arg):
+    from ae_jax.config import check_overrides
+
+    with pytest.raises(ConfigError) as err:
+        check_overrides(["--multirun", "+sweep=optuna_contractive", arg], str(REPO / "conf"))
+    right = "optim.lr=tag(log, interval(1e-4, 1e-1))"
+    assert str(err.value) == (
+        f"{arg}: a searched range is given on the command line as the key itself, in shell "
+        f"quotes: '{right}'; hydra.sweeper.params holds the ranges of a sweep file"
+    )
+    check_overrides(["--multirun", "+sweep=optuna_contractive", right], str(REPO / "conf"))
