@@ -176,7 +176,7 @@ def check_output_dirs(argv: list[str]) -> None:
     created or written (Hydra would stop with a traceback opening its train.log): the
     ``hydra.run.dir`` (or, with ``--multirun``, ``hydra.sweep.dir``) given on the command line,
     created here, or the default's nearest existing parent (``outputs/``, ``multirun/``)."""
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    multirun = any(a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = [a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+") == key]
     value = given[-1] if given else ("multirun" if multirun else "outputs") + "/${now:...}"
