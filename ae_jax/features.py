@@ -30,6 +30,7 @@ from ae_jax.data import Dataset, load_dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.training.objective import Objective, build_objective
 from ae_jax.training.rundir import RUN_INFO
+from ae_jax.training.state import jit_initializer
 
 CONFIG_FILE = "config.yaml"
 PARAMS_FILE = "params.msgpack"
@@ -124,9 +125,8 @@ def load_run(run_dir: str | Path) -> Run:
     info = json.loads(info_path.read_text()) if info_path.is_file() else _info_from_data(cfg)
     shape = tuple(int(s) for s in info["example_shape"])
     model = build_model(cfg.model, shape)
-    template = jax.jit(lambda k: model.init(k, np.zeros((1, *shape), np.float32))["params"])(
-        jax.random.key(0)
-    )
+    x0 = np.zeros((1, *shape), np.float32)
+    template = jit_initializer(lambda k: model.init(k, x0)["params"])(jax.random.key(0))
     try:
         params = serialization.from_bytes(template, (path / PARAMS_FILE).read_bytes())
     except (ValueError, KeyError, TypeError) as err:

@@ -152,6 +152,52 @@ def test_cpu_compiler_options_drop_parameter_copies_and_change_no_value():
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("model=conv", "noise=gaussian"),
+        ("model=linear",),
+        ("model=shallow", "model.latent_dim=96", "model.tied=true"),
+        ("model.activation=sigmoid", "model.sparse_k=4", "optim.name=sgd"),
+    ],
+)
+def test_initialisers_compiled_at_o1_give_bitwise_the_values_of_xlas_default(overrides):
+    """The initialisers run once per seed and are compiled with INIT_CPU_OPTIONS (LLVM -O1,
+    40-60% less compile time); the parameters, optimiser state and keys they make must be
+    bitwise those of XLA's default -O3 compile, or every run would start elsewhere."""
+    from ae_jax.pretraining.classifier import EncoderClassifier, init_classifier
+    from ae_jax.training.state import INIT_CPU_OPTIONS, _init_fn
+
+    assert jax.default_backend() == "cpu" and INIT_CPU_OPTIONS
+    cfg = make_config(*overrides)
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    init = _init_fn(trainer.model, trainer.tx, tuple(trainer.data.example_shape))
+    for seed in (0, 7):
+        ours = _raw(init(np.int32(seed)))
+        default = _raw(jax.jit(init.__wrapped__)(np.int32(seed)))
+        for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(ours), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Traced inside another program (where JAX refuses compiler options) it still works.
+    shapes = jax.eval_shape(trainer.init_state)
+    assert jax.tree.structure(shapes) == jax.tree.structure(trainer.init_state(abstract=True))
+    if cfg.model.kind == "mlp":  # the supervised stage's classifier
+        model = EncoderClassifier(sizes=(32, 16), num_classes=10, activation="sigmoid")
+        ours = init_classifier(model, trainer.data.example_shape, seed=3)
+        x0 = jnp.zeros((1, *trainer.data.example_shape), jnp.float32)
+        default = jax.jit(model.init)(jax.random.key(3), x0)["params"]
+        for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(ours), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _raw(tree):
+    """``tree`` with its typed random keys as their raw uint32 data (comparable arrays)."""
+    prng = jax.dtypes.prng_key
+    return jax.tree.map(
+        lambda a: jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, prng) else a, tree
+    )
+
+
+@pytest.mark.parametrize(
     "stage, warned",
     [
         (("pretrain.supervised=true", "pretrain.unsupervised=false"), False),

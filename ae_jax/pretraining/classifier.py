@@ -38,7 +38,7 @@ from ae_jax.registry import PRECISIONS
 from ae_jax.training.loop import Stage, run_stage
 from ae_jax.training.objective import cast_floats
 from ae_jax.training.parallel import Parallel, select_devices
-from ae_jax.training.state import make_optimizer
+from ae_jax.training.state import jit_initializer, make_optimizer
 from ae_jax.training.step import device_offset
 
 EVAL_CHUNK = 4096  # test examples per compiled prediction call
@@ -161,7 +161,7 @@ def init_classifier(
 ) -> dict:
     """Random params for ``model``, with ``encoder_i`` replaced by a pretrained encoder's."""
     x0 = jnp.zeros((1, *example_shape), jnp.float32)
-    params = jax.device_get(jax.jit(model.init)(jax.random.key(seed), x0)["params"])
+    params = jax.device_get(jit_initializer(model.init)(jax.random.key(seed), x0)["params"])
     params = dict(params)
     if encoder is not None:
         for name in [k for k in params if k.startswith("encoder_")]:

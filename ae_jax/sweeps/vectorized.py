@@ -458,7 +458,7 @@ def train_group(
         # The epoch program compiles on a second thread while this one initialises the
         # members: XLA compiles without holding the GIL, and on a cold cache each takes seconds.
         epoch_fn = _group_epoch(trainer, layout, runs)
-        abstract = _abstract_stack(jax.eval_shape(trainer.init_state), n, mesh)
+        abstract = _abstract_stack(trainer.init_state(abstract=True), n, mesh)
 
         def compile_epoch():
             start = time.perf_counter()

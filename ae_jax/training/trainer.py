@@ -188,11 +188,11 @@ class Trainer:
             settings.update(monitor="mse", patience=t.patience)
         return settings
 
-    def init_state(self, seed: int | None = None) -> TrainState:
+    def init_state(self, seed: int | None = None, abstract: bool = False) -> TrainState:
+        """The run's initial state (``abstract``: its shapes and dtypes, compiling nothing)."""
         seed = self.cfg.trainer.seed if seed is None else seed
-        return create_state(
-            self.model, self.tx, self.data.example_shape, seed, self.objective.init_running()
-        )
+        running = self.objective.init_running()
+        return create_state(self.model, self.tx, self.data.example_shape, seed, running, abstract)
 
     def hparams(self) -> HParams:
         return make_hparams(self.cfg)
