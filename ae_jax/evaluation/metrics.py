@@ -137,7 +137,9 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
     """After a linear autoencoder's final evaluation, one warning line when its code subspace
     is not PCA's: either ``model.latent_dim`` exceeds the training data's rank (PCA's extra
     directions are arbitrary, so the angle says nothing), or training stopped before the slow
-    directions settled, named with their variance and the setting that gives them more steps."""
+    directions settled, named with their variance and the way out: more steps, batches of the
+    whole split (a small table held back by gradient noise), or, for a k-th direction too faint
+    for the optimiser to settle at all, the widest code size it does settle."""
     if "test/subspace_angle_max_deg" not in metrics:
         return
     k = cfg.model.latent_dim
@@ -161,7 +163,19 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
         n = trainer.data.x_train.shape[0]
         way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
         noisy = cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
-        if noisy and ev[k - 1] >= 1e-3 * ev[0]:
+        widest = _widest_settled_code(ev, k)
+        if widest is not None:
+            # the k-th direction stands out from the next by too little of the largest
+            # variance for Adam to settle it, and more steps lose it rather than find it
+            # (FAINT_SEPARATION)
+            way_out = (
+                f"the variance it explains beyond the next direction is "
+                f"{_separation(ev, k):.1e} of the largest, too little for the optimiser to "
+                f"settle (more steps lose such a direction rather than find it); "
+                f"model.latent_dim={widest} is the widest code whose last direction stands out "
+                f"by {SETTLED_SEPARATION:g} or more, enough for the default steps"
+            )
+        elif noisy and ev[k - 1] >= 1e-3 * ev[0]:
             # steps enough, and a small gap rather than a small variance: the minibatches'
             # gradient noise holds the subspace back (a flat 100-column table at k = 20:
             # 2.4 deg after 100,000 steps of 64, 0.005 deg after 20,000 of the whole split)
@@ -181,6 +195,31 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
             gap,
             way_out,
         )
+
+
+# How far a linear autoencoder's k-th direction stands out from the next, as
+# (lambda_k - lambda_k+1) / lambda_1, decides whether Adam (optim=adam_pca) settles it. Measured
+# on digits and on 60-column tables whose variances fall as exp(-i/2) (two draws): at 1e-4 and
+# above every default run (100,000 steps) settled (0.04-0.74 deg); at 3.5e-5 to 4.8e-5 some did
+# and some (2.7 deg) did with 4x the steps (0.04 deg); at 2.0e-5 and below none did (11-86
+# deg), and 4x the steps lost the direction altogether (89-90 deg).
+FAINT_SEPARATION = 3e-5  # below it more steps do not settle the direction
+SETTLED_SEPARATION = 1e-4  # at or above it the default steps settle it
+
+
+def _separation(ev: np.ndarray, k: int) -> float:
+    """(lambda_k - lambda_k+1) / lambda_1 of the descending eigenvalues ``ev``."""
+    following = ev[k] if k < ev.size else 0.0
+    return float((ev[k - 1] - following) / ev[0])
+
+
+def _widest_settled_code(ev: np.ndarray, k: int) -> int | None:
+    """None unless the k-th direction is too faint to settle (``FAINT_SEPARATION``); then the
+    largest code size m < k whose m-th direction stands out by ``SETTLED_SEPARATION`` (the
+    subspace of the top m depends on that boundary alone), at least 1."""
+    if _separation(ev, k) >= FAINT_SEPARATION:
+        return None
+    return next((m for m in range(k - 1, 0, -1) if _separation(ev, m) >= SETTLED_SEPARATION), 1)
 
 
 def _pca_k(latent_dim: int, x_train: np.ndarray) -> int:
