@@ -325,6 +325,11 @@ def test_csv_header_label_column_and_test_file(tmp_path):
     (tmp_path / "plain.csv").write_text("1,2\n3,4\n5,6\n7,8\n9,10\n")
     plain = load_array(tmp_path / "plain.csv")
     assert plain.x_train.shape == (4, 2) and plain.x_test.shape == (1, 2)
+    # a file is named after itself in logs and errors, unless data.name says otherwise
+    assert (ds.name, plain.name) == ("train", "plain")
+    for generic in ("array", "digits"):  # conf/data/array.yaml's, or the default group's
+        assert load_array(tmp_path / "plain.csv", name=generic).name == "plain"
+    assert load_array(tmp_path / "plain.csv", name="mine").name == "mine"
 
 
 def test_csv_nan_and_text_are_named(tmp_path):

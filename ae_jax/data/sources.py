@@ -125,8 +125,15 @@ def load_dataset(cfg: Any) -> Dataset:
         raise DataError(
             f"data.scaling={scaling!r} is not valid; choose one of: {', '.join(SCALINGS)}"
         )
+    name = _setting(cfg, "name") or source
+    path = _setting(cfg, "path")
+    if source == "array" and name in LOADERS and path:
+        # a source's generic label (conf/data/array.yaml's "array", or "digits" left over from
+        # the default data group under data.source=array): the file's own name says more in
+        # logs, errors and figure titles
+        name = Path(str(path)).stem
     settings = dict(
-        name=_setting(cfg, "name") or source,
+        name=name,
         scaling=scaling,
         test_fraction=check_test_fraction(_setting(cfg, "test_fraction", 0.2)),
         split_seed=check_seed(_setting(cfg, "split_seed", 0)),
