@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax.chunks import map_in_chunks
-from ae_jax.evaluation.pca import fit_pca, pca_mse, principal_angles_deg
+from ae_jax.evaluation.pca import (
+    SETTLED_SEPARATION,
+    fit_pca,
+    pca_k,
+    pca_mse,
+    principal_angles_deg,
+    separation,
+    widest_settled_code,
+)
 from ae_jax.objectives.losses import (
     binary_cross_entropy_with_logits,
     squared_error,
@@ -114,7 +122,7 @@ def evaluate_trained(cfg, trainer, params) -> dict[str, float]:
         linear=cfg.model.kind == "linear",
         seed=cfg.trainer.seed,
     )
-    pca = trainer.pca(_pca_k(cfg.model.latent_dim, data.x_train))
+    pca = trainer.pca(pca_k(cfg.model.latent_dim, data.x_train))
     out = {}
     if data.x_val is not None:
         out |= evaluate_test_split(
@@ -144,7 +152,7 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
         return
     k = cfg.model.latent_dim
     steps = trainer.epochs * trainer.steps_per_epoch
-    ev = np.asarray(trainer.pca(_pca_k(k, trainer.data.x_train)).eigenvalues, dtype=np.float64)
+    ev = np.asarray(trainer.pca(pca_k(k, trainer.data.x_train)).eigenvalues, dtype=np.float64)
     angle = metrics["test/subspace_angle_max_deg"]
     rank = int(np.sum(ev > 1e-10 * ev[0])) if ev.size and ev[0] > 0 else 0
     if k > rank:
@@ -163,14 +171,14 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
         n = trainer.data.x_train.shape[0]
         way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
         noisy = cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
-        widest = _widest_settled_code(ev, k)
+        widest = widest_settled_code(ev, k)
         if widest is not None:
             # the k-th direction stands out from the next by too little of the largest
             # variance for Adam to settle it, and more steps lose it rather than find it
             # (FAINT_SEPARATION)
             way_out = (
                 f"the variance it explains beyond the next direction is "
-                f"{_separation(ev, k):.1e} of the largest, too little for the optimiser to "
+                f"{separation(ev, k):.1e} of the largest, too little for the optimiser to "
                 f"settle (more steps lose such a direction rather than find it); "
                 f"model.latent_dim={widest} is the widest code whose last direction stands out "
                 f"by {SETTLED_SEPARATION:g} or more, enough for the default steps"
@@ -195,35 +203,6 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
             gap,
             way_out,
         )
-
-
-# How far a linear autoencoder's k-th direction stands out from the next, as
-# (lambda_k - lambda_k+1) / lambda_1, decides whether Adam (optim=adam_pca) settles it. Measured
-# on digits and on 60-column tables whose variances fall as exp(-i/2) (two draws): at 1e-4 and
-# above every default run (100,000 steps) settled (0.04-0.74 deg); at 3.5e-5 to 4.8e-5 some did
-# and some (2.7 deg) did with 4x the steps (0.04 deg); at 2.0e-5 and below none did (11-86
-# deg), and 4x the steps lost the direction altogether (89-90 deg).
-FAINT_SEPARATION = 3e-5  # below it more steps do not settle the direction
-SETTLED_SEPARATION = 1e-4  # at or above it the default steps settle it
-
-
-def _separation(ev: np.ndarray, k: int) -> float:
-    """(lambda_k - lambda_k+1) / lambda_1 of the descending eigenvalues ``ev``."""
-    following = ev[k] if k < ev.size else 0.0
-    return float((ev[k - 1] - following) / ev[0])
-
-
-def _widest_settled_code(ev: np.ndarray, k: int) -> int | None:
-    """None unless the k-th direction is too faint to settle (``FAINT_SEPARATION``); then the
-    largest code size m < k whose m-th direction stands out by ``SETTLED_SEPARATION`` (the
-    subspace of the top m depends on that boundary alone), at least 1."""
-    if _separation(ev, k) >= FAINT_SEPARATION:
-        return None
-    return next((m for m in range(k - 1, 0, -1) if _separation(ev, m) >= SETTLED_SEPARATION), 1)
-
-
-def _pca_k(latent_dim: int, x_train: np.ndarray) -> int:
-    return min(latent_dim, x_train.shape[0], int(np.prod(x_train.shape[1:])))
 
 
 def evaluate_test_split(
@@ -271,7 +250,7 @@ def evaluate_test_split(
     flat_train = x_train.reshape(x_train.shape[0], -1)
     flat_test = x_test.reshape(x_test.shape[0], -1)
     if pca is None:
-        pca = fit_pca(flat_train, _pca_k(latent_dim, x_train))
+        pca = fit_pca(flat_train, pca_k(latent_dim, x_train))
     pca_error = pca_mse(pca, flat_test)
     # With k >= the training data's rank PCA is exact: its error is rounding (reported as 0),
     # and there is no ratio to report. The rank is read off the spectrum (a direction beyond k

@@ -83,6 +83,11 @@ class PCA:
         return (z @ self.components + self.mean).reshape(np.shape(x))  # (N, *shape)
 
 
+def pca_k(latent_dim: int, x_train: np.ndarray) -> int:
+    """The PCA baseline's k for a code of ``latent_dim`` units: at most min(N, D)."""
+    return min(latent_dim, x_train.shape[0], int(np.prod(x_train.shape[1:])))
+
+
 def fit_pca(x_train: np.ndarray, k: int) -> PCA:
     """Fits PCA-k to (N, *shape) data, flattened to (N, D).
 
@@ -191,3 +196,32 @@ def principal_angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sines = np.sort(np.clip(np.linalg.svd(residual, compute_uv=False), 0.0, 1.0))  # ascending
     angles = np.where(cosines**2 >= 0.5, np.arcsin(sines), np.arccos(cosines))
     return np.degrees(angles)
+
+
+# How far a linear autoencoder's k-th direction stands out from the next, as
+# (lambda_k - lambda_k+1) / lambda_1, decides whether Adam (optim=adam_pca) settles it. Measured
+# on digits and on six draws of a 5,000 x 60 table whose variances fall as exp(-i/2), default
+# runs (100,000 steps): at 1e-4 and above every one settled (0.04-0.74 deg); from 3.5e-5 to
+# 8.3e-5 seven of nine did (0.05-1.6 deg) and the other two did with 4x the steps (2.7 -> 0.04,
+# 11.6 -> 0.016 deg); at 2.8e-5 and below none did (5-86 deg), and 4x the steps lost the
+# direction altogether (89-90 deg, four runs). Not a rule for more steps, though: digits at
+# k = 57 (4.4e-5), settled by default (0.14 deg), lost its direction with 4x (89.9 deg). The
+# warning after training (ae_jax.evaluation.metrics.warn_if_not_at_pca) advises more steps only
+# above FAINT_SEPARATION, and below it names the widest code that settles.
+FAINT_SEPARATION = 3e-5  # below it more steps do not settle the direction
+SETTLED_SEPARATION = 1e-4  # at or above it the default steps settled it wherever measured
+
+
+def separation(ev: np.ndarray, k: int) -> float:
+    """(lambda_k - lambda_k+1) / lambda_1 of the descending eigenvalues ``ev``."""
+    following = ev[k] if k < ev.size else 0.0
+    return float((ev[k - 1] - following) / ev[0])
+
+
+def widest_settled_code(ev: np.ndarray, k: int) -> int | None:
+    """None unless the k-th direction is too faint to settle (``FAINT_SEPARATION``); then the
+    largest code size m < k whose m-th direction stands out by ``SETTLED_SEPARATION`` (the
+    subspace of the top m depends on that boundary alone), at least 1."""
+    if separation(ev, k) >= FAINT_SEPARATION:
+        return None
+    return next((m for m in range(k - 1, 0, -1) if separation(ev, m) >= SETTLED_SEPARATION), 1)
