@@ -202,7 +202,7 @@ def principal_angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # (lambda_k - lambda_k+1) / lambda_1, decides whether Adam (optim=adam_pca) settles it. Measured
 # on digits and on six draws of a 5,000 x 60 table whose variances fall as exp(-i/2), default
 # runs (100,000 steps): at 1e-4 and above every one settled (0.04-0.74 deg); from 3.5e-5 to
-# 8.3e-5 seven of nine did (0.05-1.6 deg) and the other two did with 4x the steps (2.7 -> 0.04,
+# 8.3e-5 six of eight did (0.05-1.6 deg) and the other two did with 4x the steps (2.7 -> 0.04,
 # 11.6 -> 0.016 deg); at 2.8e-5 and below none did (5-86 deg), and 4x the steps lost the
 # direction altogether (89-90 deg, four runs). Not a rule for more steps, though: digits at
 # k = 57 (4.4e-5), settled by default (0.14 deg), lost its direction with 4x (89.9 deg). The
