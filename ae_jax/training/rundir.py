@@ -241,7 +241,9 @@ class RunDir:
         fingerprint = data.fingerprint
         if stored is not None and stored != fingerprint:
             path = getattr(data_cfg, "path", None)
-            name = f"{data.name} ({path})" if path else data.name
+            name = data.name if not path else str(path)  # the file, when there is one
+            if path and data.name != Path(str(path)).stem:
+                name = f"{data.name} ({path})"
             raise RunDirError(
                 f"{self.path} holds a run that trained on other data: {name} has changed since "
                 f"(fingerprint {stored[:12]} then, {fingerprint[:12]} now). Restore that data, "
