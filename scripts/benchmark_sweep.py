@@ -39,11 +39,11 @@ LEVELS = ("0,0.1,0.2,0.3", "0,0.05,0.1,0.15,0.2,0.25,0.3,0.35")
 
 
 def sweep_overrides(members: int) -> list[str]:
-    """8 = 4 levels x 2 seeds, 32 = 4 x 8, 64 = 8 x 8 (any multiple of 4 up to 64)."""
+    """8 = 4 levels x 2 seeds, 32 = 4 x 8, 64 = 8 x 8 (a multiple of 4 up to 32, of 8 above)."""
     levels = LEVELS[1] if members > 32 else LEVELS[0]
     seeds = members // len(levels.split(","))
-    if seeds * len(levels.split(",")) != members:
-        sys.exit(f"--members {members}: use multiples of 4 up to 32, or 64")
+    if members < 1 or seeds * len(levels.split(",")) != members:
+        sys.exit(f"--members {members}: use a multiple of 4 up to 32, or of 8 above it")
     return [f"noise.level={levels}", f"trainer.seed=range(0,{seeds})"]
 
 
@@ -96,6 +96,10 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
+    if args.epochs < 1:
+        sys.exit(f"--epochs {args.epochs}: use a positive number of epochs")
+    for n in args.members:
+        sweep_overrides(n)  # every size checked before anything is timed
     from ae_jax.benchmarking import load_average, machine_info, square_ceiling
 
     epochs = [f"trainer.epochs={args.epochs}"]

@@ -306,6 +306,49 @@ def test_crossed_sweep_draws_a_line_per_other_value_and_one_shared_pca_line(tmp_
     )
 
 
+def test_runs_that_form_no_grid_are_drawn_as_points_with_short_labels(tmp_path):
+    """Unrelated runs gathered in one directory (outputs/) vary in many keys at once: each
+    axis figure draws one point per row with one legend entry, not a line and an entry naming
+    every other key per row, and the reconstruction grid is capped and names its rows by their
+    run directories."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for i in range(30):  # every run differs from the others in five keys
+        d = tmp_path / f"run{i:02d}"
+        d.mkdir()
+        np.savez(
+            d / "reconstructions.npz",
+            input=np.linspace(0, 1, 640).reshape(10, 8, 8, 1),
+            reconstruction=rng.uniform(size=(10, 8, 8, 1)),
+        )
+        config = {
+            "model.latent_dim": 2 + i % 7,
+            "noise.level": (i % 5) / 10,
+            "optim.lr": 10.0 ** -(1 + i % 3),
+            "data.path": f"/data/experiment_tables/table_{i % 4}.csv",
+            "trainer.epochs": 10 + i,
+            "trainer.seed": 0,
+        }
+        metrics = {"test/mse": 0.01 + i * 1e-3, "test/pca_mse": 0.02}
+        runs.append(Run(d, "completed", None, config, metrics))
+    axes = swept_axes(runs)
+    assert len(axes) == 5
+    metrics = present_metrics(runs)
+    rows = summarize(runs, axes, metrics)
+    fig = axis_figure(rows, axes, [a.name for a in axes].index("noise.level"), metrics)
+    (ax,) = fig.get_axes()
+    assert len(ax.containers) == 1  # all 30 rows in one series of points
+    (points,) = ax.containers
+    assert points.lines[0].get_linestyle() == "None" and len(points.lines[0].get_xdata()) == 30
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 2 and "PCA, same k" in legend
+    assert max(map(len, legend)) < 60
+    grid = reconstruction_grid(rows, axes, title="outputs")
+    labels = [a.get_ylabel() for a in grid.get_axes() if a.get_ylabel()]
+    assert len(labels) == 1 + 12 and labels[1].startswith("run")  # the input, then 12 rows
+    assert "the first 12 of 30 rows" in grid._suptitle.get_text()
+
+
 def test_x_scale_rules():
     assert x_scale([2, 4, 8, 16, 32]) == "log"
     assert x_scale([0, 1e-4, 1e-3, 1e-2, 1e-1]) == "symlog"

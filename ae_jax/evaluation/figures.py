@@ -173,7 +173,7 @@ def _tabular_panels(data: dict[str, np.ndarray], n: int) -> Figure:
     for ax in axes[(nrows - 1) * cols :]:
         ax.set_xlabel("feature")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5))
     return fig
 
 

@@ -2,7 +2,8 @@
 reconstructions across the sweep.
 
 Axis figures have one panel per metric: the mean over seeds with the sample std as error bars,
-one line per value of the other axes (a crossed sweep), the PCA baseline of the same code size
+one line per value of the other axes (a crossed sweep; past MAX_LINES of them, runs that
+form no grid, one point per row instead), the PCA baseline of the same code size
 dashed in the ``test/mse`` panel, and a red cross on the x axis where runs did not complete.
 The x axis is logarithmic when the values are positive and span a decade or more, symmetric-
 log when they also include 0 (e.g. regularisation strengths 0, 1e-3 ... 1e-1), categorical
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,9 @@ from ae_jax.sweeps.collect import Axis, SearchParam, Study
 from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, sort_key
 
 DPI = 150
+MAX_LINES = 10  # an axis figure's lines (values of the other axes); more are drawn as points
+MAX_RECONSTRUCTION_ROWS = 12  # reconstruction rows of a report's grid (one per swept value)
+MAX_LABEL = 60  # characters of a row's label before it is named by its run's directory
 METRIC_UNITS = {
     "test/mse": "test MSE (per input element)",
     "test/pca_mse": "PCA test MSE (per input element)",
@@ -171,6 +176,11 @@ def axis_figure(
     lines: dict[tuple, list[Row]] = {}
     for row in rows:
         lines.setdefault(tuple(row.values[i] for i in others), []).append(row)
+    # Runs that form no grid (unrelated runs gathered in one directory) would give a line, and
+    # a legend entry naming every other key, per row: past MAX_LINES they are points instead.
+    scattered = len(lines) > MAX_LINES
+    if scattered:
+        lines = {(): rows}
     panels = [m for m in metrics if not (m == "test/pca_mse" and "test/mse" in metrics)]
     fig = Figure(figsize=(4.6 * len(panels) + 0.4, 3.8), layout="constrained")
     subplots = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -184,9 +194,12 @@ def axis_figure(
         ordered = sorted(lines.items(), key=lambda kv: [sort_key(v) for v in kv[0]])
         for color, (key, members) in zip(colors, ordered, strict=True):
             members = sorted(members, key=lambda r: sort_key(_first(r.values[index])))
-            label = ", ".join(
-                f"{_short(axes[i])}={format_value(v)}" for i, v in zip(others, key, strict=True)
-            )
+            if scattered:
+                label = f"each row ({len(rows)}: {len(others)} other keys vary, no grid)"
+            else:
+                label = ", ".join(
+                    f"{_short(axes[i])}={format_value(v)}" for i, v in zip(others, key, strict=True)
+                )
             with_pca = metric == "test/mse" and "test/pca_mse" in metrics
             _draw_line(
                 ax,
@@ -196,12 +209,23 @@ def axis_figure(
                 position,
                 color,
                 label or ("autoencoder" if with_pca else None),
+                connect=not scattered,
             )
             if _draw_seeds(ax, members, index, metric, position, color, seeds_label):
                 seeds_label = None
             if with_pca and pca_shared is None:
-                pca_label = f"PCA, same k, {label}" if label else "PCA, same k"
-                _draw_line(ax, members, index, "test/pca_mse", position, color, pca_label, True)
+                pca_label = "PCA, same k" if scattered or not label else f"PCA, same k, {label}"
+                _draw_line(
+                    ax,
+                    members,
+                    index,
+                    "test/pca_mse",
+                    position,
+                    "0.35" if scattered else color,
+                    pca_label,
+                    dashed=True,
+                    connect=not scattered,
+                )
             bad = [position[_first(r.values[index])] for r in members if r.not_completed]
             if bad:
                 _mark_failed(ax, bad, failed_label)
@@ -280,7 +304,10 @@ def _draw_line(
     color: str,
     label: str | None,
     dashed: bool = False,
+    connect: bool = True,
 ) -> None:
+    """The rows' mean of ``metric`` against the axis, with the std as error bars; ``dashed``
+    for a baseline (no error bars), ``connect=False`` for points without a line."""
     pts = [
         (position[_first(r.values[index])], r.stats[metric])
         for r in rows
@@ -292,7 +319,8 @@ def _draw_line(
     mean = np.array([s.mean for _, s in pts])
     std = np.array([s.std if math.isfinite(s.std) else 0.0 for _, s in pts])
     if dashed:
-        ax.plot(x, mean, "--", color=color, linewidth=1.5, label=label)
+        style = {"linestyle": "--"} if connect else {"linestyle": "none", "marker": "_"}
+        ax.plot(x, mean, color=color, linewidth=1.5, markersize=12, label=label, **style)
     else:
         ax.errorbar(
             x,
@@ -303,6 +331,7 @@ def _draw_line(
             capsize=3,
             color=color,
             linewidth=1.5,
+            linestyle="-" if connect else "none",
             label=label,
         )
 
@@ -335,9 +364,10 @@ def _draw_seeds(
     return bool(pts)
 
 
-def _reconstruction_of(row: Row) -> tuple[dict[str, np.ndarray], str] | None:
-    """The saved arrays of the row's completed run with the lowest seed, and the name of the
-    corruption its ``corrupted`` array shows (None if no run saved reconstructions)."""
+def _reconstruction_of(row: Row) -> tuple[dict[str, np.ndarray], str, Path] | None:
+    """The saved arrays of the row's completed run with the lowest seed, the name of the
+    corruption its ``corrupted`` array shows and the run's directory (None if no run saved
+    reconstructions)."""
     done = [r for r in row.runs if r.reconstructions is not None]
     for run in sorted(done, key=lambda r: sort_key(r.config.get("trainer.seed"))):
         try:
@@ -350,7 +380,7 @@ def _reconstruction_of(row: Row) -> tuple[dict[str, np.ndarray], str] | None:
             level = run.config.get("noise.level") if level is None else level
             kind = run.config.get("noise.kind")
             noise = f"{kind} {format_value(level)}" if kind and level is not None else "corrupted"
-            return arrays, noise
+            return arrays, noise, run.path
     return None
 
 
@@ -367,20 +397,25 @@ def reconstruction_grid(
     loaded = [(row, found) for row in rows if (found := _reconstruction_of(row)) is not None]
     if not loaded:
         return None
-    first, first_noise = loaded[0][1]
+    first, first_noise, _ = loaded[0][1]
+    # another dataset's examples cannot share the grid
+    loaded = [(row, f) for row, f in loaded if f[0]["input"].shape == first["input"].shape]
+    if len(loaded) > MAX_RECONSTRUCTION_ROWS:  # runs that form no grid: the first rows only
+        title = f"{title}, the first {MAX_RECONSTRUCTION_ROWS} of {len(loaded)} rows"
+        loaded = loaded[:MAX_RECONSTRUCTION_ROWS]
     images = {"input": first["input"][:n]}
     shared_corruption = "corrupted" in first and all(
         "corrupted" in s and np.array_equal(s["corrupted"], first["corrupted"])
-        for _, (s, _) in loaded
+        for _, (s, _, _) in loaded
     )
     if shared_corruption:
         images[first_noise] = first["corrupted"][:n]
-    for row, (saved, noise) in loaded:
-        if saved["input"].shape != first["input"].shape:
-            continue  # another dataset's examples cannot share the grid
+    for row, (saved, noise, path) in loaded:
         label = ", ".join(
             f"{_short(a)}={format_value(v)}" for a, v in zip(axes, row.values, strict=True)
         )
+        if len(label) > MAX_LABEL:  # too many keys to name: the run's directory instead
+            label = path.name
         label = label or "reconstruction"
         if not np.array_equal(saved["input"], first["input"]):
             images[f"input ({label})"] = saved["input"][:n]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import shutil
@@ -152,6 +153,15 @@ def write_report(
         missing = sorted(set(metrics) - set(shown))
         report.notes.append(f"no completed run has {', '.join(missing)}")
     tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
+    combinations = math.prod(len({row.values[i] for row in rows}) for i in range(len(axes)))
+    if len(axes) > 1 and len(rows) < combinations:
+        report.notes.append(
+            f"the runs vary in {len(axes)} keys and form no full grid: {len(rows)} of their "
+            f"{combinations:,} combinations were run"
+            if combinations < 10**6
+            else f"the runs vary in {len(axes)} keys and form no grid ({len(rows)} combinations "
+            "were run): each axis figure shows every row as a point"
+        )
 
     # Written into a directory of its own first, then moved into ``out`` file by file: a
     # report that fails part-way (a full disk) leaves an earlier report there as it was.
