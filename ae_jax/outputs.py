@@ -32,7 +32,8 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         widths = trainer.model.widths
         layers = [data.num_features, *widths, m.latent_dim]
         arch += " " + "-".join(map(str, layers))
-        arch += f" ({m.activation}, code {m.code_activation}{', tied' if m.tied else ''})"
+        hidden = f"{m.activation}, " if widths else ""  # no hidden layer, no activation
+        arch += f" ({hidden}code {m.code_activation}{', tied' if m.tied else ''})"
     else:
         arch += f" channels {list(m.channels)} -> {m.latent_dim}"
     n = trainer.parallel.devices
@@ -45,8 +46,9 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
         f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
         f"{cfg.optim.name} lr {cfg.optim.lr} | "
-        f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps of "
-        f"{cfg.trainer.batch_size}"
+        f"{trainer.epochs} epochs x {trainer.steps_per_epoch} "
+        f"step{'s' if trainer.steps_per_epoch != 1 else ''} of "
+        f"{trainer.cfg.trainer.batch_size}"
         + (f" ({trainer.passes} passes each)" if trainer.passes > 1 else "")
         + where
     )

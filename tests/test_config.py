@@ -10,6 +10,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from ae_jax.config import ConfigError, validate
 from ae_jax.data import DataError
+from ae_jax.training.parallel import fit_batch
 
 GROUPS = ("model", "data", "noise", "reg", "loss", "optim", "trainer")
 
@@ -116,9 +117,24 @@ def test_conv_model_on_tabular_data_is_refused(tmp_path):
         train(tmp_path, "data=array", f"data.path={path}", "model=conv", "trainer.batch_size=16")
 
 
-def test_batch_larger_than_dataset_and_uneven_device_split(tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 exceeds the 1437"):
-        train(tmp_path, "trainer.batch_size=5000")
+def test_a_batch_larger_than_the_data_trains_on_whole_splits(tmp_path, caplog):
+    """The default 64 on a small table, or a large value meaning "full batch": every step
+    takes the whole training split, said in one line; one that the devices cannot split
+    evenly is refused in one line."""
+    caplog.set_level("INFO", logger="ae_jax")
+    run = ("trainer.batch_size=5000", "trainer.epochs=3", "trainer.figures=false")
+    train(tmp_path / "one", *run, "trainer.devices=1")
+    assert (
+        "trainer.batch_size=5000 exceeds the 1437 training examples of digits: every step "
+        "takes the whole training split (batches of 1437)" in caplog.text
+    )
+    assert "3 epochs x 1 step of 1437" in caplog.text  # one step an epoch
+    assert fit_batch(5000, 1432, 8, "trainer.batch_size", "digits") == 1432  # 179 a device
+    with pytest.raises(ConfigError, match=r"batches of all 1437 do not split evenly over 8"):
+        train(tmp_path / "eight", *run, "trainer.devices=8")
+
+
+def test_uneven_device_split(tmp_path):
     with pytest.raises(ConfigError, match=r"batch_size=60 does not split evenly across 8"):
         train(tmp_path, "trainer.batch_size=60", "trainer.devices=8")
     with pytest.raises(ConfigError, match=r"trainer.devices=64 but only 8"):
@@ -129,8 +145,8 @@ def test_earlier_results_survive_a_failed_run(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "metrics.json").write_text('{"test/mse": 0.5}')
-    with pytest.raises(ConfigError):
-        train(tmp_path, "trainer.batch_size=5000")
+    with pytest.raises(ConfigError):  # refused once the data is loaded and the run claimed
+        train(tmp_path, "trainer.batch_size=60", "trainer.devices=8")
     assert Path(workdir / "metrics.json").read_text() == '{"test/mse": 0.5}'
 
 

@@ -184,12 +184,12 @@ def test_multirun_bad_value_is_one_line_and_exit_2(tmp_path):
         "trainer.devices=1",
         "trainer.epochs=2",
         "trainer.figures=false",
-        "trainer.batch_size=64,5000",
+        "data.validation=0.1,5000",
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log
-    assert "trainer.batch_size=5000 exceeds the 1437 training examples" in log
+    assert "data.validation=5000 holds out 5000 of the 1437 training examples" in log
     assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
     assert json.loads((tmp_path / "1" / "status.json").read_text())["status"] == "failed"
 

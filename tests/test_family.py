@@ -27,6 +27,22 @@ def test_linear_autoencoder_reaches_pca_with_no_other_override(tmp_path, k):
     assert m["test/subspace_angle_max_deg"] < 2.0
 
 
+def test_a_table_smaller_than_the_default_batch_reaches_pca_with_no_other_override(
+    tmp_path, caplog
+):
+    # 20 rows of 6 columns (16 to train), the size of scikit-learn's linnerud: the default
+    # batch of 64 exceeds the training split, so every step takes all of it (one line says
+    # so; it used to be refused) and model=linear reaches PCA. Measured: < 1e-5 degrees.
+    rng = np.random.default_rng(0)
+    table = tmp_path / "small.csv"
+    np.savetxt(table, rng.normal(size=(20, 6)) @ rng.normal(size=(6, 6)), delimiter=",")
+    data = ("data=array", f"data.path={table}", "data.scaling=standardize")
+    m = train(tmp_path, *data, "model=linear", "model.latent_dim=3", "trainer.figures=false")
+    assert "trainer.batch_size=64 exceeds the 16 training examples of small" in caplog.text
+    assert abs(m["test/mse"] / m["test/pca_mse"] - 1) < 0.01
+    assert m["test/subspace_angle_max_deg"] < 2.0
+
+
 def test_a_linear_autoencoder_short_of_pca_says_so(tmp_path, caplog):
     # too few steps: one warning naming the angle, the slow direction and the way out
     m = train(

@@ -170,7 +170,7 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
         gap = ev[k - 1] / ev[k] if k < ev.size and ev[k] > 0 else math.inf
         n = trainer.data.x_train.shape[0]
         way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
-        noisy = cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
+        noisy = trainer.cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
         widest = widest_settled_code(ev, k)
         if widest is not None:
             # the k-th direction stands out from the next by too little of the largest

@@ -37,7 +37,7 @@ from ae_jax.models.activations import activation_fn
 from ae_jax.registry import PRECISIONS
 from ae_jax.training.loop import Stage, run_stage
 from ae_jax.training.objective import cast_floats
-from ae_jax.training.parallel import Parallel, select_devices
+from ae_jax.training.parallel import Parallel, fit_batch, select_devices
 from ae_jax.training.state import jit_initializer, make_optimizer
 from ae_jax.training.step import device_offset
 
@@ -209,6 +209,8 @@ def train_classifier(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     patience: int | None = None,
+    batch_key: str = "pretrain.supervised_batch_size",
+    data_name: str = "the data",
 ):
     """Fine-tune ``params`` on the labels through the one loop (``ae_jax.training.loop``:
     progress lines, divergence check, checkpoints with ``checkpointer``, resume with
@@ -223,6 +225,9 @@ def train_classifier(
     evaluations have not improved on the best; the best evaluation's parameters are returned
     (``train/best_epoch``, ``train/epochs_trained``) and the test split is scored once, at the
     end. Without one, the curve is ``eval/error_pct`` on the test split (a curve only).
+
+    A ``batch_size`` larger than the training split trains on full batches (one warning
+    line naming ``batch_key`` and ``data_name``; ``ae_jax.training.parallel.fit_batch``).
 
     ``precision`` (``trainer.precision``: float32 | bfloat16) is the dtype of the training
     forward and backward pass; parameters, optimiser state, loss and errors stay float32.
@@ -243,11 +248,7 @@ def train_classifier(
             f"labels {y_train.shape} / {y_test.shape} do not match inputs {x_train.shape[0]} / "
             f"{x_test.shape[0]}"
         )
-    if batch_size > x_train.shape[0]:
-        raise SupervisedError(
-            f"pretrain.supervised_batch_size={batch_size} exceeds the {x_train.shape[0]} "
-            "training examples"
-        )
+    batch_size = fit_batch(batch_size, x_train.shape[0], devices, batch_key, data_name)
     n = x_train.shape[0]
     steps = n // batch_size
     opt_cfg = OptimConfig(name=optim, lr=lr, schedule=schedule)

@@ -150,7 +150,16 @@ def pretrain_layers(
     current = data
     for i in range(len(sizes)):
         lcfg = layer_config(cfg, i, sizes, current.in_unit_interval)
-        trainer = Trainer(lcfg, current, is_code=i == len(sizes) - 1)
+        trainer = Trainer(
+            lcfg,
+            current,
+            is_code=i == len(sizes) - 1,
+            batch_key=(
+                "pretrain.layer_batch_size"
+                if cfg.pretrain.layer_batch_size
+                else "trainer.batch_size"
+            ),
+        )
         state = trainer.init_state(seed + i)  # distinct initial weights and noise per layer
         log.info(
             "layer %d: %d -> %d (%s units), %d epochs",

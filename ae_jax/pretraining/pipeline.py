@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import checkpoint_schedule, raise_if_preempted
+from ae_jax.training.parallel import fit_batch
 from ae_jax.training.rundir import claimed
 from ae_jax.training.trainer import Trainer, warn_if_overcomplete
 
@@ -145,6 +147,10 @@ def supervised_stage(
         data.y_test,
         epochs=p.supervised_epochs,
         batch_size=p.supervised_batch_size or t.batch_size,
+        batch_key=(
+            "pretrain.supervised_batch_size" if p.supervised_batch_size else "trainer.batch_size"
+        ),
+        data_name=data.name,
         lr=p.supervised_lr,
         optim=p.supervised_optim,
         schedule=p.supervised_schedule,
@@ -224,6 +230,14 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
     rundir.check_data(data, cfg.data)
+    # a batch larger than the data trains every stage on the whole split (said once, here);
+    # config.yaml, the loggers and the final record keep the value the run was given
+    recorded = cfg
+    batch = fit_batch(
+        t.batch_size, data.x_train.shape[0], t.devices, "trainer.batch_size", data.name
+    )
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, batch_size=batch))
+    t = cfg.trainer
     if p.supervised and data.y_train is None:
         raise SupervisedError(
             f"pretrain.supervised=true needs class labels, but {data.name} has none; use a "
@@ -244,10 +258,10 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             warn_if_overcomplete(ft_cfg, data.num_features)
     if t.resume:  # another model's checkpoints here: refused before anything is written
         Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
-    rundir.start(to_yaml(cfg))
+    rundir.start(to_yaml(recorded))
     if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
         write_run_info(workdir, data, trainer.output_activation)
-    loggers = stack.enter_context(open_run_loggers(cfg, workdir, rundir.main))
+    loggers = stack.enter_context(open_run_loggers(recorded, workdir, rundir.main))
     metrics: dict[str, float] = {}
 
     # 1. greedy layer-wise pretraining
@@ -355,6 +369,6 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     metrics["time/total_seconds"] = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in metrics.items()}
     write_json_atomic(workdir / "metrics.json", metrics)
-    log_final(loggers, cfg, workdir, history, metrics)
+    log_final(loggers, recorded, workdir, history, metrics)
     log.info("outputs in %s", workdir.resolve())
     return metrics

@@ -422,8 +422,7 @@ def train_group(
             "(hydra/launcher=vmap does so by itself)"
         )
     n = len(configs)
-    layout = group_layout(n, base.trainer.devices, base.trainer.batch_size)
-    mesh = layout.mesh
+    requested = base.trainer.devices
     # Each member's program is the single-device one (or, with a data axis, the data-parallel
     # one: _group_epoch); the members axis is what is spread over the devices.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
@@ -439,7 +438,10 @@ def train_group(
         data = load_dataset(base.data)
         for rundir in rundirs:
             rundir.check_data(data, base.data)
-        trainer = Trainer(base, data)
+        trainer = Trainer(base, data)  # a batch larger than the data: the whole split
+        t = trainer.cfg.trainer
+        layout = group_layout(n, requested, t.batch_size)
+        mesh = layout.mesh
         runs = shared_draws([c.trainer.seed for c in configs], layout.members)
         log.info(
             "vectorised sweep: %d member%s in one program%s%s | %s",

@@ -9,6 +9,7 @@ compiled program is built once (ahead of time) and reused every epoch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from ae_jax.config import ConfigError
 from ae_jax.training.step import DATA_AXIS
+
+log = logging.getLogger("ae_jax")
 
 # XLA:CPU's copy insertion, left to its default analysis, copies every parameter that the epoch
 # loop's body both reads (the forward pass) and rewrites in place (the optimiser update): 2.83 M
@@ -37,6 +40,46 @@ def compiler_options(devices: list) -> dict[str, Any]:
 def select_devices(requested: int | None, batch_size: int) -> list:
     """The devices to use (all processes' devices in a multi-process run); the global batch
     must split evenly across them."""
+    chosen = _chosen_devices(requested)
+    n = len(chosen)
+    if batch_size % n:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} does not split evenly across {n} devices; "
+            f"use a multiple of {n} or set trainer.devices to a divisor of {batch_size}"
+        )
+    return chosen
+
+
+def fit_batch(batch_size: int, examples: int, requested: int | None, key: str, data: str) -> int:
+    """``batch_size``, or the whole training split when it is larger, said in one warning
+    line: a batch larger than the data (the default 64 on a small table, or a large value
+    written to mean "full batch") trains on full batches, as Keras and PyTorch's loaders do,
+    instead of making no step. A whole split that does not split evenly over the devices is
+    refused in one line (rounding it down would drop examples a run on fewer devices keeps)."""
+    if batch_size <= examples:
+        return batch_size
+    devices = len(_chosen_devices(requested))
+    if examples % devices:
+        raise ConfigError(
+            f"{key}={batch_size} exceeds the {examples} training examples of {data}, and "
+            f"batches of all {examples} do not split evenly over {devices} devices; set {key} "
+            f"to a multiple of {devices} up to {examples}, or trainer.devices to a divisor of "
+            f"{examples}"
+        )
+    log.warning(
+        "%s=%d exceeds the %d training examples of %s: every step takes the whole training "
+        "split (batches of %d)",
+        key,
+        batch_size,
+        examples,
+        data,
+        examples,
+    )
+    return examples
+
+
+def _chosen_devices(requested: int | None) -> list:
+    """``trainer.devices`` of this run's devices (null: all of them), checked."""
     if jax.process_count() > 1:
         available = jax.devices()
         if requested not in (None, len(available)):
@@ -51,11 +94,6 @@ def select_devices(requested: int | None, batch_size: int) -> list:
         raise ConfigError(
             f"trainer.devices={requested} but only {len(available)} device(s) exist "
             f"({available[0].platform}); valid: 1..{len(available)} or null for all"
-        )
-    if batch_size % n:
-        raise ConfigError(
-            f"trainer.batch_size={batch_size} does not split evenly across {n} devices; "
-            f"use a multiple of {n} or set trainer.devices to a divisor of {batch_size}"
         )
     return available[:n]
 

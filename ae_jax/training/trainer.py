@@ -8,6 +8,7 @@ step) from those lagged metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from ae_jax.training.loop import (  # noqa: F401
     run_stage,
 )
 from ae_jax.training.objective import HParams, Objective, build_objective, make_hparams
-from ae_jax.training.parallel import Parallel, select_devices
+from ae_jax.training.parallel import Parallel, fit_batch, select_devices
 from ae_jax.training.state import TrainState, create_state, make_optimizer
 from ae_jax.training.step import make_train_epoch
 
@@ -51,12 +52,6 @@ def validate_against_data(cfg: Config, data: Dataset, is_code: bool = True) -> N
         raise ConfigError(
             f"model.output_activation=sigmoid cannot reproduce data in [{lo:.4g}, {hi:.4g}]; "
             "use output_activation=linear (or auto) or data.scaling=unit"
-        )
-    n = data.x_train.shape[0]
-    if cfg.trainer.batch_size > n:
-        raise ConfigError(
-            f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {n} training examples "
-            f"of {data.name}; valid: 1..{n}"
         )
     if is_code:
         warn_if_overcomplete(cfg, data.num_features)
@@ -102,8 +97,19 @@ def divergence_hint(cfg: Config) -> str:
 class Trainer:
     """Model, objective, optimiser and the compiled epoch program of one config and dataset."""
 
-    def __init__(self, cfg: Config, data: Dataset, is_code: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        data: Dataset,
+        is_code: bool = True,
+        batch_key: str = "trainer.batch_size",
+    ):
+        """``batch_key``: the setting a batch larger than the training split is named by."""
         validate_against_data(cfg, data, is_code)
+        t = cfg.trainer
+        batch = fit_batch(t.batch_size, data.x_train.shape[0], t.devices, batch_key, data.name)
+        if batch != t.batch_size:  # the caller's config keeps the value it was given
+            cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, batch_size=batch))
         self.cfg, self.data = cfg, data
         t = cfg.trainer
         per_pass = data.x_train.shape[0] // t.batch_size
