@@ -155,12 +155,10 @@ def write_report(
     tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
     combinations = math.prod(len({row.values[i] for row in rows}) for i in range(len(axes)))
     if len(axes) > 1 and len(rows) < combinations:
+        count = f"{combinations:,}" if combinations < 10**6 else f"{combinations:.1e}"
         report.notes.append(
             f"the runs vary in {len(axes)} keys and form no full grid: {len(rows)} of their "
-            f"{combinations:,} combinations were run"
-            if combinations < 10**6
-            else f"the runs vary in {len(axes)} keys and form no grid ({len(rows)} combinations "
-            "were run): each axis figure shows every row as a point"
+            f"{count} combinations were run"
         )
 
     # Written into a directory of its own first, then moved into ``out`` file by file: a

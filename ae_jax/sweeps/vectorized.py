@@ -426,7 +426,6 @@ def train_group(
     # Each member's program is the single-device one (or, with a data axis, the data-parallel
     # one: _group_epoch); the members axis is what is spread over the devices.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
-    t = base.trainer
     workdirs = [Path(w) for w in workdirs]
     with contextlib.ExitStack() as stack:
         records = hydra_files or [{} for _ in configs]

@@ -241,8 +241,11 @@ class RunDir:
         fingerprint = data.fingerprint
         if stored is not None and stored != fingerprint:
             path = getattr(data_cfg, "path", None)
-            name = data.name if not path else str(path)  # the file, when there is one
-            if path and data.name != Path(str(path)).stem:
+            if not path:
+                name = data.name
+            elif data.name == Path(str(path)).stem:  # named after its file: the file alone
+                name = str(path)
+            else:
                 name = f"{data.name} ({path})"
             raise RunDirError(
                 f"{self.path} holds a run that trained on other data: {name} has changed since "
