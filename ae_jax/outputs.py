@@ -36,6 +36,18 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         arch += f" ({hidden}code {m.code_activation}{', tied' if m.tied else ''})"
     else:
         arch += f" channels {list(m.channels)} -> {m.latent_dim}"
+    if m.sparse_k is not None:  # Makhzani & Frey's k-sparse code
+        arch += f" top-{m.sparse_k}"
+        if m.sparse_k_start is not None and m.sparse_anneal_epochs:
+            arch += f" (from {m.sparse_k_start} over {m.sparse_anneal_epochs} epochs)"
+        if m.sparse_k_features not in (None, m.sparse_k):
+            arch += f", features top-{m.sparse_k_features}"
+    o = cfg.optim
+    optim = f"{o.name} lr {o.lr}"
+    optim += f" {o.schedule}" if o.schedule != "constant" else ""
+    optim += f", decay {o.weight_decay}" if o.weight_decay else ""
+    optim += f", clip {o.grad_clip}" if o.grad_clip is not None else ""
+    precision = cfg.trainer.precision
     n = trainer.parallel.devices
     where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
     return (
@@ -45,8 +57,9 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
         f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
         f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
-        f"{cfg.optim.name} lr {cfg.optim.lr} | "
-        f"{trainer.epochs} epochs x {trainer.steps_per_epoch} "
+        f"{optim} | "
+        + (f"{precision} | " if precision != "float32" else "")
+        + f"{trainer.epochs} epochs x {trainer.steps_per_epoch} "
         f"step{'s' if trainer.steps_per_epoch != 1 else ''} of "
         f"{trainer.cfg.trainer.batch_size}"
         + (f" ({trainer.passes} passes each)" if trainer.passes > 1 else "")

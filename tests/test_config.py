@@ -191,3 +191,31 @@ def test_config_yaml_turns_ints_in_float_fields_into_floats_as_omegaconf_does():
     text = to_yaml(cfg)
     assert text == _omegaconf_yaml(cfg)
     assert "lr: 1.0\n" in text and "validation: 5000.0\n" in text and "- 1.0\n" in text
+
+
+def test_the_description_line_names_every_setting_that_changes_training():
+    """The run's first line names a k-sparse code, a schedule, decoupled decay, clipping and the
+    precision when they are set, and stays short when they are not."""
+    from ae_jax.data import load_dataset
+    from ae_jax.outputs import describe
+    from ae_jax.training.trainer import Trainer
+
+    def line(*overrides):
+        cfg = validate(make_config(*overrides))
+        return describe(cfg, Trainer(cfg, load_dataset(cfg.data)))
+
+    plain = line()
+    assert "adam lr 0.001 | 300 epochs" in plain and "top-" not in plain
+    assert "float32" not in plain
+    dressed = line(
+        "model.sparse_k=3",
+        "model.sparse_k_start=6",
+        "model.sparse_anneal_epochs=2",
+        "model.sparse_k_features=5",
+        "optim=adamw",
+        "optim.schedule=cosine",
+        "optim.grad_clip=1",
+        "trainer.precision=bfloat16",
+    )
+    assert "(gelu, code linear) top-3 (from 6 over 2 epochs), features top-5 ->" in dressed
+    assert "| adamw lr 0.001 cosine, decay 0.0001, clip 1.0 | bfloat16 |" in dressed
