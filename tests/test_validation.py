@@ -80,6 +80,18 @@ def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
         load_dataset(DataConfig(validation=5000))
 
 
+def test_a_validation_of_one_says_it_is_read_as_one_example(caplog):
+    """1 and 1.0 are one value in the float schema: the count reading is taken and said."""
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        one = load_dataset(DataConfig(validation=1.0))
+    assert one.x_val.shape[0] == 1
+    assert "data.validation=1 is read as a count: one validation example" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        load_dataset(DataConfig(validation=2))
+    assert "data.validation" not in caplog.text
+
+
 def test_early_stopping_without_a_validation_split_is_refused_before_training():
     with pytest.raises(ConfigError, match=r"early_stopping=true needs a validation split"):
         validate(make_config("trainer.early_stopping=true"))

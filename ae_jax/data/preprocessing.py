@@ -14,6 +14,7 @@ pixels stay uint8); `build_dataset` then applies, in this order:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -21,6 +22,8 @@ from numbers import Integral, Real
 import numpy as np
 
 from ae_jax.data.dataset import DataError, Dataset
+
+log = logging.getLogger("ae_jax")
 
 
 @dataclass
@@ -71,6 +74,11 @@ def validation_count(validation: float, n: int) -> int:
         raise DataError(
             f"data.validation={validation:g} holds out {count} of the {n} training examples, "
             f"leaving none to train on; valid: a fraction in (0, 1) or a count in 1..{n - 1}"
+        )
+    if validation == 1:  # 1 and 1.0 are one value in the schema: say which reading was taken
+        log.warning(
+            "data.validation=1 is read as a count: one validation example. For a fraction of "
+            "the training split give a value below 1, such as 0.1"
         )
     return count
 
