@@ -23,9 +23,20 @@ from ae_jax.training.trainer import Trainer
 log = logging.getLogger("ae_jax")
 
 
-def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
+def _one_or_set(values) -> str:
+    """``0.1``, or ``{0,0.1,0.2}`` for the values that the members of a group vary."""
+    distinct = sorted(set(values))
+    return str(distinct[0]) if len(distinct) == 1 else "{" + ",".join(map(str, distinct)) + "}"
+
+
+def describe(
+    cfg: Config, trainer: Trainer, devices: bool = True, members: list[Config] | None = None
+) -> str:
     """One line: the data, the model, the objective, the optimiser and the schedule (and the
-    devices, unless the caller states its own layout, as a vectorised group does)."""
+    devices, unless the caller states its own layout, as a vectorised group does). Given a
+    group's ``members``, the noise level, term strengths and learning rate they vary are
+    written as sets, ``noise masking:{0,0.1,0.2}``."""
+    members = members or [cfg]
     m, data = cfg.model, trainer.data
     arch = f"{m.kind}"
     if m.kind != "conv":
@@ -43,11 +54,15 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         if m.sparse_k_features not in (None, m.sparse_k):
             arch += f", features top-{m.sparse_k_features}"
     o = cfg.optim
-    optim = f"{o.name} lr {o.lr}"
+    optim = f"{o.name} lr {_one_or_set(c.optim.lr for c in members)}"
     optim += f" {o.schedule}" if o.schedule != "constant" else ""
     optim += f", decay {o.weight_decay}" if o.weight_decay else ""
     optim += f", clip {o.grad_clip}" if o.grad_clip is not None else ""
     precision = cfg.trainer.precision
+
+    def strength(term: str) -> str:
+        return _one_or_set(c.reg[term].strength for c in members)
+
     n = trainer.parallel.devices
     where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
     return (
@@ -55,8 +70,9 @@ def describe(cfg: Config, trainer: Trainer, devices: bool = True) -> str:
         + ("" if data.x_val is None else f"{data.x_val.shape[0]} val / ")
         + f"{data.x_test.shape[0]} test, "
         f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
-        f"loss {cfg.loss.kind} | noise {cfg.noise.kind}:{cfg.noise.level} | "
-        f"reg {' + '.join(f'{k}:{t.strength}' for k, t in cfg.reg.items()) or 'none'} | "
+        f"loss {cfg.loss.kind} | "
+        f"noise {cfg.noise.kind}:{_one_or_set(c.noise.level for c in members)} | "
+        f"reg {' + '.join(f'{k}:{strength(k)}' for k in cfg.reg) or 'none'} | "
         f"{optim} | "
         + (f"{precision} | " if precision != "float32" else "")
         + f"{trainer.epochs} epochs x {trainer.steps_per_epoch} "

@@ -219,3 +219,10 @@ def test_the_description_line_names_every_setting_that_changes_training():
     )
     assert "(gelu, code linear) top-3 (from 6 over 2 epochs), features top-5 ->" in dressed
     assert "| adamw lr 0.001 cosine, decay 0.0001, clip 1.0 | bfloat16 |" in dressed
+    # a vectorised group's line: what its members vary, as sets
+    members = [
+        validate(make_config("noise=masking", f"noise.level={v}", "reg=l1", f"optim.lr={lr}"))
+        for v, lr in ((0.2, 1e-3), (0.0, 1e-3), (0.1, 1e-3))
+    ]
+    group = describe(members[0], Trainer(members[0], load_dataset(members[0].data)), False, members)
+    assert "| noise masking:{0.0,0.1,0.2} | reg l1:0.0001 | adam lr 0.001 | 300 epochs" in group

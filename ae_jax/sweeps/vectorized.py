@@ -448,7 +448,7 @@ def train_group(
             "" if n == 1 else "s",
             layout.describe(),
             f", each {runs} members of one seed share their random draws" if runs > 1 else "",
-            describe(base, trainer, devices=False),
+            describe(base, trainer, devices=False, members=configs),
         )
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
