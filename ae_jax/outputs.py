@@ -24,7 +24,7 @@ log = logging.getLogger("ae_jax")
 
 
 def _one_or_set(values) -> str:
-    """``0.1``, or ``{0,0.1,0.2}`` for the values that the members of a group vary."""
+    """``0.1``, or ``{0.0,0.1,0.2}`` for the values that the members of a group vary."""
     distinct = sorted(set(values))
     return str(distinct[0]) if len(distinct) == 1 else "{" + ",".join(map(str, distinct)) + "}"
 
@@ -35,7 +35,7 @@ def describe(
     """One line: the data, the model, the objective, the optimiser and the schedule (and the
     devices, unless the caller states its own layout, as a vectorised group does). Given a
     group's ``members``, the noise level, term strengths and learning rate they vary are
-    written as sets, ``noise masking:{0,0.1,0.2}``."""
+    written as sets, ``noise masking:{0.0,0.1,0.2}``."""
     members = members or [cfg]
     m, data = cfg.model, trainer.data
     arch = f"{m.kind}"
