@@ -30,12 +30,19 @@ def _one_or_set(values) -> str:
 
 
 def describe(
-    cfg: Config, trainer: Trainer, devices: bool = True, members: list[Config] | None = None
+    cfg: Config,
+    trainer: Trainer,
+    devices: bool = True,
+    members: list[Config] | None = None,
+    trained: bool = True,
+    trained_note: str = "",
 ) -> str:
     """One line: the data, the model, the objective, the optimiser and the schedule (and the
     devices, unless the caller states its own layout, as a vectorised group does). Given a
     group's ``members``, the noise level, term strengths and learning rate they vary are
-    written as sets, ``noise masking:{0.0,0.1,0.2}``."""
+    written as sets, ``noise masking:{0.0,0.1,0.2}``. A model that ``trainer`` does not train
+    (``trained=False``, an unrolled stack left as it is) gets ``trained_note`` instead of the
+    objective and the schedule."""
     members = members or [cfg]
     m, data = cfg.model, trainer.data
     arch = f"{m.kind}"
@@ -65,17 +72,22 @@ def describe(
 
     n = trainer.parallel.devices
     where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
-    return (
+    head = (
         f"{data.name}: {data.x_train.shape[0]} train / "
         + ("" if data.x_val is None else f"{data.x_val.shape[0]} val / ")
         + f"{data.x_test.shape[0]} test, "
-        f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation} | "
-        f"loss {cfg.loss.kind} | "
+        f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation}"
+    )
+    if not trained:
+        return f"{head} | {trained_note}{where}"
+    return (
+        f"{head} | loss {cfg.loss.kind} | "
         f"noise {cfg.noise.kind}:{_one_or_set(c.noise.level for c in members)} | "
         f"reg {' + '.join(f'{k}:{strength(k)}' for k in cfg.reg) or 'none'} | "
         f"{optim} | "
         + (f"{precision} | " if precision != "float32" else "")
-        + f"{trainer.epochs} epochs x {trainer.steps_per_epoch} "
+        + f"{trainer.epochs} epoch{'s' if trainer.epochs != 1 else ''} x "
+        f"{trainer.steps_per_epoch} "
         f"step{'s' if trainer.steps_per_epoch != 1 else ''} of "
         f"{trainer.cfg.trainer.batch_size}"
         + (f" ({trainer.passes} passes each)" if trainer.passes > 1 else "")

@@ -280,7 +280,14 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     metrics["pretrain/time/train_seconds"] = sum(r.metrics["time/train_seconds"] for r in layers)
 
     # 2. unroll into the deep autoencoder
-    log.info(describe(ft_cfg, trainer))
+    log.info(
+        describe(
+            ft_cfg,
+            trainer,
+            trained=p.unsupervised,
+            trained_note="the unrolled stack, not fine-tuned as an autoencoder",
+        )
+    )
     state = trainer.init_state()
     random_start = jax.device_get(state.params)
     unrolled = unroll([layer.params for layer in layers], random_start, p.decoder_init)
