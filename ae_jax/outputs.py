@@ -34,15 +34,14 @@ def describe(
     trainer: Trainer,
     devices: bool = True,
     members: list[Config] | None = None,
-    trained: bool = True,
-    trained_note: str = "",
+    untrained: str | None = None,
 ) -> str:
     """One line: the data, the model, the objective, the optimiser and the schedule (and the
     devices, unless the caller states its own layout, as a vectorised group does). Given a
     group's ``members``, the noise level, term strengths and learning rate they vary are
-    written as sets, ``noise masking:{0.0,0.1,0.2}``. A model that ``trainer`` does not train
-    (``trained=False``, an unrolled stack left as it is) gets ``trained_note`` instead of the
-    objective and the schedule."""
+    written as sets, ``noise masking:{0.0,0.1,0.2}``. A model that ``trainer`` does not train (an
+    unrolled stack left as it is) gets the note ``untrained`` instead of the objective and the
+    schedule."""
     members = members or [cfg]
     m, data = cfg.model, trainer.data
     arch = f"{m.kind}"
@@ -78,8 +77,8 @@ def describe(
         + f"{data.x_test.shape[0]} test, "
         f"example {tuple(data.example_shape)} | {arch} -> {trainer.output_activation}"
     )
-    if not trained:
-        return f"{head} | {trained_note}{where}"
+    if untrained is not None:
+        return f"{head} | {untrained}{where}"
     return (
         f"{head} | loss {cfg.loss.kind} | "
         f"noise {cfg.noise.kind}:{_one_or_set(c.noise.level for c in members)} | "

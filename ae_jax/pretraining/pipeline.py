@@ -284,8 +284,9 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         describe(
             ft_cfg,
             trainer,
-            trained=p.unsupervised,
-            trained_note="the unrolled stack, not fine-tuned as an autoencoder",
+            untrained=None
+            if p.unsupervised
+            else "the unrolled stack, not fine-tuned as an autoencoder",
         )
     )
     state = trainer.init_state()
