@@ -293,19 +293,22 @@ def test_orbax_failing_mid_write_is_one_line(tmp_path):
     # A file-size limit makes the checkpoint's data file fail part-way inside Orbax (past the
     # space check): one line naming the checkpoint and the OS reason, none of Orbax's threads'
     # tracebacks, and the rerun without the limit trains.
-    import resource
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
-
+    # The limit is set by a small Python that then becomes the run (exec), not by a preexec_fn
+    # in this process, whose fork with JAX's threads running risks a deadlock.
+    limited = (
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
     env = {**os.environ, "AE_JAX_COMPILATION_CACHE": "off"}
     args = (
         sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", "trainer.devices=1",
         "trainer.epochs=5", "trainer.figures=false",
     )  # fmt: skip
     proc = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=limit, env=env
-    )
+        (sys.executable, "-c", limited, *args[1:]),
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log and "Event loop is closed" not in log, log[-3000:]
