@@ -254,6 +254,9 @@ def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, 
     assert "Traceback" not in log
     reason = f"{tmp_path / '1'}: RunDirError: {tmp_path / '1'} holds a run with another config"
     assert reason in log and "noise.level: 0.1 -> 0.2" in log
+    # the way out for a sweep: its jobs are numbered by the order of its values
+    assert "give the earlier sweep's values first, in their order" in log
+    assert "new hydra.sweep.dir" in log and "hydra.run.dir" not in log.split(reason)[1]
     summary = log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
     assert "2 completed" in summary and "1 refused" in summary, summary
     assert log.count("epoch 1/3") == 1 and "not trained again" in log, log[-3000:]

@@ -209,13 +209,25 @@ class RunDir:
                         raise RunDirError(
                             f"{self.path} holds a run with another config: "
                             + "; ".join(diff)
-                            + ". Use a new run directory (hydra.run.dir=...), or "
-                            "trainer.resume=false to keep that run and write this one beside it"
+                            + ". "
+                            + self._another_directory()
+                            + ", or trainer.resume=false to keep that run and write this one "
+                            "beside it"
                         )
             _check_writable(self.path / "checkpoints")
         except BaseException:
             self.release()
             raise
+
+    def _another_directory(self) -> str:
+        """How to give a run another directory: a sweep's job (its parent holds Hydra's
+        multirun.yaml) is numbered by its place in the sweep, not named by its values."""
+        if (self.path.parent / "multirun.yaml").exists():
+            return (
+                "A sweep numbers its jobs in the order of its values: give the earlier sweep's "
+                "values first, in their order, to add to it, or use a new hydra.sweep.dir"
+            )
+        return "Use a new run directory (hydra.run.dir=...)"
 
     def _lock(self) -> None:
         self._lock_fd = hold_lock(
