@@ -1,4 +1,4 @@
-"""Write the codes and reconstructions of a trained run's dataset to .npz (kept short on purpose).
+"""Write a trained run's codes of its dataset (and reconstructions) to an .npz file.
 
     python experiments/embed.py RUN_DIR                     # RUN_DIR/embeddings.npz, both splits
     python experiments/embed.py RUN_DIR --out codes.npz --reconstructions --probe
@@ -12,7 +12,6 @@ is done by ``ae_jax.features``; the codes are deterministic (the clean encoder, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -74,7 +73,16 @@ def _embed(args: argparse.Namespace) -> dict:
                 seed=run.cfg.trainer.seed,
             )
         )
-    print(json.dumps(report, indent=2))
+    shapes = ", ".join(f"{k} {' x '.join(map(str, arrays[k].shape))}" for k in arrays)
+    print(f"wrote {out}: {shapes}")
+    if args.probe:
+        k = arrays["z_train"].shape[1]
+        pct = {name: f"{v:.2f}%" for name, v in report.items() if name.startswith("probe/")}
+        print(
+            f"linear probe test error: codes {pct['probe/error_pct']}, "
+            f"raw {pct['probe/raw/error_pct']}, PCA-{k} {pct['probe/pca/error_pct']} "
+            f"(training error on the codes {pct['probe/train_error_pct']})"
+        )
     return report
 
 

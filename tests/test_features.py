@@ -144,9 +144,15 @@ def _embed_main():
 def test_embed_command_writes_codes(trained_run, data, tmp_path, capsys):
     main = _embed_main()
     out = tmp_path / "codes.npz"
-    report = main([str(trained_run), "--out", str(out), "--reconstructions"])
+    report = main([str(trained_run), "--out", str(out), "--reconstructions", "--probe"])
     saved = np.load(out)
     assert report["z_test"] == [200, 8]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"wrote {out}: z_train 1000 x 8, z_test 200 x 8, y_train 1000, " + (
+        "y_test 200, x_hat_test 200 x 28 x 28 x 1"
+    )
+    assert printed[1].startswith("linear probe test error: codes ")
+    assert f"PCA-8 {report['probe/pca/error_pct']:.2f}%" in printed[1]
     assert saved["z_train"].shape == (1000, 8) and saved["x_hat_test"].shape == (200, 28, 28, 1)
     run = load_run(trained_run)
     np.testing.assert_array_equal(saved["z_test"], embed(run, data.x_test))
