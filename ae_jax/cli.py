@@ -146,14 +146,19 @@ def quiet_console() -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.handleError = _drop_on_error(handler)
+            guard_log_file(handler)
         elif isinstance(handler, logging.StreamHandler):
             handler.addFilter(lambda r: ours(r) or r.levelno >= logging.WARNING)
 
 
-def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord], None]:
+def guard_log_file(handler: logging.FileHandler) -> None:
     """A log file that can no longer be written (a full disk) is closed with one warning on
     the console, instead of a traceback for every line logged after."""
+    handler.handleError = _drop_on_error(handler)
+
+
+def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord], None]:
+    """``handler.handleError`` for ``guard_log_file``."""
 
     def handle_error(record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]

@@ -127,11 +127,18 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
     )
     assert "vectorised sweep: 4 members in one program" in out
     assert "vectorised groups" not in out  # one group: nothing to explain
+    # every job line in the launcher's own format (a job's logging once left "#1".."#3" in
+    # the previous job's format, and in that job's train.log)
+    assert all(f"[HYDRA] \t#{job} : trainer.figures" in out for job in range(4)), out[:2000]
     for job in range(4):
         d = tmp_path / str(job)
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
+        # the job's train.log holds its group's lines, as a sequential job's holds its own
+        log = (d / "train.log").read_text()
+        assert "[ae_jax][INFO] - vectorised sweep: 4 members" in log and "epoch 2/2" in log
+        assert f"outputs in {d}" in log and " : trainer.figures" not in log
 
 
 def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):
@@ -210,6 +217,9 @@ def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):
         metrics = json.loads((d / "metrics.json").read_text())
         assert "pretrain/layer_0/test/mse" in metrics and "unrolled/test/mse" in metrics
         assert (d / ".hydra" / "overrides.yaml").exists()
+        log = (d / "train.log").read_text()  # its own lines, as under the basic launcher
+        assert "layer 0:" in log and f"outputs in {d}" in log
+        assert f"outputs in {tmp_path / str(1 - job)}" not in log
 
 
 def test_sixteen_members_over_eight_devices_equal_their_sequential_runs(tmp_path, caplog):

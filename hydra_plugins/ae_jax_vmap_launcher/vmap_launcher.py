@@ -29,7 +29,7 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class VmapLauncher(Launcher):
         #    records the job's config and directory.
         jobs: list[tuple[Any, Path, JobReturn]] = []
         records: list[dict] = []  # each job's .hydra/ texts, written when its group starts
+        log_files: list[list[dict]] = []  # each job's log files (hydra.job_logging)
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             sweep_config = self.hydra_context.config_loader.load_sweep_config(
@@ -168,17 +169,21 @@ class VmapLauncher(Launcher):
                 seen["cfg"] = cfg
                 seen["dir"] = Path(HydraConfig.get().runtime.output_dir)
                 seen["hydra"] = hydra_record(cfg)
+                seen["log_files"] = job_log_files(HydraConfig.get().job_logging)
 
+            # Without the job's logging: its log file is opened while the job trains
+            # (job_logs), and the console keeps the launcher's format for every "#k" line.
             ret = run_job(
                 hydra_context=self.hydra_context,
                 task_function=record,
                 config=sweep_config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
+                configure_logging=False,
             )
             jobs.append((seen.get("cfg"), seen.get("dir"), ret))
             records.append(seen.get("hydra", {}))
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            log_files.append(seen.get("log_files", []))
         quiet_console()  # library chatter (JAX's "Unable to initialize backend") off the console
 
         # 2. Train: one vectorised program per group of compatible jobs. A bad member or a
@@ -203,7 +208,8 @@ class VmapLauncher(Launcher):
                 "job #%d: a layer-wise pipeline does not vectorise; trained on its own",
                 initial_job_idx + i,
             )
-            _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
+            with job_logs([log_files[i]]):
+                _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
         # Each job's directory is claimed (locked, its earlier run's config compared) before
@@ -226,11 +232,13 @@ class VmapLauncher(Launcher):
             configs = [c for k, c in enumerate(configs) if valid[k] in rundirs]
             valid = [v for v in valid if v in rundirs]
             self._train_groups(
-                configs, valid, jobs, records, rundirs, alone, search, initial_job_idx
+                configs, valid, jobs, records, rundirs, alone, search, initial_job_idx, log_files
             )
         return [ret for _, _, ret in jobs]
 
-    def _train_groups(self, configs, valid, jobs, records, rundirs, alone, search, first) -> None:
+    def _train_groups(
+        self, configs, valid, jobs, records, rundirs, alone, search, first, log_files
+    ) -> None:
         """One vectorised program per group of compatible jobs (their directories claimed)."""
         from ae_jax.cli import USER_ERRORS, job_score, os_error_line
         from ae_jax.sweeps.vectorized import (
@@ -273,12 +281,13 @@ class VmapLauncher(Launcher):
         for group in groups:
             members = [valid[g] for g in group]
             try:
-                results = train_group(
-                    [configs[g] for g in group],
-                    [jobs[m][1] for m in members],
-                    hydra_files=[records[m] for m in members],
-                    rundirs=[rundirs[m] for m in members],
-                )
+                with job_logs([log_files[m] for m in members]):
+                    results = train_group(
+                        [configs[g] for g in group],
+                        [jobs[m][1] for m in members],
+                        hydra_files=[records[m] for m in members],
+                        rundirs=[rundirs[m] for m in members],
+                    )
             except Preempted as err:
                 for m in members:
                     _write_status(jobs[m][1], "preempted", message=str(err))
@@ -304,6 +313,50 @@ class VmapLauncher(Launcher):
                 continue
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
+
+
+def job_log_files(job_logging: DictConfig) -> list[dict]:
+    """The log files that Hydra's ``hydra.job_logging`` gives a job (its file handlers,
+    resolved in the job's context: ``<job dir>/train.log`` by default), with their formats."""
+    spec = OmegaConf.to_container(job_logging, resolve=True) or {}
+    formatters = spec.get("formatters") or {}
+    files = []
+    for handler in (spec.get("handlers") or {}).values():
+        if isinstance(handler, dict) and handler.get("filename"):
+            fmt = formatters.get(handler.get("formatter"), {})
+            files.append(
+                {
+                    "filename": handler["filename"],
+                    "mode": handler.get("mode", "a"),
+                    "format": fmt.get("format"),
+                    "datefmt": fmt.get("datefmt"),
+                }
+            )
+    return files
+
+
+@contextlib.contextmanager
+def job_logs(jobs_files: list[list[dict]]):
+    """Every line logged in the block also goes to these jobs' own log files: a vectorised
+    group's lines (its layout, progress, each member's test line) reach each member's
+    train.log, as a job's lines reach its file under the basic launcher."""
+    from ae_jax.cli import guard_log_file
+
+    root = logging.getLogger()
+    handlers = []
+    try:
+        for files in jobs_files:
+            for f in files:
+                handler = logging.FileHandler(f["filename"], mode=f["mode"])
+                handler.setFormatter(logging.Formatter(f["format"], f["datefmt"]))
+                guard_log_file(handler)
+                root.addHandler(handler)
+                handlers.append(handler)
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _run_alone(cfg, workdir, record, ret, search: bool) -> None:
