@@ -154,11 +154,6 @@ def quiet_console() -> None:
 def guard_log_file(handler: logging.FileHandler) -> None:
     """A log file that can no longer be written (a full disk) is closed with one warning on
     the console, instead of a traceback for every line logged after."""
-    handler.handleError = _drop_on_error(handler)
-
-
-def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord], None]:
-    """``handler.handleError`` for ``guard_log_file``."""
 
     def handle_error(record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]
@@ -173,7 +168,7 @@ def _drop_on_error(handler: logging.FileHandler) -> Callable[[logging.LogRecord]
             reason,
         )
 
-    return handle_error
+    handler.handleError = handle_error
 
 
 def check_output_dirs(argv: list[str]) -> None:

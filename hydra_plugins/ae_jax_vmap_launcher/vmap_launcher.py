@@ -347,7 +347,15 @@ def job_logs(jobs_files: list[list[dict]]):
     try:
         for files in jobs_files:
             for f in files:
-                handler = logging.FileHandler(f["filename"], mode=f["mode"])
+                try:
+                    handler = logging.FileHandler(f["filename"], mode=f["mode"])
+                except OSError as err:  # as for a log file that can no longer be written
+                    log.warning(
+                        "%s cannot be opened (%s): the console has this job's lines",
+                        f["filename"],
+                        err.strerror or err,
+                    )
+                    continue
                 handler.setFormatter(logging.Formatter(f["format"], f["datefmt"]))
                 guard_log_file(handler)
                 root.addHandler(handler)
