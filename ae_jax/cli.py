@@ -583,6 +583,26 @@ class SearchScoreCheck(Callback):
             logging.getLogger("alembic").setLevel(logging.WARNING)  # at INFO on the console
 
 
+def _refuse_nested_sweep(root: Path) -> None:
+    """A sweep directory inside another sweep's directory or a run's (or a run's own): its
+    jobs would land among that sweep's jobs or that run's files, and a report of either would
+    count them as its own."""
+    root = root.absolute()
+    if (root / "status.json").exists() and not (root / "multirun.yaml").exists():
+        raise RunDirError(
+            f"hydra.sweep.dir={root} is a run's directory; a sweep there would mix its jobs "
+            "with that run's files: choose a hydra.sweep.dir outside it"
+        )
+    for parent in root.parents:
+        for marker, what in (("multirun.yaml", "a sweep"), ("status.json", "a run")):
+            if (parent / marker).exists():
+                raise RunDirError(
+                    f"hydra.sweep.dir={root} is inside {parent}, the directory of {what}; its "
+                    "report would count this sweep's jobs as its own: choose a hydra.sweep.dir "
+                    "outside it"
+                )
+
+
 class SweepLock(Callback):
     """A sweep directory belongs to one multirun process at a time: before the first job,
     ``<hydra.sweep.dir>/.sweep.lock`` is taken (``fcntl.flock``, naming the holder; the kernel
@@ -602,6 +622,7 @@ class SweepLock(Callback):
 
         root = Path(str(config.hydra.sweep.dir))
         try:
+            _refuse_nested_sweep(root)
             root.mkdir(parents=True, exist_ok=True)
             self._fd = hold_lock(
                 root / self.LOCK,

@@ -18,6 +18,7 @@ import numpy as np
 from ae_jax.config import Config, config_dict
 from ae_jax.evaluation.metrics import evaluate_trained, warn_if_not_at_pca
 from ae_jax.run_io import write_atomic, write_history, write_json_atomic
+from ae_jax.training.loop import Preempted
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -267,14 +268,19 @@ def log_final(loggers, cfg: Config, workdir: Path, history: list, metrics: dict)
 
 def epoch_logger(loggers, prefix: str = ""):
     """``on_epoch(row)`` for the loop: each history row to the loggers (step = epoch), keys
-    prefixed with a stage name in multi-stage runs; None when no logger is open."""
+    prefixed with a stage name in multi-stage runs (without ``epoch``, which the step is);
+    None when no logger is open."""
     if not loggers:
         return None
 
     def on_epoch(row: dict) -> None:
-        keys = {k if not prefix or k == "epoch" else f"{prefix}/{k}": v for k, v in row.items()}
+        if prefix:  # the step is the stage's epoch: an unprefixed "epoch" of every stage
+            keys = {f"{prefix}/{k}": v for k, v in row.items() if k != "epoch"}
+        else:  # would be logged at the same steps again and again
+            keys = dict(row)
         loggers.log_metrics(keys, step=int(row["epoch"]))
 
+    on_epoch.flush = loggers.flush  # before each checkpoint (ae_jax.training.loop.run_stage)
     return on_epoch
 
 
@@ -332,5 +338,8 @@ def open_run_loggers(cfg, workdir: Path, main: bool = True, group: str | None = 
     )
     try:
         yield loggers
+    except BaseException as err:  # the trackers record how the run ended
+        loggers.close("preempted" if isinstance(err, Preempted) else "failed")
+        raise
     finally:
         loggers.close()

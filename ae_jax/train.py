@@ -72,7 +72,9 @@ def train_and_evaluate(
         rundir.start(to_yaml(cfg))
         if main:  # shapes and output activation, so that ae_jax.features.load_run needs no data
             write_run_info(workdir, data, trainer.output_activation)
-        loggers = stack.enter_context(open_run_loggers(cfg, workdir, main))
+        # a finished run is evaluated again, not trained: its trackers already hold it
+        finished = cfg.trainer.resume and max(checkpointer.epochs(), default=0) >= trainer.epochs
+        loggers = stack.enter_context(open_run_loggers(cfg, workdir, main and not finished))
         # the evaluation's programs and matplotlib are readied while the model trains (after
         # the epoch program, which would otherwise wait for the GIL)
         initial, warming = (jax.device_get(state.params) if main else None), []

@@ -254,14 +254,29 @@ def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, 
     assert "Traceback" not in log
     reason = f"{tmp_path / '1'}: RunDirError: {tmp_path / '1'} holds a run with another config"
     assert reason in log and "noise.level: 0.1 -> 0.2" in log
-    # the way out for a sweep: its jobs are numbered by the order of its values
-    assert "give the earlier sweep's values first, in their order" in log
+    # the way out for a sweep: its jobs are numbered by the places of their values
+    assert "append values to the first swept key only" in log
     assert "new hydra.sweep.dir" in log and "hydra.run.dir" not in log.split(reason)[1]
     summary = log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
     assert "2 completed" in summary and "1 refused" in summary, summary
     assert log.count("epoch 1/3") == 1 and "not trained again" in log, log[-3000:]
     assert json.loads((tmp_path / "2" / "status.json").read_text())["status"] == "completed"
     assert _snapshot(tmp_path / "1") == before
+
+
+@pytest.mark.parametrize("inside", ["", "sweeps"])
+def test_a_sweep_in_a_run_directory_or_below_it_is_refused(finished, inside):
+    # It used to start: its multirun.yaml, lock and jobs 0/, 1/ among the run's files, and a
+    # report of the enclosing sweep then counted them as its own runs.
+    before = _snapshot(finished)
+    root = finished / inside if inside else finished
+    proc = _run("--multirun", f"hydra.sweep.dir={root}", "trainer.epochs=2", "optim.lr=1e-3,1e-2")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    said = "is a run's directory" if not inside else f"is inside {finished}, the directory of a run"
+    assert f"RunDirError: hydra.sweep.dir={root} {said}" in log, log[-3000:]
+    assert "choose a hydra.sweep.dir outside it" in log and "epoch 1/2" not in log
+    assert _snapshot(finished) == before and not (finished / "multirun.yaml").exists()
 
 
 def test_another_model_is_another_run_not_corrupt(finished, tmp_path):
@@ -305,23 +320,32 @@ def test_extending_epochs_resumes_a_vmap_sweep_and_equals_the_longer_sweep(tmp_p
     assert _sweep_metrics(tmp_path / "a") == _sweep_metrics(tmp_path / "b")
 
 
-def test_a_vmap_group_checkpoint_beyond_the_epochs_asked_is_refused_not_reported(tmp_path):
-    # A group killed at epoch 100 of 600 (its members' directories hold no result yet), then
-    # run with 50 epochs: its checkpoint is found (the key leaves the epochs out), and it used
-    # to be reported as a finished 50-epoch run with 100 epochs of training. Refused, named;
-    # 600 epochs then continue it.
-    grid = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "noise=masking")
-    grid += ("noise.level=0,0.2", "trainer.checkpoint_every=50", f"hydra.sweep.dir={tmp_path}")
+def test_an_interrupted_vmap_group_rerun_with_other_values_or_fewer_epochs_is_refused(tmp_path):
+    # A group killed at epoch 100 of 600 (its members' directories hold no result yet, their
+    # checkpoints are the group's, in .vmap-groups/). Run again with 50 epochs, it used to be
+    # reported as a finished 50-epoch run with 100 epochs of training, and later refused only
+    # after rewriting the members' config.yaml; with its values swapped, it resumed the
+    # members' states under each other's labels (lr 1e-3's training in the lr 1e-2 job). Both
+    # are refused before anything is written, naming the value; 600 epochs then continue it.
+    fixed = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "noise=masking")
+    fixed += ("trainer.checkpoint_every=50", f"hydra.sweep.dir={tmp_path}")
+    grid = (*fixed, "noise.level=0,0.2")
     ready = ".vmap-groups/*/checkpoints/100/_CHECKPOINT_METADATA"
     proc = _started((*grid, "trainer.epochs=600"), tmp_path, ready)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=300)
+    before = {job: _snapshot(tmp_path / job) for job in ("0", "1")}
     short = _run(*grid, "trainer.epochs=50")
     log = short.stdout + short.stderr
     assert short.returncode == 2 and "Traceback" not in log, log[-3000:]
-    assert "holds epoch 1" in log and "more than the 50 epochs that this run trains" in log, log[
-        -3000:
-    ]
+    assert "holds a run with another config: trainer.epochs: 600 -> 50" in log, log[-3000:]
+    assert "Use a new hydra.sweep.dir" in log and "epoch 1/50" not in log
+    swapped = _run(*fixed, "noise.level=0.2,0", "trainer.epochs=600")
+    log = swapped.stdout + swapped.stderr
+    assert swapped.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert "noise.level: 0.0 -> 0.2" in log and "noise.level: 0.2 -> 0.0" in log, log[-3000:]
+    assert "resuming from" not in log and "epoch 1/600" not in log
+    assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
     assert not list(tmp_path.glob("*/metrics.json"))
     resumed = _run(*grid, "trainer.epochs=600")
     log = resumed.stdout + resumed.stderr

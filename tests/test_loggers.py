@@ -315,6 +315,46 @@ def test_mlflow_store_read_back(tmp_path, png, monkeypatch):
     assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the cwd
 
 
+def test_a_resumed_run_goes_on_in_its_mlflow_run_and_a_failed_one_says_so(tmp_path, monkeypatch):
+    # A run killed after epoch 5 (its checkpoint at 3) and resumed: it used to open a second,
+    # unlinked MLflow run, and leave the first RUNNING forever. Now it goes on in the first,
+    # without logging epochs 4-5 twice; a run that fails is recorded FAILED, not FINISHED.
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = open_loggers({"mlflow": {}}, workdir=tmp_path, run_name="run", config=CONFIG)
+    for epoch in range(1, 6):
+        first.log_metrics({"train/loss": 1.0 / epoch}, step=epoch)  # then killed: never closed
+    again = open_loggers({"mlflow": {}}, workdir=tmp_path, run_name="run", config=CONFIG)
+    for epoch in range(4, 9):
+        again.log_metrics({"train/loss": 1.0 / epoch, "eval/mse": 0.1}, step=epoch)
+    again.close("failed")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+    assert run.info.status == "FAILED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 9))
+    evals = client.get_metric_history(run.info.run_id, "eval/mse")
+    assert [m.step for m in evals] == [4, 5, 6, 7, 8]
+    assert run.data.params["model.latent_dim"] == "8"
+
+
+def test_a_resumed_run_goes_on_in_its_wandb_run(tmp_path, wandb_env):
+    from ae_jax.loggers._wandb import earlier_run_id
+
+    assert earlier_run_id(tmp_path) is None
+    first = open_loggers({"wandb": {"project": "p"}}, workdir=tmp_path, run_name="r")
+    first.log_metrics({"train/loss": 1.0}, step=1)
+    first.close("preempted")
+    (one,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    again = open_loggers({"wandb": {"project": "p"}}, workdir=tmp_path, run_name="r")
+    again.close()
+    records = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(records) == 2 and {r.name for r in records} == {one.name}  # one id, twice
+    assert earlier_run_id(tmp_path) == one.stem.removeprefix("run-")
+
+
 def test_an_unreachable_mlflow_server_is_refused_at_once(tmp_path, monkeypatch):
     """MLflow retried a tracking server that refused connections for 4 minutes before the run
     ended with its error; now it is asked once, before training, and the line names it."""
@@ -434,6 +474,28 @@ def test_csv_table_is_live_widens_and_resumes(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert [float(r["train/loss"]) for r in rows] == [1.0, 0.5, 7.0, 7.0, 7.0]
     assert [r["eval/mse"] for r in rows][:2] == ["", str(1.1 / 2)]  # a column that came later
+
+
+def test_csv_table_keeps_every_stage_of_a_layerwise_run(tmp_path):
+    # The stages of a layer-wise run count their epochs from 1 under their own columns; each
+    # stage used to wipe the rows of those before it (a resumed run's rule), leaving the last.
+    import csv
+
+    from ae_jax.outputs import epoch_logger
+
+    loggers = open_loggers({"csv": {}}, workdir=tmp_path, run_name="r", config=CONFIG)
+    for stage, epochs in (("pretrain/layer_0", 3), ("pretrain/layer_1", 2), ("finetune", 3)):
+        on_epoch = epoch_logger(loggers, stage)
+        for epoch in range(1, epochs + 1):
+            on_epoch({"epoch": epoch, "train/loss": float(epoch)})
+    loggers.close()
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert "epoch" not in rows[0]  # the step is each stage's epoch
+    assert [r["pretrain/layer_0/train/loss"] for r in rows] == ["1.0", "2.0", "3.0"]
+    assert [r["pretrain/layer_1/train/loss"] for r in rows] == ["1.0", "2.0", ""]
+    assert [r["finetune/train/loss"] for r in rows] == ["1.0", "2.0", "3.0"]
 
 
 # ------------------------------------------------------------------------- the fan-out itself

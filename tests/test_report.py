@@ -524,3 +524,35 @@ def test_a_report_that_fails_part_way_leaves_the_earlier_one_as_it_was(
     )
     # the earlier report, every file as it was: no table of the failed one beside its figures
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("params", [None, {}])
+def test_a_grid_given_only_on_the_command_line_is_expanded(tmp_path, params):
+    # Hydra writes `params: null` when the grid is all on the command line; the expansion used
+    # to raise there (OmegaConf.to_container of a plain {}), and the report then listed no job
+    # as not started: a killed sweep's missing jobs disappeared from its table.
+    from ae_jax.sweeps.collect import expected_jobs
+
+    multirun = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": params,
+            },
+            "overrides": {"task": ["optim.lr=0.001,0.01", "trainer.seed=0,1"], "hydra": []},
+        }
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    assert expected_jobs(tmp_path / "multirun.yaml") == [
+        ("optim.lr=0.001", "trainer.seed=0"),
+        ("optim.lr=0.001", "trainer.seed=1"),
+        ("optim.lr=0.01", "trainer.seed=0"),
+        ("optim.lr=0.01", "trainer.seed=1"),
+    ]
+    (tmp_path / "0").mkdir()  # one job ran; the three others never started
+    _write_run(tmp_path / "0", 8, 0, np.random.default_rng(0))
+    job = ["optim.lr=0.001", "trainer.seed=0"]  # what Hydra records: the job's own overrides
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(job))
+    runs = collect_runs(tmp_path)
+    assert sorted(r.status for r in runs) == ["completed"] + ["not started"] * 3

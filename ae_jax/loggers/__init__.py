@@ -63,7 +63,7 @@ class Logger(Protocol):
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str = "completed") -> None: ...  # or "failed", "preempted"
 
 
 def clean_row(row: Mapping[str, Any]) -> dict[str, float]:
@@ -165,6 +165,10 @@ class Loggers:
                 except Exception:
                     pass
 
+    def flush(self) -> None:
+        """What each logger holds in memory to its store (before a checkpoint is saved)."""
+        self._each("flush", lambda lg: getattr(lg, "flush", lambda: None)())
+
     def log_metrics(self, row: Mapping[str, Any], step: int) -> None:
         """One history row (``train/loss``, ``eval/mse``, ``epoch``, ``time/elapsed``, ...) at
         ``step`` (the epoch); non-numeric and non-finite values are left out."""
@@ -189,12 +193,13 @@ class Loggers:
         final = clean_row(metrics)
         self._each("log_hparams", lambda lg: lg.log_hparams(flat, final))
 
-    def close(self) -> None:
-        """Flush and close every logger (idempotent)."""
+    def close(self, status: str = "completed") -> None:
+        """Flush and close every logger (idempotent); ``status`` is how the run ended
+        (``completed``, ``failed`` or ``preempted``), which MLflow and W&B record."""
         loggers, self._loggers = self._loggers, {}
         for name, lg in loggers.items():
             try:
-                lg.close()
+                lg.close(status)
             except Exception as e:
                 log.warning("logger %s failed to close: %s: %s", name, type(e).__name__, e)
 

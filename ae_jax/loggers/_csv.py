@@ -3,7 +3,9 @@
 The run writes ``history.csv`` when it ends; this one is rewritten after every epoch (atomically,
 a small file), so a running or killed run can be read with any spreadsheet or ``tail``. A new
 column (evaluation starts, a term appears) widens the whole table; a resumed run that logs an
-epoch again replaces that epoch and the ones after it.
+epoch again replaces its columns' values at that epoch and the ones after it. The stages of a
+layer-wise run each count their epochs from 1 under their own columns
+(``pretrain/layer_0/train/loss``, ``finetune/...``): they share the rows.
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ class CsvLogger:
                     self.rows[step] = {k: v for k, v in r.items() if k != "step" and v != ""}
 
     def log_metrics(self, row: dict[str, float], step: int) -> None:
-        self.rows = {s: r for s, r in self.rows.items() if s < step}
-        self.rows[step] = dict(row)
+        # the row's columns are logged again from this step on (a resumed run): their later
+        # values go; other columns (an earlier stage's, whose steps restart at 1) stay
+        for s in [s for s in self.rows if s >= step]:
+            kept = {k: v for k, v in self.rows[s].items() if k not in row}
+            if kept:
+                self.rows[s] = kept
+            else:
+                del self.rows[s]
+        self.rows.setdefault(step, {}).update(row)
         self.columns += [k for k in row if k not in self.columns]
         self._write()
 
@@ -48,7 +57,7 @@ class CsvLogger:
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         pass  # config.yaml and metrics.json already hold them
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         pass
 
 

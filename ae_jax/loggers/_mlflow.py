@@ -85,6 +85,7 @@ class MlflowLogger:
         self._params: set[str] = set()
         self._metrics: set[str] = set()
         self._last_step = 0
+        self._logged: dict[str, int] = {}  # an earlier session's last step of each metric
         self._closed = False
         self._broken = False  # a request failed: the store is not asked again, not even to close
 
@@ -122,7 +123,20 @@ class MlflowLogger:
         key = mlflow_key(key)
         return key.replace("/", ".") if self._file_store else key
 
+    def resume(self, keys) -> None:
+        """Go on in a run an earlier session began: what it logged stays, and the steps it
+        logged after its last checkpoint (which this session trains again, to the same values)
+        are not logged twice (MLflow keeps every value it is given)."""
+        with self._request():
+            for key in keys:
+                steps = [m.step for m in self.client.get_metric_history(self.run_id, key)]
+                self._logged[key] = max(steps, default=0)
+                self._last_step = max(self._last_step, self._logged[key])
+
     def log_metrics(self, row: dict[str, float], step: int) -> None:
+        if self._logged:
+            keys = {k: self._metric_key(k) for k in row}
+            row = {k: v for k, v in row.items() if step > self._logged.get(keys[k], 0)}
         self._log(row, step)
         self._metrics.update(row)
         self._last_step = max(self._last_step, step)
@@ -141,11 +155,12 @@ class MlflowLogger:
         self._log(final, self._last_step)
         self._metrics.update(final)
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if not self._closed:
             self._closed = True
             if not self._broken:
-                self.client.set_terminated(self.run_id, "FINISHED")
+                ended = {"completed": "FINISHED", "preempted": "KILLED"}.get(status, "FAILED")
+                self.client.set_terminated(self.run_id, ended)
 
 
 def open_mlflow(
@@ -194,9 +209,30 @@ def open_mlflow(
             )
         except MlflowException:  # another job of the sweep created it meanwhile
             experiment_id = client.get_experiment_by_name(settings.experiment).experiment_id
-    tags = {"group": group} if group else {}
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    here = str(workdir.resolve())
+    tags = {RUN_DIR_TAG: here, **({"group": group} if group else {})}
+    earlier = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quoted(here)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if earlier:  # a resumed run goes on in the MLflow run it began
+        run = earlier[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+    else:
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     logger = MlflowLogger(client, run.info.run_id, file_store=_is_file_store(uri))
+    if earlier:
+        logger._params.update(run.data.params)  # the earlier session's: kept as they are
+        logger.resume(run.data.metrics)
     if config:
         logger.log_params(flatten_config(config))
     return logger
+
+
+RUN_DIR_TAG = "ae_jax.run_dir"  # the run directory an MLflow run belongs to
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

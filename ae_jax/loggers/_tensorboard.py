@@ -102,7 +102,12 @@ class TensorBoardLogger:
                 self._write(summary)
         self._events.flush()
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        if not self._closed:
+            self._events.flush()
+            self._last_flush = time.monotonic()
+
+    def close(self, status: str = "completed") -> None:
         if not self._closed:
             self._closed = True
             self._events.close()

@@ -60,10 +60,12 @@ class WandbLogger:
             self.run.config.update(hparams, allow_val_change=True)
         self.run.summary.update(metrics)
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if not self._closed:
             self._closed = True
-            self.run.finish()
+            if status == "preempted":
+                self.run.mark_preempting()
+            self.run.finish(exit_code=0 if status == "completed" else 1)
 
 
 def open_wandb(
@@ -91,7 +93,10 @@ def open_wandb(
             )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_run_id(workdir)
     run = wandb.init(
+        id=earlier,  # a resumed run goes on in the W&B run it began (None: a new one)
+        resume="allow" if earlier else None,
         project=settings.project,
         entity=settings.entity,
         dir=str(workdir),  # W&B adds wandb/
@@ -105,6 +110,14 @@ def open_wandb(
         settings=wandb.Settings(silent=True, console="off", disable_git=False),
     )
     return WandbLogger(run, config_given=bool(config))
+
+
+def earlier_run_id(workdir: Path) -> str | None:
+    """The id of the W&B run an earlier session of this run directory began, from the record
+    W&B keeps of it (``wandb/[offline-]run-<time>-<id>[-n]/run-<id>.wandb``)."""
+    records = (Path(workdir) / "wandb").glob("*run-*/run-*.wandb")
+    newest = max(records, key=lambda p: p.stat().st_mtime, default=None)
+    return newest.stem.removeprefix("run-") if newest is not None else None
 
 
 def _base_url(wandb: Any) -> str:

@@ -240,7 +240,8 @@ def expected_jobs(multirun_yaml: str | os.PathLike) -> list[tuple[str, ...]]:
     sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
     if sweeper is None or not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return []
-    params = OmegaConf.to_container(sweeper.get("params") or {}, resolve=False)
+    params = sweeper.get("params")  # None, or {} when the grid is all on the command line
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
     task = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
     # Same order as BasicSweeper.sweep: the config's params, then the command line's overrides.
     args = [f"{k}={v}" for k, v in params.items()] + task

@@ -68,6 +68,17 @@ def _blanked(cfg: Config) -> Config:
     )
 
 
+def _member_values(cfg: Config) -> tuple:
+    """The values ``_blanked`` blanks: what tells one member of a group from another."""
+    return (
+        cfg.noise.level,
+        cfg.noise.eval_level,
+        tuple(sorted((k, t.strength) for k, t in cfg.reg.items())),
+        cfg.optim.lr,
+        cfg.trainer.seed,
+    )
+
+
 def static_part(cfg: Config) -> str:
     """The config with every vectorisable scalar blanked: equal strings share one program."""
     return to_yaml(_blanked(cfg))
@@ -320,9 +331,12 @@ def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     program = static_part(
         dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, epochs=0))
     )
-    key = hashlib.sha256(
-        (program + "|".join(str(Path(w).absolute()) for w in workdirs)).encode()
-    ).hexdigest()[:12]
+    # each member's directory and its own values of what the group vectorises, so that a
+    # sweep run again with other values never resumes the earlier members' states
+    members = "|".join(
+        f"{Path(w).absolute()}:{_member_values(c)!r}" for c, w in zip(configs, workdirs)
+    )
+    key = hashlib.sha256((program + members).encode()).hexdigest()[:12]
     return parent / ".vmap-groups" / key / "checkpoints"
 
 
@@ -531,13 +545,19 @@ def train_group(
             for c, w in zip(configs, workdirs)
         ]
         hooks = [epoch_logger(lg) for lg in loggers]
+
+        def on_member_epoch(i: int, row: dict) -> None:
+            if hooks[i]:
+                hooks[i](row)
+
+        on_member_epoch.flush = lambda: [lg.flush() for lg in loggers]  # before a checkpoint
         result = run_stage(
             stage,
             states,
             checkpointer=checkpointer,
             resume=t.resume,
             allow_none_valid=t.restart_if_corrupt,
-            on_member_epoch=lambda i, row: hooks[i] and hooks[i](row),
+            on_member_epoch=on_member_epoch,
         )
         seconds = result.seconds
         warming.join()

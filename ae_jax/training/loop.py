@@ -338,6 +338,10 @@ def run_stage(
     last_save = [start]  # when the last checkpoint was written (the stage's start at first)
 
     def save(done: int) -> None:
+        # the trackers' rows up to ``done`` reach their stores first: a kill after the
+        # checkpoint leaves them no gap (the epoch hooks of ae_jax.outputs.epoch_logger)
+        for hook in (on_epoch, on_member_epoch):
+            getattr(hook, "flush", lambda: None)()
         last_save[0] = time.perf_counter()
         saved[done] = prior + last_save[0] - start
         extra = {"failed": failed, "seconds": saved[done]}

@@ -172,10 +172,15 @@ class RunDir:
 
     # -------------------------------------------------------------- state of the directory
     def holds_run(self) -> bool:
-        """Whether an earlier run left results or checkpoints here."""
+        """Whether an earlier run began here: its ``config.yaml`` (written by ``start``, so a
+        refused job leaves none), results or checkpoints. A vectorised member keeps its
+        checkpoints with its group's, outside its directory: its config.yaml is what says
+        that an interrupted member's directory belongs to that run."""
         p = self.path
-        return (p / "metrics.json").exists() or any(
-            c.name.isdigit() for c in p.glob("**/checkpoints/*")
+        return (
+            (p / "metrics.json").exists()
+            or (p / "config.yaml").exists()
+            or any(c.name.isdigit() for c in p.glob("**/checkpoints/*"))
         )
 
     def stored_config(self) -> dict | None:
@@ -210,7 +215,7 @@ class RunDir:
                             f"{self.path} holds a run with another config: "
                             + "; ".join(diff)
                             + ". "
-                            + self._another_directory()
+                            + self._another_directory(diff)
                             + ", or trainer.resume=false to keep that run and write this one "
                             "beside it"
                         )
@@ -219,15 +224,18 @@ class RunDir:
             self.release()
             raise
 
-    def _another_directory(self) -> str:
+    def _another_directory(self, diff: list[str]) -> str:
         """How to give a run another directory: a sweep's job (its parent holds Hydra's
         multirun.yaml) is numbered by its place in the sweep, not named by its values."""
-        if (self.path.parent / "multirun.yaml").exists():
-            return (
-                "A sweep numbers its jobs in the order of its values: give the earlier sweep's "
-                "values first, in their order, to add to it, or use a new hydra.sweep.dir"
-            )
-        return "Use a new run directory (hydra.run.dir=...)"
+        if not (self.path.parent / "multirun.yaml").exists():
+            return "Use a new run directory (hydra.run.dir=...)"
+        if all(d.startswith(f"{EXTENDABLE}:") for d in diff):
+            return "Use a new hydra.sweep.dir"
+        return (
+            "A sweep numbers its jobs by the places of their values (Hydra varies the last "
+            "swept key fastest): to add to it, append values to the first swept key only, "
+            "the earlier values kept in their order; or use a new hydra.sweep.dir"
+        )
 
     def _lock(self) -> None:
         self._lock_fd = hold_lock(
