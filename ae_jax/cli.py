@@ -194,11 +194,19 @@ def check_output_dirs(argv: list[str]) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+
+        def probe(test, p: Path) -> bool:  # a name too long to look at is not a file
+            try:
+                return test(p)
+            except OSError:
+                return False
+
+        blocker = next((p for p in (path, *path.parents) if probe(Path.is_file, p)), None)
         why = f"{blocker} is a file" if blocker else err.strerror
         shown = f"{key}={value}" if given else f"the default {key} ({value})"
+        done = "written" if probe(Path.is_dir, path) else "created"
         print(
-            f"error: {shown} cannot be {'written' if path.is_dir() else 'created'} ({why}); "
+            f"error: {shown} cannot be {done} ({why}); "
             f"choose a writable directory{'' if given else f' ({key}=...)'}",
             file=sys.stderr,
         )
@@ -300,9 +308,13 @@ def run_or_exit(
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         record(status="interrupted", message="Ctrl-C", ended=time.time())
+        saved = any(c.name.isdigit() for c in workdir.glob("**/checkpoints/*"))
         log.warning(
-            "Ctrl-C: stopped in %s; its checkpoints are kept: run the same command again to resume",
+            "Ctrl-C: stopped in %s; %s",
             workdir,
+            "its checkpoints are kept: run the same command again to resume"
+            if saved
+            else "no epoch was checkpointed yet: the same command starts it again",
         )
         # At once, as a second Ctrl-C asks: a checkpoint write still in flight is abandoned
         # as a kill would leave it (the newest complete checkpoint is what resumes).

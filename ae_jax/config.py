@@ -528,6 +528,17 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
                 f"in shell quotes: '{searched}={value.strip(chr(39) + chr(34))}'; "
                 "hydra.sweeper.params holds the ranges of a sweep file"
             )
+        if group == "logger" and not key and conf_dirs is not None and "(" not in value:
+            # logger=<name> or logger=[a,b]: each name an option file of conf/logger/
+            names = _option_names(conf_dirs, "logger") or []
+            for name in (n.strip() for n in value.strip("[]").split(",")):
+                if name and "${" not in name and name not in names:
+                    near = difflib.get_close_matches(name, names, n=1)
+                    hint = f" (did you mean {near[0]}?)" if near else ""
+                    raise ConfigError(
+                        f"logger={value} names {name!r}, which has no file "
+                        f"conf/logger/{name}.yaml{hint}; choose among: {', '.join(names)}"
+                    )
         if "@" in group or "/" in group or group == "hydra" or group in ("reg", "logger"):
             continue  # Hydra's own groups, packages, and the registries' mappings
         if key and group not in _GROUP_SCHEMAS:
@@ -751,8 +762,11 @@ def validate(cfg: Config) -> Config:
     _positive_int("trainer.devices", t.devices, allow_none=True)
     _choice("trainer.parallel", t.parallel, PARALLEL_MODES)
     PRECISIONS.check("trainer.precision", t.precision)
-    if not isinstance(t.seed, int):
-        raise ConfigError(f"trainer.seed={t.seed!r} must be an integer")
+    if not isinstance(t.seed, int) or isinstance(t.seed, bool) or not -(2**31) <= t.seed < 2**31:
+        # the seed is a 32-bit integer inside the programs (ae_jax.training.state)
+        raise ConfigError(
+            f"trainer.seed={t.seed!r} is not valid; it must be an integer in [-2**31, 2**31)"
+        )
     _validate_score(cfg)
     o = cfg.optim
     OPTIMIZERS.check("optim.name", o.name)

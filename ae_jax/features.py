@@ -107,7 +107,8 @@ def load_run(run_dir: str | Path) -> Run:
 
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunError(f"run directory {str(path)!r} does not exist")
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise RunError(f"run directory {str(path)!r} {what}; give a run's directory")
     for name in (CONFIG_FILE, PARAMS_FILE):
         if not (path / name).is_file():
             unfinished = _unfinished(path) if name == PARAMS_FILE else None

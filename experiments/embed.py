@@ -45,7 +45,8 @@ def _embed(args: argparse.Namespace) -> dict:
     run = load_run(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "embeddings.npz"
     if not out.parent.is_dir():
-        raise RunError(f"--out {out}: its directory {out.parent} does not exist")
+        what = "is a file" if out.parent.exists() else "does not exist"
+        raise RunError(f"--out {out}: its directory {out.parent} {what}")
     data = load_dataset(run.cfg.data)
     if args.probe and data.y_train is None:  # before any compute or file
         raise RunError(f"--probe: {data.name} has no labels; a linear probe needs class labels")

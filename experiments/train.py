@@ -8,15 +8,21 @@
 All the work happens in ``ae_jax.train.train_and_evaluate``; outputs go to Hydra's run directory.
 """
 
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+# Ctrl-C while the libraries load: nothing is written yet, so leave quietly (exit status 130)
+# instead of with the import's traceback; Python's own handler is back once they are loaded.
+signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
-from ae_jax.cli import (
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ae_jax.cli import (  # noqa: E402
     check_output_dirs,
     check_search_or_exit,
     enable_compilation_cache,
@@ -25,9 +31,10 @@ from ae_jax.cli import (
     quiet_console,
     run_or_exit,
 )
-from ae_jax.config import ConfigError, check_overrides, register_configs
-from ae_jax.train import train_and_evaluate
+from ae_jax.config import ConfigError, check_overrides, register_configs  # noqa: E402
+from ae_jax.train import train_and_evaluate  # noqa: E402
 
+signal.signal(signal.SIGINT, signal.default_int_handler)
 register_configs()
 enable_compilation_cache()  # a later run of the same shapes loads its programs, not compiles
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -56,6 +57,11 @@ def test_train_command_writes_every_output(tmp_path):
     ):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    # readable as the user's other files (the atomic writes' temporary files were 0600)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("metrics.json", "config.yaml", "history.csv", "reconstructions.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
 
 
 def test_bad_input_exits_with_a_clear_message_and_no_traceback(tmp_path):

@@ -57,6 +57,10 @@ def test_every_group_option_composes_and_validates(override):
         (["optim.lr=0"], r"optim.lr=0"),
         (["optim.grad_clip=0"], r"optim.grad_clip=0(\.0)? is not valid; it must be > 0.*or null"),
         (["trainer.epochs=0"], r"trainer.epochs=0"),
+        (  # a 32-bit integer in the programs: it was an OverflowError after the data loaded
+            ["trainer.seed=1099511627776"],
+            r"trainer.seed=1099511627776 is not valid; .*integer in \[-2\*\*31, 2\*\*31\)",
+        ),
         (["loss=bce", "model.output_activation=linear"], r"loss=bce .*output_activation=linear"),
         (["data.test_fraction=1.0"], r"data.test_fraction=1.0"),
         (["trainer.checkpoint_every=-1"], r"trainer.checkpoint_every=-1 .*or null"),
@@ -142,9 +146,13 @@ def test_uneven_device_split(tmp_path):
 
 
 def test_earlier_results_survive_a_failed_run(tmp_path):
+    from ae_jax.config import to_yaml
+
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "metrics.json").write_text('{"test/mse": 0.5}')
+    # the earlier run's record (without it the directory is refused at once, as damaged)
+    (workdir / "config.yaml").write_text(to_yaml(make_config("trainer.batch_size=60")))
     with pytest.raises(ConfigError):  # refused once the data is loaded and the run claimed
         train(tmp_path, "trainer.batch_size=60", "trainer.devices=8")
     assert Path(workdir / "metrics.json").read_text() == '{"test/mse": 0.5}'

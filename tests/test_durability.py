@@ -279,18 +279,27 @@ def test_a_sweep_in_a_run_directory_or_below_it_is_refused(finished, inside):
     assert _snapshot(finished) == before and not (finished / "multirun.yaml").exists()
 
 
-def test_another_model_is_another_run_not_corrupt(finished, tmp_path):
+@pytest.mark.parametrize("damage", ["", "{[", "[]"])
+def test_a_run_without_a_readable_config_is_refused_not_resumed(finished, tmp_path, damage):
+    # Without config.yaml the checkpoint could tell a change of shapes (model.depth) but not
+    # of a learning rate or an activation: another config went on with the run's checkpoints
+    # and recorded itself as that run. A missing, unparsable or empty config.yaml is refused.
     import shutil
 
     d = tmp_path / "copy"
     shutil.copytree(finished, d)
-    (d / "config.yaml").unlink()  # only the checkpoint itself can tell now
+    if damage:
+        (d / "config.yaml").write_text(damage)
+    else:
+        (d / "config.yaml").unlink()
     before = _snapshot(d)
-    proc = _run(f"hydra.run.dir={d}", "trainer.devices=1", "trainer.epochs=3", "model.depth=1")
+    proc = _run(f"hydra.run.dir={d}", "trainer.devices=1", "trainer.epochs=6", "optim.lr=0.05")
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 2, log[-3000:]
-    assert "belong to another run" in log and "corrupt" not in log
-    assert _snapshot(d) == before
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    said = "config.yaml is missing" if not damage else "config.yaml cannot be read"
+    line = next(x for x in log.splitlines() if said in x)
+    assert "restore it (Hydra's copy is .hydra/config.yaml)" in line, log[-3000:]
+    assert "resuming from" not in log and _snapshot(d) == before
 
 
 def test_extending_epochs_resumes_the_run(tmp_path):
@@ -302,6 +311,8 @@ def test_extending_epochs_resumes_the_run(tmp_path):
     assert "resuming from" in log and "(epoch 3 of 5)" in log and "epoch 1/5" not in log
     history = (tmp_path / "history.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    elapsed = [json.loads(r)["time/elapsed"] for r in history]
+    assert elapsed == sorted(elapsed), elapsed  # both sessions' training time: no restart at 0
 
 
 def test_extending_epochs_resumes_a_vmap_sweep_and_equals_the_longer_sweep(tmp_path):
@@ -426,11 +437,13 @@ def test_a_sweep_job_whose_directory_is_in_use_is_refused_alone_and_left_as_it_i
     assert json.loads((tmp_path / "1" / "status.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("where", ["run", "checkpoints"])
+@pytest.mark.parametrize("where", ["run", "checkpoints", "long"])
 def test_an_unwritable_path_stops_before_training(tmp_path, where):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    if where == "run":
+    if where == "long":  # a name longer than the filesystem's 255 bytes: it was a traceback
+        run_dir = tmp_path / ("x" * 300)
+    elif where == "run":
         run_dir = blocker / "run"
     else:
         run_dir = tmp_path / "run"
@@ -442,6 +455,8 @@ def test_an_unwritable_path_stops_before_training(tmp_path, where):
     assert "Traceback" not in log and "epoch 1/2" not in log
     if where == "run":  # refused before Hydra starts, naming the file in the way
         assert f"({blocker} is a file); choose a writable directory" in log
+    elif where == "long":
+        assert "cannot be created (File name too long); choose a writable directory" in log
     else:
         assert "Not a directory" in log or "not writable" in log
     assert os.fspath(run_dir) in log

@@ -355,6 +355,34 @@ def test_a_resumed_run_goes_on_in_its_wandb_run(tmp_path, wandb_env):
     assert earlier_run_id(tmp_path) == one.stem.removeprefix("run-")
 
 
+def test_a_shared_mlflow_database_keeps_its_artifacts_beside_it_and_must_be_writable(
+    tmp_path, png, monkeypatch
+):
+    # The documented way to share a store: its images went to ./mlruns in the current
+    # directory (into the repository when run from there), and a store that could not be
+    # written held the run for ~2 minutes of MLflow's retries before one line.
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    loggers = open_loggers(
+        {"mlflow": {"tracking_uri": uri}}, workdir=tmp_path / "run", run_name="r"
+    )
+    _log_run(loggers, png)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+    assert client.list_artifacts(run.info.run_id, f"images/epoch_{EPOCHS}")
+    assert (tmp_path / "shared" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    (tmp_path / "a-file").write_text("")
+    start = time.perf_counter()
+    with pytest.raises(LoggerError, match=r"the store sqlite:///.*a-file/mlflow.db cannot be wr"):
+        bad = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+        open_loggers({"mlflow": {"tracking_uri": bad}}, workdir=tmp_path / "run2", run_name="r")
+    assert time.perf_counter() - start < 10
+
+
 def test_an_unreachable_mlflow_server_is_refused_at_once(tmp_path, monkeypatch):
     """MLflow retried a tracking server that refused connections for 4 minutes before the run
     ended with its error; now it is asked once, before training, and the line names it."""
@@ -652,6 +680,17 @@ def test_registry_settings_and_errors():
         loggers_settings({"mlflow": {"image_every": -1}})
     with pytest.raises(ConfigError, match="mapping logger name"):
         loggers_settings(["tensorboard"])
+    # accepted before, and then: W&B tags f, o, o; the live CSV replaced by metrics.json at
+    # the end or a tracker dropped mid-run; an HParams switch that was neither
+    with pytest.raises(ConfigError, match=r"logger.wandb.tags='foo' .*list of names"):
+        loggers_settings({"wandb": {"tags": "foo"}})
+    for name in ("metrics.json", "config.yaml", "history.csv", "a/b.csv"):
+        with pytest.raises(ConfigError, match=r"logger.csv.filename=.*ending in .csv"):
+            loggers_settings({"csv": {"filename": name}})
+    with pytest.raises(ConfigError, match=r"logger.tensorboard.hparams='maybe' .*true or false"):
+        loggers_settings({"tensorboard": {"hparams": "maybe"}})
+    with pytest.raises(ConfigError, match=r"flush_secs=True"):
+        loggers_settings({"tensorboard": {"flush_secs": True}})
 
 
 def test_registry_and_interface_import_no_heavy_library():

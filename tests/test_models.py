@@ -59,3 +59,12 @@ def test_default_taper():
     assert default_widths(784, 30, 3) == (784, 333, 141)
     assert default_widths(64, 100, 1) == (200,)  # overcomplete: never narrower than 2k
     assert default_widths(64, 8, 0) == ()
+
+
+def test_a_conv_kernel_larger_than_the_images_is_refused():
+    # XLA compiled it for over 14 minutes, gigabytes deep, before any line said why.
+    from ae_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.kernel_size=9 is larger than .* 8x8 .* 1 to 8"):
+        build_model(ModelConfig(kind="conv", latent_dim=8, kernel_size=9), (8, 8, 1))
+    build_model(ModelConfig(kind="conv", latent_dim=8, kernel_size=8), (8, 8, 1))

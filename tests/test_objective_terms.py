@@ -120,6 +120,8 @@ def test_a_setting_of_an_unselected_term_is_one_line():
         (["model=shalow"], r"^model=shalow names no file conf/model/shalow.yaml \(did you mean"),
         (["+experiment=nope"], r"experiment=nope names no file .*choose one of: hinton2006_mnist"),
         (["-m", "data=digits,nope"], r"data=nope names no file"),
+        (["logger=tensorbord"], r"^logger=tensorbord names 'tensorbord', .*did you mean tensorb"),
+        (["logger=[csv,mlflw]"], r"names 'mlflw', .*conf/logger/mlflw.yaml .*mlflow\?"),
     ],
 )
 def test_a_wrong_key_value_or_option_is_one_line(overrides, message):

@@ -188,14 +188,20 @@ def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
     configs = [make_config(*early, f"optim.lr={lr}") for lr in ("3e-3", "1e-2")]
     vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(2)])
     seqs = [train_and_evaluate(c, tmp_path / f"seq{i}") for i, c in enumerate(configs)]
-    for v, s in zip(vec, seqs):
+    for i, (v, s) in enumerate(zip(vec, seqs)):
         assert v["train/best_epoch"] == s["train/best_epoch"]
         assert v["val/mse"] == pytest.approx(s["val/mse"], rel=2e-4)
         assert v["test/mse"] == pytest.approx(s["test/mse"], rel=2e-4)
-    stopped = max(int(s["train/epochs_trained"]) for s in seqs)
-    assert all(v["train/epochs_trained"] == stopped for v in vec)
-    assert stopped < 300
+        # each member records its own run's length (it used to record the group's), and its
+        # history ends there, as its sequential run's does
+        assert v["train/epochs_trained"] == s["train/epochs_trained"] < 300
+        rows = [
+            (tmp_path / f"{kind}{i}" / "history.jsonl").read_text().splitlines()
+            for kind in ("vec", "seq")
+        ]
+        assert len(rows[0]) == len(rows[1]) == s["train/epochs_trained"]
     assert len({v["train/best_epoch"] for v in vec}) == 2  # each its own
+    assert len({v["train/epochs_trained"] for v in vec}) == 2
 
 
 def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):

@@ -190,6 +190,9 @@ def open_mlflow(
     if _is_file_store(uri):
         # An explicit MLFLOW_ALLOW_FILE_STORE=false is respected (MLflow then refuses).
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    database = _sqlite_file(uri)
+    if database is not None and not own_store:
+        _check_sqlite_writable(database, uri)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -202,7 +205,9 @@ def open_mlflow(
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        artifacts = (workdir / "mlartifacts").resolve().as_uri() if own_store else None
+        # beside the store: MLflow's default for a database is ./mlruns in the current directory
+        near = workdir if own_store else database.parent if database is not None else None
+        artifacts = (near / "mlartifacts").resolve().as_uri() if near is not None else None
         try:
             experiment_id = client.create_experiment(
                 settings.experiment, artifact_location=artifacts
@@ -232,6 +237,35 @@ def open_mlflow(
 
 
 RUN_DIR_TAG = "ae_jax.run_dir"  # the run directory an MLflow run belongs to
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores or in memory)."""
+    if not uri.startswith("sqlite:///") or uri in ("sqlite:///:memory:", "sqlite://"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0] or ".")
+
+
+def _check_sqlite_writable(database: Path, uri: str) -> None:
+    """MLflow retries a database it cannot open for about two minutes, in 36 lines of
+    warnings: a file or folder it cannot write is refused first, in one line."""
+    from ae_jax.loggers import LoggerError
+
+    try:
+        if database.exists():
+            with open(database, "ab"):  # what MLflow will do to it: write
+                pass
+        else:
+            database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
+            with tempfile.TemporaryFile(dir=database.parent):
+                pass
+    except OSError as err:
+        where = database if database.exists() else database.parent
+        raise LoggerError(
+            f"logger=mlflow: the store {uri} cannot be written ({err.strerror or err}: "
+            f"{where}); give a writable logger.mlflow.tracking_uri, "
+            "or leave it unset to log into the run directory's own store (mlflow.db)"
+        ) from None
 
 
 def _quoted(text: str) -> str:

@@ -60,7 +60,10 @@ class TensorBoardSettings:
     hparams: bool = True  # write the HParams-tab summary (config + final metrics) at the end
 
     def check(self, prefix: str) -> None:
-        if not isinstance(self.flush_secs, int) or self.flush_secs < 1:
+        if not isinstance(self.hparams, bool):
+            raise ConfigError(f"{prefix}.hparams={self.hparams!r} is not valid; give true or false")
+        bad = isinstance(self.flush_secs, bool) or not isinstance(self.flush_secs, int)
+        if bad or self.flush_secs < 1:
             raise ConfigError(
                 f"{prefix}.flush_secs={self.flush_secs!r} is not valid; it must be an "
                 "integer >= 1 (seconds)"
@@ -85,6 +88,11 @@ class WandbSettings:
         if self.mode not in WANDB_MODES:
             raise ConfigError(
                 f"{prefix}.mode={self.mode!r} is not valid; choose one of: {', '.join(WANDB_MODES)}"
+            )
+        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+            raise ConfigError(  # a string is a list of its letters to W&B: tags f, o, o
+                f"{prefix}.tags={self.tags!r} is not valid; give a list of names, e.g. "
+                f"'{prefix}.tags=[baseline,digits]'"
             )
         _check_every(prefix, self.image_every)
 
@@ -112,10 +120,12 @@ class CsvSettings:
     filename: str = "metrics.csv"
 
     def check(self, prefix: str) -> None:
-        if not self.filename or "/" in self.filename or self.filename in ("history.csv",):
+        name = self.filename
+        plain = isinstance(name, str) and "/" not in name and name.endswith(".csv")
+        if not plain or name in ("history.csv", ".csv"):  # the run writes history.csv itself
             raise ConfigError(
-                f"{prefix}.filename={self.filename!r} is not valid; give a plain file name "
-                "other than history.csv (which the run writes at the end)"
+                f"{prefix}.filename={name!r} is not valid; give a plain file name ending in "
+                ".csv, other than history.csv (which the run writes at the end)"
             )
 
 

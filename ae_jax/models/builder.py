@@ -52,6 +52,12 @@ def build_model(
                 f"model=conv needs image data of shape (H, W, C); this dataset's examples have "
                 f"shape {tuple(example_shape)}. Use model=mlp for tabular data"
             )
+        h, w = example_shape[:2]
+        if cfg.kernel_size > min(h, w):  # XLA would compile it for minutes, gigabytes deep
+            raise ConfigError(
+                f"model.kernel_size={cfg.kernel_size} is larger than this dataset's {h}x{w} "
+                f"images; valid: 1 to {min(h, w)}"
+            )
         return ConvAutoencoder(
             example_shape=tuple(example_shape),
             latent_dim=cfg.latent_dim,

@@ -232,7 +232,16 @@ def axis_figure(
                 failed_label = None
         if metric == "test/mse" and pca_shared:
             x, y = zip(*sorted(pca_shared.items()), strict=True)
-            ax.plot(x, y, "--", color="0.35", linewidth=1.5, label="PCA, same k")
+            ax.plot(  # the tick marks show a baseline of one point too
+                x,
+                y,
+                "--",
+                marker="_",
+                markersize=14,
+                color="0.35",
+                linewidth=1.5,
+                label="PCA, same k",
+            )
         for i, ref in enumerate(references):
             at = ref.position(axis, position) if ref.metric == metric else None
             if at is not None:
@@ -247,12 +256,11 @@ def axis_figure(
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    n = sorted({row.stats[m].n for row in rows for m in metrics if m in row.stats})
+    # seeds per point, among points with a value (a point whose runs all failed has none)
+    n = sorted({row.stats[m].n for row in rows for m in metrics if m in row.stats} - {0})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
-    plural = "" if seeds == "1" else "s"
-    fig.suptitle(
-        f"{title + ': ' if title else ''}{axis.name} (mean ± std over {seeds} seed{plural})"
-    )
+    over = "one seed" if seeds == "1" else f"mean ± std over {seeds} seeds"
+    fig.suptitle(f"{title + ': ' if title else ''}{axis.name} ({over})")
     return fig
 
 
@@ -280,11 +288,13 @@ def _log_y_if_wide(ax) -> None:
         ax.set_yscale("log")
 
 
-def _mark_failed(ax, xs, label: str | None) -> None:
-    """Red crosses on the x axis at ``xs``: runs or trials that have no value to plot."""
+def _mark_failed(ax, xs, label: str | None, top: bool = True) -> None:
+    """Red crosses at ``xs`` on the plot's edge of the worse values (``top`` for a metric to
+    minimise, so that a run with no value never reads as the best): runs or trials that have
+    no value to plot."""
     ax.plot(
         xs,
-        [0.0] * len(xs),
+        [1.0 if top else 0.0] * len(xs),
         "x",
         color="red",
         markersize=9,
@@ -497,7 +507,7 @@ def study_figure(study: Study, title: str = "") -> Figure:
                 label=f"best: trial {best.number}",
             )
         if xs_failed:
-            _mark_failed(ax, xs_failed, "no score (failed)")
+            _mark_failed(ax, xs_failed, "no score (failed)", top=study.direction != "maximize")
 
     for ax, param in zip(axes, params):
         xs, categories = _study_x(trials, param)
@@ -598,7 +608,9 @@ def study_figure(study: Study, title: str = "") -> Figure:
     if handles:
         fig.legend(handles, labels, fontsize=9, loc="outside lower center", ncol=len(handles))
     if scatter is not None:
-        fig.colorbar(scatter, ax=list(axes), label="trial number", shrink=0.9, pad=0.01)
+        bar = fig.colorbar(scatter, ax=list(axes), label="trial number", shrink=0.9, pad=0.01)
+        bar.locator = MaxNLocator(integer=True)  # trials are whole numbers, not 0.5, 1.5, ...
+        bar.update_ticks()
     sampler = f"{study.sampler}, " if study.sampler else ""
     fig.suptitle(
         f"{title + ': ' if title else ''}Optuna study, {len(trials)} trials ({sampler}"

@@ -567,6 +567,9 @@ def train_group(
         results = []
         figures: list = []  # each evaluated member's figures, drawn together below
         evaluated = []
+        histories, epochs = result.history, result.member_epochs
+        if epochs is not None:  # each member's record ends where its own run would have
+            histories = [[r for r in h if r["epoch"] <= e] for h, e in zip(histories, epochs)]
         for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
             status = {"engine": "vmap", "members": n, "started": started}
             if i in result.failed:
@@ -585,7 +588,7 @@ def train_group(
             timing = {}
             if result.best_epoch is not None:
                 timing["train/best_epoch"] = result.best_epoch[i]
-                timing["train/epochs_trained"] = result.epochs_trained
+                timing["train/epochs_trained"] = result.member_epochs[i]
             timing |= {
                 "time/train_seconds": seconds,  # the whole group's wall time, shared
                 "time/compile_seconds": compile_seconds,
@@ -596,7 +599,7 @@ def train_group(
                 validate(cfg),
                 trainer,
                 _member(params, i),
-                result.history[i],
+                histories[i],
                 timing,
                 workdir,
                 t0,
@@ -612,7 +615,7 @@ def train_group(
 
             draw_many_runs_figures([f for f in figures if f is not None])
         for i, cfg, workdir, status, metrics in evaluated:
-            finish_outputs(loggers[i], cfg, workdir, result.history[i], metrics)
+            finish_outputs(loggers[i], cfg, workdir, histories[i], metrics)
             write_json_atomic(
                 workdir / "status.json", {**status, "status": "completed", "ended": time.time()}
             )

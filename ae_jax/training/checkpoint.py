@@ -91,6 +91,17 @@ def digest(tree: Any) -> str:
     return h.hexdigest()
 
 
+def _read_failure(err: BaseException) -> str:
+    """Why a checkpoint could not be read, in a few words: the error's first sentence without
+    TensorStore's appended details (its specs, source locations, bound methods)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = re.split(r"\s*(?:See full TensorStore details|\[source locations|<bound method)", text)[
+        0
+    ]
+    text = text.rstrip(" :;,")
+    return text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
+
+
 def _reason(err: BaseException) -> str:
     """One line for an OS or Orbax error: the OS reason where there is one."""
     while err is not None:
@@ -140,6 +151,16 @@ def _absl_errors(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
 
 
+def _absl_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING
+
+
+def _not_missing_metadata(record: logging.LogRecord) -> bool:
+    """Orbax warns, from a thread of its own, of a step without its ``_CHECKPOINT_METADATA``:
+    whether such a checkpoint is usable is what ``restore_latest`` checks and says."""
+    return not record.getMessage().startswith("Metadata file does not exist")
+
+
 def _closed_loop_hook(previous):
     """``sys.unraisablehook`` without the "Event loop is closed" errors that tensorstore's
     threads raise, one traceback each, once a failed write has closed Orbax's event loop."""
@@ -153,13 +174,15 @@ def _closed_loop_hook(previous):
 
 
 @contextlib.contextmanager
-def _orbax_failures_quiet():
-    """While Orbax writes, its failures are this module's to report, in one line: Orbax's own
-    error records (tracebacks from its writer threads) are dropped, and after a failure also
-    what its abandoned writes raise later (asyncio's "exception was never retrieved" records,
-    tensorstore's closed-loop errors). After a successful write everything is as before."""
+def _orbax_failures_quiet(reading: bool = False):
+    """While Orbax writes (or reads a checkpoint that may be damaged), its failures are this
+    module's to report, in one line: Orbax's own error records (tracebacks from its writer
+    threads; reading, also its warnings, such as a missing metadata file) are dropped, and
+    after a failure also what its abandoned work raises later (asyncio's "exception was never
+    retrieved" records, tensorstore's closed-loop errors). After success all is as before."""
     absl, previous = logging.getLogger("absl"), sys.unraisablehook
-    absl.addFilter(_absl_errors)
+    quiet = _absl_warnings if reading else _absl_errors
+    absl.addFilter(quiet)
     sys.unraisablehook = _closed_loop_hook(previous)
     try:
         yield
@@ -169,13 +192,14 @@ def _orbax_failures_quiet():
     else:
         sys.unraisablehook = previous
     finally:
-        absl.removeFilter(_absl_errors)
+        absl.removeFilter(quiet)
 
 
 class Checkpointer:
     """Save / restore a state + history under ``directory`` (one subdirectory per epoch)."""
 
     def __init__(self, directory: str | Path, keep: int = 3):
+        logging.getLogger("absl").addFilter(_not_missing_metadata)  # once: filters are a set
         self.directory = Path(directory).absolute()
         self.keep = keep
         try:
@@ -347,10 +371,11 @@ class Checkpointer:
         bad: list[str] = []
         for epoch in reversed(epochs):
             try:
-                meta = self._meta(epoch)
+                with _orbax_failures_quiet(reading=True):
+                    meta = self._meta(epoch)
             except Exception as err:
                 meta = None
-                reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                reason = _read_failure(err)
             if meta is not None:
                 self._refuse_other_run(epoch, meta, template)  # not corrupt: another run
                 try:
@@ -360,14 +385,15 @@ class Checkpointer:
                         items["aux"] = ocp.args.StandardRestore(
                             jax.tree.map(ocp.utils.to_shape_dtype_struct, aux)
                         )
-                    restored = self.manager.restore(epoch, args=ocp.args.Composite(**items))
+                    with _orbax_failures_quiet(reading=True):
+                        restored = self.manager.restore(epoch, args=ocp.args.Composite(**items))
                     tree = restored["state"]
                     if digest(tree) != meta["digest"] or (
                         with_aux and digest(restored["aux"]) != meta["aux_digest"]
                     ):
                         raise CheckpointError("digest mismatch: the arrays on disk were altered")
                 except Exception as err:  # any failure to read back means this one is unusable
-                    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                    reason = _read_failure(err)
                     meta = None
             if meta is None:
                 bad.append(f"{self.path(epoch)} ({reason})")

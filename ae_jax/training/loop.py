@@ -64,11 +64,19 @@ def _on_stop_signal(signum, _frame) -> None:
         raise KeyboardInterrupt  # Ctrl-C a second time: stop at once, without a checkpoint
     _RECEIVED[:] = ["Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name]
     _SIGTERM.set()
-    if signum == signal.SIGINT:  # os.write: no lock that the interrupted code may hold
+    # os.write: no lock that the interrupted code may hold. (While XLA compiles, Python runs
+    # this handler only once the compile returns: the line then comes with the stop.)
+    if signum == signal.SIGINT:
         os.write(
             2,
             b"\nCtrl-C: the epoch in flight finishes and is checkpointed, then the run stops "
             b"(Ctrl-C again: stop at once)\n",
+        )
+    else:
+        os.write(
+            2,
+            f"\n{_RECEIVED[0]}: the epoch in flight finishes and is checkpointed, "
+            "then the run stops\n".encode(),
         )
 
 
@@ -171,6 +179,9 @@ class StageResult:
     # and the number of epochs trained before stopping; None without early stopping
     best_epoch: Any = None
     epochs_trained: int | None = None
+    # in a group with early stopping: the epochs each member's own run would have trained
+    # (it stops when its patience runs out; the group trains on until the last one's does)
+    member_epochs: list[int] | None = None
 
 
 def _first_bad_step(per_step: dict) -> int | None:
@@ -299,7 +310,7 @@ def run_stage(
                 _check(stage, epoch, per_step, checkpointer)
                 row = _mean_row(epoch, per_step)
                 row.update({prefix + k: float(v) for k, v in evals.items()})
-                row["time/elapsed"] = elapsed
+                row["time/elapsed"] = prior + elapsed  # training time of every session
                 history.append(row)
                 if on_epoch is not None:
                     on_epoch(row)
@@ -327,7 +338,7 @@ def run_stage(
                 row = {"epoch": epoch + 1}
                 row.update({k: v[i] for k, v in means.items()})
                 row.update({k: v[i] for k, v in evals.items()})
-                row["time/elapsed"] = elapsed
+                row["time/elapsed"] = prior + elapsed  # training time of every session
                 history[i].append(row)
                 if on_member_epoch is not None:
                     on_member_epoch(i, row)
@@ -420,7 +431,21 @@ def _result(stage, state, history, failed, start_epoch, seconds, best, done=None
     if any(e > 0 for e in np.atleast_1d(best.best_epoch)):  # at least one evaluation
         state = state.replace(params=best.tree["params"])
     epoch = best.best_epoch.tolist() if stage.members is not None else int(best.best_epoch)
-    return StageResult(state, history, failed, start_epoch, seconds, epoch, done)
+    members = None
+    if stage.members is not None:
+        members = [_run_alone_stops(stage, int(s), done) for s in best.stop_epoch.tolist()]
+    return StageResult(state, history, failed, start_epoch, seconds, epoch, done, members)
+
+
+def _run_alone_stops(stage: Stage, stop: int, done: int) -> int:
+    """The epochs a member that ran out of patience at evaluation epoch ``stop`` (0: never)
+    trains as a single run: that run's loop reads each epoch's results one epoch late, so it
+    has trained one more when it learns of it, unless a checkpoint read everything at once."""
+    if not stop:
+        return done
+    every = stage.checkpoint_every
+    at_once = stop >= stage.epochs or (bool(every) and stop % every == 0)
+    return min(done, stop if at_once else stop + 1)
 
 
 @jax.jit
@@ -454,6 +479,7 @@ class _Best:
         self.best_value = np.full(shape, np.inf)
         self.best_epoch = np.zeros(shape, np.int64)
         self.since = np.zeros(shape, np.int64)
+        self.stop_epoch = np.zeros(shape, np.int64)  # when each ran out of patience (0: not)
         self.stopped = False
         self.epochs_trained: int | None = None
 
@@ -480,6 +506,7 @@ class _Best:
         self.best_value = np.where(better, value, self.best_value)
         self.best_epoch = np.where(better, epoch, self.best_epoch)
         self.since = np.where(active, np.where(better, 0, self.since + 1), self.since)
+        self.stop_epoch = np.where(active & (self.since >= self.patience), epoch, self.stop_epoch)
 
     def exhausted(self, patience: int, failed: dict) -> bool:
         since = np.atleast_1d(self.since)
@@ -495,6 +522,7 @@ class _Best:
             "best_value": np.atleast_1d(self.best_value).tolist(),
             "best_epoch": np.atleast_1d(self.best_epoch).tolist(),
             "since": np.atleast_1d(self.since).tolist(),
+            "stop_epoch": np.atleast_1d(self.stop_epoch).tolist(),
             "stopped": self.stopped,
         }
 
@@ -506,6 +534,8 @@ class _Best:
         self.best_value = np.asarray(record["best_value"], np.float64).reshape(shape)
         self.best_epoch = np.asarray(record["best_epoch"], np.int64).reshape(shape)
         self.since = np.asarray(record["since"], np.int64).reshape(shape)
+        stop = record.get("stop_epoch", np.zeros(shape))  # not in a checkpoint of before
+        self.stop_epoch = np.asarray(stop, np.int64).reshape(shape)
         self.stopped = bool(record["stopped"])
 
 

@@ -190,12 +190,17 @@ class RunDir:
         import yaml
 
         try:
-            return yaml.safe_load(f.read_text()) or {}
+            stored = yaml.safe_load(f.read_text())
+            problem = None if isinstance(stored, dict) and stored else "it holds no config"
         except (OSError, yaml.YAMLError) as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        if problem is not None:
             raise RunDirError(
-                f"{f} cannot be read ({err}); this directory's run is damaged: use a new run "
-                "directory, or trainer.resume=false"
-            ) from None
+                f"{f} cannot be read ({problem}); this directory's run is damaged: restore "
+                "it (Hydra's copy is .hydra/config.yaml), or use a new run directory, or "
+                "trainer.resume=false to keep it and write this run beside it"
+            )
+        return stored
 
     # -------------------------------------------------------------- claim
     def claim(self, config: dict, resume: bool = True, defaults: dict | None = None) -> None:
@@ -208,17 +213,23 @@ class RunDir:
         try:
             if resume and self.holds_run():
                 stored = self.stored_config()
-                if stored is not None:
-                    diff = config_differences(stored, config, defaults)
-                    if diff:
-                        raise RunDirError(
-                            f"{self.path} holds a run with another config: "
-                            + "; ".join(diff)
-                            + ". "
-                            + self._another_directory(diff)
-                            + ", or trainer.resume=false to keep that run and write this one "
-                            "beside it"
-                        )
+                if stored is None:  # checkpoints or results, and no record of their config
+                    raise RunDirError(
+                        f"{self.path} holds a run whose config.yaml is missing, so whether "
+                        "this config is that run's cannot be checked: restore it (Hydra's "
+                        "copy is .hydra/config.yaml), or use a new run directory, or "
+                        "trainer.resume=false to keep that run and write this one beside it"
+                    )
+                diff = config_differences(stored, config, defaults)
+                if diff:
+                    raise RunDirError(
+                        f"{self.path} holds a run with another config: "
+                        + "; ".join(diff)
+                        + ". "
+                        + self._another_directory(diff)
+                        + ", or trainer.resume=false to keep that run and write this one "
+                        "beside it"
+                    )
             _check_writable(self.path / "checkpoints")
         except BaseException:
             self.release()
