@@ -149,6 +149,7 @@ def test_vmap_group_resumes_after_kill_bitwise(tmp_path):
     assert _sweep_metrics(run) == reference
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow's store
 def test_vmap_diverging_member_fails_alone(tmp_path):
     proc = _run(
         "--multirun",
@@ -160,10 +161,17 @@ def test_vmap_diverging_member_fails_alone(tmp_path):
         "model.output_activation=linear",
         "trainer.epochs=20",
         "trainer.figures=false",
+        "logger=mlflow",
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log
+    from mlflow.tracking import MlflowClient
+
+    for job, ended in (("0", "FINISHED"), ("1", "FAILED")):  # it was FINISHED for both
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / job / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+        assert run.info.status == ended, job
     status = json.loads((tmp_path / "1" / "status.json").read_text())
     assert status["status"] == "failed"
     assert "member 1" in status["error"] and "global step" in status["error"]

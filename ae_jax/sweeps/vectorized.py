@@ -583,6 +583,7 @@ def train_group(
                     },
                 )
                 write_history(workdir, result.history[i])
+                loggers[i].close("failed")  # its trackers say so too (the others completed)
                 results.append({})
                 continue
             timing = {}
