@@ -229,6 +229,25 @@ def test_an_online_wandb_run_without_its_server_is_refused_at_once(
     assert not (tmp_path / "wandb").exists()
 
 
+def test_a_login_for_the_host_wandb_uses_makes_auto_online(tmp_path, wandb_env, monkeypatch):
+    # wandb 0.31's default server is no longer api.wandb.ai: a login for it (what `wandb
+    # login` writes) was not seen, and mode auto logged offline.
+    from urllib.parse import urlparse
+
+    import wandb
+
+    from ae_jax.loggers._wandb import _base_url, resolve_mode
+
+    host = urlparse(_base_url(wandb)).hostname
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {host}\n  login user\n  password {'0' * 40}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert resolve_mode(WandbSettings()) == "online"
+    netrc.write_text("machine example.com\n  login user\n  password x\n")
+    assert resolve_mode(WandbSettings()) == "offline"
+
+
 def test_wandb_offline_run_read_back(tmp_path, png, wandb_env, capfd):
     import json
 

@@ -19,15 +19,23 @@ from ae_jax.network import unreachable
 
 def logged_in() -> bool:
     """Whether W&B has credentials: ``WANDB_API_KEY``, or a ``~/.netrc`` (``$NETRC``) login for
-    the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    the host W&B would use (``_base_url``: ``WANDB_BASE_URL``, its settings, its default, which
+    is api.forge.coreweave.com in wandb 0.31) or for api.wandb.ai (a login of before)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    urls = [os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"]
+    try:
+        import wandb
+
+        urls.append(_base_url(wandb))
+    except ImportError:
+        pass
     path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
-        return bool(netrc.netrc(path).authenticators(host or "api.wandb.ai"))
+        logins = netrc.netrc(path)
     except (OSError, netrc.NetrcParseError):
         return False
+    return any(logins.authenticators(urlparse(u).hostname or "") for u in urls)
 
 
 def resolve_mode(settings: WandbSettings) -> str:

@@ -77,7 +77,7 @@ class WandbSettings:
 
     project: str = "ae-jax"
     entity: str | None = None  # team or user; None: the account's default
-    # auto: online when WANDB_API_KEY is set or ~/.netrc holds an api.wandb.ai login,
+    # auto: online when WANDB_API_KEY is set or ~/.netrc holds a login for W&B's server,
     # offline otherwise (WANDB_MODE, when set, wins); online, offline, disabled
     mode: str = "auto"
     tags: list[str] = dataclasses.field(default_factory=list)
