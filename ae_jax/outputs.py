@@ -281,6 +281,8 @@ def epoch_logger(loggers, prefix: str = ""):
         loggers.log_metrics(keys, step=int(row["epoch"]))
 
     on_epoch.flush = loggers.flush  # before each checkpoint (ae_jax.training.loop.run_stage)
+    if not prefix:  # one stage: what a killed session logged after the checkpoint is stale
+        on_epoch.resumed = loggers.resumed  # (a stage's steps restart: others' must stay)
     return on_epoch
 
 

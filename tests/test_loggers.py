@@ -110,6 +110,33 @@ def test_tensorboard_events_read_back_by_tensorboard(tmp_path, png):
     assert {m.name.tag for m in experiment.metric_infos} == set(FINAL)
 
 
+def test_a_resumed_run_draws_each_epoch_once_in_tensorboard(tmp_path):
+    # A session killed after epoch 8 whose last checkpoint was epoch 5: its epochs 6-8 reached
+    # the disk, and the resumed session logged them again (TensorBoard drew them twice).
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from ae_jax.outputs import epoch_logger
+
+    first = open_loggers({"tensorboard": {}}, workdir=tmp_path, run_name="r")
+    on_epoch = epoch_logger(first)
+    for epoch in range(1, 9):
+        on_epoch({"epoch": epoch, "train/loss": 1.0 / epoch})
+    first.flush()  # and then killed: never closed
+    again = open_loggers({"tensorboard": {}}, workdir=tmp_path, run_name="r")
+    on_epoch = epoch_logger(again)
+    on_epoch.resumed(5)  # what the loop calls when it restores checkpoint 5
+    for epoch in range(6, 13):
+        on_epoch({"epoch": epoch, "train/loss": 2.0 / epoch})
+    again.close()
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [s.step for s in loss] == list(range(1, 13))
+    assert loss[4].value == pytest.approx(1 / 5) and loss[5].value == pytest.approx(2 / 6)
+    # a stage of a layer-wise run restarts its steps at 1: no restart mark would be right there
+    assert not hasattr(epoch_logger(again, "finetune"), "resumed")
+
+
 def test_tensorboard_rows_reach_the_disk_while_the_run_goes_on(tmp_path):
     """Events are written in the caller's thread and flushed: the first row at once, later rows
     every flush_secs or after a row that followed a pause of flush_secs; all of them at close."""

@@ -169,6 +169,12 @@ class Loggers:
         """What each logger holds in memory to its store (before a checkpoint is saved)."""
         self._each("flush", lambda lg: getattr(lg, "flush", lambda: None)())
 
+    def resumed(self, epoch: int) -> None:
+        """The run goes on from its checkpoint of ``epoch``: what a killed session logged
+        after it is stale (TensorBoard marks a restart there; the CSV and MLflow replace or
+        skip those epochs as they come again)."""
+        self._each("resumed", lambda lg: getattr(lg, "resumed", lambda epoch: None)(epoch))
+
     def log_metrics(self, row: Mapping[str, Any], step: int) -> None:
         """One history row (``train/loss``, ``eval/mse``, ``epoch``, ``time/elapsed``, ...) at
         ``step`` (the epoch); non-numeric and non-finite values are left out."""

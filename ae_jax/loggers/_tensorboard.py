@@ -5,6 +5,7 @@ with the final metrics for the HParams tab. ``tensorboard --logdir outputs/`` sh
 from __future__ import annotations
 
 import math
+import os
 import struct
 import time
 from pathlib import Path
@@ -40,7 +41,14 @@ class TensorBoardLogger:
         self.settings = settings
         self.logdir = logdir
         Path(logdir).mkdir(parents=True, exist_ok=True)
-        self._events = EventsWriter(str(Path(logdir) / "events"))
+        # tensorboardX names the file by the second and the host: a second session opening in
+        # the same second (a quick rerun) would truncate the first's file; the pid and a
+        # number keep them apart
+        prefix, suffix, n = str(Path(logdir) / "events"), f".{os.getpid()}", 0
+        while list(Path(logdir).glob(f"events.out.tfevents.*{suffix}")):
+            n += 1
+            suffix = f".{os.getpid()}.{n}"
+        self._events = EventsWriter(prefix, filename_suffix=suffix)
         self._last_flush = -math.inf  # the first event reaches the disk at once
         self._last_event = time.monotonic()
         self._last_step = 0
@@ -101,6 +109,15 @@ class TensorBoardLogger:
             for summary in hparams_summary(values, dict(metrics)):
                 self._write(summary)
         self._events.flush()
+
+    def resumed(self, epoch: int) -> None:
+        """A restart after ``epoch``: TensorBoard drops the events of every tag from step
+        ``epoch + 1`` on that came before this one (a killed session's, flushed after its last
+        checkpoint), so the resumed epochs are not drawn twice."""
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        start = SessionLog(status=SessionLog.START)
+        self._events.write_event(Event(wall_time=time.time(), step=epoch + 1, session_log=start))
 
     def flush(self) -> None:
         if not self._closed:

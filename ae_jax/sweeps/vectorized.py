@@ -551,6 +551,7 @@ def train_group(
                 hooks[i](row)
 
         on_member_epoch.flush = lambda: [lg.flush() for lg in loggers]  # before a checkpoint
+        on_member_epoch.resumed = lambda epoch: [lg.resumed(epoch) for lg in loggers]
         result = run_stage(
             stage,
             states,
