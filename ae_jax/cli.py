@@ -308,7 +308,7 @@ def run_or_exit(
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         record(status="interrupted", message="Ctrl-C", ended=time.time())
-        saved = any(c.name.isdigit() for c in workdir.glob("**/checkpoints/*"))
+        saved = RunDir(workdir).checkpointed()
         log.warning(
             "Ctrl-C: stopped in %s; %s",
             workdir,

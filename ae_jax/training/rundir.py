@@ -153,6 +153,12 @@ def hold_lock(lock: Path, what: Path | str, way_out: str) -> int:
     return fd
 
 
+# The ways out of a directory whose run's config.yaml is missing or damaged.
+_RESTORE_CONFIG = (
+    "restore it (Hydra's copy is .hydra/config.yaml), or use a new run directory, or "
+    "trainer.resume=false to keep that run and write this one beside it"
+)
+
 RUN_INFO = "run.json"  # what the run saw: its data's fingerprint, shapes (ae_jax.features)
 
 
@@ -177,11 +183,11 @@ class RunDir:
         checkpoints with its group's, outside its directory: its config.yaml is what says
         that an interrupted member's directory belongs to that run."""
         p = self.path
-        return (
-            (p / "metrics.json").exists()
-            or (p / "config.yaml").exists()
-            or any(c.name.isdigit() for c in p.glob("**/checkpoints/*"))
-        )
+        return (p / "metrics.json").exists() or (p / "config.yaml").exists() or self.checkpointed()
+
+    def checkpointed(self) -> bool:
+        """Whether any stage of a run here saved a checkpoint."""
+        return any(c.name.isdigit() for c in self.path.glob("**/checkpoints/*"))
 
     def stored_config(self) -> dict | None:
         f = self.path / "config.yaml"
@@ -196,9 +202,8 @@ class RunDir:
             problem = " ".join(str(getattr(err, "problem", None) or err).split())
         if problem is not None:
             raise RunDirError(
-                f"{f} cannot be read ({problem}); this directory's run is damaged: restore "
-                "it (Hydra's copy is .hydra/config.yaml), or use a new run directory, or "
-                "trainer.resume=false to keep it and write this run beside it"
+                f"{f} cannot be read ({problem}); this directory's run is damaged: "
+                + _RESTORE_CONFIG
             )
         return stored
 
@@ -216,9 +221,7 @@ class RunDir:
                 if stored is None:  # checkpoints or results, and no record of their config
                     raise RunDirError(
                         f"{self.path} holds a run whose config.yaml is missing, so whether "
-                        "this config is that run's cannot be checked: restore it (Hydra's "
-                        "copy is .hydra/config.yaml), or use a new run directory, or "
-                        "trainer.resume=false to keep that run and write this one beside it"
+                        "this config is that run's cannot be checked: " + _RESTORE_CONFIG
                     )
                 diff = config_differences(stored, config, defaults)
                 if diff:
