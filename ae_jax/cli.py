@@ -615,6 +615,83 @@ def _refuse_nested_sweep(root: Path) -> None:
                 )
 
 
+def _job_values(job: Any) -> dict[str, Any]:
+    """A job's overrides as {key: value}, values read as YAML (so 0.10 is 0.1), without
+    ``trainer.epochs``, which a rerun may raise to extend its jobs."""
+    from ae_jax.sweeps.collect import _value_from_override
+    from ae_jax.training.rundir import EXTENDABLE
+
+    values = {}
+    for item in job:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if key != EXTENDABLE:
+            values[key] = _value_from_override(value)
+    return values
+
+
+def _refuse_renumbered_jobs(config: Any, root: Path) -> None:
+    """A grid rerun in a sweep directory whose jobs are numbered (``hydra.sweep.subdir`` is
+    ``${hydra.job.num}``, the default) with values added to a key other than the first: Hydra
+    numbers jobs by the places of their values, so an earlier job's values would come back
+    under another number and train again beside the first copy, which a report would count
+    twice. Refused before any job starts; a job whose number changed is refused by its own
+    directory anyway (``RunDir.claim``), but only when its turn comes."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from ae_jax.sweeps.collect import grid_jobs
+
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if str(subdir).replace(" ", "") != "${hydra.job.num}":
+        return  # jobs named by their values land in their own directories
+    try:
+        jobs = grid_jobs(config)
+    except Exception:  # an unparsable grid: Hydra's sweeper says so itself
+        return
+    new = [_job_values(job) for job in jobs]
+    stored: dict[int, tuple[list, dict]] = {}  # the numbered job directories already here
+    for d in root.iterdir() if root.is_dir() else ():
+        try:
+            items = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []
+            stored[int(d.name)] = (items, _job_values(items))
+        except (OSError, ValueError, yaml.YAMLError, TypeError):
+            continue
+    every = new + [values for _, values in stored.values()]
+    swept = {k for values in every for k in values if any(v.get(k) != values[k] for v in every)}
+
+    def shown(items: Any) -> str:
+        keys = [str(i) for i in items if str(i).partition("=")[0].lstrip("+~") in swept]
+        return " ".join(keys) or "the same values"
+
+    missing = object()
+
+    def same(old: dict, values: dict) -> bool:
+        """Whether an earlier job's overrides name this job: a key it set that this sweep
+        leaves alone must hold the value it has in this sweep's config."""
+        if any(k not in old or old[k] != v for k, v in values.items()):
+            return False
+        rest = {k: v for k, v in old.items() if k not in values}
+        return all(OmegaConf.select(config, k, default=missing) == v for k, v in rest.items())
+
+    for num, values in enumerate(new):
+        if num in stored and same(stored[num][1], values):
+            continue
+        earlier = next((k for k in sorted(stored) if k != num and same(stored[k][1], values)), None)
+        if earlier is None:
+            continue
+        instead = f" in place of {shown(stored[num][0])}" if num in stored else ""
+        raise RunDirError(
+            f"hydra.sweep.dir={root}: this sweep would train {shown(jobs[num])} again as job "
+            f"{num}{instead}, while {root / str(earlier)} holds it from the sweep run there "
+            "before. Hydra numbers a sweep's jobs by the places of their values (the last "
+            "swept key varies fastest), so a grid that adds values to a key other than the "
+            "first, or leaves some out, renumbers them: to add to this sweep, append values "
+            "to the first swept key only, the earlier values kept in their order; or use a "
+            "new hydra.sweep.dir"
+        )
+
+
 class SweepLock(Callback):
     """A sweep directory belongs to one multirun process at a time: before the first job,
     ``<hydra.sweep.dir>/.sweep.lock`` is taken (``fcntl.flock``, naming the holder; the kernel
@@ -642,6 +719,7 @@ class SweepLock(Callback):
                 "wait for that multirun to finish (or stop it: it saves its checkpoints), or "
                 "choose another hydra.sweep.dir",
             )
+            _refuse_renumbered_jobs(config, root)
             record_search(config, root)  # the sweep directory is this process's now
         except RunDirError as err:
             print(f"RunDirError: {err}", file=sys.stderr)

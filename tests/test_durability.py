@@ -272,6 +272,32 @@ def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, 
     assert _snapshot(tmp_path / "1") == before
 
 
+def test_a_grid_rerun_that_renumbers_its_jobs_is_refused_before_any_job(tmp_path):
+    # Hydra numbers jobs by the places of their values. A seed added to the second key made
+    # job 1 (noise 0.2, seed 0) come back as job 2: it trained again beside the first copy,
+    # which a report counted twice, while the new job 1 was refused by the directory it found.
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}")
+    fixed = ("trainer.devices=1", "trainer.epochs=3", "trainer.figures=false", "noise=masking")
+    first = _run(*grid, *fixed, "noise.level=0.1,0.2", "trainer.seed=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {n: _snapshot(tmp_path / n) for n in ("0", "1")}
+    proc = _run(*grid, *fixed, "noise.level=0.1,0.2", "trainer.seed=0,1")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    said = (
+        f"RunDirError: hydra.sweep.dir={tmp_path}: this sweep would train noise.level=0.2 "
+        f"trainer.seed=0 again as job 2, while {tmp_path / '1'} holds it"
+    )
+    assert said in log and "append values to the first swept key only" in log, log[-3000:]
+    assert "epoch 1/3" not in log and not (tmp_path / "2").exists()
+    assert {n: _snapshot(tmp_path / n) for n in ("0", "1")} == before
+    # appending to the first key keeps the numbers: only the new job trains
+    proc = _run(*grid, *fixed, "noise.level=0.1,0.2,0.3", "trainer.seed=0")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and log.count("epoch 1/3") == 1, log[-3000:]
+    assert json.loads((tmp_path / "2" / "status.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("inside", ["", "sweeps"])
 def test_a_sweep_in_a_run_directory_or_below_it_is_refused(finished, inside):
     # It used to start: its multirun.yaml, lock and jobs 0/, 1/ among the run's files, and a

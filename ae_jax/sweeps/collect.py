@@ -232,11 +232,18 @@ def expected_jobs(multirun_yaml: str | os.PathLike) -> list[tuple[str, ...]]:
 
     Returns [] when the file describes another sweeper (whose jobs cannot be known in advance).
     """
+    from omegaconf import OmegaConf
+
+    return grid_jobs(OmegaConf.load(multirun_yaml))
+
+
+def grid_jobs(cfg: Any) -> list[tuple[str, ...]]:
+    """``expected_jobs`` of a sweep's config (its ``multirun.yaml``, or the config Hydra hands
+    a multirun's callbacks before the sweeper starts)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(multirun_yaml)
     sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
     if sweeper is None or not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return []
