@@ -300,9 +300,12 @@ def test_orbax_failing_mid_write_is_one_line(tmp_path):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); "
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     )
-    env = {**os.environ, "AE_JAX_COMPILATION_CACHE": "off"}
+    rescue = tmp_path / "rescue"  # where the failed checkpoint's state goes (not /tmp)
+    rescue.mkdir()
+    env = {**os.environ, "AE_JAX_COMPILATION_CACHE": "off", "TMPDIR": str(rescue)}
+    run_dir = tmp_path / "run"
     args = (
-        sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}", "trainer.devices=1",
+        sys.executable, "experiments/train.py", f"hydra.run.dir={run_dir}", "trainer.devices=1",
         "trainer.epochs=5", "trainer.figures=false",
     )  # fmt: skip
     proc = subprocess.run(
@@ -312,8 +315,9 @@ def test_orbax_failing_mid_write_is_one_line(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log and "Event loop is closed" not in log, log[-3000:]
-    assert f"CheckpointWriteError: cannot write checkpoint {tmp_path / 'checkpoints' / '5'} " in log
+    assert f"CheckpointWriteError: cannot write checkpoint {run_dir / 'checkpoints' / '5'} " in log
     assert "(File too large)" in log, log[-2000:]
+    assert f"was saved to {rescue}" in log or "could not be saved anywhere" in log, log[-2000:]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

@@ -309,7 +309,8 @@ class Checkpointer:
         from flax import serialization
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = Path(tempfile.gettempdir()) / f"ae_jax-rescue-epoch{epoch}-{stamp}.msgpack"
+        name = f"ae_jax-rescue-epoch{epoch}-{stamp}-{os.getpid()}.msgpack"
+        target = Path(tempfile.gettempdir()) / name
         try:
             target.write_bytes(serialization.to_bytes(jax.device_get(tree)))
         except OSError as err:
