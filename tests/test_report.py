@@ -137,6 +137,28 @@ def test_axes_exclude_the_seed_and_merge_keys_that_move_together(sweep):
     assert Axis(("model.depth", "model.code_activation")) in axes and len(axes) == 2
 
 
+def test_a_config_group_swept_is_one_axis_named_by_the_group(tmp_path):
+    # --multirun model=mlp,shallow: the axis is `model` with the files' names, from Hydra's
+    # record of each job's choices (it was "model.depth / model.code_activation", "0, sigmoid")
+    for i, (choice, depth, code) in enumerate([("mlp", 2, "linear"), ("shallow", 0, "sigmoid")]):
+        d = tmp_path / str(i)
+        (d / ".hydra").mkdir(parents=True)
+        config = {"model": {"depth": depth, "code_activation": code}, "noise": {"level": 0.0}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        choices = {"model": choice, "noise": "none", "hydra/launcher": "basic", "absent": "x"}
+        hydra = {"hydra": {"runtime": {"choices": choices}}}
+        (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        (d / "metrics.json").write_text(json.dumps({"test/mse": 0.1 * (i + 1)}))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    runs = collect_runs(tmp_path)
+    assert swept_axes(runs) == [Axis(("model",))]
+    assert [Axis(("model",)).value(r) for r in runs] == ["mlp", "shallow"]
+    assert "absent" not in runs[0].config and "hydra/launcher" not in runs[0].config
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report.axes == ["model"]
+    assert "| mlp | 1/1 |" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_means_and_sample_stds_over_seeds_in_the_csv_table(sweep, tmp_path):
     report = write_report(sweep, tmp_path / "out")
     assert report.axes == ["model.latent_dim"]

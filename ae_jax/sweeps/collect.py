@@ -147,6 +147,7 @@ def load_run(path: str | os.PathLike) -> Run:
             )
         except yaml.YAMLError:
             pass
+    config.update(_group_choices(path, config))
     metrics: dict[str, float] = {}
     metrics_error = None
     if (path / "metrics.json").is_file():
@@ -178,6 +179,28 @@ def load_run(path: str | os.PathLike) -> Run:
     else:
         status, error = "unfinished", "no status.json and no metrics.json: never got far"
     return Run(path, status, error, config, metrics if status == "completed" else {}, overrides)
+
+
+def _group_choices(path: Path, config: dict[str, Any]) -> dict[str, str]:
+    """The run's config-group choices (``model: shallow``), from Hydra's record of the job,
+    under the group's own key: a sweep over ``model=mlp,shallow`` is then an axis named
+    ``model`` with those values, not the keys the two files happen to set differently. Only
+    groups whose config node the flat config holds (``model.*``); Hydra's own are left out."""
+    try:
+        record = yaml.safe_load((path / ".hydra" / "hydra.yaml").read_text())
+        choices = record["hydra"]["runtime"]["choices"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    if not isinstance(choices, dict):
+        return {}
+    return {
+        group: choice
+        for group, choice in choices.items()
+        if isinstance(group, str)
+        and isinstance(choice, str)
+        and group not in config
+        and any(k.startswith(f"{group}.") for k in config)
+    }
 
 
 def running_or_stopped(path: Path) -> str:
@@ -337,7 +360,15 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
         numeric = all(_is_number(r.config.get(k)) for r in known)
         return (not numeric, k)
 
-    axes = [Axis(tuple(sorted(ks, key=numeric_first))) for ks in groups.values()]
+    def named(ks: list[str]) -> tuple[str, ...]:
+        """A config-group choice and the keys its files set differently are one axis, named
+        by the group (``model``: mlp, shallow)."""
+        for group in ks:
+            if all(k == group or k.startswith(f"{group}.") for k in ks):
+                return (group,)
+        return tuple(sorted(ks, key=numeric_first))
+
+    axes = [Axis(named(ks)) for ks in groups.values()]
     return sorted(axes, key=lambda a: a.keys)
 
 
