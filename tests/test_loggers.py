@@ -886,3 +886,18 @@ def test_wandb_and_mlflow_runs_read_back_by_their_apis(tmp_path):
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
     assert runs[0].data.params["model.latent_dim"] == "8"
     assert "test/mse" in runs[0].data.metrics
+
+
+def test_a_finished_layerwise_run_rerun_leaves_its_trackers_alone(tmp_path):
+    # The rerun of a finished pipeline evaluates its stages again without training; it used to
+    # open its trackers again: a second TensorBoard event file with the final metrics again.
+    args = ("+pretrain=layerwise", "pretrain.layer_epochs=2", "logger=[csv,tensorboard]")
+    first = _train(tmp_path, *args, "trainer.figures=false")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    events = sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    table = (tmp_path / "metrics.csv").read_bytes()
+    again = _train(tmp_path, *args, "trainer.figures=false")
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "stage complete" in log, log[-3000:]
+    assert sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*")) == events
+    assert (tmp_path / "metrics.csv").read_bytes() == table

@@ -261,7 +261,10 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     rundir.start(to_yaml(recorded))
     if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
         write_run_info(workdir, data, trainer.output_activation)
-    loggers = stack.enter_context(open_run_loggers(recorded, workdir, rundir.main))
+    # a finished pipeline (its metrics.json written at the end) is evaluated again, not
+    # trained: its trackers already hold it
+    finished = t.resume and (workdir / "metrics.json").exists()
+    loggers = stack.enter_context(open_run_loggers(recorded, workdir, rundir.main and not finished))
     metrics: dict[str, float] = {}
 
     # 1. greedy layer-wise pretraining
