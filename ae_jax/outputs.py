@@ -278,7 +278,7 @@ def epoch_logger(loggers, prefix: str = ""):
             keys = {f"{prefix}/{k}": v for k, v in row.items() if k != "epoch"}
         else:  # would be logged at the same steps again and again
             keys = dict(row)
-        loggers.log_metrics(keys, step=int(row["epoch"]))
+        loggers.log_metrics(keys, step=int(row["epoch"]), stage=prefix)
 
     on_epoch.flush = loggers.flush  # before each checkpoint (ae_jax.training.loop.run_stage)
     if not prefix:  # one stage: what a killed session logged after the checkpoint is stale

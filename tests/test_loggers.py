@@ -401,6 +401,40 @@ def test_a_resumed_run_goes_on_in_its_wandb_run(tmp_path, wandb_env):
     assert earlier_run_id(tmp_path) == one.stem.removeprefix("run-")
 
 
+def test_wandb_keeps_every_stage_of_a_layerwise_run(tmp_path, wandb_env, png):
+    # Every stage counts its epochs from 1, and W&B drops a row logged at a step below one it
+    # has seen: it kept layer 0's curve and only the last epoch of every later stage. Each
+    # stage now has its own x axis (<stage>/epoch) and W&B numbers the rows.
+    from ae_jax.outputs import epoch_logger
+
+    loggers = open_loggers({"wandb": {"project": "p"}}, workdir=tmp_path, run_name="r")
+    for stage, epochs in (("pretrain/layer_0", 3), ("pretrain/layer_1", 2), ("finetune", 3)):
+        on_epoch = epoch_logger(loggers, stage)
+        for epoch in range(1, epochs + 1):
+            on_epoch({"epoch": epoch, "train/loss": float(epoch)})
+    loggers.log_image("reconstructions", png, step=3)
+    loggers.close()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    rows = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in _wandb_records(run)
+        if r.WhichOneof("record_type") == "history"
+    ]
+    for stage, epochs in (("pretrain/layer_0", 3), ("pretrain/layer_1", 2), ("finetune", 3)):
+        logged = [
+            (r[f"{stage}/epoch"], r[f"{stage}/train/loss"]) for r in rows if f"{stage}/epoch" in r
+        ]
+        assert logged == [(e, float(e)) for e in range(1, epochs + 1)], stage
+    assert any("reconstructions" in "".join(r) for r in rows)  # the image after the stages
+    defined = {
+        m.glob_name or m.name: m.step_metric
+        for r in _wandb_records(run)
+        if r.WhichOneof("record_type") == "metric"
+        for m in [r.metric]
+    }
+    assert defined.get("finetune/*") == "finetune/epoch", defined
+
+
 def test_a_shared_mlflow_database_keeps_its_artifacts_beside_it_and_must_be_writable(
     tmp_path, png, monkeypatch
 ):

@@ -175,12 +175,22 @@ class Loggers:
         skip those epochs as they come again)."""
         self._each("resumed", lambda lg: getattr(lg, "resumed", lambda epoch: None)(epoch))
 
-    def log_metrics(self, row: Mapping[str, Any], step: int) -> None:
+    def log_metrics(self, row: Mapping[str, Any], step: int, stage: str = "") -> None:
         """One history row (``train/loss``, ``eval/mse``, ``epoch``, ``time/elapsed``, ...) at
-        ``step`` (the epoch); non-numeric and non-finite values are left out."""
+        ``step`` (the epoch); non-numeric and non-finite values are left out. ``stage``: the
+        prefix of a multi-stage run's keys, whose steps start again at 1 in every stage; a
+        logger whose steps may only increase (W&B) takes those rows by ``log_stage_metrics``."""
         clean = clean_row(row)
-        if clean:
-            self._each("log_metrics", lambda lg: lg.log_metrics(clean, int(step)))
+        if not clean:
+            return
+
+        def log(lg: Logger) -> None:
+            if stage and hasattr(lg, "log_stage_metrics"):
+                lg.log_stage_metrics(clean, int(step), stage)
+            else:
+                lg.log_metrics(clean, int(step))
+
+        self._each("log_metrics", log)
 
     def log_image(self, tag: str, png_path: str | os.PathLike, step: int) -> None:
         """A PNG the run has written (``reconstructions``, ``training_curves``, ...)."""

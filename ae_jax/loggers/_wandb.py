@@ -54,14 +54,26 @@ class WandbLogger:
         self.run = run
         self._config_given = config_given
         self._closed = False
+        self._stages: set[str] = set()  # the stages of a multi-stage run, each its own x axis
 
     def log_metrics(self, row: dict[str, float], step: int) -> None:
         self.run.log(row, step=step)
 
+    def log_stage_metrics(self, row: dict[str, float], step: int, stage: str) -> None:
+        """A stage's row: W&B drops a row logged at a step below one it has seen, and every
+        stage counts its epochs from 1, so each stage's keys get their own x axis,
+        ``<stage>/epoch`` (``define_metric``), and W&B numbers the rows itself."""
+        if stage not in self._stages:
+            self._stages.add(stage)
+            self.run.define_metric(f"{stage}/epoch")
+            self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
+        self.run.log({**row, f"{stage}/epoch": step})
+
     def log_image(self, tag: str, png_path: Path, step: int) -> None:
         import wandb
 
-        self.run.log({tag: wandb.Image(str(png_path))}, step=step)
+        at = {} if self._stages else {"step": step}  # after stages, W&B numbers the rows
+        self.run.log({tag: wandb.Image(str(png_path))}, **at)
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         if not self._config_given:  # the config went in at wandb.init otherwise
