@@ -122,13 +122,27 @@ def test_tabular_panels(tmp_path):
     [
         ({"input": np.zeros((5, 8, 8, 1)), "rec": np.zeros((4, 8, 8, 1))}, (8, 8, 1), r"\(4, 8, 8"),
         ({"input": np.zeros((5, 8, 8, 1)), "rec": np.zeros((5, 64))}, (8, 8, 1), r"\(5, 64\)"),
-        ({"input": np.zeros((5, 8, 8, 2))}, (8, 8, 2), r"example_shape=\(8, 8, 2\)"),
+        ({"input": np.zeros((5, 8, 8, 1, 1))}, (8, 8, 1, 1), r"example_shape=\(8, 8, 1, 1\)"),
         ({}, (8, 8, 1), "at least one"),
     ],
 )
 def test_reconstruction_errors_name_the_shapes(rows, shape, match):
     with pytest.raises(FigureError, match=match):
         reconstructions_figure(rows, shape)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_images_of_other_channel_counts_show_each_channel_grey_side_by_side(channels):
+    # RGBA or two-channel images trained to the end, then the figure raised FigureError
+    x = np.random.default_rng(3).random((5, 6, 4, channels))
+    fig = reconstructions_figure({"input": x, "rec": 1 - x}, (6, 4, channels), title="t", n=3)
+    assert fig.get_suptitle() == f"t ({channels} channels side by side)"
+    strip = fig.axes[0].get_images()[0].get_array()
+    assert strip.shape == (6, 3 * 4 * channels + 2 * max(1, 4 * channels // 8))
+    for c in range(channels):  # example 0, channel c, at columns c*4 .. c*4+3
+        np.testing.assert_array_equal(strip[:, c * 4 : c * 4 + 4], x[0, :, :, c])
+    mosaic, _ = filter_mosaic(np.ones((6 * 4 * channels, 2)), (6, 4, channels))
+    assert np.isfinite(mosaic).sum() == 2 * 6 * 4  # the mean over channels, one tile each
 
 
 def test_n_must_be_positive(digits):

@@ -80,10 +80,12 @@ def reconstructions_figure(
 ) -> Figure:
     """Draws the first n examples of each row (e.g. input, corrupted, reconstruction) side by side.
 
-    Images ((H, W, C) with C in {1, 3}, or (H, W)): a grid with one row per entry of ``rows`` and n
-    columns, no ticks, the row's name on the left, gray colormap for one channel. Every row is shown
-    on the value range of the first row's shown examples (the data's own range), clipped to it, so a
-    reconstruction that overshoots cannot rescale the colours and rows stay comparable.
+    Images ((H, W, C) or (H, W)): a grid with one row per entry of ``rows`` and n columns, no
+    ticks, the row's name on the left, gray colormap for one channel, RGB for three, and for
+    any other number of channels each channel grey, side by side within its example. Every row
+    is shown on the value range of the first row's shown examples (the data's own range), clipped
+    to it, so a reconstruction that overshoots cannot rescale the colours and rows stay
+    comparable.
     Tabular ((D,)): n small panels, each drawing every row as a line over the feature index, with
     one legend for the figure.
 
@@ -102,14 +104,18 @@ def reconstructions_figure(
         raise FigureError(f"n={n!r} must be >= 1 examples to show")
     n = min(n, next(iter(data.values())).shape[0])
     is_image = len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[2] in (1, 3))
+    if len(example_shape) == 3 and not is_image:  # 2, 4 or more channels: each one grey,
+        h, w, c = example_shape  # side by side within its example
+        data = {k: v.transpose(0, 1, 3, 2).reshape(-1, h, c * w) for k, v in data.items()}
+        title = f"{title} ({c} channels side by side)" if title else f"{c} channels side by side"
+        is_image = True
     if is_image:
         fig = _image_grid(data, n)
     elif len(example_shape) == 1:
         fig = _tabular_panels(data, n)
     else:
         raise FigureError(
-            f"example_shape={example_shape} is neither an image (H, W, C) with C in {{1, 3}} "
-            f"nor tabular (D,)"
+            f"example_shape={example_shape} is neither an image (H, W[, C]) nor tabular (D,)"
         )
     if title:
         fig.suptitle(title)
@@ -124,7 +130,8 @@ def _image_grid(data: dict[str, np.ndarray], n: int) -> Figure:
     lo, hi = float(reference.min()), float(reference.max())
     if hi <= lo:  # a constant reference: any non-empty range shows it
         hi = lo + 1.0
-    fig = Figure(figsize=(1.0 * n + 1.2, 1.0 * len(data) + 0.4), layout="constrained")
+    aspect = min(max(reference.shape[2] / reference.shape[1], 1.0), 6.0)  # wider than tall
+    fig = Figure(figsize=(1.0 * n * aspect + 1.2, 1.0 * len(data) + 0.4), layout="constrained")
     axes = fig.subplots(len(data), 1, squeeze=False)[:, 0]
     gray = matplotlib.colormaps["gray"].with_extremes(bad="white")  # the gaps
     for ax, (label, x) in zip(axes, data.items(), strict=True):
@@ -456,7 +463,7 @@ def filters_figure(
     reshaped to ``example_shape`` it shows what the unit responds to (strokes, blobs, edges).
     Each filter is drawn on its own range, symmetric around 0 (``±max|w|``), with a diverging
     colormap (red positive, blue negative, white 0), so the sign structure is visible whatever
-    the filter's norm. Colour images (C = 3) show the mean over channels. At most
+    the filter's norm. Images with channels show the mean over channels. At most
     ``max_filters`` filters, the first ones, tiled in a near-square grid with grey lines between
     them (``filter_mosaic``): one image, so a grid of 100 costs what one does.
 
@@ -483,7 +490,12 @@ def filters_figure(
     ax.set_axis_off()
     count = f"{shown} of {total} filters" if shown < total else f"{total} filters"
     fig.suptitle(f"{title} ({count})" if title else count, fontsize=10)
-    fig.supxlabel("each on its own range ±max|w|: red > 0, blue < 0", fontsize=8)
+    channels = (
+        f"; the mean over its {example_shape[2]} channels"
+        if len(example_shape) == 3 and example_shape[2] > 1
+        else ""
+    )
+    fig.supxlabel(f"each on its own range ±max|w|: red > 0, blue < 0{channels}", fontsize=8)
     return fig
 
 
@@ -495,11 +507,10 @@ def filter_mosaic(
     NaN pixel between cells; unused cells are NaN. Returns (mosaic, (rows, cols))."""
     kernel = np.asarray(kernel, dtype=np.float64)
     example_shape = tuple(int(s) for s in example_shape)
-    is_image = len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[2] in (1, 3))
-    if not is_image:
+    if len(example_shape) not in (2, 3):
         raise FigureError(
-            f"example_shape={example_shape} is not an image (H, W) or (H, W, C) with C in "
-            f"{{1, 3}}; first-layer filters are only drawn for image data"
+            f"example_shape={example_shape} is not an image (H, W) or (H, W, C); first-layer "
+            "filters are only drawn for image data"
         )
     if kernel.ndim != 2 or kernel.size == 0:
         raise FigureError(f"kernel must have shape (D, H1) with D, H1 >= 1, got {kernel.shape}")
