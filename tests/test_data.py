@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -363,7 +364,7 @@ def test_bad_array_shapes_are_named(tmp_path):
     with pytest.raises(DataError, match=r"suffix '.parquet'; valid: .npy, .npz, .csv"):
         load_array(tmp_path / "x.parquet")
     np.savez(tmp_path / "keys.npz", a=np.zeros((3, 2)))
-    with pytest.raises(DataError, match=r"keys \['a'\]"):
+    with pytest.raises(DataError, match=r"holds a: a, which no layout reads"):
         load_array(tmp_path / "keys.npz")
     with pytest.raises(DataError, match="data.path is not set"):
         load_dataset(DataConfig(source="array"))
@@ -379,6 +380,75 @@ def test_mismatched_test_file_and_one_sided_labels(tmp_path):
     )
     with pytest.raises(DataError, match="labels are given for the training examples only"):
         load_array(tmp_path / "half.npz")
+
+
+def test_damaged_or_ambiguous_npz_files_are_one_data_error(tmp_path):
+    # A damaged archive was a zipfile traceback; x beside x_test trained on x alone (the test
+    # examples unused), x beside x_train and x_test trained on every row, test ones included
+    x = np.random.default_rng(0).random((20, 4))
+    np.savez(tmp_path / "good.npz", x=x)
+    good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "half.npz").write_bytes(good[: len(good) // 2])
+    np.save(tmp_path / "one.npy", x)
+    (tmp_path / "one.npz").write_bytes((tmp_path / "one.npy").read_bytes())
+    np.savez(tmp_path / "both.npz", x=x, x_test=x[:5])
+    np.savez(tmp_path / "three.npz", x=x, x_train=x[:15], x_test=x[15:])
+    np.savez(tmp_path / "upper.npz", X=x)
+    np.savez(tmp_path / "stray.npz", x_train=x[:15], x_test=x[15:], y=np.zeros(20, int))
+    cases = {
+        "half.npz": "cannot be read as .npz (File is not a zip file)",
+        "one.npz": "holds one .npy array, not an .npz archive",
+        "both.npz": "holds x, x_test: x beside x_test, two layouts at once",
+        "three.npz": "x beside x_test and x_train, two layouts at once",
+        "upper.npz": "holds X: X, which no layout reads",
+        "stray.npz": "labels y without their examples",
+    }
+    for name, said in cases.items():
+        with pytest.raises(DataError, match=re.escape(said)):
+            load_array(tmp_path / name)
+    assert load_array(tmp_path / "good.npz").x_train.shape == (16, 4)
+
+
+def test_labels_that_are_ids_not_class_indices_are_refused(tmp_path):
+    # {0, 1e6, 2e6} made a 2,000,001-class probe that ran with no end in sight
+    x = np.random.default_rng(0).random((30, 4))
+    np.savez(tmp_path / "ids.npz", x=x, y=np.repeat([0, 1_000_000, 2_000_000], 10))
+    with pytest.raises(DataError, match=r"3 distinct values up to 2000000.*renumber them 0..2"):
+        load_array(tmp_path / "ids.npz")
+    np.savez(tmp_path / "sparse.npz", x=x, y=np.repeat([0, 5, 9], 10))  # unused classes: fine
+    assert load_array(tmp_path / "sparse.npz").num_classes == 10
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "value"),
+    [
+        ("digits", "path", "mine.csv"),
+        ("digits", "label_column", 3),
+        ("tfds", "test_path", "test.csv"),
+        ("idx", "manual_dir", "/data"),
+        ("array", "tfds_name", "mnist"),
+    ],
+)
+def test_a_setting_the_source_does_not_read_is_refused(source, key, value):
+    # data.path=my.csv without data=array trained on digits, silently
+    cfg = DataConfig(source=source, **{key: value})
+    if source == "tfds":
+        cfg.tfds_name = "mnist"
+    if source in ("idx", "array"):
+        cfg.path = "somewhere"
+    with pytest.raises(
+        DataError, match=rf"data.{key}={value!r} is not read by data.source={source}"
+    ):
+        load_dataset(cfg)
+
+
+def test_a_missing_test_file_names_its_own_key(tmp_path):
+    np.save(tmp_path / "train.npy", np.zeros((10, 4)))
+    with pytest.raises(DataError, match=r"nope.csv does not exist; data.test_path must name"):
+        load_array(tmp_path / "train.npy", test_path=str(tmp_path / "nope.csv"))
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataError, match=r"dir.csv is a directory; data.path must name"):
+        load_array(tmp_path / "dir.csv")
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, "0.2", True])

@@ -53,16 +53,18 @@ def _read_csv(path: Path) -> np.ndarray:
         ) from err
 
 
-def _read_file(path: Path, label_column: int | None) -> Table:
+NPZ_LAYOUTS = "x (+ y), or x_train and x_test (+ y_train and y_test)"
+
+
+def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> Table:
     suffix = path.suffix.lower()
     if suffix not in ARRAY_SUFFIXES:
         raise DataError(
-            f"array file {path} has suffix {suffix!r}; valid: {', '.join(ARRAY_SUFFIXES)}"
+            f"{key}: array file {path} has suffix {suffix!r}; valid: {', '.join(ARRAY_SUFFIXES)}"
         )
     if not path.is_file():
-        raise DataError(
-            f"array file {path} does not exist; data.path must name a .npy/.npz/.csv file"
-        )
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"array file {path} {what}; {key} must name a .npy/.npz/.csv file")
     if label_column is not None and suffix == ".npz":
         raise DataError(
             f"data.label_column={label_column} does not apply to {path}: an .npz file gives its "
@@ -74,8 +76,7 @@ def _read_file(path: Path, label_column: int | None) -> Table:
         elif suffix == ".npy":
             table = {"x": np.load(path, allow_pickle=False)}
         else:
-            with np.load(path, allow_pickle=False) as npz:
-                table = {key: npz[key] for key in npz.files}
+            table = _read_npz(path)
     except (OSError, ValueError, EOFError) as err:
         if isinstance(err, DataError):
             raise
@@ -83,6 +84,41 @@ def _read_file(path: Path, label_column: int | None) -> Table:
     if label_column is not None:
         table = _split_label_column(path, table["x"], label_column)
     return table
+
+
+def _read_npz(path: Path) -> Table:
+    """The arrays of an .npz archive, its keys checked against the layouts read."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:  # zipfile.BadZipFile, a pickle refused, ...
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"array file {path} cannot be read as .npz ({reason})") from err
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"array file {path} holds one .npy array, not an .npz archive of named arrays; "
+            "give it the suffix .npy"
+        )
+    with loaded as npz:
+        try:
+            table = {key: npz[key] for key in npz.files}
+        except Exception as err:  # a damaged member: a bad CRC, a truncated stream, ...
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise DataError(f"array file {path} cannot be read as .npz ({reason})") from err
+    keys = set(table)
+    unknown = sorted(keys - {"x", "y", "x_train", "x_test", "y_train", "y_test"})
+    mixed = "x" in keys and keys & {"x_train", "x_test"}
+    orphans = [y for y in ("y", "y_train", "y_test") if y in keys and "x" + y[1:] not in keys]
+    if unknown:
+        problem = f"{', '.join(unknown)}, which no layout reads"
+    elif mixed:
+        problem = f"x beside {' and '.join(sorted(mixed))}, two layouts at once"
+    elif orphans:
+        problem = f"labels {', '.join(orphans)} without their examples"
+    else:
+        return table
+    raise DataError(
+        f"array file {path} holds {', '.join(sorted(keys))}: {problem}; an .npz holds {NPZ_LAYOUTS}"
+    )
 
 
 def _split_label_column(path: Path, table: np.ndarray, label_column: int) -> Table:
@@ -136,6 +172,13 @@ def _labels(path: Path, key: str, y: np.ndarray | None, n: int) -> np.ndarray | 
             f"labels {key!r} in {path} range over [{y.min()}, {y.max()}]; labels must be class "
             "indices 0..K-1"
         )
+    classes, used = (int(y.max()) + 1 if n else 0), len(np.unique(y))
+    if classes > 100 and classes > 2 * used:  # e.g. ids or codes, not class indices
+        raise DataError(
+            f"labels {key!r} in {path} are {used} distinct values up to {int(y.max())}, which "
+            f"as class indices would make {classes} classes; labels must be class indices "
+            f"0..K-1 with most of them used: renumber them 0..{used - 1}"
+        )
     return y.astype(np.int32)
 
 
@@ -173,7 +216,7 @@ def load_arrays(
                 "gives another test set; keep one of them"
             )
         test_file = Path(test_path).expanduser()
-        test_table = _read_file(test_file, label_column)
+        test_table = _read_file(test_file, label_column, "data.test_path")
         tx_key, ty_key = _pick(test_file, test_table, "test")
         x_test = _features(test_file, tx_key, test_table[tx_key])
         y_test = _labels(test_file, ty_key, test_table.get(ty_key), x_test.shape[0])

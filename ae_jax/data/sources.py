@@ -109,6 +109,35 @@ LOADERS: dict[str, Callable[[Any], RawData]] = {
 }
 
 
+# The settings each source reads; one given to a source that does not read it is refused, not
+# ignored (data.path=my.csv under the default digits used to train on digits).
+READS: dict[str, tuple[str, ...]] = {
+    "array": ("path", "test_path", "label_column"),
+    "idx": ("path",),
+    "tfds": ("tfds_name", "manual_dir", "data_dir"),
+    "digits": (),
+}
+HOW = {  # how a user picks each source on the command line
+    "array": "data=array (a .npy, .npz or .csv file)",
+    "idx": "data=idx (a directory of IDX files)",
+    "tfds": "data=mnist, data=fashion_mnist or data.source=tfds (tensorflow-datasets)",
+}
+
+
+def check_source_settings(cfg: Any, source: str) -> None:
+    """Refuse a ``data.*`` setting that ``source`` does not read, naming the sources that do."""
+    for key in ("path", "test_path", "label_column", "tfds_name", "manual_dir", "data_dir"):
+        value = _setting(cfg, key)
+        if value is None or key in READS[source]:
+            continue
+        readers = " and by ".join(HOW[s] for s in READS if key in READS[s])
+        raise DataError(
+            f"data.{key}={value!r} is not read by data.source={source} (the run would train on "
+            f"{_setting(cfg, 'name') or source}, not on it); data.{key} is read by {readers}: "
+            f"choose that source, or leave data.{key} unset"
+        )
+
+
 def load_dataset(cfg: Any) -> Dataset:
     """Load, split, scale and subsample the dataset that ``cfg`` (the ``data`` node) describes.
 
@@ -120,6 +149,7 @@ def load_dataset(cfg: Any) -> Dataset:
         raise DataError(
             f"data.source={source!r} is not valid; choose one of: {', '.join(DATA_SOURCES)}"
         )
+    check_source_settings(cfg, source)
     scaling = _setting(cfg, "scaling", "auto")
     if scaling not in SCALINGS:
         raise DataError(
