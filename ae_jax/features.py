@@ -180,9 +180,30 @@ def reconstruct(run: Run, x) -> np.ndarray:
     return _chunked(lambda p, xb: forward(p, xb)[1], run.params, _as_examples(run, x))
 
 
+def run_data_config(run: Run):
+    """The run's ``data`` config, its relative file paths read from where the run was trained
+    (Hydra's record of the job, ``.hydra/hydra.yaml``: ``hydra.runtime.cwd``), not from here."""
+    import yaml
+
+    data = run.cfg.data
+    try:
+        record = yaml.safe_load((run.path / ".hydra" / "hydra.yaml").read_text())
+        cwd = Path(record["hydra"]["runtime"]["cwd"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return data
+    moved = {}
+    for key in ("path", "test_path"):
+        value = getattr(data, key, None)
+        if value and not Path(str(value)).expanduser().is_absolute():
+            there = cwd / str(value)
+            if there.exists() and not Path(str(value)).exists():
+                moved[key] = str(there)
+    return dataclasses.replace(data, **moved) if moved else data
+
+
 def embed_dataset(run: Run, data: Dataset | None = None):
     """``(z_train, y_train, z_test, y_test)`` of ``data`` (default: the run's own dataset)."""
-    data = load_dataset(run.cfg.data) if data is None else data
+    data = load_dataset(run_data_config(run)) if data is None else data
     return embed(run, data.x_train), data.y_train, embed(run, data.x_test), data.y_test
 
 

@@ -18,8 +18,25 @@ from pathlib import Path
 import numpy as np
 
 from ae_jax.data import DataError, load_dataset
-from ae_jax.features import RunError, embed, load_run, probe_report, reconstruct
+from ae_jax.features import (
+    RunError,
+    embed,
+    load_run,
+    probe_report,
+    reconstruct,
+    run_data_config,
+)
 from ae_jax.run_io import write_atomic
+from ae_jax.training.rundir import data_changed
+
+
+def _an_embeddings_file(path: Path) -> bool:
+    """Whether ``path`` is an .npz this script wrote (which a rerun may replace)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"z_train", "z_test"} <= set(npz.files)
+    except Exception:  # not an .npz at all: a file of another kind
+        return False
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +64,17 @@ def _embed(args: argparse.Namespace) -> dict:
     if not out.parent.is_dir():
         what = "is a file" if out.parent.exists() else "does not exist"
         raise RunError(f"--out {out}: its directory {out.parent} {what}")
-    data = load_dataset(run.cfg.data)
+    if out.suffix.lower() != ".npz":
+        raise RunError(f"--out {out}: the codes are written as an .npz; give a path ending in .npz")
+    if out.exists() and not _an_embeddings_file(out):  # a run's file, the data, anything else
+        raise RunError(
+            f"--out {out} exists and is not an embeddings file (an .npz holding z_train and "
+            "z_test); it is left as it is: choose another path"
+        )
+    data = load_dataset(run_data_config(run))
+    changed = data_changed(run.path, data, run.cfg.data)
+    if changed:  # the codes would be of other data than the run trained on
+        raise RunError(f"{run.path} trained on other data: {changed}; restore that data")
     if args.probe and data.y_train is None:  # before any compute or file
         raise RunError(f"--probe: {data.name} has no labels; a linear probe needs class labels")
     arrays = {"z_train": embed(run, data.x_train), "z_test": embed(run, data.x_test)}

@@ -186,6 +186,7 @@ def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_p
         cfg.data.update(data)
         OmegaConf.save(cfg, run / "config.yaml")
         (run / "embeddings.npz").unlink(missing_ok=True)
+        (run / "run.json").unlink()  # as if trained on that data: no fingerprint to compare
         return run
 
     gone = run_on("moved", path=str(tmp_path / "no-such-mnist"))
@@ -203,7 +204,23 @@ def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_p
     refused([unlabelled, "--probe"], "--probe: unlabelled has no labels")
     refused([trained_run, "--out", tmp_path / "no-dir" / "z.npz"], "does not exist")
     refused([trained_run, "--probe", "--probe-steps", "0"], "--probe-steps 0")
-    for run in (gone, unlabelled):
+    # an --out that would replace a file of another kind: the run's parameters, data, ...
+    params = (trained_run / "params.msgpack").read_bytes()
+    refused([trained_run, "--out", trained_run / "params.msgpack"], "give a path ending in .npz")
+    other = tmp_path / "data.npz"
+    np.savez(other, x=np.zeros((3, 4)))
+    before = other.read_bytes()
+    refused([trained_run, "--out", other], f"--out {other} exists and is not an embeddings file")
+    assert (trained_run / "params.msgpack").read_bytes() == params and other.read_bytes() == before
+    # data that is not what the run trained on (its run.json's fingerprint): codes of other data
+    changed = tmp_path / "changed"
+    shutil.copytree(trained_run, changed)
+    cfg = OmegaConf.load(changed / "config.yaml")
+    cfg.data.max_train = 999
+    OmegaConf.save(cfg, changed / "config.yaml")
+    (changed / "embeddings.npz").unlink(missing_ok=True)
+    refused([changed], f"{changed} trained on other data: {cfg.data.path} has changed since")
+    for run in (gone, unlabelled, changed):
         assert not (run / "embeddings.npz").exists()
     assert not list(tmp_path.glob("**/.*.tmp"))
     # the unlabelled run's codes are written without --probe

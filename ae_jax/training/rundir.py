@@ -268,24 +268,12 @@ class RunDir:
         in the sweep's ``.vmap-groups/``) on the new data. Writes nothing."""
         if not self.main:
             return
-        try:
-            stored = json.loads((self.path / RUN_INFO).read_text()).get("data_fingerprint")
-        except (OSError, ValueError, AttributeError):
-            return  # no record (a run from before fingerprints): nothing to compare
-        fingerprint = data.fingerprint
-        if stored is not None and stored != fingerprint:
-            path = getattr(data_cfg, "path", None)
-            if not path:
-                name = data.name
-            elif data.name == Path(str(path)).stem:  # named after its file: the file alone
-                name = str(path)
-            else:
-                name = f"{data.name} ({path})"
+        changed = data_changed(self.path, data, data_cfg)
+        if changed:
             raise RunDirError(
-                f"{self.path} holds a run that trained on other data: {name} has changed since "
-                f"(fingerprint {stored[:12]} then, {fingerprint[:12]} now). Restore that data, "
-                "or use a new run directory (hydra.run.dir=...), or trainer.resume=false to "
-                "keep that run and write this one beside it"
+                f"{self.path} holds a run that trained on other data: {changed}. Restore that "
+                "data, or use a new run directory (hydra.run.dir=...), or trainer.resume=false "
+                "to keep that run and write this one beside it"
             )
 
     # -------------------------------------------------------------- start
@@ -303,6 +291,27 @@ class RunDir:
         write_hydra_files(self.path, self.hydra_files)
         if self.on_start is not None:
             self.on_start()
+
+
+def data_changed(run_dir: Path, data: Any, data_cfg: Any) -> str | None:
+    """How ``data`` differs from what the run in ``run_dir`` trained on ("<data> has changed
+    since (fingerprint A then, B now)", from the fingerprint its ``run.json`` records), or None
+    when it is the same or the run recorded none (a run from before fingerprints)."""
+    try:
+        stored = json.loads((Path(run_dir) / RUN_INFO).read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    fingerprint = data.fingerprint
+    if stored is None or stored == fingerprint:
+        return None
+    path = getattr(data_cfg, "path", None)
+    if not path:
+        name = data.name
+    elif data.name == Path(str(path)).stem:  # named after its file: the file alone
+        name = str(path)
+    else:
+        name = f"{data.name} ({path})"
+    return f"{name} has changed since (fingerprint {stored[:12]} then, {fingerprint[:12]} now)"
 
 
 def hydra_record(task: Any = None) -> dict[str, str]:
