@@ -142,14 +142,20 @@ def test_early_stopping_keeps_the_best_epoch_and_stops(tmp_path, caplog):
     assert f"keeping the parameters of epoch {best}" in caplog.text
 
 
-def test_early_stopping_resumes_its_record_and_a_stopped_run_is_not_trained_again(tmp_path, caplog):
-    whole = train(tmp_path / "whole", *EARLY)
+@pytest.mark.parametrize("devices", [1, 2])
+def test_early_stopping_resumes_its_record_and_a_stopped_run_is_not_trained_again(
+    tmp_path, caplog, devices
+):
+    # on 2 devices the record came back committed to one device beside parameters on both,
+    # and the resumed run ended in JAX's "incompatible devices" traceback
+    early = (*EARLY, f"trainer.devices={devices}")
+    whole = train(tmp_path / "whole", *early)
     # the same run interrupted: 150 epochs first (the constant-rate budget may grow), then on
-    cfg = make_config(*EARLY, "trainer.epochs=150", "trainer.checkpoint_every=50")
+    cfg = make_config(*early, "trainer.epochs=150", "trainer.checkpoint_every=50")
     train_and_evaluate(cfg, tmp_path / "split")
     with caplog.at_level(logging.INFO, logger="ae_jax"):
         resumed = train_and_evaluate(
-            make_config(*EARLY, "trainer.checkpoint_every=50"), tmp_path / "split"
+            make_config(*early, "trainer.checkpoint_every=50"), tmp_path / "split"
         )
     assert "resuming from" in caplog.text and "(epoch 150 of 300)" in caplog.text
     assert resumed["train/best_epoch"] == whole["train/best_epoch"]
@@ -160,7 +166,7 @@ def test_early_stopping_resumes_its_record_and_a_stopped_run_is_not_trained_agai
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ae_jax"):
         again = train_and_evaluate(
-            make_config(*EARLY, "trainer.checkpoint_every=50"), tmp_path / "split"
+            make_config(*early, "trainer.checkpoint_every=50"), tmp_path / "split"
         )
     assert "not trained again" in caplog.text
     assert again["test/mse"] == resumed["test/mse"]

@@ -532,7 +532,11 @@ class _Best:
         if tree is None or record is None:
             return
         shape = self.best_value.shape
-        self.tree = tree
+        # The small counters come back committed to one device, beside parameters laid out
+        # over the run's mesh, which a jitted update then refuses to mix: uncommitted, as
+        # ``start`` made them, they go wherever the parameters are.
+        counters = {k: jnp.asarray(jax.device_get(tree[k])) for k in ("value", "epoch", "since")}
+        self.tree = {**tree, **counters}
         self.best_value = np.asarray(record["best_value"], np.float64).reshape(shape)
         self.best_epoch = np.asarray(record["best_epoch"], np.int64).reshape(shape)
         self.since = np.asarray(record["since"], np.int64).reshape(shape)
