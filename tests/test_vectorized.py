@@ -337,3 +337,22 @@ def test_members_in_any_seed_order_share_draws_and_keep_their_own_results(tmp_pa
         saved = json.loads((tmp_path / f"vec{i}" / "metrics.json").read_text())
         assert saved["test/mse"] == vec[i]["test/mse"]
     assert len({round(v["test/mse"], 6) for v in vec}) == 4
+
+
+def test_a_group_resumes_its_checkpoint_when_only_settings_a_run_may_change_differ(tmp_path):
+    # A killed group rerun with trainer.devices=2 or trainer.log_every=50 trained again from
+    # epoch 1 beside its orphaned checkpoint: the key named every setting of the program.
+    from ae_jax.sweeps.vectorized import group_checkpoint_dir
+
+    dirs = [tmp_path / "0", tmp_path / "1"]
+
+    def key(*extra):
+        return group_checkpoint_dir(
+            [make_config("noise=masking", f"noise.level={v}", *extra) for v in (0.1, 0.2)], dirs
+        )
+
+    same = key()
+    for extra in ("trainer.devices=2", "trainer.log_every=50", "logger=csv", "trainer.epochs=9"):
+        assert key(extra) == same, extra
+    for extra in ("optim.lr=0.01", "model.latent_dim=4", "trainer.batch_size=32"):
+        assert key(extra) != same, extra

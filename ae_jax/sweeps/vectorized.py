@@ -319,6 +319,25 @@ def _group_epoch(trainer: Trainer, layout: Layout, runs: int = 1):
     )
 
 
+def _resumable_part(program: str) -> str:
+    """``program`` (a ``static_part``) without the settings a resumed run may change
+    (``ae_jax.training.rundir.MAY_DIFFER``: devices, logging, checkpoint cadence, ...): a
+    group rerun with another ``trainer.devices`` or ``trainer.log_every`` resumes its
+    checkpoint, as a single run does, instead of training again from epoch 1 beside it."""
+    import yaml
+
+    from ae_jax.training.rundir import MAY_DIFFER
+
+    tree = yaml.safe_load(program)
+    for key in MAY_DIFFER:
+        node, _, leaf = key.partition(".")
+        if not leaf:
+            tree.pop(node, None)
+        elif isinstance(tree.get(node), dict):
+            tree[node].pop(leaf, None)
+    return yaml.safe_dump(tree, sort_keys=True)
+
+
 def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     """Where a group checkpoints: beside its members, keyed by the program and the members
     (``<common parent>/.vmap-groups/<key>/checkpoints``), so the same sweep finds it again."""
@@ -328,8 +347,8 @@ def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     # trainer.epochs is left out: more epochs extend a finished group, as they extend a
     # single run (where they may not, the members' directories refuse the new config)
     base = configs[0]
-    program = static_part(
-        dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, epochs=0))
+    program = _resumable_part(
+        static_part(dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, epochs=0)))
     )
     # each member's directory and its own values of what the group vectorises, so that a
     # sweep run again with other values never resumes the earlier members' states
