@@ -192,6 +192,18 @@ def test_supervised_needs_labels(mnist_small, tmp_path, mnist_path):
         init_classifier(model, mnist_small.example_shape, seed=0, encoder=wrong)
 
 
+def test_a_supervised_batch_the_devices_cannot_share_is_refused_before_any_stage(
+    mnist_path, tmp_path
+):
+    # it was refused only after every layer and the fine-tuning had trained, naming
+    # trainer.batch_size where the user had set pretrain.supervised_batch_size
+    cfg = small_config(mnist_path, supervised=True)
+    cfg.trainer.devices, cfg.pretrain.supervised_batch_size = 2, 25
+    with pytest.raises(ConfigError, match=r"pretrain.supervised_batch_size=25 does not split"):
+        pretrain_and_finetune(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("**/checkpoints/*"))
+
+
 def test_validate_pretrain_refuses_bad_settings(mnist_path, tmp_path):
     cfg = small_config(mnist_path)
     bad = copy.deepcopy(cfg)

@@ -253,7 +253,7 @@ def train_classifier(
     steps = n // batch_size
     opt_cfg = OptimConfig(name=optim, lr=lr, schedule=schedule)
     tx = make_optimizer(opt_cfg, steps * epochs, steps)
-    par = Parallel(select_devices(devices, batch_size), parallel)
+    par = Parallel(select_devices(devices, batch_size, batch_key), parallel)
     epoch_fn = make_supervised_epoch(
         model,
         tx,

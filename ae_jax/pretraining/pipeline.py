@@ -55,7 +55,7 @@ from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import checkpoint_schedule, raise_if_preempted
-from ae_jax.training.parallel import fit_batch
+from ae_jax.training.parallel import fit_batch, select_devices
 from ae_jax.training.rundir import claimed
 from ae_jax.training.trainer import Trainer, warn_if_overcomplete
 
@@ -246,6 +246,13 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     sizes = layer_sizes(cfg, data.num_features)
     ft_cfg = finetune_config(cfg, sizes)
     trainer = Trainer(ft_cfg, data, is_code=False)  # refuses what does not fit the data
+    if p.supervised:  # the last stage's batch over the devices, before the first stage trains
+        key = "pretrain.supervised_batch_size" if p.supervised_batch_size else "trainer.batch_size"
+        b, n = p.supervised_batch_size or t.batch_size, data.x_train.shape[0]
+        if b <= n:
+            select_devices(t.devices, b, key)
+        elif n % len(select_devices(t.devices, 0, key)):  # batches of the whole split
+            fit_batch(b, n, t.devices, key, data.name)  # refuses them in one line
     if p.unsupervised:  # the one stage that trains the deep AE's code on ft_cfg's objective
         if not p.finetune_keep_objective and (cfg.reg or cfg.noise.kind != "none"):
             warn_if_overcomplete(

@@ -37,14 +37,14 @@ def compiler_options(devices: list) -> dict[str, Any]:
     return dict(CPU_COMPILER_OPTIONS) if devices[0].platform == "cpu" else {}
 
 
-def select_devices(requested: int | None, batch_size: int) -> list:
+def select_devices(requested: int | None, batch_size: int, key: str = "trainer.batch_size") -> list:
     """The devices to use (all processes' devices in a multi-process run); the global batch
-    must split evenly across them."""
+    (the setting ``key``) must split evenly across them."""
     chosen = _chosen_devices(requested)
     n = len(chosen)
     if batch_size % n:
         raise ConfigError(
-            f"trainer.batch_size={batch_size} does not split evenly across {n} devices; "
+            f"{key}={batch_size} does not split evenly across {n} devices; "
             f"use a multiple of {n} or set trainer.devices to a divisor of {batch_size}"
         )
     return chosen
@@ -60,11 +60,15 @@ def fit_batch(batch_size: int, examples: int, requested: int | None, key: str, d
         return batch_size
     devices = len(_chosen_devices(requested))
     if examples % devices:
+        smaller = (
+            f"set {key} to a multiple of {devices} up to {examples}, or "
+            if examples >= devices
+            else ""
+        )
         raise ConfigError(
             f"{key}={batch_size} exceeds the {examples} training examples of {data}, and "
-            f"batches of all {examples} do not split evenly over {devices} devices; set {key} "
-            f"to a multiple of {devices} up to {examples}, or trainer.devices to a divisor of "
-            f"{examples}"
+            f"batches of all {examples} do not split evenly over {devices} devices; {smaller}"
+            f"set trainer.devices to a divisor of {examples}"
         )
     log.warning(
         "%s=%d exceeds the %d training examples of %s: every step takes the whole training "

@@ -143,7 +143,7 @@ class Trainer:
         )
         self.model = self.objective.model  # the one model: output activation and sparse_k set
         self.tx = make_optimizer(cfg.optim, self.total_steps, self.steps_per_epoch)
-        self.parallel = Parallel(select_devices(t.devices, t.batch_size), t.parallel)
+        self.parallel = Parallel(select_devices(t.devices, t.batch_size, batch_key), t.parallel)
         self.epoch_fn = make_train_epoch(
             self.objective,
             self.tx,
