@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from conftest import REPO
 from flax import serialization
 
@@ -91,3 +92,17 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
     # only process 0 wrote the run's files; the checkpoint was written by both together
     assert json.loads((multi / "status.json").read_text())["status"] == "completed"
     assert (multi / "checkpoints" / "4").exists()
+
+
+def test_distributed_without_a_meeting_place_is_one_config_error(monkeypatch):
+    # it was JAX's "coordinator_address should be defined" traceback
+    from ae_jax.config import ConfigError, TrainerConfig
+    from ae_jax.training.distributed import initialize
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match=r"needs trainer.coordinator_address, trainer.num_proc"):
+        initialize(TrainerConfig(distributed=True))
+    cfg = TrainerConfig(distributed=True, coordinator_address="127.0.0.1:1", num_processes=2)
+    with pytest.raises(ConfigError, match=r"needs trainer.process_id \(e.g."):
+        initialize(cfg)

@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from ae_jax.config import TrainerConfig
+from ae_jax.config import ConfigError, TrainerConfig
 
 log = logging.getLogger("ae_jax")
 
@@ -38,6 +38,27 @@ def initialize(cfg: TrainerConfig) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
+    cluster = detected_cluster()
+    if cluster is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        missing = [
+            key
+            for key in ("coordinator_address", "num_processes", "process_id")
+            if getattr(cfg, key) is None
+        ]
+        if missing:  # nothing else would say where the processes meet
+            raise ConfigError(
+                "trainer.distributed=true outside a TPU pod or a SLURM job needs "
+                + ", ".join(f"trainer.{k}" for k in missing)
+                + " (e.g. trainer.coordinator_address=HOST:PORT trainer.num_processes=2 "
+                "trainer.process_id=0 on the first process, 1 on the second)"
+            )
+        log.info(
+            "distributed: process %d waiting for all %d processes at %s (JAX gives up after "
+            "5 minutes)",
+            cfg.process_id,
+            cfg.num_processes,
+            cfg.coordinator_address,
+        )
     kwargs = {}
     if cfg.coordinator_address is not None:
         kwargs["coordinator_address"] = cfg.coordinator_address
