@@ -289,6 +289,20 @@ def test_a_full_disk_refuses_the_checkpoint_before_orbax_writes_it(tmp_path, mon
     os.unlink(rescue)
 
 
+def test_a_save_a_killed_session_left_unfinished_is_removed_on_resume(tmp_path):
+    # Orbax leaves <epoch>.orbax-checkpoint-tmp* of a save that was cut short (a second
+    # Ctrl-C while it wrote) in the checkpoint directory for good
+    state = {"w": np.arange(10, dtype=np.float32)}
+    Checkpointer(tmp_path / "ck").save(1, state, [{"epoch": 1}])
+    cut = tmp_path / "ck" / "2.orbax-checkpoint-tmp-1765000000"
+    (cut / "state").mkdir(parents=True)
+    (cut / "state" / "part").write_bytes(b"half a save")
+    restored, epoch, history = Checkpointer(tmp_path / "ck").restore_latest(state)
+    assert epoch == 1 and history == [{"epoch": 1}]
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["1"]
+
+
 def test_orbax_failing_mid_write_is_one_line(tmp_path):
     # A file-size limit makes the checkpoint's data file fail part-way inside Orbax (past the
     # space check): one line naming the checkpoint and the OS reason, none of Orbax's threads'

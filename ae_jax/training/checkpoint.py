@@ -356,6 +356,16 @@ class Checkpointer:
             self._refuse_other_run(epoch, meta, template)
             return
 
+    def _remove_unfinished_writes(self) -> None:
+        """Orbax's temporary directories of saves a killed session did not finish
+        (``<epoch>.orbax-checkpoint-tmp*``): never a checkpoint, and left there by Orbax."""
+        import shutil
+
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def restore_latest(self, template: Any, allow_none_valid: bool = False, aux: Any = None):
         """``(state, epoch, history)`` from the newest VALID checkpoint, or None; the
         checkpoint's ``extra`` record (e.g. a group's failed members) is in ``last_extra``, and
@@ -365,6 +375,7 @@ class Checkpointer:
         with a warning naming them and the fallback; if some exist but none is valid,
         CheckpointError unless ``allow_none_valid``.
         """
+        self._remove_unfinished_writes()
         epochs = self.epochs()
         if not epochs:
             return None
