@@ -409,6 +409,38 @@ def test_damaged_or_ambiguous_npz_files_are_one_data_error(tmp_path):
     assert load_array(tmp_path / "good.npz").x_train.shape == (16, 4)
 
 
+def test_csv_headers_pandas_writes_and_a_byte_order_mark_are_read_as_such(tmp_path):
+    x = np.random.default_rng(0).random((50, 4))
+    rows = "\n".join(",".join(f"{v:.6f}" for v in r) for r in x)
+    cases = {
+        "pandas.csv": "0,1,2,3\n" + rows,  # DataFrame(x).to_csv(index=False): read as data
+        "some.csv": "id,2019,2020,y\n" + rows,  # names, some of them numbers
+        "bom.csv": "\ufeff" + rows,  # Excel's "CSV UTF-8", no header
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        loaded = load_array(tmp_path / name, scaling="none", test_fraction=0.2)
+        got = np.concatenate([loaded.x_train, loaded.x_test])
+        assert got.shape == (50, 4), name
+        np.testing.assert_allclose(np.sort(got, axis=0), np.sort(x, axis=0), atol=1e-6)
+    (tmp_path / "index.csv").write_text(
+        ",0,1,2,3\n" + "\n".join(f"{i}," + r for i, r in enumerate(rows.splitlines()))
+    )
+    with pytest.raises(DataError, match=r"a first column of row numbers.*index=False"):
+        load_array(tmp_path / "index.csv")
+
+
+def test_values_beyond_float32_or_too_large_to_train_unscaled_are_named(tmp_path):
+    x = np.random.default_rng(0).random((50, 4))
+    np.save(tmp_path / "beyond.npy", x * 1e39)  # finite here, inf in float32
+    with pytest.raises(DataError, match=r"values up to .*e\+3[89], beyond float32's range"):
+        load_array(tmp_path / "beyond.npy")
+    np.save(tmp_path / "huge.npy", x * 1e30)  # trains to inf at step 1, blamed on the rate
+    with pytest.raises(DataError, match=r"after data.scaling=none overflow float32"):
+        load_array(tmp_path / "huge.npy", scaling="none")
+    assert load_array(tmp_path / "huge.npy", scaling="unit").x_train.max() <= 1.0
+
+
 def test_labels_that_are_ids_not_class_indices_are_refused(tmp_path):
     # {0, 1e6, 2e6} made a 2,000,001-class probe that ran with no end in sight
     x = np.random.default_rng(0).random((30, 4))

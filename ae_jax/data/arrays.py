@@ -8,8 +8,10 @@ Layouts, by the number of dimensions of ``x``:
 
 Files: ``.npy`` holds one array of all rows (split later with ``data.test_fraction``); ``.npz``
 holds ``x_train`` and ``x_test`` (+ ``y_train`` / ``y_test``), or ``x`` (+ ``y``); ``.csv`` is
-numeric, comma-separated, with an optional header row (detected when no field of the first row
-is a number) and optionally the integer labels in column ``data.label_column``. A separate
+numeric, comma-separated, with an optional header row (detected when at least half the fields of
+the first row are not numbers, or when they are pandas' column numbers 0..D-1 above rows that
+are not all whole numbers) and optionally the integer labels in column ``data.label_column``. A
+separate
 ``data.test_path`` file in any of these formats supplies the test split.
 """
 
@@ -37,20 +39,54 @@ def _is_number(field: str) -> bool:
     return True
 
 
+def _without_column_numbers(table: np.ndarray) -> np.ndarray:
+    """``table`` without a first row of the column numbers 0..D-1 that pandas writes as the
+    header of an unnamed DataFrame, where the rows below are not all whole numbers (in a
+    table of whole numbers such a row may be data, and stays)."""
+    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 3:
+        return table
+    rest = table[1:]
+    if np.array_equal(table[0], np.arange(table.shape[1])) and not np.all(rest == np.round(rest)):
+        return rest
+    return table
+
+
 def _read_csv(path: Path) -> np.ndarray:
-    with open(path, newline="") as f:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first value
+    with open(path, newline="", encoding="utf-8-sig") as f:
         first = f.readline()
-    header = bool(first.strip()) and not any(_is_number(v) for v in first.split(","))
+    fields = first.strip().split(",")
+    # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
+    # one and a data row with a typo is not); pandas' column numbers are found once read
+    names = sum(not _is_number(v) for v in fields)
+    header = bool(first.strip()) and 2 * names >= len(fields)
     try:
         with warnings.catch_warnings():
             # An empty table is reported below as a DataError naming the file, not as a warning.
             warnings.simplefilter("ignore", UserWarning)
-            return np.loadtxt(path, delimiter=",", skiprows=int(header), ndmin=2, dtype=np.float64)
+            table = np.loadtxt(
+                path,
+                delimiter=",",
+                skiprows=int(header),
+                ndmin=2,
+                dtype=np.float64,
+                encoding="utf-8-sig",
+            )
     except ValueError as err:
+        index = (
+            ""
+            if fields[0].strip()
+            else (
+                " (its header's first field is empty: a first column of row numbers, as pandas' "
+                "to_csv writes by default? save with index=False)"
+            )
+        )
         raise DataError(
-            f"CSV file {path} cannot be read as a numeric table ({err}); every row must hold the "
-            "same number of numeric fields, after at most one header row of column names"
+            f"CSV file {path} cannot be read as a numeric table ({err}){index}; every row must "
+            "hold the same number of numeric fields, after at most one header row of column "
+            "names"
         ) from err
+    return table if header else _without_column_numbers(table)
 
 
 NPZ_LAYOUTS = "x (+ y), or x_train and x_test (+ y_train and y_test)"
@@ -144,6 +180,14 @@ def _features(path: Path, key: str, x: np.ndarray) -> np.ndarray:
         )
     if x.ndim not in (2, 3, 4) or x.shape[0] == 0 or 0 in x.shape:
         raise DataError(f"array {key!r} in {path} has shape {x.shape}; valid: {LAYOUTS}")
+    if x.dtype.kind == "f" and np.isfinite(x).all():
+        peak = float(np.abs(x).max())
+        largest = float(np.finfo(np.float32).max)
+        if peak > largest:  # finite here, inf as the float32 it trains in
+            raise DataError(
+                f"array {key!r} in {path} holds values up to {peak:.3g}, beyond float32's range "
+                f"(±{largest:.3g}); rescale them in the file"
+            )
     x = np.asarray(x, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():

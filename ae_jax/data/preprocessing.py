@@ -280,6 +280,21 @@ def _labels(y: np.ndarray | None) -> np.ndarray | None:
     return None if y is None else np.ascontiguousarray(y, dtype=np.int32)
 
 
+# Above this, squared errors summed over an example overflow float32 (3.4e38) on any
+# realistic width: the first step's loss is inf, which reads as a learning rate too large.
+MAX_MAGNITUDE = 1e15
+
+
+def _check_magnitude(name: str, x: np.ndarray, scaling: str) -> None:
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > MAX_MAGNITUDE:
+        raise DataError(
+            f"{name}: values up to {peak:.3g} after data.scaling={scaling} overflow float32 in "
+            "the squared error at the first step; scale them (data.scaling=unit or "
+            "standardize)"
+        )
+
+
 def build_dataset(
     raw: RawData,
     *,
@@ -314,6 +329,7 @@ def build_dataset(
     _check_available("max_test", max_test, x_test.shape[0])
     held_out = [x_test] if x_val is None else [x_test, x_val]
     x_train, held_out, applied = scale(x_train, held_out, scaling, raw.is_image, raw.image_max)
+    _check_magnitude(name, x_train, scaling)
     x_test = held_out[0]
     x_val = held_out[1] if x_val is not None else None
     x_train, y_train = _take_first(max_train, x_train, y_train)
