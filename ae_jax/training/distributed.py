@@ -69,6 +69,13 @@ def initialize(cfg: TrainerConfig) -> bool:
     # CPU processes talk through gloo (GPU/TPU use their own collectives; the flag is ignored).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+    local, total, processes = jax.local_device_count(), jax.device_count(), jax.process_count()
+    if local * processes != total:  # Orbax's checkpoint layout would fail with a wrong reason
+        raise ConfigError(
+            f"every process of a multi-process run needs the same number of devices: process "
+            f"{jax.process_index()} has {local}, and the {processes} processes have {total} in "
+            "all; give each the same (trainer.devices does not apply per process)"
+        )
     log.info(
         "distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
