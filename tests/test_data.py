@@ -441,6 +441,18 @@ def test_values_beyond_float32_or_too_large_to_train_unscaled_are_named(tmp_path
     assert load_array(tmp_path / "huge.npy", scaling="unit").x_train.max() <= 1.0
 
 
+def test_one_training_example_is_refused_where_a_fitted_scaling_would_zero_it(tmp_path):
+    # min-max scaling fitted on one example mapped every value of every split to 0, and the
+    # run "succeeded" with pca_mse 0
+    (tmp_path / "two.csv").write_text("0.1,0.5,0.9\n0.3,0.2,0.7\n")
+    with pytest.raises(DataError, match=r"two: 1 training example is left.*at least 2"):
+        load_array(tmp_path / "two.csv", test_fraction=0.5)
+    assert load_array(tmp_path / "two.csv", test_fraction=0.5, scaling="none").x_train.shape == (
+        1,
+        3,
+    )
+
+
 def test_labels_that_are_ids_not_class_indices_are_refused(tmp_path):
     # {0, 1e6, 2e6} made a 2,000,001-class probe that ran with no end in sight
     x = np.random.default_rng(0).random((30, 4))

@@ -328,6 +328,13 @@ def build_dataset(
     _check_available("max_train", max_train, x_train.shape[0])
     _check_available("max_test", max_test, x_test.shape[0])
     held_out = [x_test] if x_val is None else [x_test, x_val]
+    fitted = scaling != "none" and not (raw.image_max and scaling in ("auto", "unit"))
+    if x_train.shape[0] < 2 and fitted:  # min and max, or mean and std, of one example
+        raise DataError(
+            f"{name}: 1 training example is left (after data.test_fraction and "
+            f"data.validation), and data.scaling={scaling} fitted on it maps every value to one "
+            "number (0): give the data at least 2 training examples, or data.scaling=none"
+        )
     x_train, held_out, applied = scale(x_train, held_out, scaling, raw.is_image, raw.image_max)
     _check_magnitude(name, x_train, scaling)
     x_test = held_out[0]
