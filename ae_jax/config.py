@@ -650,6 +650,21 @@ def validate(cfg: Config) -> Config:
                 f"remove model.decoder_widths={list(m.decoder_widths)} or set model.tied=false"
             )
     if m.kind == "conv":
+        ignored = [  # the MLP's layer settings: a conv model's layers are its channels
+            f"model.{key}={value}"
+            for key, value, default in (
+                ("depth", m.depth, ModelConfig.depth),
+                ("widths", m.widths, None),
+                ("decoder_widths", m.decoder_widths, None),
+            )
+            if value != default
+        ]
+        if ignored:
+            raise ConfigError(
+                f"{', '.join(ignored)} has no effect with model.kind=conv, whose layers are "
+                f"model.channels={list(m.channels)} (and model.kernel_size); set those, or "
+                "leave the MLP's layer settings at their defaults"
+            )
         if not m.channels:
             raise ConfigError("model.channels=[] is not valid; give at least one conv layer")
         for i, c in enumerate(m.channels):

@@ -118,8 +118,8 @@ def evaluate_and_write(
     metrics = evaluate_trained(cfg, trainer, params)
     warn_if_not_at_pca(cfg, trainer, metrics)
     metrics.update(timing)
-    metrics["train/loss"] = history[-1]["train/loss"]
-    metrics["train/loss/rec"] = history[-1]["train/loss/rec"]
+    # the last epoch's loss and every term of it (reconstruction, each regulariser)
+    metrics.update({k: v for k, v in history[-1].items() if k.startswith("train/loss")})
     metrics["time/total_seconds"] = time.perf_counter() - t0
     save_params(workdir / PARAMS_FILE, params)
     write_json_atomic(workdir / "metrics.json", metrics)

@@ -37,6 +37,13 @@ def test_every_group_option_composes_and_validates(override):
         (["model.latent_dim=0"], r"model.latent_dim=0 .*positive integer"),
         (["model.depth=-1"], r"model.depth=-1"),
         (["model.widths=[32]"], r"model.widths=\[32\] has 1 entries but model.depth=2"),
+        # the MLP's layer settings under a conv model were ignored: the same run either way
+        (["model=conv", "model.depth=3"], r"model.depth=3 has no effect with model.kind=conv"),
+        (
+            ["model=conv", "model.decoder_widths=[32]"],
+            r"model.decoder_widths=\[32\] has no effect with model.kind=conv, whose layers are "
+            r"model.channels=\[32, 64\]",
+        ),
         (
             ["model.activation=swish"],
             r"model.activation='swish' .*sigmoid, tanh, relu, gelu, linear",

@@ -388,3 +388,12 @@ def test_features_are_the_codes_training_used_for_a_k_sparse_model(tmp_path):
         rtol=1e-5,
         atol=1e-7,
     )
+
+
+def test_metrics_json_holds_every_term_of_the_final_loss(tmp_path):
+    # it kept train/loss and train/loss/rec only: the regulariser's share was in history alone
+    from conftest import train
+
+    m = train(tmp_path, "model=shallow", "reg=contractive", "trainer.epochs=2")
+    assert m["train/loss"] == pytest.approx(m["train/loss/rec"] + m["train/loss/contractive"])
+    assert m["train/loss/contractive"] > 0
