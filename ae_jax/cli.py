@@ -599,15 +599,20 @@ def _refuse_nested_sweep(root: Path) -> None:
     """A sweep directory inside another sweep's directory or a run's (or a run's own): its
     jobs would land among that sweep's jobs or that run's files, and a report of either would
     count them as its own."""
+    from ae_jax.training.rundir import is_sweep_dir
+
     root = root.absolute()
-    if (root / "status.json").exists() and not (root / "multirun.yaml").exists():
+    if (root / "status.json").exists() and not is_sweep_dir(root):
         raise RunDirError(
             f"hydra.sweep.dir={root} is a run's directory; a sweep there would mix its jobs "
             "with that run's files: choose a hydra.sweep.dir outside it"
         )
     for parent in root.parents:
-        for marker, what in (("multirun.yaml", "a sweep"), ("status.json", "a run")):
-            if (parent / marker).exists():
+        for found, what in (
+            (is_sweep_dir(parent), "a sweep"),
+            ((parent / "status.json").exists(), "a run"),
+        ):
+            if found:
                 raise RunDirError(
                     f"hydra.sweep.dir={root} is inside {parent}, the directory of {what}; its "
                     "report would count this sweep's jobs as its own: choose a hydra.sweep.dir "
@@ -703,13 +708,18 @@ class SweepLock(Callback):
 
     LOCK = ".sweep.lock"
 
+    RESULTS = "optimization_results.yaml"  # the Optuna sweeper's best trial, at the end
+
     def __init__(self) -> None:
         self._fd: int | None = None
+        self._results: bytes | None = None  # an earlier search's, as this multirun found it
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from ae_jax.training.rundir import hold_lock
 
         root = Path(str(config.hydra.sweep.dir))
+        with contextlib.suppress(OSError):
+            self._results = (root / self.RESULTS).read_bytes()
         try:
             _refuse_nested_sweep(root)
             root.mkdir(parents=True, exist_ok=True)
@@ -733,9 +743,33 @@ class SweepLock(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._keep_earlier_results(Path(str(config.hydra.sweep.dir)))
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def _keep_earlier_results(self, root: Path) -> None:
+        """A search rerun in which no trial completed (every one refused, or failed) makes the
+        Optuna sweeper write a best value of inf over the earlier search's results: those are
+        put back, said in one line."""
+        import yaml
+
+        from ae_jax.run_io import write_atomic
+
+        if self._results is None:
+            return
+        try:
+            best = yaml.safe_load((root / self.RESULTS).read_text()).get("best_value")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return
+        if isinstance(best, (int, float)) and math.isfinite(best):
+            return
+        earlier = self._results
+        write_atomic(root / self.RESULTS, lambda f: f.write(earlier))
+        log.warning(
+            "no trial of this search completed: %s keeps the earlier search's results",
+            root / self.RESULTS,
+        )
 
 
 class MultirunSummary(Callback):

@@ -362,6 +362,16 @@ def test_the_same_command_continues_a_search_given_no_seed(tmp_path):
     assert f"seed {seed}, recorded by this search's earlier run" in again
     assert first.count("epoch 1/3") == 4 and "epoch 1/3" not in again, again[-3000:]
     assert again.count("not trained again") == 4 and "4 completed" in again
+    # with fewer epochs every trial is refused: the sweeper's best value is inf, and it used
+    # to overwrite the search's results with it; the advice was a new hydra.run.dir
+    results = (tmp_path / "optimization_results.yaml").read_bytes()
+    refused = subprocess.run(
+        [*cmd, "trainer.epochs=2"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    log = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "4 refused" in log, log[-3000:]
+    assert "keeps the earlier search's results" in log and "Use a new hydra.sweep.dir" in log
+    assert (tmp_path / "optimization_results.yaml").read_bytes() == results
 
 
 @pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0", "n_trials=-3", "n_jobs=1.5"])

@@ -241,9 +241,11 @@ class RunDir:
     def _another_directory(self, diff: list[str]) -> str:
         """How to give a run another directory: a sweep's job (its parent holds Hydra's
         multirun.yaml) is numbered by its place in the sweep, not named by its values."""
-        if not (self.path.parent / "multirun.yaml").exists():
+        sweep = self.path.parent
+        if not is_sweep_dir(sweep):
             return "Use a new run directory (hydra.run.dir=...)"
-        if all(d.startswith(f"{EXTENDABLE}:") for d in diff):
+        search = not (sweep / "multirun.yaml").exists()  # the Optuna sweeper writes none
+        if search or all(d.startswith(f"{EXTENDABLE}:") for d in diff):
             return "Use a new hydra.sweep.dir"
         return (
             "A sweep numbers its jobs by the places of their values (Hydra varies the last "
@@ -312,6 +314,13 @@ def data_changed(run_dir: Path, data: Any, data_cfg: Any) -> str | None:
     else:
         name = f"{data.name} ({path})"
     return f"{name} has changed since (fingerprint {stored[:12]} then, {fingerprint[:12]} now)"
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """Whether ``path`` is a multirun's sweep directory: Hydra's basic sweeper writes
+    ``multirun.yaml`` there, and every multirun (the Optuna sweeper's too) takes its
+    ``.sweep.lock`` (``ae_jax.cli.SweepLock``), which stays."""
+    return (path / "multirun.yaml").exists() or (path / ".sweep.lock").exists()
 
 
 def hydra_record(task: Any = None) -> dict[str, str]:
