@@ -498,28 +498,38 @@ def check_search_space(config: Any) -> None:
                 ) from None
 
 
-def search_space(hydra_cfg: Any) -> dict[str, str]:
-    """The parameters a hyperparameter search samples, as Hydra's Optuna sweeper reads them:
-    its ``params``, then the command line's overrides in order (a sweep override such as
-    ``optim.lr='tag(log, interval(1e-3, 1))'`` replaces a key's range, a fixed value such as
-    ``optim.lr=0.01`` takes the key out of the search). Key -> the override's text; {} for a
-    multirun that is no search."""
+def _search_overrides(hydra_cfg: Any) -> tuple[dict[str, str], set[str]]:
+    """The sweeper's ``params`` and the command line's overrides, as Hydra's Optuna sweeper
+    splits them: key -> the text of its range (the last one given wins), and the keys given a
+    fixed value somewhere."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    if not is_search(hydra_cfg):
-        return {}
     params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) or {}
     texts = [f"{key}={value}" for key, value in params.items()]
     texts += [str(t) for t in OmegaConf.select(hydra_cfg, "overrides.task", default=None) or []]
-    space: dict[str, str] = {}
+    ranges: dict[str, str] = {}
+    fixed: set[str] = set()
     for text, override in zip(texts, OverridesParser.create().parse_overrides(texts)):
         key = override.get_key_element()  # the sweeper's name for it (a "+" prefix kept)
         if override.is_sweep_override():
-            space[key] = text.partition("=")[2]
+            ranges[key] = text.partition("=")[2]
         else:
-            space.pop(key, None)
-    return space
+            fixed.add(key)
+    return ranges, fixed
+
+
+def search_space(hydra_cfg: Any) -> dict[str, str]:
+    """The parameters a hyperparameter search samples, as Hydra's Optuna sweeper reads them:
+    its ``params`` and the command line's overrides, a sweep override such as
+    ``optim.lr='tag(log, interval(1e-3, 1))'`` giving a key's range (the last one given wins)
+    and a fixed value such as ``optim.lr=0.01`` anywhere taking the key out of the search, as
+    the sweeper does whatever their order. Key -> the range's text; {} for a multirun that is
+    no search."""
+    if not is_search(hydra_cfg):
+        return {}
+    ranges, fixed = _search_overrides(hydra_cfg)
+    return {key: text for key, text in ranges.items() if key not in fixed}
 
 
 def record_search(config: Any, root: Path) -> None:
@@ -593,6 +603,15 @@ class SearchScoreCheck(Callback):
             sys.exit(2)
         if is_search(config.hydra):  # optuna imports alembic, which logs each of its plugins
             logging.getLogger("alembic").setLevel(logging.WARNING)  # at INFO on the console
+            ranges, fixed = _search_overrides(config.hydra)
+            for key in sorted(set(ranges) & fixed):
+                log.warning(
+                    "%s is given both a range (%s) and a fixed value: Optuna's sweeper keeps "
+                    "the fixed value and does not search %s",
+                    key,
+                    ranges[key],
+                    key,
+                )
 
 
 def _refuse_nested_sweep(root: Path) -> None:

@@ -307,6 +307,9 @@ def test_search_space_is_the_sweep_files_params_as_the_command_line_changed_them
                     "reg.contractive.strength=1e-3",  # a fixed value: no longer searched
                     "+model.extra=choice(1, 2)",  # added on the command line
                     "trainer.epochs=5",
+                    # a range after a fixed value: the sweeper keeps the fixed value (it was
+                    # recorded and reported as searched)
+                    "trainer.epochs=range(1, 4)",
                 ]
             },
         }
