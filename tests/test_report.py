@@ -578,3 +578,18 @@ def test_a_grid_given_only_on_the_command_line_is_expanded(tmp_path, params):
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(job))
     runs = collect_runs(tmp_path)
     assert sorted(r.status for r in runs) == ["completed"] + ["not started"] * 3
+
+
+def test_runs_on_different_datasets_are_said_to_be_so_and_no_row_is_best(tmp_path):
+    # the table bolded a tabular run's MSE as the best over a digits run's
+    for i, (name, mse) in enumerate([("digits", 0.15), ("tab", 0.08)]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        config = {"data": {"source": "array", "name": name}, "model": {"depth": 2 - i}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        (d / "metrics.json").write_text(json.dumps({"test/mse": mse}))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    report = write_report(tmp_path, tmp_path / "out")
+    assert any("the runs are on 2 datasets (digits, tab)" in n for n in report.notes)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "0.08" in table and "**" not in table

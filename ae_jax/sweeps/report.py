@@ -58,6 +58,7 @@ from ae_jax.sweeps.plots import (
 )
 from ae_jax.sweeps.summary import (
     Row,
+    datasets,
     format_value,
     present_metrics,
     runs_csv,
@@ -152,6 +153,12 @@ def write_report(
     if metrics and len(shown) < len(metrics):
         missing = sorted(set(metrics) - set(shown))
         report.notes.append(f"no completed run has {', '.join(missing)}")
+    on = datasets(runs)
+    if len(on) > 1:
+        report.notes.append(
+            f"the runs are on {len(on)} datasets ({', '.join(on)}): their errors do not compare "
+            "across datasets, so no row is marked best"
+        )
     tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
     combinations = math.prod(len({row.values[i] for row in rows}) for i in range(len(axes)))
     if len(axes) > 1 and len(rows) < combinations:

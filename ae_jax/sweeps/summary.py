@@ -168,8 +168,25 @@ def _status_text(row: Row) -> str:
     return ", ".join(parts)
 
 
+DATASET_KEYS = ("data.source", "data.name", "data.tfds_name", "data.path")
+
+
+def datasets(runs: list[Run]) -> list[str]:
+    """The datasets ``runs`` trained on (their names), one entry per distinct dataset."""
+    seen: dict[tuple, str] = {}
+    for run in runs:
+        if run.config:
+            key = tuple(run.config.get(k) for k in DATASET_KEYS)
+            seen.setdefault(key, str(run.config.get("data.name") or key[0]))
+    return list(seen.values())
+
+
 def _best(rows: list[Row], metric: str) -> int | None:
+    """The row of the lowest mean; none where the rows are on several datasets, whose errors
+    do not compare."""
     if metric not in LOWER_IS_BETTER or len(rows) < 2:
+        return None
+    if len(datasets([run for row in rows for run in row.runs])) > 1:
         return None
     means = [row.stats[metric].mean if row.stats[metric].n else math.inf for row in rows]
     best = int(np.argmin(means))
