@@ -196,6 +196,14 @@ def group_layout(members: int, requested: int | None, batch_size: int) -> Layout
     along a data axis as the rest allow and evenly divide the batch."""
     devices = jax.local_devices()
     if requested is not None:
+        if requested > len(devices):  # a cap here, where a single run refuses it: said
+            log.warning(
+                "trainer.devices=%d is more than the %d %s device(s) here: the group uses %d",
+                requested,
+                len(devices),
+                devices[0].platform,
+                len(devices),
+            )
         devices = devices[:requested]
     m = max(k for k in range(1, len(devices) + 1) if members % k == 0)
     d = max(k for k in range(1, len(devices) // m + 1) if batch_size % k == 0)
