@@ -131,16 +131,19 @@ def test_reconstruction_errors_name_the_shapes(rows, shape, match):
         reconstructions_figure(rows, shape)
 
 
-@pytest.mark.parametrize("channels", [2, 4])
-def test_images_of_other_channel_counts_show_each_channel_grey_side_by_side(channels):
+@pytest.mark.parametrize(("channels", "grid"), [(2, (1, 2)), (4, (2, 2)), (5, (2, 3))])
+def test_images_of_other_channel_counts_show_each_channel_grey_in_a_tile(channels, grid):
     # RGBA or two-channel images trained to the end, then the figure raised FigureError
     x = np.random.default_rng(3).random((5, 6, 4, channels))
     fig = reconstructions_figure({"input": x, "rec": 1 - x}, (6, 4, channels), title="t", n=3)
-    assert fig.get_suptitle() == f"t ({channels} channels side by side)"
+    said = "side by side" if grid[0] == 1 else f"{grid[0]} × {grid[1]}"
+    assert fig.get_suptitle() == f"t ({channels} channels, {said} in each example)"
     strip = fig.axes[0].get_images()[0].get_array()
-    assert strip.shape == (6, 3 * 4 * channels + 2 * max(1, 4 * channels // 8))
-    for c in range(channels):  # example 0, channel c, at columns c*4 .. c*4+3
-        np.testing.assert_array_equal(strip[:, c * 4 : c * 4 + 4], x[0, :, :, c])
+    rows, cols = grid
+    assert strip.shape == (6 * rows, 3 * 4 * cols + 2 * max(1, 4 * cols // 8))
+    for c in range(channels):  # example 0, channel c, at tile row c // cols, column c % cols
+        r, k = divmod(c, cols)
+        np.testing.assert_array_equal(strip[r * 6 : r * 6 + 6, k * 4 : k * 4 + 4], x[0, :, :, c])
     mosaic, _ = filter_mosaic(np.ones((6 * 4 * channels, 2)), (6, 4, channels))
     assert np.isfinite(mosaic).sum() == 2 * 6 * 4  # the mean over channels, one tile each
 

@@ -105,9 +105,9 @@ def reconstructions_figure(
     n = min(n, next(iter(data.values())).shape[0])
     is_image = len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[2] in (1, 3))
     if len(example_shape) == 3 and not is_image:  # 2, 4 or more channels: each one grey,
-        h, w, c = example_shape  # side by side within its example
-        data = {k: v.transpose(0, 1, 3, 2).reshape(-1, h, c * w) for k, v in data.items()}
-        title = f"{title} ({c} channels side by side)" if title else f"{c} channels side by side"
+        data, grid = _channel_tiles(data, example_shape)  # tiled within its example
+        said = f"{example_shape[2]} channels, {grid} in each example"
+        title = f"{title} ({said})" if title else said
         is_image = True
     if is_image:
         fig = _image_grid(data, n)
@@ -122,12 +122,32 @@ def reconstructions_figure(
     return fig
 
 
+def _channel_tiles(
+    data: dict[str, np.ndarray], example_shape: tuple[int, ...]
+) -> tuple[dict[str, np.ndarray], str]:
+    """(N, H, W, C) examples as (N, rows·H, cols·W) grey tiles: channel r·cols + k at row r,
+    column k of a near-square grid (the places past the last channel empty, NaN)."""
+    h, w, c = example_shape
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+
+    def tile(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        if rows * cols > c:
+            v = np.concatenate([v, np.full((*v.shape[:3], rows * cols - c), np.nan)], axis=3)
+        v = v.reshape(-1, h, w, rows, cols).transpose(0, 3, 1, 4, 2)
+        return v.reshape(-1, rows * h, cols * w)
+
+    grid = "side by side" if rows == 1 else f"{rows} × {cols}"
+    return {k: tile(v) for k, v in data.items()}, grid
+
+
 def _image_grid(data: dict[str, np.ndarray], n: int) -> Figure:
     """One axes per row: its n images side by side in one strip (``_strip``), with white gaps."""
     import matplotlib
 
     reference = next(iter(data.values()))[:n]
-    lo, hi = float(reference.min()), float(reference.max())
+    lo, hi = float(np.nanmin(reference)), float(np.nanmax(reference))
     if hi <= lo:  # a constant reference: any non-empty range shows it
         hi = lo + 1.0
     aspect = min(max(reference.shape[2] / reference.shape[1], 1.0), 6.0)  # wider than tall
