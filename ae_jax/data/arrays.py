@@ -11,8 +11,7 @@ holds ``x_train`` and ``x_test`` (+ ``y_train`` / ``y_test``), or ``x`` (+ ``y``
 numeric, comma-separated, with an optional header row (detected when at least half the fields of
 the first row are not numbers, or when they are pandas' column numbers 0..D-1 above rows that
 are not all whole numbers) and optionally the integer labels in column ``data.label_column``. A
-separate
-``data.test_path`` file in any of these formats supplies the test split.
+separate ``data.test_path`` file in any of these formats supplies the test split.
 """
 
 from __future__ import annotations
