@@ -642,15 +642,11 @@ def _refuse_nested_sweep(root: Path) -> None:
 def _job_values(job: Any) -> dict[str, Any]:
     """A job's overrides as {key: value}, values read as YAML (so 0.10 is 0.1), without
     ``trainer.epochs``, which a rerun may raise to extend its jobs."""
-    from ae_jax.sweeps.collect import _value_from_override
+    from ae_jax.sweeps.collect import override_values
     from ae_jax.training.rundir import EXTENDABLE
 
-    values = {}
-    for item in job:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if key != EXTENDABLE:
-            values[key] = _value_from_override(value)
+    values = override_values(job)
+    values.pop(EXTENDABLE, None)
     return values
 
 

@@ -287,17 +287,23 @@ def _value_from_override(text: str) -> Any:
         return text
 
 
+def override_values(job) -> dict[str, Any]:
+    """A job's overrides (``key=value`` texts) as {key: value}, the values read as YAML (so
+    0.10 is 0.1), the ``+`` / ``~`` prefixes dropped."""
+    values = {}
+    for item in job:
+        key, _, value = str(item).partition("=")
+        values[key.lstrip("+~")] = _value_from_override(value)
+    return values
+
+
 def _not_started(sweep_dir: Path, job: tuple[str, ...]) -> Run:
     """A placeholder for a grid job that has no directory: its config holds what it overrides."""
-    config = {}
-    for item in job:
-        key, _, value = item.partition("=")
-        config[key.lstrip("+~")] = _value_from_override(value)
     return Run(
         sweep_dir,
         "not started",
         "job of the sweep's grid has no run directory",
-        config,
+        override_values(job),
         {},
         tuple(job),
     )
