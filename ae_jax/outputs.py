@@ -114,7 +114,6 @@ def evaluate_and_write(
     (``figures_of_run``, or None with ``trainer.figures=false``) is appended to it, and the
     caller draws them (``draw_many_runs_figures``, several runs at once) and then calls
     ``finish_outputs``."""
-    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     metrics = evaluate_trained(cfg, trainer, params)
     warn_if_not_at_pca(cfg, trainer, metrics)
     metrics.update(timing)
@@ -124,7 +123,7 @@ def evaluate_and_write(
     save_params(workdir / PARAMS_FILE, params)
     write_json_atomic(workdir / "metrics.json", metrics)
     write_history(workdir, history)
-    write_reconstructions(trainer, params, workdir, eval_level, cfg.trainer.seed)
+    write_reconstructions(trainer, params, workdir, eval_level(cfg), cfg.trainer.seed)
     figures = None
     if cfg.trainer.figures:
         figures = figures_of_run(trainer, history, workdir, cfg, params, metrics)
@@ -169,11 +168,11 @@ def reconstruction_arrays(
     data, obj = trainer.data, trainer.objective
     x = data.x_test[:n]
     arrays = {"input": x}
-    x_in = x
-    if eval_level > 0 and obj.noise_kind != "none":
-        keys = _example_keys(np.int32(seed), x.shape[0])
-        x_in = np.asarray(obj.jitted.corrupt(keys, x, jnp.float32(eval_level))[0])
+    x_in = _corrupted(trainer, x, eval_level, seed)
+    if x_in is not None:
         arrays["corrupted"] = x_in
+    else:
+        x_in = x
     arrays["reconstruction"] = np.asarray(obj.jitted.forward(params, x_in)[1])
     k = min(trainer.model.latent_dim, data.num_features, data.x_train.shape[0])
     if k < data.num_features:  # PCA with every component is the identity: nothing to compare
@@ -182,14 +181,99 @@ def reconstruction_arrays(
     return arrays
 
 
+def _corrupted(trainer: Trainer, x: np.ndarray, eval_level: float, seed: int):
+    """The examples ``x`` corrupted at ``eval_level`` with the run's fixed figure keys (the same
+    corruption every time), or None when the run measures no denoising."""
+    obj = trainer.objective
+    if not (eval_level > 0 and obj.noise_kind != "none"):
+        return None
+    keys = _example_keys(np.int32(seed), x.shape[0])
+    return np.asarray(obj.jitted.corrupt(keys, x, jnp.float32(eval_level))[0])
+
+
+def eval_level(cfg: Config) -> float:
+    """The noise level a run is evaluated at (``noise.eval_level``, else ``noise.level``)."""
+    return cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+
+
+def reconstruction_snapshots(
+    cfgs: list[Config], trainer: Trainer, loggers: list, stage: str = "", group: bool = False
+):
+    """The trackers' reconstructions every ``image_every`` epochs (``logger.<name>.image_every``)
+    as the loop's ``Snapshots``, or None when no selected logger asks for them.
+
+    ``cfgs`` and ``loggers``: one run's (or one stage's: ``stage`` prefixes the tag) config and
+    loggers, or with ``group`` a vectorised group's members' (the state then has a leading
+    members axis). The examples are the first 10 of the split the run evaluates on (validation
+    when it has one: nothing of the test split is shown before the end), corrupted as in the
+    final figure; each image has ``reconstructions.png``'s layout with the epoch in its title,
+    logged as ``[<stage>/]reconstructions`` at that epoch, the last epoch's included unless the
+    run's final ``reconstructions`` figure is that image (a run or group with figures). Every
+    process takes the snapshot (a multi-process run's programs are collective); one without
+    loggers draws nothing.
+    """
+    from ae_jax.loggers import image_every
+    from ae_jax.training.loop import Snapshots
+
+    every = [image_every(c.logger) for c in cfgs]  # per member: tracker -> its period
+    if not any(every):
+        return None
+
+    def due_trackers(i: int, epoch: int) -> list[str]:
+        return [name for name, n in every[i].items() if epoch % n == 0]
+
+    data, obj = trainer.data, trainer.objective
+    x = np.asarray(trainer.x_eval[:10])
+    corrupted = [_corrupted(trainer, x, eval_level(c), c.trainer.seed) for c in cfgs]
+    x_in = [x if c is None else c for c in corrupted]
+    if group:  # each member its own inputs (members may differ in noise level)
+        forward = jax.jit(jax.vmap(lambda params, x: obj.forward(params, x)[1]))
+        x_in = np.stack(x_in)
+    else:
+        forward, x_in = jax.jit(lambda params, x: obj.forward(params, x)[1]), x_in[0]
+    tag = f"{stage}/reconstructions" if stage else "reconstructions"
+    split = "validation" if trainer.eval_prefix == "val" else "test"
+
+    def use(epoch: int, arrays, failed) -> None:
+        for i, (cfg, lg) in enumerate(zip(cfgs, loggers)):
+            trackers = due_trackers(i, epoch)
+            if not lg or i in failed or not trackers:
+                continue
+            rows = {"input": x}
+            if corrupted[i] is not None:
+                rows[f"{obj.noise_kind} {eval_level(cfg):g}"] = corrupted[i]
+            rows["autoencoder"] = arrays[i] if group else arrays
+            title = f"{cfg.name}: {data.name} ({split} split), epoch {epoch}"
+            _log_reconstructions(lg, tag, rows, data.example_shape, title, epoch, trackers)
+
+    return Snapshots(
+        due=lambda epoch: any(due_trackers(i, epoch) for i in range(len(cfgs))),
+        take=lambda state: forward(state.params, x_in),
+        use=use,
+        at_end=bool(stage) or not cfgs[0].trainer.figures,
+    )
+
+
+def _log_reconstructions(loggers, tag, rows: dict, example_shape, title: str, epoch: int, only):
+    """One reconstructions image to the ``only`` trackers of ``loggers`` at ``epoch``, through a
+    temporary PNG (every tracker copies or reads it as it logs)."""
+    import tempfile
+
+    from ae_jax.evaluation.figures import plot_reconstructions
+
+    with tempfile.TemporaryDirectory(prefix="ae_jax-image-") as tmp:
+        png = Path(tmp) / "reconstructions.png"
+        plot_reconstructions(png, rows, tuple(example_shape), title=title)
+        loggers.log_image(tag, png, epoch, only=only)
+
+
 def warm_evaluation(cfg: Config, trainer: Trainer, params) -> None:
     """Trace and compile (or load from the compilation cache) every program that
     ``evaluate_and_write`` runs, by evaluating ``params`` and discarding the figures; writes
     nothing. The vectorised engine calls it while its epoch program compiles on another
     thread, so that the members' evaluation after training only runs programs."""
-    eval_level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
     evaluate_trained(cfg, trainer, params)
-    reconstruction_arrays(trainer, params, eval_level, cfg.trainer.seed)
+    reconstruction_arrays(trainer, params, eval_level(cfg), cfg.trainer.seed)
 
 
 def warm_outputs_in_background(cfg: Config, trainer: Trainer, params) -> threading.Thread:
@@ -233,7 +317,7 @@ def figures_of_run(
 
     data, obj = trainer.data, trainer.objective
     k = cfg.model.latent_dim
-    level = cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
+    level = eval_level(cfg)
     sparse = cfg.model.sparse_k  # a k-sparse code: its width, and the k units it keeps
     pca_label = f"PCA k={min(k, data.num_features)}"
     reference = None

@@ -23,6 +23,7 @@ from ae_jax.outputs import (
     epoch_logger,
     evaluate_and_write,
     open_run_loggers,
+    reconstruction_snapshots,
     warm_outputs_in_background,
 )
 from ae_jax.training import distributed
@@ -90,6 +91,7 @@ def train_and_evaluate(
                 else None
             ),
             profile_dir=workdir / "tensorboard" if cfg.trainer.profile else None,
+            snapshots=reconstruction_snapshots([cfg], trainer, [loggers]),
         )
         for thread in warming:
             thread.join()

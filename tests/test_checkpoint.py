@@ -5,6 +5,7 @@ same command (CPU), because a checkpoint holds the full state (params, optimiser
 keys) and the data order is a function of the data key and the epoch.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -335,3 +336,42 @@ def test_orbax_failing_mid_write_is_one_line(tmp_path):
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+def test_snapshots_hold_the_state_of_their_own_epoch_and_skip_failed_members():
+    # The loop takes a snapshot after each due epoch, before the next epoch donates the state,
+    # and hands it over with that epoch's row: never at the last epoch (the outputs cover it).
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ae_jax.training.loop import Snapshots, Stage, run_stage
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state):
+        w = state["w"] + 1.0
+        # member 1 diverges in its 4th epoch
+        loss = jnp.where((jnp.arange(2) == 1) & (w[:, 0] == 4.0), jnp.nan, 0.0)[:, None]
+        return {"w": w}, {"loss": jnp.broadcast_to(loss, (2, 2))}
+
+    seen = []
+    snapshots = Snapshots(
+        due=lambda epoch: epoch % 3 == 0,
+        take=lambda state: state["w"][:, 0] * 10.0,
+        use=lambda epoch, arrays, failed: seen.append((epoch, np.asarray(arrays), set(failed))),
+    )
+    stage = Stage(
+        name="",
+        epochs=9,
+        run_epoch=lambda state, epoch: step(state),
+        steps_per_epoch=2,
+        batch_size=1,
+        progress=False,
+        members=2,
+    )
+    result = run_stage(stage, {"w": jnp.zeros((2, 3))}, snapshots=snapshots)
+    assert set(result.failed) == {1}
+    assert [(e, a.tolist(), f) for e, a, f in seen] == [
+        (3, [30.0, 30.0], set()),
+        (6, [60.0, 60.0], {1}),  # the member that diverged is named, for the user to skip
+    ]

@@ -412,6 +412,8 @@ def test_wandb_keeps_every_stage_of_a_layerwise_run(tmp_path, wandb_env, png):
         on_epoch = epoch_logger(loggers, stage)
         for epoch in range(1, epochs + 1):
             on_epoch({"epoch": epoch, "train/loss": float(epoch)})
+    # a stage's image at its own epoch, whatever the stage logged since
+    loggers.log_image("finetune/reconstructions", png, step=2)
     loggers.log_image("reconstructions", png, step=3)
     loggers.close()
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
@@ -422,10 +424,15 @@ def test_wandb_keeps_every_stage_of_a_layerwise_run(tmp_path, wandb_env, png):
     ]
     for stage, epochs in (("pretrain/layer_0", 3), ("pretrain/layer_1", 2), ("finetune", 3)):
         logged = [
-            (r[f"{stage}/epoch"], r[f"{stage}/train/loss"]) for r in rows if f"{stage}/epoch" in r
+            (r[f"{stage}/epoch"], r[f"{stage}/train/loss"])
+            for r in rows
+            if f"{stage}/train/loss" in r
         ]
         assert logged == [(e, float(e)) for e in range(1, epochs + 1)], stage
     assert any("reconstructions" in "".join(r) for r in rows)  # the image after the stages
+    # the stage's image on the stage's x axis, at its epoch
+    (image,) = [r for r in rows if any(k.startswith("finetune/reconstructions") for k in r)]
+    assert image["finetune/epoch"] == 2
     defined = {
         m.glob_name or m.name: m.step_metric
         for r in _wandb_records(run)
@@ -626,7 +633,7 @@ def test_several_loggers_at_once_and_main_false_writes_nothing(tmp_path, png, mo
 @pytest.mark.parametrize("settings", [None, {}])
 def test_no_logger_is_a_falsy_no_op(settings, tmp_path, png):
     loggers = open_loggers(settings, workdir=tmp_path / "run", run_name="r", config=CONFIG)
-    assert not loggers and not loggers.image_due(10)
+    assert not loggers
     _log_run(loggers, png)
     Loggers().close()
     assert not (tmp_path / "run").exists()
@@ -688,7 +695,6 @@ def flaky():
 
 def test_a_failing_logger_is_dropped_with_a_warning(flaky, tmp_path, png, caplog):
     loggers = open_loggers({"flaky": {"fail_at": 3}}, workdir=tmp_path, run_name="r")
-    assert loggers.image_due(3) and loggers.image_due(6) and not loggers.image_due(4)
     loggers.log_hparams({"model": {"latent_dim": 8, "widths": [4]}}, {"x": 1.0, "bad": math.nan})
     with caplog.at_level(logging.WARNING):
         for step in range(1, 5):
@@ -935,3 +941,85 @@ def test_a_finished_layerwise_run_rerun_leaves_its_trackers_alone(tmp_path):
     assert again.returncode == 0 and "stage complete" in log, log[-3000:]
     assert sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*")) == events
     assert (tmp_path / "metrics.csv").read_bytes() == table
+
+
+# ------------------------------------------------------- reconstructions every N epochs
+def _images(directory: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """tag -> [(step, PNG bytes)] of a run's TensorBoard events."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(directory / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, e.encoded_image_string) for e in acc.Images(tag)]
+        for tag in acc.Tags()["images"]
+    }
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])  # IHDR: width, height
+
+
+def test_image_every_logs_reconstructions_as_the_run_trains(tmp_path):
+    # logger.<name>.image_every was accepted and did nothing: the trackers got the figures at
+    # the end only. Now the reconstructions come every N epochs; the last is the final figure.
+    # Each tracker at its own period: TensorBoard every 2 epochs, MLflow every 3.
+    proc = _train(
+        tmp_path,
+        "logger=[tensorboard,mlflow]",
+        "logger.tensorboard.image_every=2",
+        "logger.mlflow.image_every=3",
+        "data.validation=100",
+        env={"MLFLOW_TRACKING_URI": None},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    logged = sorted(p.parent.name for p in tmp_path.glob("mlartifacts/**/reconstructions.png"))
+    assert logged == ["epoch_3", "epoch_6"]
+    images = _images(tmp_path)
+    steps = [step for step, _ in images["reconstructions"]]
+    assert steps == [2, 4, 6]
+    pngs = [png for _, png in images["reconstructions"]]
+    assert _png_size(pngs[0]) == _png_size(pngs[1])  # the same layout: input, autoencoder
+    assert pngs[0] != pngs[1]  # of the parameters of their own epoch
+    assert [step for step, _ in images["training_curves"]] == [6]  # the rest at the end only
+
+
+def test_image_every_in_a_layerwise_run_shows_the_first_layer_and_the_fine_tuning(tmp_path):
+    proc = _train(
+        tmp_path,
+        "+pretrain=layerwise",
+        "pretrain.layer_epochs=3",
+        "logger.tensorboard.image_every=1",
+        "trainer.figures=false",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    images = _images(tmp_path)
+    # the first layer reconstructs the images; the others reconstruct codes: no images
+    assert [s for s, _ in images["pretrain/layer_0/reconstructions"]] == [1, 2, 3]
+    assert [s for s, _ in images["finetune/reconstructions"]] == [1, 2, 3, 4, 5, 6]
+    assert not any(tag.startswith("pretrain/layer_1") for tag in images)
+
+
+def test_image_every_in_a_vmap_sweep_gives_each_member_its_own(tmp_path):
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        "hydra/launcher=vmap",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.devices=1",
+        "trainer.epochs=4",
+        "trainer.figures=false",
+        "noise=gaussian",
+        "noise.level=0,0.3",  # member 1 shows its corrupted inputs too
+        "logger.tensorboard.image_every=2",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "vectorised sweep: 2 members" in proc.stdout + proc.stderr
+    clean, noisy = (_images(tmp_path / str(i))["reconstructions"] for i in (0, 1))
+    # with trainer.figures=false no final figure ends the series: the last epoch's is taken
+    assert [s for s, _ in clean] == [2, 4] and [s for s, _ in noisy] == [2, 4]
+    # three rows (input, gaussian 0.3, autoencoder) against two
+    assert _png_size(noisy[0][1])[1] > _png_size(clean[0][1])[1]

@@ -30,7 +30,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,7 @@ __all__ = [
     "Loggers",
     "clean_row",
     "flatten_config",
+    "image_every",
     "open_loggers",
 ]
 
@@ -130,9 +131,8 @@ class Loggers:
     Falsy when none is open (``logger=none``, or a non-main process). ``close`` is idempotent.
     """
 
-    def __init__(self, loggers: Mapping[str, Logger] | None = None, image_every: int = 0):
+    def __init__(self, loggers: Mapping[str, Logger] | None = None):
         self._loggers: dict[str, Logger] = dict(loggers or {})
-        self.image_every = image_every  # smallest positive image_every of the selected ones
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -147,12 +147,12 @@ class Loggers:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def image_due(self, epoch: int) -> bool:
-        """Whether a selected logger asked for images every N epochs and ``epoch`` is one."""
-        return bool(self._loggers) and self.image_every > 0 and epoch % self.image_every == 0
-
-    def _each(self, what: str, call) -> None:
+    def _each(self, what: str, call, only: Collection[str] | None = None) -> None:
+        """``call(logger)`` for each open logger (or each named in ``only``); one that raises is
+        dropped with a warning."""
         for name in list(self._loggers):
+            if only is not None and name not in only:
+                continue
             try:
                 call(self._loggers[name])
             except Exception as e:  # a tracker must never stop the training run
@@ -192,15 +192,22 @@ class Loggers:
 
         self._each("log_metrics", log)
 
-    def log_image(self, tag: str, png_path: str | os.PathLike, step: int) -> None:
-        """A PNG the run has written (``reconstructions``, ``training_curves``, ...)."""
+    def log_image(
+        self,
+        tag: str,
+        png_path: str | os.PathLike,
+        step: int,
+        only: Collection[str] | None = None,
+    ) -> None:
+        """A PNG the run has written (``reconstructions``, ``training_curves``, ...), to every
+        open logger or to those named in ``only``."""
         path = Path(png_path)
         if not self._loggers:
             return
         if not path.is_file():
             log.warning("not logging image %s: %s does not exist", tag, path)
             return
-        self._each("log_image", lambda lg: lg.log_image(tag, path, int(step)))
+        self._each("log_image", lambda lg: lg.log_image(tag, path, int(step)), only)
 
     def log_hparams(self, hparams: Any, metrics: Mapping[str, Any]) -> None:
         """The resolved config (nested or flat mapping, a DictConfig or the ``Config``
@@ -218,6 +225,14 @@ class Loggers:
                 lg.close(status)
             except Exception as e:
                 log.warning("logger %s failed to close: %s: %s", name, type(e).__name__, e)
+
+
+def image_every(settings: Mapping[str, Any] | None) -> dict[str, int]:
+    """Every how many epochs each selected logger wants the run's reconstructions: name ->
+    ``image_every`` of those of ``settings`` (``cfg.logger``) that ask (> 0). Read from the
+    config, so that every process of a multi-process run agrees on it."""
+    parsed = loggers_settings(_to_plain(settings) if settings is not None else None)
+    return {name: s.image_every for name, s in parsed.items() if getattr(s, "image_every", 0) > 0}
 
 
 def _missing(name: str, error: ImportError) -> LoggerError:
@@ -280,5 +295,4 @@ def open_loggers(
     except BaseException:
         Loggers(opened).close()
         raise
-    every = [s.image_every for s in parsed.values() if getattr(s, "image_every", 0) > 0]
-    return Loggers(opened, image_every=min(every, default=0))
+    return Loggers(opened)

@@ -72,8 +72,14 @@ class WandbLogger:
     def log_image(self, tag: str, png_path: Path, step: int) -> None:
         import wandb
 
-        at = {} if self._stages else {"step": step}  # after stages, W&B numbers the rows
-        self.run.log({tag: wandb.Image(str(png_path))}, **at)
+        image = {tag: wandb.Image(str(png_path))}
+        stage = next((s for s in self._stages if tag.startswith(f"{s}/")), None)
+        if stage is not None:  # a stage's image, on that stage's x axis
+            self.run.log({**image, f"{stage}/epoch": step})
+        elif self._stages:  # after stages, W&B numbers the rows
+            self.run.log(image)
+        else:
+            self.run.log(image, step=step)
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         if not self._config_given:  # the config went in at wandb.init otherwise

@@ -132,6 +132,7 @@ def pretrain_layers(
     workdir: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[str], Callable[[dict], None] | None] | None = None,
+    snapshots: Callable[[int, str, Config, Trainer], Any] | None = None,
 ) -> list[LayerResult]:
     """Train every encoder layer greedily, bottom first; each on the clean codes of the last.
 
@@ -140,7 +141,8 @@ def pretrain_layers(
     ``<workdir>/pretrain/layer_<i>/checkpoints``; with ``resume`` a complete layer is restored
     from its final checkpoint instead of trained again, and an interrupted one continues from
     its newest checkpoint. With ``evaluate``, each layer's ``test/...`` metrics (on the test
-    codes of the layer below) are computed.
+    codes of the layer below) are computed. ``on_epoch(name)`` gives a layer's epoch hook and
+    ``snapshots(index, name, layer config, trainer)`` its ``Snapshots`` (or None).
     """
     from ae_jax.evaluation.metrics import evaluate_test_split
 
@@ -181,6 +183,7 @@ def pretrain_layers(
             resume=resume,
             stage_name=name,
             on_epoch=on_epoch(name) if on_epoch is not None else None,
+            snapshots=snapshots(i, name, lcfg, trainer) if snapshots is not None else None,
         )
         raise_if_preempted(f"after {name}")
         params = jax.device_get(state.params)

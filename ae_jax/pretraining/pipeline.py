@@ -41,6 +41,7 @@ from ae_jax.outputs import (
     figures_of_run,
     log_final,
     open_run_loggers,
+    reconstruction_snapshots,
     save_params,
     summary,
     write_reconstructions,
@@ -281,6 +282,10 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         workdir=workdir,
         resume=t.resume,
         on_epoch=lambda name: epoch_logger(loggers, name),
+        # the first layer reconstructs the data (the others, codes): its images for the trackers
+        snapshots=lambda i, name, lcfg, layer: (
+            reconstruction_snapshots([lcfg], layer, [loggers], stage=name) if i == 0 else None
+        ),
     )
     for layer in layers:
         name = f"pretrain/layer_{layer.index}"
@@ -321,6 +326,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             stage_name="finetune",
             on_epoch=epoch_logger(loggers, "finetune"),
             profile_dir=workdir / "tensorboard" if t.profile else None,
+            snapshots=reconstruction_snapshots([ft_cfg], trainer, [loggers], stage="finetune"),
         )
         raise_if_preempted("after stage finetune")
         params = jax.device_get(state.params)

@@ -128,10 +128,6 @@ def _abstract_stack(tree, members: int, mesh: Mesh | None):
     )
 
 
-def _eval_level(cfg: Config) -> float:
-    return cfg.noise.level if cfg.noise.eval_level is None else cfg.noise.eval_level
-
-
 def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
@@ -428,9 +424,11 @@ def train_group(
     from ae_jax.outputs import (
         describe,
         epoch_logger,
+        eval_level,
         evaluate_and_write,
         finish_outputs,
         open_run_loggers,
+        reconstruction_snapshots,
         warm_outputs_in_background,
     )
     from ae_jax.run_io import write_json_atomic
@@ -537,7 +535,7 @@ def train_group(
             # ready: on a cold cache its compiling then uses the core that would otherwise
             # wait for the epoch program, instead of the cores the members train on.
             warming = warm_outputs_in_background(
-                max(configs, key=_eval_level), trainer, jax.device_get(members[0].params)
+                max(configs, key=eval_level), trainer, jax.device_get(members[0].params)
             )
             stack.callback(warming.join)  # also when training raises
             program, compile_seconds = compiling.result()
@@ -586,6 +584,7 @@ def train_group(
             resume=t.resume,
             allow_none_valid=t.restart_if_corrupt,
             on_member_epoch=on_member_epoch,
+            snapshots=reconstruction_snapshots(configs, trainer, loggers, group=True),
         )
         seconds = result.seconds
         warming.join()

@@ -14,6 +14,8 @@ It owns:
   at the end, and resume from the newest valid one (a stage whose final checkpoint exists is
   complete and is not trained again);
 - SIGTERM or Ctrl-C: the epoch in flight finishes, is checkpointed, and ``Preempted`` is raised;
+- snapshots (``Snapshots``): arrays computed from the state at chosen epochs (the trackers'
+  reconstructions every N epochs), dispatched like the evaluation and handed over with the row;
 - early stopping on a validation metric (``Stage.monitor``, ``Stage.patience``): the best
   evaluation's parameters are kept on the device (per member in a group, selected with
   ``jnp.where``, so the host never waits), checkpointed with the state, and returned at the end;
@@ -156,6 +158,24 @@ class Stage:
         return self.monitor is not None and self.patience is not None
 
 
+@dataclasses.dataclass
+class Snapshots:
+    """Arrays taken from the state at some epochs, for the host to use as the run goes on.
+
+    After an epoch ``e`` for which ``due(e)`` holds (the stage's last only with ``at_end``:
+    otherwise the run's outputs cover it), ``take(state)`` is dispatched on the device before
+    the next epoch donates the state, as the evaluation is; once that epoch's row has been
+    handed to the epoch hooks, ``use(e, arrays, failed)`` gets the arrays on the host
+    (``failed``: the members of a group that diverged, whose arrays are not to be used). The
+    device trains the next epoch meanwhile.
+    """
+
+    due: Callable[[int], bool]
+    take: Callable[[Any], Any]
+    use: Callable[[int, Any, Any], None]
+    at_end: bool = False
+
+
 def checkpoint_schedule(trainer_cfg: Any) -> dict[str, Any]:
     """A ``Stage``'s checkpoint settings from ``trainer.checkpoint_every`` (epochs; 0: only at
     the end) and ``trainer.checkpoint_seconds`` (used when ``checkpoint_every`` is null, the
@@ -234,9 +254,11 @@ def run_stage(
     history: list | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_member_epoch: Callable[[int, dict], None] | None = None,
+    snapshots: Snapshots | None = None,
 ) -> StageResult:
     """Train ``stage`` from ``state`` after ``start_epoch`` epochs (with their ``history``), or
     with ``resume`` from the newest checkpoint in ``checkpointer``, to ``stage.epochs``.
+    ``snapshots``: arrays of the state taken at some epochs for the host (``Snapshots``).
 
     Raises ``TrainingDiverged`` when the loss of a single run turns non-finite (naming the
     step and the last good checkpoint, which is never overwritten) and ``Preempted`` after
@@ -296,13 +318,13 @@ def run_stage(
             ),
             runs=stage.members or 1,
         )
-    pending: list[tuple[int, Any, Any, Any]] = []
+    pending: list[tuple[int, Any, Any, Any]] = []  # epoch, metrics, evaluation, snapshot
     start = time.perf_counter()
     prefix = f"{stage.eval_prefix}/"
 
     def drain(keep: int) -> None:
         while len(pending) > keep:
-            epoch, dev_metrics, dev_eval = pending.pop(0)
+            epoch, dev_metrics, dev_eval, dev_snapshot = pending.pop(0)
             per_step = jax.device_get(dev_metrics)
             evals = jax.device_get(dev_eval) if dev_eval is not None else {}
             elapsed = time.perf_counter() - start
@@ -317,6 +339,8 @@ def run_stage(
                 if on_epoch is not None:
                     on_epoch(row)
                 _progress(stage, row, elapsed, start_epoch)
+                if dev_snapshot is not None:
+                    snapshots.use(epoch + 1, jax.device_get(dev_snapshot), {})
                 continue
             # Every member's means and finiteness at once: the host's work per epoch must stay
             # small beside the device's, whose cores it shares on a CPU.
@@ -345,6 +369,8 @@ def run_stage(
                 if on_member_epoch is not None:
                     on_member_epoch(i, row)
             _group_progress(stage, epoch, history, failed, elapsed)
+            if dev_snapshot is not None:
+                snapshots.use(epoch + 1, jax.device_get(dev_snapshot), dict(failed))
 
     saved: dict[int, float] = {}  # epoch -> training seconds recorded with its checkpoint
 
@@ -379,7 +405,11 @@ def run_stage(
                 dev_eval = stage.evaluate(state)  # dispatched before the next epoch donates
                 if best is not None:  # on the device, also before the donation
                     best.update(dev_eval[stage.monitor], state, done)
-            pending.append((epoch, metrics, dev_eval))
+            dev_snapshot = None
+            last = done == stage.epochs
+            if snapshots is not None and (snapshots.at_end or not last) and snapshots.due(done):
+                dev_snapshot = snapshots.take(state)  # also before the next epoch donates
+            pending.append((epoch, metrics, dev_eval, dev_snapshot))
             due = (
                 done == stage.epochs
                 or (stage.checkpoint_every and done % stage.checkpoint_every == 0)

@@ -248,6 +248,7 @@ class Trainer:
         on_epoch: Callable[[dict], None] | None = None,
         on_compiled: Callable[[], None] | None = None,
         profile_dir=None,
+        snapshots=None,
     ):
         """Train from ``start_epoch`` (or, with ``resume``, from the newest checkpoint) to
         ``trainer.epochs`` through the one loop; returns (state, history, timing).
@@ -259,7 +260,8 @@ class Trainer:
         ``trainer.checkpoint_seconds`` of training (or ``trainer.checkpoint_every`` epochs) and
         at the end, only after that epoch's losses were checked finite; SIGTERM saves after the
         epoch in flight and raises ``Preempted``. ``on_compiled()`` is called once the epoch
-        program is ready, before the first epoch is dispatched.
+        program is ready, before the first epoch is dispatched. ``snapshots``: arrays of the
+        state for the host at some epochs (``ae_jax.training.loop.Snapshots``).
         """
         t = self.cfg.trainer
         hparams = self.parallel.place(self.hparams() if hparams is None else hparams)
@@ -277,6 +279,7 @@ class Trainer:
             start_epoch=start_epoch,
             history=history,
             on_epoch=on_epoch,
+            snapshots=snapshots,
         )
         seconds = result.seconds
         trained = result.epochs_trained or self.epochs  # every session's epochs, as seconds
