@@ -29,7 +29,14 @@ from ae_jax.outputs import (
 from ae_jax.training import distributed
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import sigterm_flag
-from ae_jax.training.rundir import RunDir, claimed, fresh_or_resumed_workdir
+from ae_jax.training.rundir import (
+    RunDir,
+    RunDirError,
+    claimed,
+    completed_run,
+    fresh_or_resumed_workdir,
+    group_member,
+)
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -61,6 +68,10 @@ def train_and_evaluate(
             from ae_jax.pretraining.pipeline import pretrain_and_finetune
 
             return pretrain_and_finetune(cfg, workdir, rundir)
+        if cfg.trainer.resume and not rundir.checkpointed():
+            done = _group_member_done(cfg, Path(workdir))
+            if done is not None:
+                return done
         t0 = time.perf_counter()
         data = load_dataset(cfg.data)
         rundir.check_data(data, cfg.data)
@@ -106,3 +117,30 @@ def train_and_evaluate(
         return evaluate_and_write(
             cfg, trainer, jax.device_get(state.params), history, timing, workdir, t0, loggers
         )
+
+
+def _group_member_done(cfg, workdir: Path) -> dict | None:
+    """A single run in the directory of a vectorised sweep's member (a sweep run again without
+    ``hydra/launcher=vmap``): the member's metrics when it completed this very run, which is
+    not trained again (as a finished single run is not). A member that was stopped, or that
+    this config would extend, is refused: its state is in its group's checkpoint, which only
+    the group resumes, and training the job alone from the start would redo that work.
+    None when the directory holds no such member (or one that diverged: it starts again)."""
+    ended = group_member(workdir)
+    if ended is None or ended == "failed":
+        return None
+    metrics = completed_run(cfg, workdir)
+    if metrics is not None:
+        log.info("%s holds this run, completed by a vectorised sweep: not trained again", workdir)
+        return metrics
+    what = (
+        "completed with other epochs (more epochs extend a member within its group)"
+        if ended == "completed"
+        else "was stopped before it finished"
+    )
+    raise RunDirError(
+        f"{workdir} holds a member of a vectorised sweep (hydra/launcher=vmap) that {what}; "
+        f"its state is in its group's checkpoint under {workdir.parent / '.vmap-groups'}, "
+        "which only the group resumes: run the same sweep again with hydra/launcher=vmap, "
+        "or give trainer.resume=false to train this job alone from the start"
+    )

@@ -394,9 +394,42 @@ def test_an_interrupted_vmap_group_rerun_with_other_values_or_fewer_epochs_is_re
     assert "resuming from" not in log and "epoch 1/600" not in log
     assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
     assert not list(tmp_path.glob("*/metrics.json"))
+    # Run again without the vmap launcher, each job trained alone from epoch 1 beside the
+    # group's checkpoint. Now refused: only the group resumes its members.
+    basic = _run(*[a for a in grid if a != "hydra/launcher=vmap"], "trainer.epochs=600")
+    log = basic.stdout + basic.stderr
+    assert basic.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert "was stopped before it finished" in log and "hydra/launcher=vmap" in log, log[-3000:]
+    assert "epoch 1/600" not in log
+    assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
     resumed = _run(*grid, "trainer.epochs=600")
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0 and "of 600)" in log and "resuming from" in log, log[-3000:]
+
+
+def test_a_finished_vmap_sweep_rerun_without_its_launcher_is_not_trained_again(tmp_path):
+    # Each job, trained alone, found no checkpoint of its own (a member's are its group's)
+    # and trained again from epoch 1, rewriting the member's results.
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.figures=false")
+    grid += ("trainer.devices=1", "noise=masking", "noise.level=0,0.2", "trainer.epochs=30")
+    first = _run(*grid, "hydra/launcher=vmap")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {job: _snapshot(tmp_path / job) for job in ("0", "1")}
+    again = _run(*grid)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert log.count("completed by a vectorised sweep: not trained again") == 2, log[-3000:]
+    assert "epoch 1/30" not in log
+    assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
+    # more epochs would extend the members: only their group can
+    longer = _run(*grid, "trainer.epochs=60")
+    log = longer.stdout + longer.stderr
+    assert longer.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert "completed with other epochs" in log and "epoch 1/60" not in log, log[-3000:]
+    assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
+    # trainer.resume=false trains a job alone all the same, as the line says
+    alone = _run(*grid, "trainer.resume=false", "noise.level=0.2")
+    assert alone.returncode == 0 and "epoch 30/30" in alone.stdout + alone.stderr
 
 
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):

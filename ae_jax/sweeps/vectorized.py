@@ -38,7 +38,7 @@ from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
 from ae_jax.training.parallel import compiler_options
-from ae_jax.training.rundir import claimed
+from ae_jax.training.rundir import claimed, completed_run
 from ae_jax.training.state import TrainState
 from ae_jax.training.step import DATA_AXIS, make_train_epoch
 from ae_jax.training.trainer import Trainer, divergence_hint
@@ -375,35 +375,9 @@ def finished_members(configs: list[Config], workdirs: list[Path]) -> dict[int, d
         return {}
     done = {}
     for i, (cfg, workdir) in enumerate(zip(configs, workdirs)):
-        if cfg.trainer.resume and (metrics := _finished_run(cfg, Path(workdir))) is not None:
+        if cfg.trainer.resume and (metrics := completed_run(cfg, Path(workdir))) is not None:
             done[i] = metrics
     return done
-
-
-def _finished_run(cfg: Config, workdir: Path) -> dict | None:
-    """``workdir``'s metrics if it holds a completed run of ``cfg`` (no key differs but those
-    that may, and the same epochs: more would extend it), else None."""
-    import json
-
-    import yaml
-
-    from ae_jax.config import config_dict
-    from ae_jax.training.rundir import config_differences
-
-    try:
-        status = json.loads((workdir / "status.json").read_text())
-        metrics = json.loads((workdir / "metrics.json").read_text())
-        stored = yaml.safe_load((workdir / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    if not (isinstance(status, dict) and isinstance(metrics, dict) and isinstance(stored, dict)):
-        return None
-    if status.get("status") != "completed" or not metrics:
-        return None
-    new = config_dict(cfg)
-    if (stored.get("trainer") or {}).get("epochs") != cfg.trainer.epochs:
-        return None
-    return None if config_differences(stored, new, config_dict(Config())) else metrics
 
 
 def train_group(

@@ -295,6 +295,42 @@ class RunDir:
             self.on_start()
 
 
+def completed_run(cfg: Any, workdir: Path) -> dict | None:
+    """``workdir``'s metrics if it holds a completed run of the validated config ``cfg`` (no
+    key differs but those that may, and the same epochs: more would extend it), else None."""
+    import yaml
+
+    from ae_jax.config import Config, config_dict
+
+    try:
+        status = json.loads((workdir / "status.json").read_text())
+        metrics = json.loads((workdir / "metrics.json").read_text())
+        stored = yaml.safe_load((workdir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not (isinstance(status, dict) and isinstance(metrics, dict) and isinstance(stored, dict)):
+        return None
+    if status.get("status") != "completed" or not metrics:
+        return None
+    if (stored.get("trainer") or {}).get("epochs") != cfg.trainer.epochs:
+        return None
+    return None if config_differences(stored, config_dict(cfg), config_dict(Config())) else metrics
+
+
+def group_member(workdir: Path) -> str | None:
+    """How the vectorised sweep member whose files ``workdir`` holds ended (its status.json's
+    ``status``: completed, running when it was killed, preempted, failed), or None when the
+    directory holds no member of a vectorised group. A member's state is in its group's
+    checkpoint (``<sweep>/.vmap-groups/``), not in its own directory."""
+    try:
+        status = json.loads((Path(workdir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or status.get("engine") != "vmap":
+        return None
+    return str(status.get("status"))
+
+
 def data_changed(run_dir: Path, data: Any, data_cfg: Any) -> str | None:
     """How ``data`` differs from what the run in ``run_dir`` trained on ("<data> has changed
     since (fingerprint A then, B now)", from the fingerprint its ``run.json`` records), or None
