@@ -593,3 +593,47 @@ def test_runs_on_different_datasets_are_said_to_be_so_and_no_row_is_best(tmp_pat
     assert any("the runs are on 2 datasets (digits, tab)" in n for n in report.notes)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "0.08" in table and "**" not in table
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [  # files by their names; long names that still crowd the panel are tilted
+        (
+            [f"/home/researcher/projects/tables/train_{n}.csv" for n in ("small", "mid", "large")],
+            ["train_small.csv", "train_mid.csv", "train_large.csv"],
+        ),
+        (  # what differs, the shared parts elided
+            [f"preprocessing_variant_{n}_with_whitening" for n in ("alpha", "beta", "gamma")],
+            ["…alpha…", "…beta…", "…gamma…"],
+        ),
+        (  # nothing shared, too many to stand side by side: tilted
+            ["solar_irradiance", "offshore_wind_speed", "tidal_range_m", "hydro_flow_rate"],
+            ["solar_irradiance", "offshore_wind_speed", "tidal_range_m", "hydro_flow_rate"],
+        ),
+    ],
+)
+def test_long_category_labels_of_a_figure_do_not_overlap(tmp_path, values, shown):
+    # A sweep over data files labelled each tick with its whole path, written over each other.
+    runs = []
+    for i, value in enumerate(values * 2):
+        d = tmp_path / str(i)
+        d.mkdir()
+        config = {"data.path": value, "trainer.seed": i // len(values)}
+        runs.append(Run(d, "completed", None, config, {"test/mse": 0.01 + i * 1e-3}))
+    axes = swept_axes(runs)
+    rows = summarize(runs, axes, present_metrics(runs))
+    fig = axis_figure(rows, axes, [a.name for a in axes].index("data.path"), ["test/mse"])
+    fig.draw_without_rendering()
+    (ax,) = fig.get_axes()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == sorted(shown)
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(b.width > 0 for b in boxes)
+    angle = labels[0].get_rotation()
+    if angle == 0:  # side by side
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+    else:  # parallel tilted lines: as far apart, across them, as a line is high
+        ticks = sorted(ax.transData.transform([(x, 0) for x in ax.get_xticks()])[:, 0])
+        height = labels[0].get_fontsize() * fig.dpi / 72
+        gap = min(b - a for a, b in zip(ticks, ticks[1:])) * math.sin(math.radians(angle))
+        assert gap >= height

@@ -17,6 +17,7 @@ Figures are built on the Agg canvas without pyplot, like the run figures, and sa
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,56 @@ def _short(axis: Axis) -> str:
     return axis.keys[0].rsplit(".", 1)[-1]
 
 
+LONG_LABEL = 16  # characters: longer categorical tick labels are shortened where they can be
+
+
+def _category_labels(xs: list[Any]) -> list[str]:
+    """Tick labels of categorical x values (the table and report.md keep the whole values):
+    file paths by their names when those tell them apart, and long names that share a
+    beginning or an end by what differs, the shared parts cut at a separator and shown as
+    "…" (``…alpha…`` for ``variant_alpha_whitened`` beside ``variant_beta_whitened``)."""
+    labels = [format_value(x) for x in xs]
+    if all("/" in label for label in labels):
+        names = [label.rstrip("/").rsplit("/", 1)[-1] for label in labels]
+        if len(set(names)) == len(names) and all(names):
+            labels = names
+    if len(labels) < 2 or max(map(len, labels)) <= LONG_LABEL:
+        return labels
+    seps = "/_-. "
+    head = os.path.commonprefix(labels)
+    head = head[: max((head.rfind(c) for c in seps), default=-1) + 1]
+    tail = os.path.commonprefix([label[::-1] for label in labels])[::-1]
+    tail = tail[min((i for i, c in enumerate(tail) if c in seps), default=len(tail)) :]
+    middles = [label[len(head) : len(label) - len(tail)] for label in labels]
+    if len(set(middles)) < len(middles) or not all(middles):
+        return labels
+    return [("…" if head else "") + m + ("…" if tail else "") for m in middles]
+
+
+def _tilt_crowded_x_labels(fig: Figure) -> None:
+    """Tilt the x tick labels of each panel where they would overlap (long category names,
+    many values on a narrow panel), measured once the layout is done."""
+    fig.draw_without_rendering()
+    for ax in fig.get_axes():
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+        if not any(a.x1 + 3 > b.x0 for a, b in zip(boxes, boxes[1:])):
+            continue
+        # tilted, the labels are parallel lines as far apart as the ticks times the angle's
+        # sine: 30 degrees where that clears a line's height, upright where it does not
+        ticks = sorted(ax.transData.transform([(x, 0) for x in ax.get_xticks()])[:, 0])
+        spacing = min((b - a for a, b in zip(ticks, ticks[1:])), default=0.0)
+        height = labels[0].get_fontsize() * fig.dpi / 72
+        angle = 30 if spacing * 0.5 >= 1.3 * height else 90
+        for t in labels:
+            t.set_rotation(angle)
+            t.set_horizontalalignment("right" if angle == 30 else "center")
+            t.set_rotation_mode("anchor" if angle == 30 else "default")
+
+
 def _set_x(ax, xs: list[Any], scale: str) -> None:
     if scale == "category":
-        ax.set_xticks(range(len(xs)), [format_value(x) for x in xs])
+        ax.set_xticks(range(len(xs)), _category_labels(xs))
         return
     if scale == "log":
         ax.set_xscale("log")
@@ -261,6 +309,7 @@ def axis_figure(
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
     over = "one seed" if seeds == "1" else f"mean ± std over {seeds} seeds"
     fig.suptitle(f"{title + ': ' if title else ''}{axis.name} ({over})")
+    _tilt_crowded_x_labels(fig)
     return fig
 
 
@@ -519,7 +568,7 @@ def study_figure(study: Study, title: str = "") -> Figure:
             [x_of[t.number] for t in failed],
         )
         if categories is not None:
-            ax.set_xticks(range(len(categories)), list(categories))
+            ax.set_xticks(range(len(categories)), _category_labels(list(categories)))
         else:
             if param.log:
                 ax.set_xscale("log")
@@ -616,6 +665,7 @@ def study_figure(study: Study, title: str = "") -> Figure:
         f"{title + ': ' if title else ''}Optuna study, {len(trials)} trials ({sampler}"
         f"{study.direction} {score})"
     )
+    _tilt_crowded_x_labels(fig)
     return fig
 
 
