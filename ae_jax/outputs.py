@@ -244,7 +244,17 @@ def reconstruction_snapshots(
                 rows[f"{obj.noise_kind} {eval_level(cfg):g}"] = corrupted[i]
             rows["autoencoder"] = arrays[i] if group else arrays
             title = f"{cfg.name}: {data.name} ({split} split), epoch {epoch}"
-            _log_reconstructions(lg, tag, rows, data.example_shape, title, epoch, trackers)
+            try:
+                _log_reconstructions(lg, tag, rows, data.example_shape, title, epoch, trackers)
+            except Exception as err:  # an image must never stop the training run
+                log.warning(
+                    "the trackers' reconstructions stop at epoch %d (%s: %s); training goes on",
+                    epoch,
+                    type(err).__name__,
+                    err,
+                )
+                every[:] = [{} for _ in every]  # due no more
+                return
 
     return Snapshots(
         due=lambda epoch: any(due_trackers(i, epoch) for i in range(len(cfgs))),

@@ -1023,3 +1023,25 @@ def test_image_every_in_a_vmap_sweep_gives_each_member_its_own(tmp_path):
     assert [s for s, _ in clean] == [2, 4] and [s for s, _ in noisy] == [2, 4]
     # three rows (input, gaussian 0.3, autoencoder) against two
     assert _png_size(noisy[0][1])[1] > _png_size(clean[0][1])[1]
+
+
+def test_an_image_that_cannot_be_drawn_stops_the_images_not_the_run(tmp_path, monkeypatch, caplog):
+    from conftest import train
+
+    import ae_jax.evaluation.figures as figures
+
+    def broken(*args, **kwargs):
+        raise ValueError("no room on the canvas")
+
+    monkeypatch.setattr(figures, "plot_reconstructions", broken)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        metrics = train(
+            tmp_path, "trainer.epochs=6", "logger=tensorboard", "logger.tensorboard.image_every=2"
+        )
+    assert math.isfinite(metrics["test/mse"])
+    said = [r.getMessage() for r in caplog.records if "reconstructions stop" in r.getMessage()]
+    assert said == [
+        "the trackers' reconstructions stop at epoch 2 (ValueError: no room on the canvas); "
+        "training goes on"
+    ]
+    assert "reconstructions" not in _images(tmp_path / "run")
