@@ -218,8 +218,12 @@ def reconstruction_snapshots(
     every = [image_every(c.logger) for c in cfgs]  # per member: tracker -> its period
     if not any(every):
         return None
+    # the last epoch is every tracker's, unless the final figure shows it (a run with figures)
+    last, at_end = trainer.epochs, bool(stage) or not cfgs[0].trainer.figures
 
     def due_trackers(i: int, epoch: int) -> list[str]:
+        if epoch == last:
+            return list(every[i]) if at_end else []
         return [name for name, n in every[i].items() if epoch % n == 0]
 
     data, obj = trainer.data, trainer.objective
@@ -234,10 +238,10 @@ def reconstruction_snapshots(
     tag = f"{stage}/reconstructions" if stage else "reconstructions"
     split = "validation" if trainer.eval_prefix == "val" else "test"
 
-    def use(epoch: int, arrays, failed) -> None:
+    def use(epoch: int, arrays, skip) -> None:
         for i, (cfg, lg) in enumerate(zip(cfgs, loggers)):
             trackers = due_trackers(i, epoch)
-            if not lg or i in failed or not trackers:
+            if not lg or i in skip or not trackers:
                 continue
             rows = {"input": x}
             if corrupted[i] is not None:
@@ -260,7 +264,6 @@ def reconstruction_snapshots(
         due=lambda epoch: any(due_trackers(i, epoch) for i in range(len(cfgs))),
         take=lambda state: forward(state.params, x_in),
         use=use,
-        at_end=bool(stage) or not cfgs[0].trainer.figures,
     )
 
 

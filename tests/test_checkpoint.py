@@ -340,7 +340,7 @@ def test_orbax_failing_mid_write_is_one_line(tmp_path):
 
 def test_snapshots_hold_the_state_of_their_own_epoch_and_skip_failed_members():
     # The loop takes a snapshot after each due epoch, before the next epoch donates the state,
-    # and hands it over with that epoch's row: never at the last epoch (the outputs cover it).
+    # and hands it over with that epoch's row.
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -374,4 +374,5 @@ def test_snapshots_hold_the_state_of_their_own_epoch_and_skip_failed_members():
     assert [(e, a.tolist(), f) for e, a, f in seen] == [
         (3, [30.0, 30.0], set()),
         (6, [60.0, 60.0], {1}),  # the member that diverged is named, for the user to skip
+        (9, [90.0, 90.0], {1}),
     ]

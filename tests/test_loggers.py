@@ -990,14 +990,14 @@ def test_image_every_in_a_layerwise_run_shows_the_first_layer_and_the_fine_tunin
         tmp_path,
         "+pretrain=layerwise",
         "pretrain.layer_epochs=3",
-        "logger.tensorboard.image_every=1",
-        "trainer.figures=false",
+        "logger.tensorboard.image_every=2",
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     images = _images(tmp_path)
-    # the first layer reconstructs the images; the others reconstruct codes: no images
-    assert [s for s, _ in images["pretrain/layer_0/reconstructions"]] == [1, 2, 3]
-    assert [s for s, _ in images["finetune/reconstructions"]] == [1, 2, 3, 4, 5, 6]
+    # the first layer reconstructs the images; the others reconstruct codes: no images. Each
+    # stage's series ends with its last epoch (no final figure shows a stage's own end).
+    assert [s for s, _ in images["pretrain/layer_0/reconstructions"]] == [2, 3]
+    assert [s for s, _ in images["finetune/reconstructions"]] == [2, 4, 6]
     assert not any(tag.startswith("pretrain/layer_1") for tag in images)
 
 
@@ -1009,7 +1009,7 @@ def test_image_every_in_a_vmap_sweep_gives_each_member_its_own(tmp_path):
         "hydra/launcher=vmap",
         f"hydra.sweep.dir={tmp_path}",
         "trainer.devices=1",
-        "trainer.epochs=4",
+        "trainer.epochs=5",
         "trainer.figures=false",
         "noise=gaussian",
         "noise.level=0,0.3",  # member 1 shows its corrupted inputs too
@@ -1020,7 +1020,7 @@ def test_image_every_in_a_vmap_sweep_gives_each_member_its_own(tmp_path):
     assert "vectorised sweep: 2 members" in proc.stdout + proc.stderr
     clean, noisy = (_images(tmp_path / str(i))["reconstructions"] for i in (0, 1))
     # with trainer.figures=false no final figure ends the series: the last epoch's is taken
-    assert [s for s, _ in clean] == [2, 4] and [s for s, _ in noisy] == [2, 4]
+    assert [s for s, _ in clean] == [2, 4, 5] and [s for s, _ in noisy] == [2, 4, 5]
     # three rows (input, gaussian 0.3, autoencoder) against two
     assert _png_size(noisy[0][1])[1] > _png_size(clean[0][1])[1]
 
@@ -1045,3 +1045,37 @@ def test_an_image_that_cannot_be_drawn_stops_the_images_not_the_run(tmp_path, mo
         "training goes on"
     ]
     assert "reconstructions" not in _images(tmp_path / "run")
+
+
+def test_a_vmap_member_stopped_early_ends_its_trackers_where_its_own_run_ends(tmp_path):
+    # The group trains on until its last member runs out of patience; a member that stopped
+    # earlier kept sending rows and images of epochs its own run never trained.
+    cmd = [
+        sys.executable,
+        "experiments/train.py",
+        "--multirun",
+        "hydra/launcher=vmap",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.devices=1",
+        "optim.lr=0.03,0.001",  # the first overfits the small split soon
+        "data.validation=0.2",
+        "trainer.early_stopping=true",
+        "trainer.patience=2",
+        "trainer.eval_every=1",
+        "trainer.epochs=60",
+        "trainer.figures=false",
+        "logger.tensorboard.image_every=5",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    trained = []
+    for job in ("0", "1"):
+        epochs = json.loads((tmp_path / job / "metrics.json").read_text())["train/epochs_trained"]
+        trained.append(epochs)
+        acc = ea.EventAccumulator(str(tmp_path / job / "tensorboard"), size_guidance={"images": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, epochs + 1)), job
+        assert max(e.step for e in acc.Images("reconstructions")) <= epochs, job
+    assert trained[0] < trained[1]  # the members stopped apart: the case this is about

@@ -98,6 +98,13 @@ def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
         train_group(configs, [tmp_path / str(i) for i in range(4)])
     more = [*configs, make_config("trainer.epochs=3", "loss=bce", "optim.lr=0.1")]
     assert grouping_settings(more) == ["loss.kind", "model.latent_dim", "trainer.epochs"]
+    # trackers are each member's own (a sweep over logger.tensorboard.image_every split)
+    trackers = [
+        make_config("trainer.epochs=2", "logger=tensorboard", f"logger.tensorboard.image_every={n}")
+        for n in (0, 2, 5)
+    ]
+    trackers.append(make_config("trainer.epochs=2", "logger=[csv,wandb]"))
+    assert group_by_program(trackers) == [[0, 1, 2, 3]]
 
 
 def _vmap_multirun(tmp_path, *overrides: str) -> str:

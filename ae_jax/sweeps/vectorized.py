@@ -53,6 +53,7 @@ VECTORIZABLE = (
     "optim.lr",
     "trainer.seed",
     "name",
+    "logger",  # each member opens its own trackers, at their own image periods
 )
 
 
@@ -65,6 +66,7 @@ def _blanked(cfg: Config) -> Config:
         optim=dataclasses.replace(cfg.optim, lr=1.0),
         trainer=dataclasses.replace(cfg.trainer, seed=0),
         name="",
+        logger={},
     )
 
 

@@ -162,18 +162,17 @@ class Stage:
 class Snapshots:
     """Arrays taken from the state at some epochs, for the host to use as the run goes on.
 
-    After an epoch ``e`` for which ``due(e)`` holds (the stage's last only with ``at_end``:
-    otherwise the run's outputs cover it), ``take(state)`` is dispatched on the device before
-    the next epoch donates the state, as the evaluation is; once that epoch's row has been
-    handed to the epoch hooks, ``use(e, arrays, failed)`` gets the arrays on the host
-    (``failed``: the members of a group that diverged, whose arrays are not to be used). The
-    device trains the next epoch meanwhile.
+    After an epoch ``e`` for which ``due(e)`` holds, ``take(state)`` is dispatched on the
+    device before the next epoch donates the state, as the evaluation is; once that epoch's row
+    has been handed to the epoch hooks, ``use(e, arrays, skip)`` gets the arrays on the host
+    (``skip``: the members of a group whose arrays are not to be used: those that diverged,
+    and those whose own run has ended, early stopping having run out of patience). The device
+    trains the next epoch meanwhile.
     """
 
     due: Callable[[int], bool]
     take: Callable[[Any], Any]
     use: Callable[[int, Any, Any], None]
-    at_end: bool = False
 
 
 def checkpoint_schedule(trainer_cfg: Any) -> dict[str, Any]:
@@ -351,6 +350,9 @@ def run_stage(
             }
             finite = all(np.isfinite(v).all() for v in per_step.values())
             evals = {prefix + k: np.asarray(v).tolist() for k, v in evals.items()}
+            # members whose own run has ended (early stopping): their trackers and snapshots
+            # stop there, as their history does (the group trains on with them frozen)
+            ended = {} if best is None else _ended_members(stage, best, epoch + 1)
             for i in range(stage.members):
                 if i in failed:
                     continue
@@ -366,11 +368,11 @@ def run_stage(
                 row.update({k: v[i] for k, v in evals.items()})
                 row["time/elapsed"] = prior + elapsed  # training time of every session
                 history[i].append(row)
-                if on_member_epoch is not None:
+                if on_member_epoch is not None and i not in ended:
                     on_member_epoch(i, row)
             _group_progress(stage, epoch, history, failed, elapsed)
             if dev_snapshot is not None:
-                snapshots.use(epoch + 1, jax.device_get(dev_snapshot), dict(failed))
+                snapshots.use(epoch + 1, jax.device_get(dev_snapshot), {**failed, **ended})
 
     saved: dict[int, float] = {}  # epoch -> training seconds recorded with its checkpoint
 
@@ -406,8 +408,7 @@ def run_stage(
                 if best is not None:  # on the device, also before the donation
                     best.update(dev_eval[stage.monitor], state, done)
             dev_snapshot = None
-            last = done == stage.epochs
-            if snapshots is not None and (snapshots.at_end or not last) and snapshots.due(done):
+            if snapshots is not None and snapshots.due(done):
                 dev_snapshot = snapshots.take(state)  # also before the next epoch donates
             pending.append((epoch, metrics, dev_eval, dev_snapshot))
             due = (
@@ -467,6 +468,17 @@ def _result(stage, state, history, failed, start_epoch, seconds, best, done=None
     if stage.members is not None:
         members = [_run_alone_stops(stage, int(s), done) for s in best.stop_epoch.tolist()]
     return StageResult(state, history, failed, start_epoch, seconds, epoch, done, members)
+
+
+def _ended_members(stage: Stage, best: _Best, epoch: int) -> dict[int, str]:
+    """The members of a group whose own run, stopped early, trained fewer than ``epoch``
+    epochs: index -> why."""
+    stops = np.atleast_1d(best.stop_epoch).tolist()
+    return {
+        i: f"stopped early after epoch {stop}"
+        for i, stop in enumerate(stops)
+        if stop and _run_alone_stops(stage, int(stop), stage.epochs) < epoch
+    }
 
 
 def _run_alone_stops(stage: Stage, stop: int, done: int) -> int:
