@@ -151,6 +151,44 @@ def quiet_console() -> None:
             handler.addFilter(lambda r: ours(r) or r.levelno >= logging.WARNING)
 
 
+# Hydra's train.log handlers held back by ``hold_run_log``: (memory handler, file handler)
+_HELD: list[tuple[logging.Handler, logging.FileHandler]] = []
+
+
+def hold_run_log() -> None:
+    """Hold the lines meant for the job's ``train.log`` in memory until the job's run
+    directory is known to be its own: a second process refused on a directory in use, or a
+    rerun refused on an earlier run, wrote its lines (JAX's, then its own refusal) into that
+    run's log. ``run_or_exit`` then writes them out (``release_run_log``) or drops them."""
+    from logging.handlers import MemoryHandler
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            held = MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+            held.setLevel(handler.level)
+            root.removeHandler(handler)
+            root.addHandler(held)
+            _HELD.append((held, handler))
+
+
+def release_run_log(keep: bool = True) -> None:
+    """The held lines (``hold_run_log``) to their files and the files back in place, or with
+    ``keep=False`` dropped, the files left as they were."""
+    root = logging.getLogger()
+    while _HELD:
+        held, handler = _HELD.pop()
+        root.removeHandler(held)
+        if keep:
+            held.setTarget(handler)
+            held.flush()
+            root.addHandler(handler)
+        else:
+            held.buffer.clear()
+            handler.close()
+        held.close()
+
+
 def guard_log_file(handler: logging.FileHandler) -> None:
     """A log file that can no longer be written (a full disk) is closed with one warning on
     the console, instead of a traceback for every line logged after."""
@@ -266,10 +304,17 @@ def run_or_exit(
     if hydra_files is None:  # a launcher that set the job up passes its record
         hydra_files = hydra_record(cfg)  # Hydra's record of this job, for .hydra/
 
+    def ours() -> bool:
+        """Whether the directory's files are this job's to write: its run began, or the
+        directory held no earlier run."""
+        rundir = state["rundir"]
+        return (rundir is not None and rundir.started) or not earlier
+
     def record(**fields) -> bool:
         """Write the job's status.json; False where a refused rerun leaves it as it was."""
         rundir = state["rundir"]
         began = rundir is not None and rundir.started
+        release_run_log(keep=ours())  # train.log: this job's lines, or none of them
         if not state["main"] or not (began or not earlier):
             return False  # a refused rerun leaves the earlier run's files as they were
         try:
@@ -298,10 +343,11 @@ def run_or_exit(
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
             err = RunDirError(os_error_line(err, workdir))
-        if isinstance(err, RunDirInUse) or not record(
-            status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()
-        ):
+        if isinstance(err, RunDirInUse):
+            release_run_log(keep=False)  # the lines of the process running there, only
             refused(workdir, err)  # another run's files (a process running there) stay as they are
+        elif not record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()):
+            refused(workdir, err)
         log.error("%s: %s", type(err).__name__, err)
         if not exit_on_error:
             return {}

@@ -27,6 +27,7 @@ from ae_jax.cli import (  # noqa: E402
     check_search_or_exit,
     enable_compilation_cache,
     exit_fast,
+    hold_run_log,
     job_score,
     quiet_console,
     run_or_exit,
@@ -42,6 +43,7 @@ enable_compilation_cache()  # a later run of the same shapes loads its programs,
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     quiet_console()
+    hold_run_log()  # train.log gets this job's lines once its directory is known to be its own
     hydra_cfg = HydraConfig.get()
     # In a multirun a bad job must fail alone: Hydra records it and runs the others.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -9,9 +9,10 @@ Each reproduction is one documented command of ``experiments/train.py`` (the one
 quotes) run into a fixed directory ``runs/<name>/`` with its console in ``runs/<name>.log``.
 Running the same line again after an interruption (a killed process, the end of a session)
 resumes every run from its checkpoints: finished stages are not trained again. ``kill <pid>``
-(SIGTERM) or SIGHUP of this script reaches its training command, which checkpoints the epoch in
-flight and stops; nothing further runs. A reproduction runs in one process at a time
-(``runs/.<name>.lock``): a second instance is refused, naming the first's pid.
+(SIGTERM), SIGHUP or Ctrl-C of this script reaches its training command, which checkpoints the
+epoch in flight and stops; the script waits for it, and nothing further runs. A reproduction
+runs in one process at a time (``runs/.<name>.lock``): a second instance is refused, naming the
+first's pid.
 
 When a run has finished with the config its command composes now, its ``metrics.json``,
 ``config.yaml``, histories and figures (never its parameters or checkpoints) are copied to
@@ -408,15 +409,20 @@ def write_summary() -> Path:
 
 
 class Stopped(Exception):
-    """SIGTERM or SIGHUP reached this script: its training command was stopped (and saved
-    its checkpoints); nothing further runs."""
+    """SIGTERM, SIGHUP or Ctrl-C reached this script: its training command was stopped (and
+    saved its checkpoints); nothing further runs."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code  # the script's exit status: 143 (SIGTERM, SIGHUP) or 130 (Ctrl-C)
 
 
 def run_command(cmd: list[str], out) -> int:
     """Run one training command; a SIGTERM or SIGHUP sent to this script is passed on to it
     (it saves its checkpoints and exits, resumable) and then raises ``Stopped``, so that
-    stopping the script never leaves a training process running on its own. (Ctrl-C reaches
-    the command directly: it is in this script's process group.)"""
+    stopping the script never leaves a training process running on its own. Ctrl-C reaches
+    the command directly (it is in this script's process group): the script waits for it to
+    save and stop, then raises ``Stopped`` too."""
     child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     received: list[int] = []
 
@@ -424,14 +430,21 @@ def run_command(cmd: list[str], out) -> int:
         received.append(signum)
         child.send_signal(signal.SIGTERM)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def note(signum, _frame):  # the command has it too: a second signal would cut its save
+        received.append(signum)
+
+    stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {s: signal.signal(s, note if s == signal.SIGINT else forward) for s in stops}
     try:
         rc = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
-        raise Stopped(f"{signal.Signals(received[0]).name}: stopped {cmd[1]} (exit {rc})")
+        first = signal.Signals(received[0])
+        said = "Ctrl-C" if first == signal.SIGINT else first.name
+        code = 130 if first == signal.SIGINT else 143
+        raise Stopped(f"{said}: stopped {cmd[1]} (exit {rc})", code)
     return rc
 
 
@@ -479,7 +492,7 @@ def reproduce(name: str) -> int:
                     "again to resume",
                     flush=True,
                 )
-                return 143
+                return stop.code
     skipped: list[str] = []
     try:
         published = publish(name, skipped)
@@ -499,7 +512,12 @@ def reproduce(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help=f"of: {', '.join(REPRODUCTIONS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help=f"of: {', '.join(REPRODUCTIONS)}; none: every one, one after another (hours on a "
+        "CPU; each resumable)",
+    )
     parser.add_argument("--list", action="store_true", help="list the reproductions")
     parser.add_argument("--publish-only", action="store_true", help="only rebuild results/")
     args = parser.parse_args(argv)
@@ -546,10 +564,14 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     for name in args.names or REPRODUCTIONS:
         rc = reproduce(name) or rc
-        if rc == 143:  # stopped: the later reproductions do not start
+        if rc in (130, 143):  # stopped: the later reproductions do not start
             break
     return rc
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C between training commands (publishing, starting)
+        print("Ctrl-C: stopped; run the same command again to resume", flush=True)
+        sys.exit(130)

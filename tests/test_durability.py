@@ -235,6 +235,7 @@ def finished(tmp_path_factory):
 )
 def test_a_refused_rerun_changes_nothing(finished, overrides, message):
     before = _snapshot(finished)
+    run_log = (finished / "train.log").read_bytes()
     proc = _run(f"hydra.run.dir={finished}", "trainer.devices=1", "trainer.epochs=3", *overrides)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
@@ -242,6 +243,7 @@ def test_a_refused_rerun_changes_nothing(finished, overrides, message):
     if "->" in message:
         assert "trainer.resume=false" in log  # the way out
     assert _snapshot(finished) == before
+    assert (finished / "train.log").read_bytes() == run_log  # not even the refusal's lines
 
 
 @pytest.mark.parametrize("launcher", ["basic", "vmap"])
@@ -472,13 +474,16 @@ def _hold(workdir: Path) -> subprocess.Popen:
 
 def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
     holder = _hold(tmp_path)
+    (tmp_path / "train.log").write_text("the running run's lines\n")
     args = (f"hydra.run.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=2")
     proc = _run(*args)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert f"in use by pid {holder.pid}" in log and "Traceback" not in log
-    # the running run's status stays its own (it used to be overwritten with "failed")
+    # the running run's status stays its own (it used to be overwritten with "failed"), and
+    # its log too (the refused process wrote its lines, its refusal among them, into it)
     assert json.loads((tmp_path / "status.json").read_text()) == {"status": "running"}
+    assert (tmp_path / "train.log").read_text() == "the running run's lines\n"
     holder.kill()  # SIGKILL: the lock file stays behind, its flock does not
     holder.wait()
     assert (tmp_path / ".lock").exists()

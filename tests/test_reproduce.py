@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _start(tmp_path: Path) -> subprocess.Popen:
+def _start(tmp_path: Path, session: bool = False) -> subprocess.Popen:
     code = SCRIPT.format(
         script=str(REPO / "scripts" / "reproduce.py"),
         runs=str(tmp_path / "runs"),
@@ -53,6 +53,7 @@ def _start(tmp_path: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=session,  # its own process group, as a terminal's job is
     )
 
 
@@ -92,6 +93,27 @@ def test_one_reproduction_at_a_time_and_stopping_it_stops_its_run(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "preempted" and "SIGTERM: saved epoch" in status["message"]
     assert not (tmp_path / "results" / "toy").exists()  # an unfinished run is not published
+
+
+def test_ctrl_c_stops_the_reproduction_once_its_run_has_saved(tmp_path):
+    # Ctrl-C reaches the script and its training command (one process group): the script
+    # ended in a KeyboardInterrupt traceback without waiting for the command to save.
+    run = tmp_path / "runs" / "toy"
+    script = _start(tmp_path, session=True)
+    deadline = time.time() + 300
+    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
+        assert script.poll() is None, script.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    trainer_pid = int((run / ".lock").read_text().split()[1])
+    os.killpg(script.pid, signal.SIGINT)
+    out = script.communicate(timeout=300)[0]
+    assert script.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "Ctrl-C: stopped" in out and "run the same command again to resume" in out
+    assert not _alive(trainer_pid)  # waited for: no training process left behind
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "preempted" and "Ctrl-C: saved epoch" in status["message"]
 
 
 def _load_script(tmp_path: Path, monkeypatch):
