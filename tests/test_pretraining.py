@@ -259,3 +259,18 @@ def test_a_stack_without_fine_tuning_still_draws_its_figures(mnist_path, tmp_pat
     pretrain_and_finetune(cfg, tmp_path)
     drawn = {p.name for p in tmp_path.glob("*.png")}
     assert drawn == {"reconstructions.png", "code_activations.png", "filters.png"}  # no curves
+
+
+@pytest.mark.parametrize(("layer_lr", "named"), [(1e6, "pretrain.layer_lr"), (None, "optim.lr")])
+def test_a_diverging_layer_names_the_rate_it_trains_at(mnist_path, mnist_small, layer_lr, named):
+    # The layers' one error line said "Lower optim.lr (now 1000000.0)", the layer's copy of
+    # the rate, when the run's optim.lr was 0.001 and pretrain.layer_lr was the one to lower.
+    from ae_jax.training.loop import TrainingDiverged
+
+    cfg = small_config(mnist_path, layer_lr=layer_lr, layer_optim="sgd")
+    cfg.model.output_activation = "linear"
+    cfg.loss.kind = "mse"
+    if layer_lr is None:
+        cfg.optim.lr = 1e6
+    with pytest.raises(TrainingDiverged, match=rf"Lower {named} \(now 1000000\.0\)"):
+        pretrain_layers(validate(cfg), mnist_small, evaluate=False)

@@ -161,6 +161,7 @@ def pretrain_layers(
                 if cfg.pretrain.layer_batch_size
                 else "trainer.batch_size"
             ),
+            lr_key="pretrain.layer_lr" if cfg.pretrain.layer_lr is not None else "optim.lr",
         )
         state = trainer.init_state(seed + i)  # distinct initial weights and noise per layer
         log.info(

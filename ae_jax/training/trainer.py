@@ -86,10 +86,11 @@ def warn_if_overcomplete(
         )
 
 
-def divergence_hint(cfg: Config) -> str:
-    """What to change when a run of ``cfg`` diverges (the end of its one error line)."""
+def divergence_hint(cfg: Config, lr_key: str = "optim.lr") -> str:
+    """What to change when a run of ``cfg`` diverges (the end of its one error line);
+    ``lr_key``: the setting its learning rate comes from."""
     return (
-        f"Lower optim.lr (now {cfg.optim.lr}) or the regularisation strengths, "
+        f"Lower {lr_key} (now {cfg.optim.lr}) or the regularisation strengths, "
         "or set optim.grad_clip"
     )
 
@@ -103,14 +104,16 @@ class Trainer:
         data: Dataset,
         is_code: bool = True,
         batch_key: str = "trainer.batch_size",
+        lr_key: str = "optim.lr",
     ):
-        """``batch_key``: the setting a batch larger than the training split is named by."""
+        """``batch_key``: the setting a batch larger than the training split is named by;
+        ``lr_key``: the setting the learning rate comes from (named when the run diverges)."""
         validate_against_data(cfg, data, is_code)
         t = cfg.trainer
         batch = fit_batch(t.batch_size, data.x_train.shape[0], t.devices, batch_key, data.name)
         if batch != t.batch_size:  # the caller's config keeps the value it was given
             cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, batch_size=batch))
-        self.cfg, self.data = cfg, data
+        self.cfg, self.data, self.lr_key = cfg, data, lr_key
         t = cfg.trainer
         per_pass = data.x_train.shape[0] // t.batch_size
         # trainer.min_steps on a small training split: each epoch makes several passes over
@@ -231,7 +234,7 @@ class Trainer:
             **checkpoint_schedule(t),
             log_every=t.log_every,
             progress=t.progress,
-            hint=divergence_hint(self.cfg),
+            hint=divergence_hint(self.cfg, self.lr_key),
             **{**self.selection(), **settings},
         )
 
