@@ -612,12 +612,16 @@ def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; it must be a positive integer")
 
 
-def _finite(key: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi
+def _finite(
+    key: str, value: Any, lo: float = -math.inf, hi: float = math.inf, above: bool = False
+) -> None:
+    """A finite number in [lo, hi] (in (lo, hi] with ``above``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo < value if above else lo <= value) and value <= hi
     if not ok:
-        raise ConfigError(
-            f"{key}={value!r} is not valid; it must be a finite number in [{lo}, {hi}]"
-        )
+        low = f"{'>' if above else '>='} {lo}"
+        where = f"in {'(' if above else '['}{lo}, {hi}]" if math.isfinite(hi) else low
+        raise ConfigError(f"{key}={value!r} is not valid; it must be a finite number {where}")
 
 
 def validate(cfg: Config) -> Config:
@@ -786,9 +790,7 @@ def validate(cfg: Config) -> Config:
     o = cfg.optim
     OPTIMIZERS.check("optim.name", o.name)
     SCHEDULES.check("optim.schedule", o.schedule)
-    _finite("optim.lr", o.lr, 0.0)
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr={o.lr} is not valid; it must be > 0")
+    _finite("optim.lr", o.lr, 0.0, above=True)
     if not isinstance(o.warmup_epochs, int) or not 0 <= o.warmup_epochs < cfg.trainer.epochs:
         raise ConfigError(
             f"optim.warmup_epochs={o.warmup_epochs!r} must be an integer in [0, trainer.epochs)"
