@@ -433,6 +433,24 @@ _GROUP_SCHEMAS: dict[str, type] = {
 }
 
 
+_TOP_LEVEL = {f.name for f in dataclasses.fields(Config)}  # groups and top-level settings
+
+
+def _nearest_setting(name: str) -> str:
+    """``did you mean <group>.<name>?`` for a setting given without its group (``lr``:
+    ``optim.lr``), or the closest dotted setting, or the top-level names."""
+    import difflib
+
+    dotted = [
+        f"{g}.{f.name}" for g, schema in _GROUP_SCHEMAS.items() for f in dataclasses.fields(schema)
+    ]
+    exact = [d for d in dotted if d.rpartition(".")[2] == name]
+    near = exact or difflib.get_close_matches(name, [*_TOP_LEVEL, *dotted], n=1)
+    if near:
+        return f"did you mean {' or '.join(near)}?"
+    return f"the settings are {', '.join(sorted(_TOP_LEVEL))} and the keys under them"
+
+
 def _describe_type(t: Any) -> str:
     """What a value of annotation ``t`` must be, in words: ``a whole number``, ``a list of
     numbers such as [1, 2] or null``..."""
@@ -543,6 +561,15 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
             continue  # Hydra's own groups, packages, and the registries' mappings
         if key and group not in _GROUP_SCHEMAS:
             continue
+        unknown = group not in _TOP_LEVEL and group not in ("experiment", "sweep")
+        if (
+            not key
+            and unknown
+            and conf_dirs is not None
+            and _option_names(conf_dirs, group) is None
+        ):
+            # +lr=0.1: Hydra adds a key nothing reads, and the run trains at optim.lr
+            raise ConfigError(f"{head} is not a setting; {_nearest_setting(group)}")
         if not key and (conf_dirs is None or _option_names(conf_dirs, group) is None):
             continue
         parser = parser or OverridesParser.create()

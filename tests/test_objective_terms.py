@@ -122,6 +122,10 @@ def test_a_setting_of_an_unselected_term_is_one_line():
         (["-m", "data=digits,nope"], r"data=nope names no file"),
         (["logger=tensorbord"], r"^logger=tensorbord names 'tensorbord', .*did you mean tensorb"),
         (["logger=[csv,mlflw]"], r"names 'mlflw', .*conf/logger/mlflw.yaml .*mlflow\?"),
+        # a setting without its group: +lr was added, read by nothing, and lr 1e-3 trained
+        (["+lr=0.1"], r"^lr is not a setting; did you mean optim.lr\?$"),
+        (["seed=3"], r"^seed is not a setting; did you mean trainer.seed\?$"),
+        (["+foo=1"], r"^foo is not a setting; the settings are data, logger, "),
     ],
 )
 def test_a_wrong_key_value_or_option_is_one_line(overrides, message):
