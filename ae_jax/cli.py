@@ -23,7 +23,7 @@ from ae_jax.loggers import LoggerError
 from ae_jax.run_io import free_bytes, size_text, write_json_atomic
 from ae_jax.training.checkpoint import CheckpointError
 from ae_jax.training.loop import Preempted, TrainingDiverged
-from ae_jax.training.rundir import RunDirError, RunDirInUse
+from ae_jax.training.rundir import RunDirError, RunDirInUse, RunDirNested
 
 log = logging.getLogger("ae_jax")
 # Problems that are the user's to fix: reported in one line, exit status 2, no traceback.
@@ -189,6 +189,16 @@ def release_run_log(keep: bool = True) -> None:
         held.close()
 
 
+def _remove_if_unused(workdir: Path) -> None:
+    """What Hydra made for a job refused before it wrote anything: its empty log, and
+    ``workdir`` itself when that leaves it empty (left there, they would look like a run's)."""
+    with contextlib.suppress(OSError):
+        for f in workdir.glob("*.log"):
+            if f.is_file() and not f.stat().st_size:
+                f.unlink()
+        workdir.rmdir()  # only when empty
+
+
 def guard_log_file(handler: logging.FileHandler) -> None:
     """A log file that can no longer be written (a full disk) is closed with one warning on
     the console, instead of a traceback for every line logged after."""
@@ -343,9 +353,11 @@ def run_or_exit(
             # a file the run could not write or read (a full disk, a path that vanished):
             # one line naming it; the training state is in the last checkpoint
             err = RunDirError(os_error_line(err, workdir))
-        if isinstance(err, RunDirInUse):
+        if isinstance(err, (RunDirInUse, RunDirNested)):
             release_run_log(keep=False)  # the lines of the process running there, only
             refused(workdir, err)  # another run's files (a process running there) stay as they are
+            if isinstance(err, RunDirNested):
+                _remove_if_unused(workdir)  # made for this job (Hydra, its log), left empty
         elif not record(status="failed", error=f"{type(err).__name__}: {err}", ended=time.time()):
             refused(workdir, err)
         log.error("%s: %s", type(err).__name__, err)

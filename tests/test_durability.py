@@ -633,3 +633,24 @@ def test_a_rerun_on_changed_data_is_refused_not_resumed(tmp_path, caplog):
         train_and_evaluate(make_config(*data, "trainer.epochs=4"), run)
     assert "(epoch 2 of 4)" in caplog.text
     assert len((run / "history.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_run_directory_inside_another_run_or_holding_one_is_refused(tmp_path):
+    # A directory holding another run's was told its config.yaml was missing (that run's
+    # checkpoints read as its own); one inside a finished run was accepted, and a report of
+    # the outer directory then counted the inner run as the outer one.
+    child = tmp_path / "parent" / "child"
+    first = _run(f"hydra.run.dir={child}", "trainer.devices=1", "trainer.epochs=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _snapshot(child)
+    outer = _run(f"hydra.run.dir={tmp_path / 'parent'}", "trainer.devices=1", "trainer.epochs=3")
+    log = outer.stdout + outer.stderr
+    assert outer.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert f"{tmp_path / 'parent'} holds {child}, the directory of another run" in log, log
+    assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["child"]  # no trace
+    inner = child / "inner"
+    nested = _run(f"hydra.run.dir={inner}", "trainer.devices=1", "trainer.epochs=3")
+    log = nested.stdout + nested.stderr
+    assert nested.returncode == 2 and "Traceback" not in log, log[-3000:]
+    assert f"{inner} is inside {child}, the directory of another run" in log, log[-3000:]
+    assert not inner.exists() and _snapshot(child) == before

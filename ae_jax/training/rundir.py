@@ -68,6 +68,10 @@ class RunDirInUse(RunDirError):
     """Another process holds the directory's lock: its files are that run's, left untouched."""
 
 
+class RunDirNested(RunDirError):
+    """The directory is inside another run's, or holds one: nothing is written there."""
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -186,8 +190,12 @@ class RunDir:
         return (p / "metrics.json").exists() or (p / "config.yaml").exists() or self.checkpointed()
 
     def checkpointed(self) -> bool:
-        """Whether any stage of a run here saved a checkpoint."""
-        return any(c.name.isdigit() for c in self.path.glob("**/checkpoints/*"))
+        """Whether any stage of a run here saved a checkpoint (``checkpoints/``, a pipeline's
+        ``<stage>/checkpoints/``; not those of another run's directory inside this one)."""
+        for c in self.path.glob("**/checkpoints/*"):
+            if c.name.isdigit() and not _in_another_run(c.parent.parent, self.path):
+                return True
+        return False
 
     def stored_config(self) -> dict | None:
         f = self.path / "config.yaml"
@@ -213,6 +221,7 @@ class RunDir:
         the lock file (and creates the directory)."""
         if not self.main:
             return
+        self._refuse_nested()
         _check_writable(self.path)
         self._lock()
         try:
@@ -237,6 +246,27 @@ class RunDir:
         except BaseException:
             self.release()
             raise
+
+    def _refuse_nested(self) -> None:
+        """A run directory inside another run's, or holding one: either run's files would be
+        taken for the other's (a report of the outer directory counts the inner run as its
+        own; the inner run's checkpoints were read as the outer run's)."""
+        path = self.path.absolute()
+        outer = next((p for p in path.parents if (p / "status.json").is_file()), None)
+        inner = next(
+            (
+                s.parent
+                for pattern in ("*/status.json", "*/*/status.json")
+                for s in path.glob(pattern)
+            ),
+            None,
+        )
+        if outer is not None or inner is not None:
+            where = f"is inside {outer}" if outer is not None else f"holds {inner}"
+            raise RunDirNested(
+                f"{path} {where}, the directory of another run; the two runs' files would be "
+                "taken for each other's: use a run directory outside it (hydra.run.dir=...)"
+            )
 
     def _another_directory(self, diff: list[str]) -> str:
         """How to give a run another directory: a sweep's job (its parent holds Hydra's
@@ -293,6 +323,18 @@ class RunDir:
         write_hydra_files(self.path, self.hydra_files)
         if self.on_start is not None:
             self.on_start()
+
+
+def _in_another_run(directory: Path, root: Path) -> bool:
+    """Whether ``directory`` (inside ``root``) or a directory between the two is another
+    run's: its ``status.json`` or ``config.yaml`` say so (a pipeline's stage directories hold
+    neither)."""
+    directory = Path(directory)
+    while directory != root and root in directory.parents:
+        if (directory / "status.json").exists() or (directory / "config.yaml").exists():
+            return True
+        directory = directory.parent
+    return False
 
 
 def completed_run(cfg: Any, workdir: Path) -> dict | None:
