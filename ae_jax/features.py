@@ -112,6 +112,11 @@ def load_run(run_dir: str | Path) -> Run:
     for name in (CONFIG_FILE, PARAMS_FILE):
         if not (path / name).is_file():
             unfinished = _unfinished(path) if name == PARAMS_FILE else None
+            if unfinished and unfinished.startswith("failed"):  # it never will finish
+                raise RunError(
+                    f"{str(path)!r} has no {name}: its run {unfinished}; train it again (its "
+                    "command, with the cause fixed) and give it here once it has completed"
+                )
             if unfinished:
                 raise RunError(
                     f"{str(path)!r} has no {name}: its run has not finished ({unfinished}); "

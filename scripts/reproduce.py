@@ -484,8 +484,17 @@ def reproduce(name: str) -> int:
                 code = run_command(cmd, out)
                 rc = code or rc
                 if code:  # why, on the console too (the whole story is in the log)
-                    for line in errors_in(log, start):
+                    lines = errors_in(log, start)
+                    for line in lines:
                         print(f"    {line}", flush=True)
+                    if any("holds a run with another config" in line for line in lines):
+                        # its ways out (hydra.run.dir, trainer.resume) are not this script's
+                        print(
+                            f"    the experiment changed since {run_dir(name)} ran; this "
+                            f"script always runs there: move it aside (mv {run_dir(name)} "
+                            f"{run_dir(name)}.old) to run it anew, or restore the config",
+                            flush=True,
+                        )
             except Stopped as stop:
                 print(
                     f"[{time.strftime('%H:%M:%S')}] {name}: {stop}; run the same command "

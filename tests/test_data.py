@@ -338,7 +338,12 @@ def test_csv_nan_and_text_are_named(tmp_path):
     with pytest.raises(DataError, match=r"nan.csv.*\(3, 2\).*1 NaN/inf.*\[1, 1\]"):
         load_array(tmp_path / "nan.csv")
     (tmp_path / "text.csv").write_text("1,2\n3,abc\n")
-    with pytest.raises(DataError, match=r"text.csv cannot be read as a numeric table.*abc"):
+    # the file's own line and field (numpy says "row 1, column 2": rows from 0, fields from 1)
+    said = r"text.csv cannot be read as a numeric table \('abc' on line 2, field 2, is not a"
+    with pytest.raises(DataError, match=said):
+        load_array(tmp_path / "text.csv")
+    (tmp_path / "text.csv").write_text("a,b\n1,2\n3,4\n5,abc\n")  # after a header
+    with pytest.raises(DataError, match=r"\('abc' on line 4, field 2, is not a number\)"):
         load_array(tmp_path / "text.csv")
     (tmp_path / "float_labels.csv").write_text("1,0.5\n2,1\n3,0\n")
     with pytest.raises(DataError, match="not whole numbers"):

@@ -92,6 +92,9 @@ def test_bad_runs_and_inputs_are_refused(trained_run, tmp_path):
         f"{str(no_params)!r} has no params.msgpack: its run has not finished (preempted: "
         f"{stopped}); give it here once it has finished"
     )
+    (no_params / "status.json").write_text(json.dumps({"status": "failed", "error": "E: x"}))
+    with pytest.raises(RunError, match=r"its run failed: E: x; train it again \(its command"):
+        load_run(no_params)  # it said "give it here once it has finished": it never will
     (no_params / "status.json").write_text(json.dumps({"status": "running"}))
     (no_params / ".lock").write_text(f"pid 999999999 on {socket.gethostname()}\n")
     with pytest.raises(RunError, match=r"has not finished \(stopped without a word \(its proc"):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import yaml
 
-from ae_jax.sweeps.collect import Axis, Run, collect_runs, find_run_dirs, load_run, swept_axes
+from ae_jax.sweeps.collect import (
+    Axis,
+    Run,
+    SweepDirError,
+    collect_runs,
+    find_run_dirs,
+    load_run,
+    swept_axes,
+)
 from ae_jax.sweeps.plots import Reference, axis_figure, reconstruction_grid, x_scale
 from ae_jax.sweeps.report import main, write_report
 from ae_jax.sweeps.summary import Stat, format_mean_std, present_metrics, summarize
@@ -637,3 +645,22 @@ def test_long_category_labels_of_a_figure_do_not_overlap(tmp_path, values, shown
         height = labels[0].get_fontsize() * fig.dpi / 72
         gap = min(b - a for a, b in zip(ticks, ticks[1:])) * math.sin(math.radians(angle))
         assert gap >= height
+
+
+def test_a_misspelt_seed_key_is_refused(tmp_path):
+    # --seed-key trainer.sed was accepted: trainer.seed then became an axis of the report
+    for i in range(4):
+        d = tmp_path / str(i)
+        d.mkdir()
+        config = {"noise.level": (i % 2) / 10, "trainer.seed": i // 2}
+        runs = Run(d, "completed", None, config, {"test/mse": 0.01})
+        (d / "metrics.json").write_text(json.dumps(runs.metrics))
+        (d / "config.yaml").write_text(
+            yaml.safe_dump({"noise": {"level": (i % 2) / 10}, "trainer": {"seed": i // 2}})
+        )
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    said = r"--seed-key trainer.sed: .*did you mean trainer.seed\?"
+    with pytest.raises(SweepDirError, match=said):
+        write_report(tmp_path, seed_keys=("trainer.sed",))
+    assert not (tmp_path / "report").exists()
+    assert write_report(tmp_path, seed_keys=("trainer.seed",)).axes == ["noise.level"]

@@ -170,3 +170,28 @@ def test_publishing_replaces_an_experiment_whole_or_leaves_it_as_it_was(tmp_path
     assert files == ["config.yaml", "metrics.json", "selection.json", "sub/history.csv"]
     assert json.loads((published / "metrics.json").read_text()) == {"test/mse": 0.5}
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["toy"]
+
+
+def test_a_run_of_a_changed_experiment_says_how_to_run_it_anew(tmp_path):
+    # The command refused its directory, whose run has another config, with ways out this
+    # script cannot take (hydra.run.dir=..., trainer.resume=false); it now says its own.
+    def reproduce(*args: str) -> subprocess.CompletedProcess:
+        code = SCRIPT.format(
+            script=str(REPO / "scripts" / "reproduce.py"),
+            runs=str(tmp_path / "runs"),
+            results=str(tmp_path / "results"),
+        ).replace(
+            '"trainer.epochs=100000", "trainer.checkpoint_every=200",', repr(args)[1:-1] + ","
+        )
+        env = {**os.environ, "AE_JAX_MNIST_DIR": str(tmp_path)}  # not read by the digits run
+        cmd = [sys.executable, "-c", code]
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = reproduce("trainer.epochs=2", "optim.lr=0.001")
+    assert first.returncode == 0, first.stdout[-3000:]
+    changed = reproduce("trainer.epochs=2", "optim.lr=0.01")
+    out = changed.stdout
+    assert changed.returncode == 2, out[-3000:]
+    run = tmp_path / "runs" / "toy"
+    assert "holds a run with another config: optim.lr: 0.001 -> 0.01" in out, out
+    assert f"move it aside (mv {run} {run}.old) to run it anew" in out, out

@@ -16,6 +16,7 @@ separate ``data.test_path`` file in any of these formats supplies the test split
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -72,6 +73,14 @@ def _read_csv(path: Path) -> np.ndarray:
                 encoding="utf-8-sig",
             )
     except ValueError as err:
+        # numpy counts the data rows from 0 (after the header) and the fields from 1
+        where = re.match(
+            r"could not convert string (.*) to float64 at row (\d+), column (\d+)", str(err)
+        )
+        said = str(err)
+        if where is not None:
+            line = int(where.group(2)) + 1 + int(header)
+            said = f"{where.group(1)} on line {line}, field {where.group(3)}, is not a number"
         index = (
             ""
             if fields[0].strip()
@@ -81,7 +90,7 @@ def _read_csv(path: Path) -> np.ndarray:
             )
         )
         raise DataError(
-            f"CSV file {path} cannot be read as a numeric table ({err}){index}; every row must "
+            f"CSV file {path} cannot be read as a numeric table ({said}){index}; every row must "
             "hold the same number of numeric fields, after at most one header row of column "
             "names"
         ) from err

@@ -29,6 +29,7 @@ A failed, unfinished or never-started run never stops the report: it is counted 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import os
@@ -125,6 +126,13 @@ def write_report(
     out = Path(out) if out is not None else root / "report"
     study = find_study(root, runs)
     searched = tuple(p.key for p in study.params) if study is not None else ()
+    known = set().union(*(r.config for r in runs))
+    for key in (k for k in seed_keys if k not in SEED_KEYS and k not in known):
+        near = difflib.get_close_matches(key, sorted(known), n=1)
+        raise SweepDirError(  # a misspelt key would have made the real seed an axis
+            f"--seed-key {key}: no run under {root} has this setting"
+            + (f"; did you mean {near[0]}?" if near else "")
+        )
     axes = swept_axes(runs, tuple(seed_keys) + searched)  # searched keys are no grid axes
     shown = present_metrics(runs, metrics)
     done = [r for r in runs if r.status == "completed"]
@@ -334,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs=4,
         default=[],
         metavar=("METRIC", "KEY=X", "VALUE", "LABEL"),
-        help="a published number drawn as a star, e.g. --reference supervised/test/error_pct "
+        help="a published number drawn as a black marker (a shape per reference), e.g. "
+        "--reference supervised/test/error_pct "
         "noise.level=0.25 1.28 'SdA-3 (paper)'; repeatable",
     )
     args = parser.parse_args(argv)
