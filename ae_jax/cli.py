@@ -325,7 +325,7 @@ def run_or_exit(
         rundir = state["rundir"]
         began = rundir is not None and rundir.started
         release_run_log(keep=ours())  # train.log: this job's lines, or none of them
-        if not state["main"] or not (began or not earlier):
+        if not state["main"] or not ours():
             return False  # a refused rerun leaves the earlier run's files as they were
         try:
             if not began:  # a fresh directory: say what this job was (sweep reports read it)
