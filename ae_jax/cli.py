@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from ae_jax.config import ConfigError, score_key
+from ae_jax.config import SHOW_FLAGS, ConfigError, overrides_of, score_key
 from ae_jax.data import DataError
 from ae_jax.loggers import LoggerError
 from ae_jax.run_io import free_bytes, size_text, write_json_atomic
@@ -136,6 +136,17 @@ def exit_fast(code: int = 0) -> None:
     os._exit(code)
 
 
+def drop_import_log_handler() -> None:
+    """absl's logging (Orbax logs through it while it is imported) calls
+    ``logging.basicConfig()``, which leaves the root logger a stderr handler before Hydra sets
+    up logging; Hydra's ``--info`` adds its own beside it and printed every line twice. Hydra
+    installs the handlers a run uses; a warning before then reaches stderr all the same."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            root.removeHandler(handler)
+
+
 def quiet_console() -> None:
     """Keep library chatter (JAX's "Unable to initialize backend 'tpu'" on every CPU run, and
     the like) off the console: console handlers pass ae_jax's and Hydra's own lines and any
@@ -224,6 +235,9 @@ def check_output_dirs(argv: list[str]) -> None:
     created or written (Hydra would stop with a traceback opening its train.log): the
     ``hydra.run.dir`` (or, with ``--multirun``, ``hydra.sweep.dir``) given on the command line,
     created here, or the default's nearest existing parent (``outputs/``, ``multirun/``)."""
+    if any(a.partition("=")[0] in SHOW_FLAGS for a in argv):
+        return  # Hydra shows the config, its help or its plugins, and writes nothing
+    argv = overrides_of(argv)
     multirun = any(a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = [a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+") == key]

@@ -385,6 +385,7 @@ def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
     ``<group>=<option>`` against the files of ``conf_dir/<group>/`` (when ``conf_dir`` is
     given). Other arguments (and anything that does not parse) are left to Hydra.
     """
+    overrides = overrides_of(overrides)
     _check_settings(overrides, conf_dir)
 
     selected: set[str] | None = None  # the terms chosen on this command line, if it chooses
@@ -474,6 +475,34 @@ def _describe_type(t: Any) -> str:
 
 # Hydra's command-line flags that take the next argument as their value (or ``flag=value``)
 CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+VALUE_FLAGS = (*CONFIG_FLAGS, "--cfg", "-c", "--package", "-p", "--shell-completion", "-sc")
+VALUE_FLAGS += ("--experimental-rerun",)
+# ``--info`` takes its value only when the next argument is one of these
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+# flags with which Hydra shows something and runs no job
+SHOW_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--version")
+SHOW_FLAGS += ("--shell-completion", "-sc")
+
+
+def overrides_of(argv: list[str]) -> list[str]:
+    """A command line less the values of Hydra's flags (``--cfg job``, ``-p model``,
+    ``--info plugins``), which are not overrides; the config folder flags (``-cd <dir>``)
+    keep theirs, which the checks read."""
+    kept, args = [], iter(argv)
+    for arg in args:
+        flag = arg.partition("=")[0]
+        if flag in CONFIG_FLAGS:
+            kept += [arg] if "=" in arg else [arg, next(args, "")]
+        elif flag in VALUE_FLAGS:
+            if "=" not in arg:
+                next(args, None)
+        elif arg in ("--info", "-i"):
+            kept.append(arg)
+            rest = list(args)
+            args = iter(rest[1:] if rest[:1] and rest[0] in INFO_CHOICES else rest)
+        else:
+            kept.append(arg)
+    return kept
 
 
 def _conf_dirs(overrides: list[str], conf_dir: str | None) -> list[str] | None:
@@ -513,6 +542,161 @@ def _option_names(conf_dirs: list[str], group: str) -> list[str] | None:
     return sorted({p.stem for f in folders for p in f.glob("*.yaml")} | set(stored))
 
 
+def _shown(names: list[str]) -> str:
+    """Option names for a message, without the schemas ``register_configs`` stores as
+    ``base_<group>`` (valid, but what every option file starts from, not a choice)."""
+    return ", ".join(n for n in names if not n.startswith("base_"))
+
+
+def _hydra_options(conf_dirs: list[str], group: str) -> list[str] | None:
+    """The options Hydra knows for one of its own groups (``hydra/launcher``: its plugins'
+    and the files of ``conf/hydra/launcher/``); None where Hydra cannot be asked."""
+    from pathlib import Path
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return None  # inside another Hydra context: left to Hydra
+    try:
+        with initialize_config_dir(
+            config_dir=str(Path(conf_dirs[0]).resolve()), version_base="1.3"
+        ):
+            names = GlobalHydra.instance().config_loader().get_group_options(group)
+    except Exception:  # noqa: BLE001 - a folder Hydra cannot read: its own message says why
+        return None
+    return sorted(set(names) | set(_option_names(conf_dirs[1:], group) or []))
+
+
+def _in_defaults(conf_dir: str, config_name: str, group: str) -> bool | None:
+    """Whether the primary config's defaults list names ``group`` (so ``group=x`` overrides
+    it; otherwise Hydra wants ``+group=x``); None where the file cannot be read."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        defaults = (yaml.safe_load(Path(conf_dir, f"{config_name}.yaml").read_text()) or {}).get(
+            "defaults", []
+        )
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    heads = [
+        str(next(iter(d))).removeprefix("override ").strip() if isinstance(d, dict) else str(d)
+        for d in defaults or []
+    ]
+    return group in heads
+
+
+def _config_name(overrides: list[str]) -> str:
+    """The primary config's name: ``--config-name`` / ``-cn`` if given, else ``config``."""
+    args = iter(overrides)
+    name = "config"
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-name", "-cn"):
+            name = value if eq else next(args, name)
+    return name.removesuffix(".yaml")
+
+
+def _check_option(arg: str, group: str, value: str, names: list[str] | None) -> None:
+    """``<group>=<option>`` of one of Hydra's own groups (``hydra/launcher=vmap``) against
+    ``names``, the options Hydra knows (None: not known, left to Hydra)."""
+    import difflib
+
+    if names is None or "(" in value or "${" in value:
+        return
+    for name in (n.strip() for n in value.strip("[]").split(",")):
+        if name and name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {group}={near[0]}?)" if near else ""
+            raise ConfigError(
+                f"{arg}: {group} has no option {name!r}{hint}; choose one of: {_shown(names)}"
+            )
+
+
+def _check_hydra_key(arg: str, head: str) -> bool:
+    """``hydra.<key>=value`` against Hydra's own schema (``HydraConf``), as far down as its
+    fields are dataclasses (``hydra.run.dir``, ``hydra.job.chdir``). True where the key goes
+    below them (the launcher's and sweeper's keys depend on the plugin chosen,
+    ``hydra.job.env_set`` is a mapping): ``_check_composed_keys`` looks there."""
+    from hydra.conf import HydraConf
+
+    schema: Any = HydraConf
+    path = ["hydra"]
+    for part in head.split(".")[1:]:
+        if not dataclasses.is_dataclass(schema):
+            return True
+        fields = [f.name for f in dataclasses.fields(schema)]
+        if part not in fields:
+            _unknown_key(arg, ".".join(path), part, fields)
+        schema = typing.get_type_hints(schema)[part]
+        path.append(part)
+    return False
+
+
+def _unknown_key(arg: str, where: str, name: str, keys: list[str], what: str = "") -> None:
+    import difflib
+
+    near = difflib.get_close_matches(name, keys, n=1)
+    raise ConfigError(
+        f"{arg}: {where}{what} has no setting {name!r}; "
+        + (f"did you mean {where}.{near[0]}?" if near else f"its settings: {', '.join(keys)}")
+    )
+
+
+def _check_composed_keys(args: list[tuple[str, str]], overrides: list[str], conf_dir: str) -> None:
+    """``hydra.<...>.<key>=value`` below Hydra's schema against the Hydra config this command
+    line composes (from its group choices alone, ~0.2 s): a launcher's or sweeper's keys are
+    those of the plugin chosen; a key of a mapping such as ``hydra.job.env_set`` is added
+    with a ``+``."""
+    import difflib
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    choices = [
+        a for a in overrides if re.match(r"^\+{0,2}(hydra/[^=.@]+|experiment|sweep)=[^,(]*$", a)
+    ]
+    if GlobalHydra.instance().is_initialized():
+        return
+    register_configs()  # the config's defaults start from the stored schema
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            cfg = compose(_config_name(overrides), overrides=choices, return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - a choice Hydra cannot compose: its own message says
+        return
+    for arg, head in args:
+        parts = head.split(".")
+        plugin = cfg.hydra.runtime.choices.get(f"hydra/{parts[1]}")
+        chosen = f" (hydra/{parts[1]}={plugin})" if plugin else ""
+        for i in range(2, len(parts)):
+            where, node = ".".join(parts[:i]), OmegaConf.select(cfg, ".".join(parts[:i]))
+            if node is None and parts[1:i] == ["sweeper", "params"]:
+                # Hydra: "AssertionError: Unexpected type for root: NoneType"
+                raise ConfigError(
+                    f"{arg}: {where} is empty under this sweeper{chosen}; a sweep's values go on "
+                    f"the command line as the key itself, with --multirun: "
+                    f"{'.'.join(parts[i:])}=a,b"
+                )
+            if node is None:
+                raise ConfigError(f"{arg}: {where} is not set{chosen}, so it has no keys to set")
+            if not OmegaConf.is_dict(node):
+                break
+            if parts[i] in node:
+                continue
+            if parts[1] in ("launcher", "sweeper"):
+                _unknown_key(arg, where, parts[i], list(node), chosen if i == 2 else "")
+            near = difflib.get_close_matches(parts[i], [str(k) for k in node], n=1)
+            raise ConfigError(  # a mapping (env_set, job_logging): Hydra adds keys with +
+                f"{arg}: {where} has no key {parts[i]!r}; "
+                + (f"did you mean {where}.{near[0]}? " if near else "")
+                + f"(a new key is added with a +: +{arg})"
+            )
+
+
 def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     """``check_overrides`` for the dataclass groups' keys and values and the option files."""
     import difflib
@@ -527,6 +711,7 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     multirun = any(
         a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in overrides
     )
+    hydra_keys: list[tuple[str, str]] = []  # hydra.<key>= below Hydra's schema
     args = iter(overrides)
     for arg in args:
         if arg in CONFIG_FLAGS:
@@ -557,6 +742,10 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
                         f"logger={value} names {name!r}, which has no file "
                         f"conf/logger/{name}.yaml{hint}; choose among: {', '.join(names)}"
                     )
+        if group == "hydra" and key and arg[:1] not in "+~" and _check_hydra_key(arg, head):
+            hydra_keys.append((arg, head))
+        if "/" in group and "@" not in group and not key and conf_dirs is not None:
+            _check_option(arg, group, value, _hydra_options(conf_dirs, group))
         if "@" in group or "/" in group or group == "hydra" or group in ("reg", "logger"):
             continue  # Hydra's own groups, packages, and the registries' mappings
         if key and group not in _GROUP_SCHEMAS:
@@ -590,16 +779,24 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
         raw = arg.partition("=")[2]  # as typed, where the value is not one item of a sweep
         if not key:  # <group>=<option>: an option file of conf/<group>/
             names = _option_names(conf_dirs, group) or []  # type: ignore[arg-type]
+            plus = "+" if group in ("experiment", "sweep") else ""
             for value in values:
                 if isinstance(value, str) and "${" not in value and value not in names:
                     near = difflib.get_close_matches(value, names, n=1)
-                    hint = f" (did you mean {group}={near[0]}?)" if near else ""
+                    hint = f" (did you mean {plus}{group}={near[0]}?)" if near else ""
                     where = " or ".join(f"{d}/{group}/{value}.yaml" for d in conf_dirs[1:])
                     raise ConfigError(
                         f"{group}={value} names no file conf/{group}/{value}.yaml"
                         f"{' or ' + where if where else ''}{hint}; "
-                        f"choose one of: {', '.join(names)}"
+                        f"choose one of: {_shown(names)}"
                     )
+            in_defaults = _in_defaults(conf_dirs[0], _config_name(overrides), group)  # type: ignore[index]
+            if plus and not arg.startswith("+") and in_defaults is False:
+                # Hydra: "Could not override 'experiment'. No match in the defaults list."
+                raise ConfigError(
+                    f"{arg}: {group} files are added to the config, not chosen in place of "
+                    f"a default; write it with a +: +{arg}"
+                )
             continue
         schema = _GROUP_SCHEMAS[group]
         fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -625,6 +822,8 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
                     f"{group}.{name}={value if override.is_sweep_override() else raw} is not "
                     f"valid; it must be {_describe_type(hint)}"
                 ) from None
+    if hydra_keys and conf_dirs is not None:
+        _check_composed_keys(hydra_keys, overrides, conf_dirs[0])
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:

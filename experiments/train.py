@@ -25,6 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 from ae_jax.cli import (  # noqa: E402
     check_output_dirs,
     check_search_or_exit,
+    drop_import_log_handler,
     enable_compilation_cache,
     exit_fast,
     hold_run_log,
@@ -36,6 +37,7 @@ from ae_jax.config import ConfigError, check_overrides, register_configs  # noqa
 from ae_jax.train import train_and_evaluate  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
+drop_import_log_handler()
 register_configs()
 enable_compilation_cache()  # a later run of the same shapes loads its programs, not compiles
 

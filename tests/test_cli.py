@@ -83,6 +83,37 @@ def test_unknown_dataset_lists_what_exists(tmp_path):
     assert len(out.strip().splitlines()) == 1
 
 
+def test_hydras_own_groups_and_keys_are_one_line(tmp_path):
+    """A misspelt launcher and an experiment without its ``+`` were Hydra's several lines and
+    its hint to set HYDRA_FULL_ERROR."""
+    for args, said in (
+        (["hydra/launcher=vmapp"], "did you mean hydra/launcher=vmap?"),
+        (["experiment=rifai2011_cae_mnist"], "+experiment=rifai2011_cae_mnist"),
+        (["hydra.launcher.n_jobs=2"], "(hydra/launcher=basic) has no setting 'n_jobs'"),
+    ):
+        proc = _run(tmp_path / "run", *args)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and said in out and len(out.strip().splitlines()) == 1, out
+        assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+
+
+def _show(*flags):
+    cmd = [sys.executable, "experiments/train.py", *flags]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_hydras_flags_with_values_are_not_taken_for_settings():
+    """``--cfg job`` was refused as "job is not a setting"; ``--info`` printed each of its
+    lines twice (absl's import-time root handler beside Hydra's)."""
+    assert "latent_dim: 16" in _show("--cfg", "job", "model.latent_dim=16")
+    assert _show("-c", "job", "-p", "model").startswith("# @package model\nkind: mlp")
+    out = _show("--info", "plugins")
+    assert out.count("Installed Hydra Plugins") == 1 and "VmapLauncher" in out
+    assert "DEBUG:" not in out
+
+
 def test_compilation_cache_keeps_programs_between_runs(tmp_path):
     """enable_compilation_cache points JAX's persistent cache at $AE_JAX_COMPILATION_CACHE,
     where compiled programs are written for the next run; "off" disables it, and so does a

@@ -126,6 +126,24 @@ def test_a_setting_of_an_unselected_term_is_one_line():
         (["+lr=0.1"], r"^lr is not a setting; did you mean optim.lr\?$"),
         (["seed=3"], r"^seed is not a setting; did you mean trainer.seed\?$"),
         (["+foo=1"], r"^foo is not a setting; the settings are data, logger, "),
+        # the schemas register_configs stores are valid, but not offered as choices
+        (["model=mlpp"], r"choose one of: conv, linear, mlp, shallow$"),
+        # Hydra's own groups and keys: Hydra said these in four to eight lines
+        (["hydra/launcher=vmapp"], r"^hydra/launcher=vmapp: .*did you mean hydra/launcher=vmap\?"),
+        (["-m", "hydra/sweeper=optuna2"], r"did you mean hydra/sweeper=optuna\?\); choose one "),
+        (["experiment=rifai2011_cae_mnist"], r"write it with a \+: \+experiment=rifai2011_cae"),
+        (["experiment=rifai2011_cae"], r"did you mean \+experiment=rifai2011_cae_mnist\?"),
+        (["hydra.foo=1"], r"^hydra.foo=1: hydra has no setting 'foo'; its settings: defaults, "),
+        (["hydra.run.dirr=x"], r"^hydra.run.dirr=x: .*did you mean hydra.run.dir\?$"),
+        # keys below Hydra's schema: those of the launcher and sweeper chosen, or of a mapping
+        (["hydra.launcher.n_jobs=2"], r"hydra.launcher \(hydra/launcher=basic\) has no setting"),
+        (
+            ["-m", "+sweep=optuna_contractive", "hydra.sweeper.n_trails=3"],
+            r"\(hydra/sweeper=optuna\) has no setting 'n_trails'; did you mean .*n_trials\?$",
+        ),
+        (["hydra.sweeper.params.x=1"], r"is empty under this sweeper .*the key itself.*: x=a,b$"),
+        (["hydra.job.env_set.FOO=1"], r"has no key 'FOO'; \(a new key is added with a \+: \+hy"),
+        (["hydra.job_logging.roott.level=INFO"], r"did you mean hydra.job_logging.root\? "),
     ],
 )
 def test_a_wrong_key_value_or_option_is_one_line(overrides, message):
@@ -164,6 +182,15 @@ def test_valid_overrides_pass_the_check():
         ["+experiment=rifai2011_cae_mnist", "~trainer.seed", "trainer.epochs=${trainer.seed}"],
         ["data.validation=5000", "trainer.epochs=3", "hydra/launcher=vmap", "hydra.run.dir=x"],
         ["model.kind=linear", "score=val/mse", "name=x", "logger=tensorboard"],
+        ["hydra.job.chdir=true", "+hydra.job.env_set.FOO=1", "hydra.job_logging.root.level=INFO"],
+        [
+            "-m",
+            "+sweep=optuna_contractive",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.seed=1",
+        ],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "hydra.verbose=true"],
+        ["--config-name", "config", "+experiment=rifai2011_cae_mnist", "+sweep=noise"],
     ):
         check_overrides(overrides, conf_dir=conf)
 
