@@ -434,6 +434,28 @@ def test_a_finished_vmap_sweep_rerun_without_its_launcher_is_not_trained_again(t
     assert alone.returncode == 0 and "epoch 30/30" in alone.stdout + alone.stderr
 
 
+def test_a_sweep_job_finished_by_hand_stays_the_sweeps_job(tmp_path):
+    # A single run pointed at a sweep's job directory (to finish or resume one job by hand)
+    # rewrote the job's .hydra/ record as a single run's: mode RUN, job number 0, and the
+    # overrides as typed, which the sweep's report and a relaunch of the sweep read.
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.figures=false")
+    first = _run(
+        *grid, "trainer.devices=1", "trainer.epochs=3", "noise=masking", "noise.level=0,0.1"
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = {p.name: p.read_bytes() for p in (tmp_path / "1" / ".hydra").iterdir()}
+    by_hand = _run(
+        f"hydra.run.dir={tmp_path / '1'}", "trainer.devices=1", "trainer.epochs=3",
+        "trainer.figures=false", "noise=masking", "noise.level=0.10", "trainer.log_every=1",
+    )  # fmt: skip
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "1" / ".hydra").iterdir()} == record
+    again = _run(
+        *grid, "trainer.devices=1", "trainer.epochs=3", "noise=masking", "noise.level=0,0.1"
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
     # the time it trained (not 0), and a resumed run the time of both sessions.

@@ -320,7 +320,8 @@ class RunDir:
         from ae_jax.run_io import write_text_atomic
 
         write_text_atomic(self.path / "config.yaml", config_yaml)
-        write_hydra_files(self.path, self.hydra_files)
+        if not _sweep_job_record(self.path, self.hydra_files):
+            write_hydra_files(self.path, self.hydra_files)
         if self.on_start is not None:
             self.on_start()
 
@@ -421,6 +422,26 @@ def hydra_record(task: Any = None) -> dict[str, str]:
     if task is not None and OmegaConf.is_config(task):
         out["config.yaml"] = OmegaConf.to_yaml(task)
     return out
+
+
+def _sweep_job_record(path: Path, record: dict[str, str]) -> bool:
+    """Whether ``path/.hydra/`` holds a multirun job's record that a single run (``record``)
+    must leave alone: a job of a sweep finished or resumed by hand (``hydra.run.dir=<sweep
+    dir>/3``) is still that sweep's job; its overrides and job number are what the sweep's
+    report and a relaunch of the sweep read."""
+    import yaml
+
+    def mode(text: str | None) -> str | None:
+        try:
+            return str(yaml.safe_load(text or "")["hydra"]["mode"])
+        except (yaml.YAMLError, KeyError, TypeError):
+            return None
+
+    try:
+        stored = (Path(path) / ".hydra" / "hydra.yaml").read_text()
+    except OSError:
+        return False
+    return mode(stored) == "MULTIRUN" and mode(record.get("hydra.yaml")) == "RUN"
 
 
 def write_hydra_files(path: Path, record: dict[str, str]) -> None:
