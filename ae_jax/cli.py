@@ -359,9 +359,10 @@ def run_or_exit(
             rundir.on_start = lambda: record(status="running")
             result = fn(cfg, workdir, rundir)
     except Preempted as err:
-        record(status="preempted", message=str(err), ended=time.time())
+        status, code = stop_status()
+        record(status=status, message=str(err), ended=time.time())
         log.warning("%s", err)
-        sys.exit(0)  # a clean stop: the scheduler may requeue the same command to resume
+        sys.exit(code)
     except (*USER_ERRORS, OSError) as err:
         if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
             # a file the run could not write or read (a full disk, a path that vanished):
@@ -403,7 +404,30 @@ def run_or_exit(
         )
         raise
     record(status="completed", ended=time.time())
+    if not exit_on_error:
+        stop_multirun_if_asked(f"{workdir} is complete")
     return result
+
+
+def stop_multirun_if_asked(done: str) -> None:
+    """In a multirun, between two jobs: a Ctrl-C or SIGTERM that came while the last one
+    wrote its outputs (too late to stop it) stops the multirun here, with the exit status
+    ``stop_status`` gives; the next job would otherwise start and forget it."""
+    from ae_jax.training.loop import preempt_requested, stop_signal
+
+    if preempt_requested():
+        log.warning("%s: %s; the multirun stops before its next job", stop_signal(), done)
+        sys.exit(stop_status()[1])
+
+
+def stop_status() -> tuple[str, int]:
+    """``status.json``'s state and the exit status of a run that a signal stopped after its
+    checkpoint: SIGTERM, ``preempted`` and 0 (a clean stop: a scheduler requeues the same
+    command to resume); Ctrl-C, ``interrupted`` and 130, the shell's convention, so that
+    ``train.py ... && next-step`` stops there too."""
+    from ae_jax.training.loop import stop_signal
+
+    return ("interrupted", 130) if stop_signal() == "Ctrl-C" else ("preempted", 0)
 
 
 def score_of(cfg: Any, metrics: dict) -> float:
@@ -859,46 +883,59 @@ class SweepLock(Callback):
         )
 
 
+_MULTIRUN: list[Any] = []  # the config of the multirun this process runs (MultirunSummary)
+
+
+def _job_states(root: Path) -> tuple[dict[str, int], list[str]]:
+    """How many of the jobs under the sweep directory ``root`` ended in each state (each
+    job's ``status.json``, vectorised members included, or this process's refusal or
+    unrecorded failure: ``UNRECORDED``), and a line for each failed or refused job."""
+    import json
+
+    counts: dict[str, int] = {}
+    failed = []
+    jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
+    top = root.absolute()
+    jobs.update({Path(d): None for d in UNRECORDED if top in Path(d).parents})
+    for job in sorted(jobs):
+        if str(job) in UNRECORDED:  # its status.json, if any, is not this run's end
+            ended, reason = UNRECORDED[str(job)]
+            status = {"status": ended, "error": reason}
+        else:
+            try:
+                status = json.loads(jobs[job].read_text())
+            except (OSError, ValueError):
+                continue
+        s = status.get("status", "unknown")
+        counts[s] = counts.get(s, 0) + 1
+        if s in ("failed", "refused"):
+            failed.append(f"  {job}: {status.get('error', 'failed')}")
+    return counts, failed
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
 class MultirunSummary(Callback):
-    """At the end of a Hydra multirun: one line per failed job (from each job's
-    ``status.json``, whichever launcher ran it, vectorised members included, and each job this
-    process refused in a directory that holds another run, or failed where its status.json
-    could not be written: ``UNRECORDED``) and exit status 2 when
-    any job failed or was refused, instead of Hydra's traceback of the first failure."""
+    """At the end of a Hydra multirun: one line per failed job (``_job_states``: whichever
+    launcher ran it, vectorised members included, and each job this process refused in a
+    directory that holds another run, or failed where its status.json could not be written)
+    and exit status 2 when any job failed or was refused, instead of Hydra's traceback of the
+    first failure. A multirun stopped part-way by Ctrl-C or SIGTERM gets its line from
+    ``summarize_stopped_multirun``."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         UNRECORDED.clear()  # this multirun's jobs only
+        _MULTIRUN[:] = [config]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        import json
-
+        _MULTIRUN.clear()
         root = Path(str(config.hydra.sweep.dir))
-        counts: dict[str, int] = {}
-        failed = []
-        # each job directory under the sweep: its status.json, or this process's refusal
-        jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
-        top = root.absolute()
-        jobs.update({Path(d): None for d in UNRECORDED if top in Path(d).parents})
-        for job in sorted(jobs):
-            if str(job) in UNRECORDED:  # its status.json, if any, is not this run's end
-                ended, reason = UNRECORDED[str(job)]
-                status = {"status": ended, "error": reason}
-            else:
-                try:
-                    status = json.loads(jobs[job].read_text())
-                except (OSError, ValueError):
-                    continue
-            s = status.get("status", "unknown")
-            counts[s] = counts.get(s, 0) + 1
-            if s in ("failed", "refused"):
-                failed.append(f"  {job}: {status.get('error', 'failed')}")
+        counts, failed = _job_states(root)
         if not counts:
             return
-        log.info(
-            "multirun %s: %s",
-            root,
-            ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
-        )
+        log.info("multirun %s: %s", root, _counted(counts))
         if failed:
             what = "failed or were refused" if counts.get("refused") else "failed"
             log.error("%d job(s) %s:\n%s", len(failed), what, "\n".join(failed))
@@ -908,3 +945,29 @@ class MultirunSummary(Callback):
                     "best parameters above name a failed trial, not a result"
                 )
             sys.exit(2)
+
+
+def summarize_stopped_multirun(signal_name: str) -> None:
+    """One line for a multirun that ``signal_name`` (Ctrl-C, SIGTERM) stopped part-way, where
+    Hydra calls no end-of-multirun callback: how its jobs stand, how many of a grid's jobs had
+    not started, and how to go on. Nothing outside a multirun."""
+    from ae_jax.sweeps.collect import grid_jobs
+
+    if not _MULTIRUN:
+        return
+    config = _MULTIRUN.pop()
+    root = Path(str(config.hydra.sweep.dir))
+    counts, _ = _job_states(root)
+    try:
+        left = len(grid_jobs(config)) - sum(counts.values())
+    except Exception:  # noqa: BLE001 - a grid only Hydra's sweeper can expand: not counted
+        left = 0
+    if left > 0:
+        counts["not started"] = left
+    log.warning(
+        "multirun %s stopped by %s: %s; the same command goes on from there (completed jobs "
+        "are not trained again)",
+        root,
+        signal_name,
+        _counted(counts) or "no job started",
+    )

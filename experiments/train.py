@@ -32,9 +32,12 @@ from ae_jax.cli import (  # noqa: E402
     job_score,
     quiet_console,
     run_or_exit,
+    summarize_stopped_multirun,
 )
 from ae_jax.config import ConfigError, check_overrides, register_configs  # noqa: E402
 from ae_jax.train import train_and_evaluate  # noqa: E402
+from ae_jax.training.loop import preempt_requested as stop_signal_received  # noqa: E402
+from ae_jax.training.loop import stop_signal  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 drop_import_log_handler()
@@ -66,6 +69,11 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run records it and exits 130 itself)
+        summarize_stopped_multirun("Ctrl-C")
         print("Ctrl-C: stopped", file=sys.stderr)
         sys.exit(130)
+    except SystemExit:  # a job stopped by a signal ends the multirun: say where it is
+        if stop_signal_received():
+            summarize_stopped_multirun(stop_signal())
+        raise
     exit_fast()  # the work is written: skip the interpreter's teardown (~0.6 s)

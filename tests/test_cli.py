@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 EXPECTED_METRICS = (
@@ -112,6 +113,36 @@ def test_hydras_flags_with_values_are_not_taken_for_settings():
     out = _show("--info", "plugins")
     assert out.count("Installed Hydra Plugins") == 1 and "VmapLauncher" in out
     assert "DEBUG:" not in out
+
+
+def test_a_stop_signal_while_a_multirun_job_writes_its_outputs_stops_the_multirun(tmp_path):
+    """A Ctrl-C after a job's last epoch, while it evaluated and wrote its outputs, let the
+    job complete, and the next job's start then cleared the request: the multirun went on
+    with every job. The job still completes; the multirun stops before the next (exit status
+    130), and a single run, which has no next job, just completes."""
+    from omegaconf import OmegaConf
+
+    from ae_jax.cli import run_or_exit
+    from ae_jax.config import Config
+    from ae_jax.training import loop
+
+    def job(cfg, workdir, rundir):
+        rundir.start("name: x\n")
+        loop._RECEIVED[:] = ["Ctrl-C"]  # as loop._on_stop_signal records it
+        loop._SIGTERM.set()
+        return {"test/mse": 1.0}
+
+    cfg = OmegaConf.structured(Config())
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_or_exit(job, cfg, tmp_path / "0", exit_on_error=False)
+        assert stop.value.code == 130
+        assert run_or_exit(job, cfg, tmp_path / "single") == {"test/mse": 1.0}
+    finally:
+        loop._SIGTERM.clear()
+        loop._RECEIVED.clear()
+    for d in ("0", "single"):
+        assert json.loads((tmp_path / d / "status.json").read_text())["status"] == "completed"
 
 
 def test_compilation_cache_keeps_programs_between_runs(tmp_path):

@@ -240,7 +240,13 @@ class VmapLauncher(Launcher):
         self, configs, valid, jobs, records, rundirs, alone, search, first, log_files
     ) -> None:
         """One vectorised program per group of compatible jobs (their directories claimed)."""
-        from ae_jax.cli import USER_ERRORS, job_score, os_error_line
+        from ae_jax.cli import (
+            USER_ERRORS,
+            job_score,
+            os_error_line,
+            stop_multirun_if_asked,
+            stop_status,
+        )
         from ae_jax.sweeps.vectorized import (
             VECTORIZABLE,
             finished_members,
@@ -289,10 +295,11 @@ class VmapLauncher(Launcher):
                         rundirs=[rundirs[m] for m in members],
                     )
             except Preempted as err:
+                status, code = stop_status()
                 for m in members:
-                    _write_status(jobs[m][1], "preempted", message=str(err))
+                    _write_status(jobs[m][1], status, message=str(err))
                 log.warning("%s", err)
-                sys.exit(0)  # a clean stop: the same command resumes every group
+                sys.exit(code)  # the same command resumes every group
             except (*USER_ERRORS, OSError) as err:
                 written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
                 if written:  # a file the group could not write (a full disk): one line naming it
@@ -313,6 +320,7 @@ class VmapLauncher(Launcher):
                 continue
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
+            stop_multirun_if_asked(f"the group of jobs {members} is complete")
 
 
 def job_log_files(job_logging: DictConfig) -> list[dict]:
