@@ -697,6 +697,30 @@ def _check_composed_keys(args: list[tuple[str, str]], overrides: list[str], conf
             )
 
 
+def _check_grammar(parser: Any, arg: str) -> None:
+    """An override Hydra's grammar cannot read, in one line: Hydra said it in several, with
+    a caret and a link. A value holding characters the grammar gives a meaning (a path such as
+    ``~/x.csv``, ``data (1).csv`` or ``x[1].csv``) is read once quoted for Hydra as well as
+    for the shell."""
+    from hydra.errors import OverrideParseException
+
+    try:
+        parser.parse_overrides([arg])
+    except OverrideParseException as err:
+        key, _, value = arg.partition("=")
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = lines[0].removeprefix("LexerNoViableAltException: ") if lines else ""
+        if value[:1] in "[{" or re.match(r"^\w+\(", value):  # a list, a dict, a sweep
+            raise ConfigError(
+                f"{arg} cannot be read by Hydra ({reason}): check its brackets, commas and quotes"
+            ) from None
+        raise ConfigError(
+            f"{arg} cannot be read by Hydra: its value holds characters that Hydra's "
+            "overrides give a meaning (~ ( ) [ ] { } , = quotes or spaces); quote it for Hydra "
+            f"inside the shell's quotes: '{key}=\"{value}\"'"
+        ) from None
+
+
 def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     """``check_overrides`` for the dataclass groups' keys and values and the option files."""
     import difflib
@@ -706,7 +730,7 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    parser = None
+    parser = OverridesParser.create()
     conf_dirs = _conf_dirs(overrides, conf_dir)
     multirun = any(
         a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in overrides
@@ -718,6 +742,7 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
             next(args, None)  # the flag's value, not an override
         if arg.startswith("-"):
             continue
+        _check_grammar(parser, arg)
         head = arg.partition("=")[0].lstrip("+~")
         group, _, key = head.partition(".")
         searched = head.removeprefix("hydra.sweeper.params.")
@@ -761,7 +786,6 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
             raise ConfigError(f"{head} is not a setting; {_nearest_setting(group)}")
         if not key and (conf_dirs is None or _option_names(conf_dirs, group) is None):
             continue
-        parser = parser or OverridesParser.create()
         try:
             (override,) = parser.parse_overrides([arg])
         except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where

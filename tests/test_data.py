@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -296,6 +297,36 @@ def test_npy_standardize_and_image_layouts(tmp_path):
     np.testing.assert_allclose(ds.x_train.max(axis=(0, 1, 2)), [1, 1, 1])  # per channel
 
 
+@pytest.mark.parametrize("scaling", ["standardize", "unit", "center"])
+def test_a_large_offset_is_removed_before_anything_is_rounded(tmp_path, scaling):
+    """Columns of 1e7 + N(0, 1) (and unix timestamps) were cast to float32 before the
+    scaling, which rounded every value to a multiple of 1 (or 128): the standardised column
+    held 3 distinct values, off by up to 0.7 sd, and PCA's error on it was 20x the true one.
+    The offset is now removed in float64: the float32 result is the float64 scaling rounded
+    once."""
+    from ae_jax.data.preprocessing import split_indices
+
+    rng = np.random.default_rng(7)
+    n = 400
+    base = rng.normal(size=(n, 1))
+    x = np.column_stack([1e7 + base + 0.1 * rng.normal(size=(n, 2)), rng.normal(size=n)])
+    stamps = 1_700_000_000 + rng.integers(0, 1000, size=(n, 1))  # int64 seconds
+    for name, table in (("offset.npy", x), ("stamps.npy", stamps)):
+        np.save(tmp_path / name, table)
+        ds = load_array(tmp_path / name, scaling=scaling)
+        train_rows, _ = split_indices(n, 0.2, 0, None)  # DataConfig's test_fraction and seed
+        train = np.asarray(table, dtype=np.float64)[train_rows]
+        if scaling == "standardize":
+            want = (train - train.mean(0)) / train.std(0)
+        else:
+            want = (train - train.min(0)) / (train.max(0) - train.min(0))
+            if scaling == "center":
+                want -= want.mean(0)
+        assert ds.x_train.dtype == np.float32  # what the model trains on
+        np.testing.assert_allclose(ds.x_train, want, rtol=0, atol=2e-6 * np.abs(want).max())
+        assert len(np.unique(ds.x_train[:, 0])) == len(np.unique(train[:, 0]))
+
+
 def test_npz_with_splits_and_with_x_y(tmp_path):
     rng = np.random.default_rng(3)
     np.savez(
@@ -360,8 +391,11 @@ def test_bad_array_shapes_are_named(tmp_path):
     with pytest.raises(DataError, match=r"empty.npy has shape \(0, 3\)"):
         load_array(tmp_path / "empty.npy")
     (tmp_path / "header_only.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"header_only.csv has shape \(0, "):
+    with pytest.raises(DataError, match=r"header_only.csv holds no data rows below its header"):
         load_array(tmp_path / "header_only.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty.csv holds no data rows; give it at least one"):
+        load_array(tmp_path / "empty.csv")
     np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(DataError, match=r"text.npy has dtype <U1.*numeric"):
         load_array(tmp_path / "text.npy")
@@ -373,6 +407,52 @@ def test_bad_array_shapes_are_named(tmp_path):
         load_array(tmp_path / "keys.npz")
     with pytest.raises(DataError, match="data.path is not set"):
         load_dataset(DataConfig(source="array"))
+
+
+def test_files_that_are_not_what_their_names_say_are_named_for_what_they_are(tmp_path):
+    x = np.random.default_rng(0).random((20, 4))
+    with open(tmp_path / "archive.npy", "wb") as f:  # np.savez(f, ...) keeps the name
+        np.savez(f, x=x)
+    (tmp_path / "text.npy").write_text("1,2\n3,4\n")
+    (tmp_path / "semi.csv").write_text("a;b;c\n1;2;3\n4;5;6\n")
+    (tmp_path / "tabs.csv").write_text("1\t2\t3\n4\t5\t6\n")
+    (tmp_path / "ragged.csv").write_text("a,b\n" + "1,2\n" * 10 + "1,2,3\n")
+    (tmp_path / "folder").mkdir()
+    cases = {
+        "archive.npy": "archive.npy is an .npz archive of named arrays, not one .npy array; give",
+        "text.npy": "text.npy is not an .npy file (it does not start with numpy's header)",
+        "semi.csv": "semi.csv separates its fields with semicolons; only commas are read",
+        "tabs.csv": "tabs.csv separates its fields with tabs; only commas are read",
+        "ragged.csv": "(line 12 has 3 fields, the lines above 2)",  # numpy said "row 11"
+        "folder": "folder is a directory; data.path must name a .npy/.npz/.csv file",
+    }
+    for name, said in cases.items():
+        with pytest.raises(DataError, match=re.escape(said)):
+            load_array(tmp_path / name)
+    with pytest.raises(DataError, match=re.escape(f"nope.csv (relative to {Path.cwd()}) does not")):
+        load_array(Path("nope.csv"))
+
+
+def test_a_column_constant_on_the_training_split_is_said_once(tmp_path, caplog):
+    # standardize divided such a column by 1: its test values stayed in the file's units
+    # (a test MSE of 1964 on data scaled to unit variance), and nothing said why
+    rng = np.random.default_rng(0)
+    train = np.column_stack([np.full(40, 5.0), rng.normal(size=(40, 2)), np.full(40, 1.0)])
+    test = np.column_stack([5 + 100 * rng.normal(size=10), rng.normal(size=(10, 2)), np.ones(10)])
+    np.savez(tmp_path / "t.npz", x_train=train, x_test=test)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        load_array(tmp_path / "t.npz", scaling="standardize")
+    said = [r.getMessage() for r in caplog.records if "hold one value" in r.getMessage()]
+    assert said == [
+        "t: 2 feature column(s) hold one value across the training split (column 0, 3): "
+        "nothing to learn from them; 1 of them vary in the held-out data, which "
+        "data.scaling=standardize only centres there: the test error on them is not on the "
+        "others' scale"
+    ], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        load_array(tmp_path / "t.npz", scaling="none")  # nothing fitted: nothing to say
+    assert "hold one value" not in caplog.text
 
 
 def test_mismatched_test_file_and_one_sided_labels(tmp_path):
@@ -414,7 +494,7 @@ def test_damaged_or_ambiguous_npz_files_are_one_data_error(tmp_path):
     assert load_array(tmp_path / "good.npz").x_train.shape == (16, 4)
 
 
-def test_csv_headers_pandas_writes_and_a_byte_order_mark_are_read_as_such(tmp_path):
+def test_csv_headers_pandas_writes_and_a_byte_order_mark_are_read_as_such(tmp_path, caplog):
     x = np.random.default_rng(0).random((50, 4))
     rows = "\n".join(",".join(f"{v:.6f}" for v in r) for r in x)
     cases = {
@@ -428,11 +508,23 @@ def test_csv_headers_pandas_writes_and_a_byte_order_mark_are_read_as_such(tmp_pa
         got = np.concatenate([loaded.x_train, loaded.x_test])
         assert got.shape == (50, 4), name
         np.testing.assert_allclose(np.sort(got, axis=0), np.sort(x, axis=0), atol=1e-6)
-    (tmp_path / "index.csv").write_text(
-        ",0,1,2,3\n" + "\n".join(f"{i}," + r for i, r in enumerate(rows.splitlines()))
-    )
-    with pytest.raises(DataError, match=r"a first column of row numbers.*index=False"):
-        load_array(tmp_path / "index.csv")
+    # pandas' default to_csv: a first column of row numbers under an empty header field was
+    # trained on as a feature (named columns) or refused (unnamed): it is left out, said once
+    two = "0,1\n" + "\n".join(",".join(f"{v:.6f}" for v in r[:2]) for r in x)
+    (tmp_path / "two.csv").write_text(two)  # DataFrame(x[:, :2]).to_csv(index=False)
+    for name, head in (("index.csv", ",0,1,2,3"), ("named.csv", ",a,b,c,d")):
+        (tmp_path / name).write_text(
+            head + "\n" + "\n".join(f"{i}," + r for i, r in enumerate(rows.splitlines()))
+        )
+    for name, width in (("index.csv", 4), ("named.csv", 4), ("two.csv", 2)):
+        with caplog.at_level(logging.WARNING, logger="ae_jax"):
+            caplog.clear()
+            loaded = load_array(tmp_path / name, scaling="none", test_fraction=0.2)
+        got = np.concatenate([loaded.x_train, loaded.x_test])
+        assert got.shape == (50, width), name
+        np.testing.assert_allclose(np.sort(got, axis=0), np.sort(x[:, :width], axis=0), atol=1e-6)
+        said = "the first column has an empty header, as pandas' to_csv writes for its row index"
+        assert (said in caplog.text) == (name != "two.csv"), caplog.text
 
 
 def test_values_beyond_float32_or_too_large_to_train_unscaled_are_named(tmp_path):

@@ -144,6 +144,11 @@ def test_a_setting_of_an_unselected_term_is_one_line():
         (["hydra.sweeper.params.x=1"], r"is empty under this sweeper .*the key itself.*: x=a,b$"),
         (["hydra.job.env_set.FOO=1"], r"has no key 'FOO'; \(a new key is added with a \+: \+hy"),
         (["hydra.job_logging.roott.level=INFO"], r"did you mean hydra.job_logging.root\? "),
+        # values Hydra's grammar cannot read: its parser's caret and a link, in several lines
+        (["data.path=~/x.csv"], r"quote it for Hydra inside the shell's quotes: 'data.path=\"~/x"),
+        (["data.path=/d/data (1).csv"], r"^data.path=/d/data \(1\).csv cannot be read by Hydra:"),
+        (["data.path=x[1].csv"], r"'data.path=\"x\[1\].csv\"'$"),
+        (["model.widths=[1,2"], r"^model.widths=\[1,2 cannot be read by Hydra \(no viable .*brack"),
     ],
 )
 def test_a_wrong_key_value_or_option_is_one_line(overrides, message):

@@ -9,13 +9,15 @@ Layouts, by the number of dimensions of ``x``:
 Files: ``.npy`` holds one array of all rows (split later with ``data.test_fraction``); ``.npz``
 holds ``x_train`` and ``x_test`` (+ ``y_train`` / ``y_test``), or ``x`` (+ ``y``); ``.csv`` is
 numeric, comma-separated, with an optional header row (detected when at least half the fields of
-the first row are not numbers, or when they are pandas' column numbers 0..D-1 above rows that
-are not all whole numbers) and optionally the integer labels in column ``data.label_column``. A
+the first row are not numbers, when they are pandas' column numbers 0..D-1 above rows that
+are not all whole numbers, or when the first field is empty: pandas' row index, whose column is
+then left out with a warning) and optionally the integer labels in column ``data.label_column``. A
 separate ``data.test_path`` file in any of these formats supplies the test split.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -24,6 +26,8 @@ import numpy as np
 
 from ae_jax.data.dataset import DataError
 from ae_jax.data.preprocessing import RawData
+
+log = logging.getLogger("ae_jax")
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 LAYOUTS = "(N, D) tabular rows, (N, H, W) grey images or (N, H, W, C) images, with N >= 1"
@@ -43,7 +47,7 @@ def _without_column_numbers(table: np.ndarray) -> np.ndarray:
     """``table`` without a first row of the column numbers 0..D-1 that pandas writes as the
     header of an unnamed DataFrame, where the rows below are not all whole numbers (in a
     table of whole numbers such a row may be data, and stays)."""
-    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 3:
+    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 2:
         return table
     rest = table[1:]
     if np.array_equal(table[0], np.arange(table.shape[1])) and not np.all(rest == np.round(rest)):
@@ -55,11 +59,19 @@ def _read_csv(path: Path) -> np.ndarray:
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first value
     with open(path, newline="", encoding="utf-8-sig") as f:
         first = f.readline()
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if sep in first and "," not in first:
+            raise DataError(
+                f"CSV file {path} separates its fields with {name}; only commas are read: save "
+                "it with commas (pandas: to_csv(path, index=False))"
+            )
     fields = first.strip().split(",")
     # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
     # one and a data row with a typo is not); pandas' column numbers are found once read
     names = sum(not _is_number(v) for v in fields)
-    header = bool(first.strip()) and 2 * names >= len(fields)
+    # an empty first field heads the row index pandas' to_csv writes by default
+    index = len(fields) > 1 and not fields[0].strip()
+    header = bool(first.strip()) and (2 * names >= len(fields) or index)
     try:
         with warnings.catch_warnings():
             # An empty table is reported below as a DataError naming the file, not as a warning.
@@ -78,9 +90,13 @@ def _read_csv(path: Path) -> np.ndarray:
             r"could not convert string (.*) to float64 at row (\d+), column (\d+)", str(err)
         )
         said = str(err)
+        ragged = re.match(r"the number of columns changed from (\d+) to (\d+) at row (\d+)", said)
         if where is not None:
             line = int(where.group(2)) + 1 + int(header)
             said = f"{where.group(1)} on line {line}, field {where.group(3)}, is not a number"
+        elif ragged is not None:  # numpy counts these rows from 1, after the header
+            line = int(ragged.group(3)) + int(header)
+            said = f"line {line} has {ragged.group(2)} fields, the lines above {ragged.group(1)}"
         index = (
             ""
             if fields[0].strip()
@@ -94,6 +110,17 @@ def _read_csv(path: Path) -> np.ndarray:
             "hold the same number of numeric fields, after at most one header row of column "
             "names"
         ) from err
+    if table.size == 0:
+        below = " below its header" if header else ""
+        raise DataError(f"CSV file {path} holds no data rows{below}; give it at least one row")
+    if index and table.shape[1] > 1:
+        log.warning(
+            "CSV file %s: the first column has an empty header, as pandas' to_csv writes for "
+            "its row index, and is left out (columns are counted without it, also by "
+            "data.label_column; save with index=False to keep it out of the file)",
+            path,
+        )
+        return table[:, 1:]
     return table if header else _without_column_numbers(table)
 
 
@@ -102,13 +129,14 @@ NPZ_LAYOUTS = "x (+ y), or x_train and x_test (+ y_train and y_test)"
 
 def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> Table:
     suffix = path.suffix.lower()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise DataError(f"array file {path}{where} {what}; {key} must name a .npy/.npz/.csv file")
     if suffix not in ARRAY_SUFFIXES:
         raise DataError(
             f"{key}: array file {path} has suffix {suffix!r}; valid: {', '.join(ARRAY_SUFFIXES)}"
         )
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise DataError(f"array file {path} {what}; {key} must name a .npy/.npz/.csv file")
     if label_column is not None and suffix == ".npz":
         raise DataError(
             f"data.label_column={label_column} does not apply to {path}: an .npz file gives its "
@@ -118,7 +146,7 @@ def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> 
         if suffix == ".csv":
             table = {"x": _read_csv(path)}
         elif suffix == ".npy":
-            table = {"x": np.load(path, allow_pickle=False)}
+            table = {"x": _read_npy(path)}
         else:
             table = _read_npz(path)
     except (OSError, ValueError, EOFError) as err:
@@ -128,6 +156,24 @@ def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> 
     if label_column is not None:
         table = _split_label_column(path, table["x"], label_column)
     return table
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The one array of an .npy file; a file of another kind (an .npz archive, text) is named
+    for what it is."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:4] == b"PK\x03\x04":  # a zip archive: np.savez's
+        raise DataError(
+            f"array file {path} is an .npz archive of named arrays, not one .npy array; give it "
+            "the suffix .npz"
+        )
+    if magic != b"\x93NUMPY":
+        raise DataError(
+            f"array file {path} is not an .npy file (it does not start with numpy's header); "
+            "write it with numpy.save, or give a .csv or .npz file"
+        )
+    return np.load(path, allow_pickle=False)
 
 
 def _read_npz(path: Path) -> Table:
@@ -181,7 +227,11 @@ def _split_label_column(path: Path, table: np.ndarray, label_column: int) -> Tab
 
 
 def _features(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 examples ``(N, *example_shape)``, grey images given a channel axis."""
+    """``x`` as float examples ``(N, *example_shape)``, grey images given a channel axis:
+    float64 where the file's type holds more than float32 does (float64, 32- and 64-bit
+    integers), so that the scaling subtracts a large offset (timestamps, 1e7 + small
+    variations) before anything is rounded (``preprocessing.scale``, which returns float32);
+    float32 otherwise."""
     if x.dtype.kind not in "biuf":
         raise DataError(
             f"array {key!r} in {path} has dtype {x.dtype}; it must be numeric (bool, int or float)"
@@ -196,7 +246,8 @@ def _features(path: Path, key: str, x: np.ndarray) -> np.ndarray:
                 f"array {key!r} in {path} holds values up to {peak:.3g}, beyond float32's range "
                 f"(±{largest:.3g}); rescale them in the file"
             )
-    x = np.asarray(x, dtype=np.float32)
+    wide = x.dtype.itemsize > 4 or (x.dtype.kind in "iu" and x.dtype.itemsize == 4)
+    x = np.asarray(x, dtype=np.float64 if wide else np.float32)
     finite = np.isfinite(x)
     if not finite.all():
         where = np.argwhere(~finite)[0].tolist()

@@ -172,8 +172,8 @@ def _stat_axes(x: np.ndarray, is_image: bool) -> tuple[int, ...]:
 
 
 def unit_scale(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tuple[np.ndarray, ...]:
-    """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place on float32,
-    applied to ``x_train`` and every other split given.
+    """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place (in the
+    arrays' own float type), applied to ``x_train`` and every other split given.
 
     Statistics per feature (tabular) or per channel (images). A constant feature
     (``max == min``) maps to 0 in every split; held-out values outside the train range are
@@ -184,15 +184,15 @@ def unit_scale(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tupl
     span = x_train.max(axis=axes, keepdims=True).astype(np.float64) - lo
     inv = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
     for x in (x_train, *others):
-        x -= lo.astype(np.float32)
-        x *= inv.astype(np.float32)
+        x -= lo.astype(x.dtype)
+        x *= inv.astype(x.dtype)
         np.clip(x, 0.0, 1.0, out=x)
     return (x_train, *others)
 
 
 def standardize(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tuple[np.ndarray, ...]:
-    """Standardization fitted on train: ``x' = (x - mean) / std``, in place on float32, applied
-    to ``x_train`` and every other split given.
+    """Standardization fitted on train: ``x' = (x - mean) / std``, in place (in the arrays' own
+    float type), applied to ``x_train`` and every other split given.
 
     Statistics per feature (tabular) or per channel (images, e.g. MNIST's 0.1307 / 0.3081);
     accumulated in float64. A feature with ``std == 0`` uses 1, so it is only centred.
@@ -202,8 +202,8 @@ def standardize(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tup
     std = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > 0, std, 1.0)
     for x in (x_train, *others):
-        x -= mean.astype(np.float32)
-        x /= std.astype(np.float32)
+        x -= mean.astype(x.dtype)
+        x /= std.astype(x.dtype)
     return (x_train, *others)
 
 
@@ -217,9 +217,9 @@ def center(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     the selections (at initialisation, the top 10% of 1000 random units hold 43% of the top-100
     wins, against 16% on centred images) and the rest starve.
     """
-    mean = x_train.mean(axis=0, dtype=np.float64).astype(np.float32)  # (*example_shape)
+    mean = x_train.mean(axis=0, dtype=np.float64)  # (*example_shape)
     for x in (x_train, *others):
-        x -= mean
+        x -= mean.astype(x.dtype)
     return (x_train, *others)
 
 
@@ -231,8 +231,10 @@ def scale(
     image_max: float | None,
 ) -> tuple[np.ndarray, list[np.ndarray], str]:
     """``scaling`` (auto | unit | standardize | center | none) fitted on ``x_train`` and applied
-    to float32 copies of it and of the held-out splits ``others``; returns (train, others,
-    name).
+    to copies of it and of the held-out splits ``others``; returns them as float32 (train,
+    others, name). The arithmetic is in float64 when the arrays come as float64 (tables whose
+    values float32 would round: a column of 1e7 + small variations keeps its variations), else
+    in float32.
 
     With a known format maximum (``image_max``: 255 for 8-bit pixels, 16 for digits), ``unit``
     divides by it, ``standardize`` standardizes after that division and ``auto`` means
@@ -240,15 +242,29 @@ def scale(
     on train (`unit_scale`) and ``auto`` means that. ``center`` is ``unit`` followed by
     subtracting each feature's training mean (`center`).
     """
-    x_train = np.array(x_train, dtype=np.float32, order="C")  # (N, *shape), a fresh copy
-    others = [np.array(x, dtype=np.float32, order="C") for x in others]
+    work = np.float64 if x_train.dtype == np.float64 else np.float32
+    x_train = np.array(x_train, dtype=work, order="C")  # (N, *shape), a fresh copy
+    others = [np.array(x, dtype=work, order="C") for x in others]
+    x_train, others, applied = _scaled(x_train, others, scaling, is_image, image_max)
+    single = [np.asarray(x, dtype=np.float32, order="C") for x in (x_train, *others)]
+    return single[0], single[1:], applied
+
+
+def _scaled(
+    x_train: np.ndarray,
+    others: list[np.ndarray],
+    scaling: str,
+    is_image: bool,
+    image_max: float | None,
+) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """``scale`` on fresh copies, in place, in their own float type."""
     if scaling == "none":
         return x_train, others, "none"
     if scaling == "auto":
         scaling = "unit"
     if image_max is not None:
         for x in (x_train, *others):
-            x /= np.float32(image_max)
+            x /= x.dtype.type(image_max)
         if scaling == "unit":
             return x_train, others, "unit"
     if scaling == "center":
@@ -295,6 +311,37 @@ def _check_magnitude(name: str, x: np.ndarray, scaling: str) -> None:
         )
 
 
+def _warn_constant_columns(
+    name: str, x_train: np.ndarray, held_out: list[np.ndarray], scaling: str
+) -> None:
+    """One warning for the feature columns of a table that hold one value across the training
+    split: a fitted scaling has no spread to divide by, so they carry nothing to learn, and
+    where a held-out split varies in them its error there is not on the scale of the others
+    (``standardize`` only centres them; ``unit`` and ``center`` map them to 0)."""
+    if x_train.ndim != 2 or x_train.shape[0] == 0:
+        return
+    flat = np.flatnonzero(np.all(x_train == x_train[:1], axis=0))
+    if not flat.size:
+        return
+    varying = [c for c in flat if any(np.any(x[:, c] != x_train[0, c]) for x in held_out)]
+    shown = ", ".join(str(c) for c in flat[:8]) + (", ..." if flat.size > 8 else "")
+    held = ""
+    if varying:
+        done = "only centres" if scaling == "standardize" else "maps to 0"
+        held = (
+            f"; {len(varying)} of them vary in the held-out data, which data.scaling={scaling} "
+            f"{done} there: the test error on them is not on the others' scale"
+        )
+    log.warning(
+        "%s: %d feature column(s) hold one value across the training split (column %s): "
+        "nothing to learn from them%s",
+        name,
+        flat.size,
+        shown,
+        held,
+    )
+
+
 def build_dataset(
     raw: RawData,
     *,
@@ -335,6 +382,8 @@ def build_dataset(
             f"data.validation), and data.scaling={scaling} fitted on it maps every value to one "
             "number (0): give the data at least 2 training examples, or data.scaling=none"
         )
+    if fitted and not raw.is_image:
+        _warn_constant_columns(name, x_train, held_out, scaling)
     x_train, held_out, applied = scale(x_train, held_out, scaling, raw.is_image, raw.image_max)
     _check_magnitude(name, x_train, scaling)
     x_test = held_out[0]
