@@ -560,7 +560,7 @@ def check_search_space(config: Any) -> None:
     from hydra.core.override_parser.types import IntervalSweep
     from omegaconf import OmegaConf, open_dict
 
-    from ae_jax.config import to_config, validate
+    from ae_jax.config import to_config, validate, validate_score
 
     space = search_space(config.hydra)
     if not space:
@@ -568,6 +568,7 @@ def check_search_space(config: Any) -> None:
     base = copy.deepcopy(config)
     with open_dict(base):
         del base["hydra"]
+    validate_score(to_config(base))  # what every trial is scored on, whatever it searches
     texts = [f"{key}={spec}" for key, spec in space.items()]
     for override in OverridesParser.create().parse_overrides(texts):
         key = override.key_or_group

@@ -1036,7 +1036,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"trainer.seed={t.seed!r} is not valid; it must be an integer in [-2**31, 2**31)"
         )
-    _validate_score(cfg)
+    validate_score(cfg)
     o = cfg.optim
     OPTIMIZERS.check("optim.name", o.name)
     SCHEDULES.check("optim.schedule", o.schedule)
@@ -1071,14 +1071,40 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _validate_score(cfg: Config) -> None:
-    """``score``: auto or a metrics.json key such as val/mse; a val/ key needs a validation
-    split. (Whether the run's metrics hold the key is known after training: cli.job_score.)"""
+# The last part of every metrics.json key a run writes (``test/mse``,
+# ``supervised/val/error_pct``), beside ``train/loss/<term>`` for each registered term:
+# ``score`` is checked against them before training (a misspelt one was found only once the
+# first trial had trained). tests/test_cli.py checks that runs of every kind write no other.
+METRIC_NAMES = (
+    "bce", "best_epoch", "code_dead_units", "code_nonzero_max", "code_nonzero_per_example",
+    "compile_seconds", "denoise_mse", "epoch_traces", "epochs_trained", "error_pct",
+    "jacobian_fro", "l2", "loss", "mean_code_activation", "mse", "mse_over_pca", "pca_mse",
+    "pca_sse_per_example", "rec", "rmse", "samples_per_second", "sse_per_example",
+    "subspace_angle_max_deg", "total_seconds", "train_error_pct", "train_seconds",
+)  # fmt: skip
+
+
+def validate_score(cfg: Config) -> None:
+    """``score``: auto or a metrics.json key such as val/mse, ending in a metric some run
+    writes (``METRIC_NAMES``); a val/ key needs a validation split. (Whether this run's
+    metrics hold the key is known after training: cli.job_score.)"""
+    import difflib
+
     s = cfg.score
     if not isinstance(s, str) or not (s == "auto" or re.fullmatch(r"[\w.-]+(/[\w.-]+)+", s)):
         raise ConfigError(
             f"score={s!r} is not valid; give auto or a key of the run's metrics.json such as "
             "val/mse (needs data.validation) or test/mse"
+        )
+    head, _, name = score_key(cfg).rpartition("/")
+    names = [*METRIC_NAMES, *REGULARIZERS.names()]
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=1)
+        raise ConfigError(
+            f"score={s}: no run writes a metric named {name!r}"
+            + (f" (did you mean {head}/{near[0]}?)" if near else "")
+            + "; a score is a key of the run's metrics.json, such as val/mse, test/mse or "
+            "supervised/val/error_pct"
         )
     if score_key(cfg).startswith("val/") and not cfg.data.validation:
         raise ConfigError(

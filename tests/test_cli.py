@@ -145,6 +145,33 @@ def test_a_stop_signal_while_a_multirun_job_writes_its_outputs_stops_the_multiru
         assert json.loads((tmp_path / d / "status.json").read_text())["status"] == "completed"
 
 
+def test_every_metric_a_run_writes_is_one_a_score_may_name(tmp_path):
+    """``score`` is checked against ``METRIC_NAMES`` before training: a metric some run
+    writes and the list lacks would be refused. Every committed reproduction (pipelines,
+    probes, k-sparse, PCA) and a run with every regulariser term and a validation split."""
+    from conftest import train
+
+    from ae_jax.config import METRIC_NAMES
+    from ae_jax.registry import REGULARIZERS
+
+    metrics = train(
+        tmp_path,
+        "model=shallow",
+        "model.code_activation=sigmoid",
+        "reg=[l1,kl_sparse,contractive,weight_decay]",
+        "noise=masking",
+        "trainer.epochs=2",
+        "data.validation=0.2",
+        "trainer.early_stopping=true",
+    )
+    keys = set(metrics)
+    for path in REPO.glob("results/**/metrics.json"):
+        keys |= set(json.loads(path.read_text()))
+    assert len(keys) > 100
+    unknown = {k for k in keys if k.rpartition("/")[2] not in (*METRIC_NAMES, *REGULARIZERS)}
+    assert not unknown, sorted(unknown)
+
+
 def test_compilation_cache_keeps_programs_between_runs(tmp_path):
     """enable_compilation_cache points JAX's persistent cache at $AE_JAX_COMPILATION_CACHE,
     where compiled programs are written for the next run; "off" disables it, and so does a

@@ -69,6 +69,11 @@ def test_a_val_score_needs_a_validation_split_and_a_bad_key_is_refused():
         validate(make_config("score=val/mse"))
     with pytest.raises(ConfigError, match="score='mse' is not valid"):
         validate(make_config("score=mse"))
+    # a metric no run writes: refused before training, not after the first trial trained
+    with pytest.raises(ConfigError, match=r"^score=val/msee: no run .* \(did you mean val/mse\?\)"):
+        validate(make_config("data.validation=0.1", "score=val/msee"))
+    for score in ("supervised/val/error_pct", "train/loss/kl_sparse", "probe/error_pct"):
+        validate(make_config("data.validation=0.1", f"score={score}"))
 
 
 def test_only_a_search_scored_on_test_data_is_refused():
