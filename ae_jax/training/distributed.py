@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 
 import jax
 
@@ -68,7 +70,7 @@ def initialize(cfg: TrainerConfig) -> bool:
         kwargs["process_id"] = cfg.process_id
     # CPU processes talk through gloo (GPU/TPU use their own collectives; the flag is ignored).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    _initialize_interruptibly(kwargs)
     local, total, processes = jax.local_device_count(), jax.device_count(), jax.process_count()
     if local * processes != total:  # Orbax's checkpoint layout would fail with a wrong reason
         raise ConfigError(
@@ -84,6 +86,35 @@ def initialize(cfg: TrainerConfig) -> bool:
         jax.device_count(),
     )
     return True
+
+
+def _initialize_interruptibly(kwargs: dict) -> None:
+    """``jax.distributed.initialize(**kwargs)``, which blocks in C++ until every process has
+    joined: Python's Ctrl-C handler cannot run there, and the process ignored Ctrl-C for up to
+    JAX's 5 minutes. It runs on a helper thread while the main thread waits for it, so Ctrl-C
+    ends the wait: one line and exit status 130, at once (the pending connection cannot be
+    cancelled; nothing has been written yet)."""
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            jax.distributed.initialize(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - raised again on the main thread
+            failed.append(err)
+
+    helper = threading.Thread(target=connect, name="jax-distributed-initialize", daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive():
+            helper.join(0.2)
+    except KeyboardInterrupt:
+        sys.stderr.write("Ctrl-C: stopped waiting for the other processes of the run\n")
+        sys.stderr.flush()
+        with open(os.devnull, "w") as quiet:  # the abandoned connection's C++ log, if any
+            os.dup2(quiet.fileno(), 2)
+        os._exit(130)
+    if failed:
+        raise failed[0]
 
 
 def is_main_process() -> bool:
