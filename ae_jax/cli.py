@@ -200,6 +200,24 @@ def release_run_log(keep: bool = True) -> None:
         held.close()
 
 
+def move_run_log(old: Path, new: Path) -> None:
+    """The held ``train.log`` lines (``hold_run_log``) go to ``new`` instead of ``old``: a
+    run that ``trainer.resume=false`` gives a directory of its own beside an earlier run wrote
+    its log into that run's ``train.log``."""
+    for i, (held, handler) in enumerate(_HELD):
+        path = Path(handler.baseFilename)
+        if path.parent.absolute() != old.absolute():
+            continue
+        new.mkdir(parents=True, exist_ok=True)
+        moved = logging.FileHandler(new / path.name, mode=handler.mode, encoding=handler.encoding)
+        moved.setLevel(handler.level)
+        moved.setFormatter(handler.formatter)
+        for f in handler.filters:
+            moved.addFilter(f)
+        handler.close()  # opened by Hydra in the earlier run's directory, never written here
+        _HELD[i] = (held, moved)
+
+
 def _remove_if_unused(workdir: Path) -> None:
     """What Hydra made for a job refused before it wrote anything: its empty log, and
     ``workdir`` itself when that leaves it empty (left there, they would look like a run's)."""
@@ -320,7 +338,9 @@ def run_or_exit(
     )
 
     resume = bool(getattr(getattr(cfg, "trainer", None), "resume", True))
-    workdir = fresh_or_resumed_workdir(Path(workdir), resume)
+    given, workdir = Path(workdir), fresh_or_resumed_workdir(Path(workdir), resume)
+    if workdir != given:
+        move_run_log(given, workdir)
     earlier = RunDir(workdir).holds_run()
     started = time.time()
     state = {"main": True, "rundir": None}

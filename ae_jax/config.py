@@ -838,10 +838,15 @@ def _check_settings(overrides: list[str], conf_dir: str | None) -> None:
         for value in values:
             if isinstance(value, str) and "${" in value:
                 continue  # an interpolation: resolved after composition
+            hint = typing.get_type_hints(schema)[name]
+            flag = hint is bool or (
+                typing.get_args(hint) and set(typing.get_args(hint)) <= {bool, type(None)}
+            )
             try:
+                if flag and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    raise OmegaConfBaseException  # OmegaConf reads model.tied=2 as true
                 node[name] = value
             except OmegaConfBaseException:
-                hint = typing.get_type_hints(schema)[name]
                 raise ConfigError(
                     f"{group}.{name}={value if override.is_sweep_override() else raw} is not "
                     f"valid; it must be {_describe_type(hint)}"
@@ -1191,7 +1196,10 @@ def validate_pretrain(cfg: Any) -> None:
     for key in ("layer_batch_size", "supervised_batch_size"):
         _positive_pretrain(key, getattr(p, key), allow_none=True)
     l2s = list(p.probe_l2)
-    if not l2s or not all(isinstance(v, (int, float)) and v >= 0 for v in l2s):
+    finite = [
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in l2s
+    ]
+    if not l2s or not all(ok and v >= 0 for ok, v in zip(finite, l2s)):
         raise PretrainConfigError(
             f"pretrain.probe_l2={l2s} is not valid; give one or more weight penalties >= 0, "
             "e.g. [1e-4] or [1e-4,1e-3,1e-2]"
@@ -1201,10 +1209,9 @@ def validate_pretrain(cfg: Any) -> None:
             f"pretrain.probe_l2={l2s} lists {len(l2s)} values, which are chosen among on a "
             "validation split; set data.validation (e.g. 10000) or give one value"
         )
-    if p.layer_lr is not None and not (isinstance(p.layer_lr, (int, float)) and p.layer_lr > 0):
-        raise PretrainConfigError(f"pretrain.layer_lr={p.layer_lr!r} must be > 0 (or null)")
-    if not (isinstance(p.supervised_lr, (int, float)) and p.supervised_lr > 0):
-        raise PretrainConfigError(f"pretrain.supervised_lr={p.supervised_lr!r} must be > 0")
+    if p.layer_lr is not None:  # inf trained every stage before it and then diverged
+        _finite("pretrain.layer_lr", p.layer_lr, 0.0, above=True)
+    _finite("pretrain.supervised_lr", p.supervised_lr, 0.0, above=True)
     if p.decoder_init not in DECODER_INITS:
         raise PretrainConfigError(
             f"pretrain.decoder_init={p.decoder_init!r} is not valid; choose one of: "

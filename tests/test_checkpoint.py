@@ -156,19 +156,17 @@ def test_no_valid_checkpoint_is_an_error_unless_asked_to_restart(tmp_path, refer
 def test_resume_false_never_touches_the_earlier_run(tmp_path, reference):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
-    # Hydra itself appends to train.log and rewrites .hydra/ in the directory it is given;
-    # everything the earlier run wrote (checkpoints, params, metrics, history) must stay.
-    before = {
-        p: p.read_bytes()
-        for p in workdir.rglob("*")
-        if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts
-    }
+    # everything the earlier run wrote (checkpoints, params, metrics, history, its .hydra/
+    # record) must stay, its train.log too: the new run's lines went into it
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
     proc = _run(workdir, "trainer.resume=false", "trainer.epochs=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     fresh = [p for p in tmp_path.iterdir() if p.name.startswith("run-fresh-")]
     assert len(fresh) == 1 and (fresh[0] / "metrics.json").exists()
     for path, data in before.items():
         assert path.read_bytes() == data, path
+    log = (fresh[0] / "train.log").read_text()
+    assert "trainer.resume=false" in log and "epoch 3/3" in log, log
 
 
 def test_divergence_names_the_last_good_checkpoint_and_never_overwrites_it(tmp_path):

@@ -113,6 +113,7 @@ def test_a_setting_of_an_unselected_term_is_one_line():
         (["data.validation=abc"], r"^data.validation=abc is not valid; it must be a number$"),
         (["trainer.epochs=2.5"], r"trainer.epochs=2.5 .*a whole number$"),
         (["model.tied=maybe"], r"model.tied=maybe .*true or false$"),
+        (["model.tied=2"], r"^model.tied=2 is not valid; it must be true or false$"),  # was true
         (["model.widths=[a,b]"], r"model.widths=\[a,b\] .*list of whole numbers.* or null$"),
         (["-m", "optim.lr=1e-3,abc"], r"^optim.lr=abc is not valid; it must be a number$"),
         (["optim.lr=1e-3,3e-3"], r"gives several values; add --multirun"),

@@ -204,6 +204,31 @@ def test_a_supervised_batch_the_devices_cannot_share_is_refused_before_any_stage
     assert not list((tmp_path / "run").glob("**/checkpoints/*"))
 
 
+def test_a_setting_a_higher_layer_cannot_take_is_refused_before_the_first_layer(
+    mnist_path, tmp_path
+):
+    # model.sparse_k=20 fits the code (24) but not hidden layer 1 (16): layer 0 trained, then
+    # the run stopped naming model.latent_dim=16, which the user had set to 24
+    cfg = small_config(mnist_path)
+    cfg.model.depth, cfg.model.widths, cfg.model.latent_dim = 2, [32, 16], 24
+    cfg.model.sparse_k = 20
+    said = r"^pretraining layer 1 \(32 -> 16 units\): model.sparse_k=20 is larger than the code "
+    with pytest.raises(ConfigError, match=said + r"\(model.widths\[1\]=16\)"):
+        pretrain_and_finetune(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("**/checkpoints/*"))
+    # a hidden layer's units are model.activation, not model.code_activation
+    cfg = small_config(mnist_path)
+    cfg.model.activation, cfg.reg = "gelu", {"kl_sparse": {"strength": 0.1}}
+    cfg = validate(cfg)
+    with pytest.raises(ConfigError, match=r"model.activation='gelu'; set model.activation=sigm"):
+        pretrain_and_finetune(cfg, tmp_path / "kl")
+    # a rate that would diverge the last stage after every other trained
+    bad = small_config(mnist_path, supervised=True)
+    bad.pretrain.supervised_lr = float("inf")
+    with pytest.raises(ConfigError, match=r"pretrain.supervised_lr=inf .* a finite number > 0"):
+        validate_pretrain(bad)
+
+
 def test_validate_pretrain_refuses_bad_settings(mnist_path, tmp_path):
     cfg = small_config(mnist_path)
     bad = copy.deepcopy(cfg)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from ae_jax.chunks import map_in_chunks
-from ae_jax.config import Config, validate
+from ae_jax.config import Config, ConfigError, PretrainConfigError, validate
 from ae_jax.data import Dataset
 from ae_jax.models.builder import default_widths
 from ae_jax.training.checkpoint import Checkpointer
@@ -96,6 +96,30 @@ def layer_config(cfg: Config, index: int, sizes: list[int], input_in_unit_interv
     return validate(c)
 
 
+def check_layer_configs(
+    cfg: Config, num_features: int, sizes: list[int], data_in_unit_interval: bool
+) -> None:
+    """Every layer's config (``layer_config``) checked before the first layer trains: a
+    setting that every layer shares but only a higher one cannot take (``model.sparse_k``
+    above a narrower hidden layer) stopped the run after the layers below had trained, naming
+    the layer's own keys (its code is ``model.latent_dim`` to the layer, ``model.widths[i]``
+    to the user; its units are ``model.activation``)."""
+    for i in range(len(sizes)):
+        # the codes below a layer lie in [0, 1] when they are sigmoid units
+        unit = data_in_unit_interval if i == 0 else cfg.model.activation == "sigmoid"
+        try:
+            layer_config(cfg, i, sizes, unit)
+        except ConfigError as err:
+            said = str(err)
+            if i < len(sizes) - 1:  # a hidden layer: its code is a width, its units activation
+                said = said.replace("model.latent_dim", f"model.widths[{i}]")
+                said = said.replace("model.code_activation", "model.activation")
+            below = sizes[i - 1] if i else num_features
+            raise PretrainConfigError(
+                f"pretraining layer {i} ({below} -> {sizes[i]} units): {said}"
+            ) from None
+
+
 def encode_in_chunks(encode: Callable, params, x: np.ndarray) -> np.ndarray:
     """``encode(params, x)`` over x in fixed chunks (one compilation); float32 (N, k), host."""
     z = map_in_chunks(lambda xb, _: encode(params, xb), x, ENCODE_CHUNK)
@@ -148,6 +172,7 @@ def pretrain_layers(
 
     seed = cfg.trainer.seed if seed is None else seed
     sizes = layer_sizes(cfg, data.num_features)
+    check_layer_configs(cfg, data.num_features, sizes, data.in_unit_interval)
     results: list[LayerResult] = []
     current = data
     for i in range(len(sizes)):

@@ -52,7 +52,13 @@ from ae_jax.pretraining.classifier import (
     init_classifier,
     train_classifier,
 )
-from ae_jax.pretraining.layerwise import encode_in_chunks, layer_sizes, pretrain_layers, unroll
+from ae_jax.pretraining.layerwise import (
+    check_layer_configs,
+    encode_in_chunks,
+    layer_sizes,
+    pretrain_layers,
+    unroll,
+)
 from ae_jax.run_io import write_history, write_json_atomic
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import checkpoint_schedule, raise_if_preempted
@@ -245,6 +251,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             "labelled dataset or set pretrain.supervised=false"
         )
     sizes = layer_sizes(cfg, data.num_features)
+    check_layer_configs(cfg, data.num_features, sizes, data.in_unit_interval)
     ft_cfg = finetune_config(cfg, sizes)
     trainer = Trainer(ft_cfg, data, is_code=False)  # refuses what does not fit the data
     if p.supervised:  # the last stage's batch over the devices, before the first stage trains
