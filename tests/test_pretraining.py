@@ -265,6 +265,11 @@ def test_pipeline_pretraining_beats_random_start(mnist_path, tmp_path):
     assert metrics["test/sse_per_example"] < metrics["baseline/test/sse_per_example"]
     assert metrics["test/sse_per_example"] < metrics["unrolled/test/sse_per_example"]
     assert metrics["test/pca_sse_per_example"] == pytest.approx(784 * metrics["test/pca_mse"])
+    # the baseline trains the fine-tuning's program: it compiled nothing (it reported the
+    # fine-tuning's compile time as its own)
+    assert (
+        metrics["baseline/time/compile_seconds"] == 0.0 < metrics["finetune/time/compile_seconds"]
+    )
     for name in (
         "metrics.json",
         "params.msgpack",

@@ -117,7 +117,8 @@ class Parallel:
         self.mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.traces = 0  # how often the per-device function was traced (should be 1)
-        self.compile_seconds = 0.0
+        self.compile_seconds = 0.0  # the last compile's (a fit that compiled nothing: 0)
+        self.compiles = 0
 
     def place(self, tree: Any) -> Any:
         """Put a pytree on the devices (replicated) in the layout the compiled program wants."""
@@ -175,4 +176,5 @@ class Parallel:
         else:
             raise ConfigError(f"trainer.parallel={self.mode!r} is not valid; use shard_map or pmap")
         self.compile_seconds = time.perf_counter() - start
+        self.compiles += 1
         return program
