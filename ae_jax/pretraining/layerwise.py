@@ -78,7 +78,9 @@ def layer_config(cfg: Config, index: int, sizes: list[int], input_in_unit_interv
     m.depth, m.widths, m.decoder_widths = 0, None, None
     m.latent_dim = sizes[index]
     m.code_activation = m.code_activation if top else m.activation
-    m.tied = p.layer_tied
+    # a tied deep model decodes with its encoder's kernels transposed, which cannot hold the
+    # layers' own decoders: its layers are tied too, so that unrolled they are the stack
+    m.tied = p.layer_tied or cfg.model.tied
     if index > 0:
         m.output_activation = "auto"
         if not input_in_unit_interval:
