@@ -45,10 +45,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="output .npz (default: RUN_DIR/embeddings.npz)")
     parser.add_argument("--reconstructions", action="store_true", help="add x_hat_test")
     parser.add_argument("--probe", action="store_true", help="linear probe: codes, raw, PCA")
-    parser.add_argument("--probe-steps", type=int, default=500, help="L-BFGS steps (>= 1)")
+    parser.add_argument(
+        "--probe-steps",
+        type=int,
+        help="L-BFGS steps (>= 1; default: the run's pretrain.probe_steps)",
+    )
+    parser.add_argument(
+        "--probe-l2",
+        type=float,
+        nargs="+",
+        metavar="L2",
+        help="the probe's weight penalty, or several to choose among on the run's validation "
+        "split (default: the run's pretrain.probe_l2)",
+    )
     args = parser.parse_args(argv)
-    if args.probe_steps < 1:
+    if args.probe_steps is not None and args.probe_steps < 1:
         parser.error(f"--probe-steps {args.probe_steps}: give a positive number of steps")
+    if args.probe_l2 is not None and not all(v >= 0 and np.isfinite(v) for v in args.probe_l2):
+        parser.error(f"--probe-l2 {args.probe_l2}: give finite penalties >= 0")
     try:
         return _embed(args)
     except (RunError, DataError, OSError) as err:  # one line, no traceback
@@ -77,6 +91,14 @@ def _embed(args: argparse.Namespace) -> dict:
         raise RunError(f"{run.path} trained on other data: {changed}; restore that data")
     if args.probe and data.y_train is None:  # before any compute or file
         raise RunError(f"--probe: {data.name} has no labels; a linear probe needs class labels")
+    # the probe the run itself reported (pretrain.probe_l2 and probe_steps), unless told
+    l2 = list(args.probe_l2 if args.probe_l2 is not None else run.cfg.pretrain.probe_l2)
+    steps = args.probe_steps if args.probe_steps is not None else run.cfg.pretrain.probe_steps
+    if args.probe and len(l2) > 1 and data.x_val is None:
+        raise RunError(
+            f"--probe: {len(l2)} penalties {l2} are chosen among on a validation split, and "
+            f"{run.path} has none (data.validation); give one with --probe-l2"
+        )
     arrays = {"z_train": embed(run, data.x_train), "z_test": embed(run, data.x_test)}
     if data.y_train is not None:
         arrays.update(y_train=data.y_train, y_test=data.y_test)
@@ -97,8 +119,10 @@ def _embed(args: argparse.Namespace) -> dict:
                 arrays["z_train"],
                 arrays["z_test"],
                 data,
-                steps=args.probe_steps,
+                steps=steps,
                 seed=run.cfg.trainer.seed,
+                l2=l2 if len(l2) > 1 else l2[0],
+                z_val=embed(run, data.x_val) if len(l2) > 1 else None,
             )
         )
     shapes = ", ".join(f"{k} {' x '.join(map(str, arrays[k].shape))}" for k in arrays)
@@ -106,10 +130,17 @@ def _embed(args: argparse.Namespace) -> dict:
     if args.probe:
         k = arrays["z_train"].shape[1]
         pct = {name: f"{v:.2f}%" for name, v in report.items() if name.startswith("probe/")}
+        chosen = report.get("probe/l2")
+        how = (
+            f"l2 {chosen:g} chosen on validation among {', '.join(f'{v:g}' for v in l2)}"
+            if len(l2) > 1
+            else f"l2 {l2[0]:g}"
+        )
         print(
             f"linear probe test error: codes {pct['probe/error_pct']}, "
             f"raw {pct['probe/raw/error_pct']}, PCA-{k} {pct['probe/pca/error_pct']} "
-            f"(training error on the codes {pct['probe/train_error_pct']})"
+            f"(training error on the codes {pct['probe/train_error_pct']}; {how}, {steps} "
+            "L-BFGS steps)"
         )
     return report
 

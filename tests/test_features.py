@@ -166,6 +166,27 @@ def test_embed_command_writes_codes(trained_run, data, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_embed_probe_is_the_runs_own_unless_told(trained_run, tmp_path, capsys):
+    """--probe fitted l2 1e-4 and 500 steps whatever the run's pretrain.probe_l2 and
+    probe_steps said, and did not say which it used."""
+    from omegaconf import OmegaConf
+
+    main = _embed_main()
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.pretrain.probe_l2, cfg.pretrain.probe_steps = [10.0], 50
+    OmegaConf.save(cfg, run / "config.yaml")
+    own = main([str(run), "--out", str(tmp_path / "own.npz"), "--probe"])
+    assert capsys.readouterr().out.splitlines()[1].endswith("; l2 10, 50 L-BFGS steps)")
+    told = main([str(run), "--out", str(tmp_path / "told.npz"), "--probe", "--probe-l2", "1e-4"])
+    assert capsys.readouterr().out.splitlines()[1].endswith("; l2 0.0001, 50 L-BFGS steps)")
+    assert told["probe/error_pct"] < own["probe/error_pct"]  # l2 10 all but erases the codes
+    with pytest.raises(SystemExit):  # several penalties need a validation split: it has none
+        main([str(run), "--probe", "--probe-l2", "1e-4", "1e-2"])
+    assert "give one with --probe-l2" in capsys.readouterr().err
+
+
 def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_path, capsys):
     """A missing data file, an --out that cannot be written, --probe without labels and a bad
     --probe-steps each end in one line (exit 2), and none leaves a file behind."""
