@@ -434,6 +434,41 @@ def test_a_finished_vmap_sweep_rerun_without_its_launcher_is_not_trained_again(t
     assert alone.returncode == 0 and "epoch 30/30" in alone.stdout + alone.stderr
 
 
+def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(tmp_path):
+    # A supervised stage that diverged could only be fixed in a new directory, training the
+    # layers and the fine-tuning again: a changed pretrain.supervised_* was "another config"
+    run = tmp_path / "pipeline"
+    args = (f"hydra.run.dir={run}", *PIPELINE, "pretrain.layer_epochs=3")
+    args += ("trainer.epochs=3", "pretrain.supervised_epochs=3")
+    first = _run(*args, "pretrain.supervised_lr=1e-3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _metrics(run / "metrics.json")
+    again = _run(*args, "pretrain.supervised_lr=3e-3", "pretrain.probe=true")
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert "pretrain.probe: False -> True; pretrain.supervised_lr: 0.001 -> 0.003: stage " in log
+    assert "supervised trains again (earlier checkpoints kept as <stage>/checkpoints-b" in log
+    for stage in ("pretrain/layer_0", "pretrain/layer_2", "finetune"):
+        assert f"[{stage}] stage complete" in log and f"[{stage}] epoch" not in log, stage
+    assert "[supervised] epoch 1/3" in log
+    after = _metrics(run / "metrics.json")
+    assert after["test/mse"] == before["test/mse"]  # the same deep AE, reused
+    assert after["supervised/test/error_pct"] != before["supervised/test/error_pct"]
+    assert "probe/error_pct" in after
+    [kept] = (run / "supervised").glob("checkpoints-before-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["3"]
+    # a setting an earlier stage reads is another run, as before
+    other = _run(*args, "pretrain.supervised_lr=3e-3", "pretrain.layer_epochs=4")
+    said = other.stdout + other.stderr
+    assert other.returncode == 2 and "holds a run with another config" in said, said[-3000:]
+    # without pretraining no pretrain.* setting is read: the run is reused
+    plain = (f"hydra.run.dir={tmp_path / 'plain'}", "trainer.devices=1", "trainer.epochs=2")
+    assert _run(*plain).returncode == 0
+    reused = _run(*plain, "pretrain.supervised_lr=0.5")
+    said = reused.stdout + reused.stderr
+    assert reused.returncode == 0 and "which nothing it trained depends on: it is reused" in said
+
+
 def test_a_sweep_job_finished_by_hand_stays_the_sweeps_job(tmp_path):
     # A single run pointed at a sweep's job directory (to finish or resume one job by hand)
     # rewrote the job's .hydra/ record as a single run's: mode RUN, job number 0, and the

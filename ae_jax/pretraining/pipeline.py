@@ -278,7 +278,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         write_run_info(workdir, data, trainer.output_activation)
     # a finished pipeline (its metrics.json written at the end) is evaluated again, not
     # trained: its trackers already hold it
-    finished = t.resume and (workdir / "metrics.json").exists()
+    finished = t.resume and (workdir / "metrics.json").exists() and not rundir.changed
     loggers = stack.enter_context(open_run_loggers(recorded, workdir, rundir.main and not finished))
     metrics: dict[str, float] = {}
 

@@ -59,6 +59,22 @@ MAY_DIFFER = (
 )
 EXTENDABLE = "trainer.epochs"
 
+# Keys that only the last stages of a layer-wise pipeline read (``pretrain.enabled``), each
+# with the stage directories whose results depend on it: a rerun that changes only these
+# reuses every other stage and trains those again, their earlier checkpoints set aside
+# (``RunDir.start``). An empty tuple: no stage is checkpointed (the probe, evaluated anew) or
+# the key adds or drops stages. Without pretraining no ``pretrain.*`` key is read at all.
+SUPERVISED_STAGES = ("supervised", "baseline/supervised")
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    **{
+        f"pretrain.{key}": SUPERVISED_STAGES
+        for key in ("supervised_epochs", "supervised_lr", "supervised_optim")
+        + ("supervised_schedule", "supervised_batch_size")
+    },
+    **{f"pretrain.{key}": () for key in ("supervised", "baseline", "probe", "probe_steps")},
+    "pretrain.probe_l2": (),
+}
+
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used by this run; the message names the path and the way out."""
@@ -179,6 +195,8 @@ class RunDir:
         self.started = False
         self.hydra_files: dict[str, str] = {}  # hydra_record(): written to .hydra/ at start
         self.on_start: Any = None  # called once the run has begun (status.json: running)
+        self.changed: list[str] = []  # "key: old -> new" of the stored run (STAGE_KEYS)
+        self.redo: tuple[str, ...] = ()  # its stages that train again (STAGE_KEYS)
 
     # -------------------------------------------------------------- state of the directory
     def holds_run(self) -> bool:
@@ -233,6 +251,9 @@ class RunDir:
                         "this config is that run's cannot be checked: " + _RESTORE_CONFIG
                     )
                 diff = config_differences(stored, config, defaults)
+                redo = _stages_to_redo(stored, config, diff)
+                if redo is not None:
+                    self.changed, self.redo, diff = diff, redo, []
                 if diff:
                     raise RunDirError(
                         f"{self.path} holds a run with another config: "
@@ -246,6 +267,30 @@ class RunDir:
         except BaseException:
             self.release()
             raise
+
+    def _set_aside_stages(self) -> None:
+        """The stages a changed setting invalidates (``self.redo``) train again: their
+        checkpoints move to ``<stage>/checkpoints-before-<time>`` (kept, never resumed)."""
+        if not self.changed:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        present = [stage for stage in self.redo if (self.path / stage).is_dir()]
+        moved = False
+        for stage in present:
+            old = self.path / stage / "checkpoints"
+            if old.is_dir() and any(old.iterdir()):
+                old.rename(old.with_name(f"checkpoints-before-{stamp}"))
+                moved = True
+        said = f"{self.path} holds this run with {'; '.join(self.changed)}"
+        if present:
+            kept = f" (earlier checkpoints kept as <stage>/checkpoints-before-{stamp})"
+            said += (
+                f": stage {', '.join(present)} trains again{kept if moved else ''}, the other "
+                "stages are reused"
+            )
+        else:
+            said += ", which nothing it trained depends on: it is reused"
+        logging.getLogger("ae_jax").warning("%s", said)
 
     def _refuse_nested(self) -> None:
         """A run directory inside another run's, or holding one: either run's files would be
@@ -319,11 +364,27 @@ class RunDir:
             return
         from ae_jax.run_io import write_text_atomic
 
+        self._set_aside_stages()
         write_text_atomic(self.path / "config.yaml", config_yaml)
         if not _sweep_job_record(self.path, self.hydra_files):
             write_hydra_files(self.path, self.hydra_files)
         if self.on_start is not None:
             self.on_start()
+
+
+def _stages_to_redo(stored: dict, new: dict, diff: list[str]) -> tuple[str, ...] | None:
+    """The stage directories a rerun trains again when every differing key (``diff``, from
+    ``config_differences``) is one only those stages read (``STAGE_KEYS``; any ``pretrain.*``
+    key when neither run pretrains); None when another key differs (the run is refused)."""
+    if not diff:
+        return None
+    keys = [d.partition(":")[0] for d in diff]
+    enabled = [_flatten(c).get("pretrain.enabled", False) for c in (stored, new)]
+    if not any(enabled) and all(k.startswith("pretrain.") for k in keys):
+        return ()
+    if not all(enabled) or not all(k in STAGE_KEYS for k in keys):
+        return None
+    return tuple(dict.fromkeys(stage for k in keys for stage in STAGE_KEYS[k]))
 
 
 def _in_another_run(directory: Path, root: Path) -> bool:
