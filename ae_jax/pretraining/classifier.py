@@ -297,7 +297,7 @@ def train_classifier(
         checkpoint_seconds=checkpoint_seconds,
         log_every=log_every,
         progress=progress,
-        hint="Lower pretrain.supervised_lr",
+        hint="Lower pretrain.supervised_lr and run again: the stages before it are reused",
         eval_prefix=prefix,
         monitor="error_pct" if patience is not None else None,
         patience=patience,
