@@ -438,17 +438,17 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     report_md = (out / "report.md").read_text()
     assert "](model.latent_dim.png)" in report_md and "PCA test MSE" in report_md
     assert main([str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err
     # a misspelt metric: one line naming it and the metrics the runs have, nothing written
     assert main([str(sweep), "--out", str(tmp_path / "typo"), "--metric", "test/mes"]) == 2
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed.startswith("error: --metric test/mes: no completed run")
     assert "test/mse" in printed and len(printed.splitlines()) == 1
     assert not (tmp_path / "typo").exists()
     # an --out that cannot be made (under a file): one line naming it, no traceback
     (tmp_path / "a_file").write_text("")
     assert main([str(sweep), "--out", str(tmp_path / "a_file" / "report")]) == 2
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed == (
         f"error: the report's directory {tmp_path / 'a_file' / 'report'} cannot be written "
         "(Not a directory); choose a writable --out"
@@ -482,7 +482,20 @@ def test_published_numbers_are_marked_on_their_axis_and_listed(
     (diamond,) = [ln for ln in panel.get_lines() if ln.get_marker() == "D"]  # told apart
     assert list(diamond.get_xdata()) == [8] and diamond.get_label() == "another paper, k=8"
     assert main([str(sweep), "--reference", "test/mse", "latent=4", "x", "p"]) == 2
-    assert "'x' must be a number" in capsys.readouterr().out
+    assert "'x' must be a number" in capsys.readouterr().err
+    # the reference at fault is the one quoted (it was the first given), on stderr
+    good, bad = ("test/mse", "model.latent_dim=4", "0.02", "p"), ("test/mse", "k=4", "xx", "q")
+    assert main([str(sweep), "--reference", *good, "--reference", *bad]) == 2
+    said = capsys.readouterr()
+    assert said.err.startswith("error: --reference test/mse k=4 xx q: ") and not said.out
+    # one the sweep cannot draw (no such axis) is said on the console, not only in report.md
+    out = tmp_path / "unknown_ref"
+    assert (
+        main([str(sweep), "--out", str(out), "--reference", "test/mse", "bogus=1", "1", "b"]) == 0
+    )
+    assert "note: --reference test/mse bogus=1: not drawn, the sweep has no such metric or a" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.slow
@@ -547,7 +560,7 @@ def test_a_report_that_fails_part_way_leaves_the_earlier_one_as_it_was(
 
     monkeypatch.setattr(report_module, "save", full_disk_at_the_figure)
     assert main([str(sweep), "--out", str(out)]) == 2  # another report: every metric
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed == (
         f"error: {out / 'model.latent_dim.png'} cannot be written (No space left on device); "
         "choose a writable --out"
@@ -664,3 +677,26 @@ def test_a_misspelt_seed_key_is_refused(tmp_path):
         write_report(tmp_path, seed_keys=("trainer.sed",))
     assert not (tmp_path / "report").exists()
     assert write_report(tmp_path, seed_keys=("trainer.seed",)).axes == ["noise.level"]
+
+
+def test_a_supervised_sweep_shows_its_error_ties_are_not_best_and_repeats_are_said(tmp_path):
+    """A sweep over pretrain.supervised_lr showed only the autoencoder's metrics (the same in
+    every row, one of the tied values in bold); a sweep that ran one config twice called the
+    spread of its repeats a spread over seeds."""
+    rows = [(1e-3, 0, 1.9), (3e-3, 0, 1.7), (3e-3, 0, 1.7)]  # the last: a repeat
+    for i, (lr, seed, error) in enumerate(rows):
+        d = tmp_path / str(i)
+        d.mkdir()
+        config = {"pretrain": {"supervised_lr": lr}, "trainer": {"seed": seed}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        metrics = {"test/mse": 0.075, "supervised/test/error_pct": error}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report.metrics[0] == "supervised/test/error_pct" and "test/mse" in report.metrics
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.count("**") == 2 and "**1.7" in table  # the error's best; no tied mse in bold
+    assert report.notes == [
+        "2 runs at pretrain.supervised_lr=0.003 share their seeds: they repeat one run, and "
+        "their spread is not over seeds"
+    ], report.notes

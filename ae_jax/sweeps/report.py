@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,15 @@ def write_report(
             f"the runs are on {len(on)} datasets ({', '.join(on)}): their errors do not compare "
             "across datasets, so no row is marked best"
         )
+    for row in rows:  # replicates are seeds: runs of one row with equal seeds are repeats
+        keys = (*seed_keys, *searched)  # a study's trials differ in what it searched
+        seeds = [repr([r.config.get(k) for k in keys]) for r in row.runs if r.config]
+        if len(seeds) > len(set(seeds)):
+            where = ", ".join(f"{a.name}={format_value(v)}" for a, v in zip(axes, row.values))
+            report.notes.append(
+                f"{len(seeds)} runs{' at ' + where if where else ''} share their seeds: they "
+                "repeat one run, and their spread is not over seeds"
+            )
     tabulate = study is None or bool(axes)  # a study alone has no grid to tabulate
     combinations = math.prod(len({row.values[i] for row in rows}) for i in range(len(axes)))
     if len(axes) > 1 and len(rows) < combinations:
@@ -251,6 +261,12 @@ def write_report(
             text = f"{symbol} {ref.label}: {ref.metric} = {ref.value:g} at {where}"
             if not drawn:
                 text += " (not drawn: the sweep has no such metric or axis value)"
+                report.notes.append(
+                    f"--reference {ref.metric} {ref.key}={format_value(ref.x)}: not drawn, the "
+                    f"sweep has no such metric or axis value (its axes: "
+                    f"{', '.join(a.name for a in axes) or 'none'}; its metrics: "
+                    f"{', '.join(shown)})"
+                )
             report.references.append(text)
 
         text = _report_markdown(
@@ -326,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="KEY",
         help="metrics to show, e.g. --metric test/mse test/denoise_mse "
-        "(default: test/mse, test/pca_mse and the denoising, Jacobian and "
-        "code metrics that the runs have)",
+        "(default: the fine-tuned and linear-probe test errors, test/mse, test/pca_mse and "
+        "the denoising, Jacobian and code metrics that the runs have)",
     )
     parser.add_argument(
         "--seed-key",
@@ -347,25 +363,30 @@ def main(argv: list[str] | None = None) -> int:
         "noise.level=0.25 1.28 'SdA-3 (paper)'; repeatable",
     )
     args = parser.parse_args(argv)
-    try:
-        references = tuple(Reference.parse(*r) for r in args.reference)
-    except ValueError as err:
-        print(f"error: --reference {' '.join(args.reference[0])}: {err}")
-        return 2
+    references = []
+    for given in args.reference:
+        try:
+            references.append(Reference.parse(*given))
+        except ValueError as err:
+            print(f"error: --reference {' '.join(given)}: {err}", file=sys.stderr)
+            return 2
     try:
         report = write_report(
             args.sweep_dir,
             args.out,
             args.metric,
             tuple(args.seed_key) if args.seed_key else SEED_KEYS,
-            references,
+            tuple(references),
         )
     except SweepDirError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file of the report, part-way (a full disk, a removed directory)
         where = err.filename or args.out or "the report's directory"
-        print(f"error: {where} cannot be written ({err.strerror or err}); choose a writable --out")
+        print(
+            f"error: {where} cannot be written ({err.strerror or err}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     c = report.counts
     what = f"axes: {', '.join(report.axes) or 'none'}"

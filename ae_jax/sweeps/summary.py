@@ -26,6 +26,8 @@ from ae_jax.sweeps.collect import STATUSES, Axis, Run, Study, Trial
 
 # Shown when present, in this order; test/pca_mse sits beside test/mse as its baseline.
 DEFAULT_METRICS = (
+    "supervised/test/error_pct",  # a pipeline's classifier, when a sweep has one
+    "probe/error_pct",
     "test/mse",
     "test/pca_mse",
     "test/denoise_mse",
@@ -190,7 +192,9 @@ def _best(rows: list[Row], metric: str) -> int | None:
         return None
     means = [row.stats[metric].mean if row.stats[metric].n else math.inf for row in rows]
     best = int(np.argmin(means))
-    return best if math.isfinite(means[best]) else None
+    if not math.isfinite(means[best]) or means.count(means[best]) > 1:
+        return None  # a tie: no row is best
+    return best
 
 
 def run_label(run: Run, root: Path | None = None) -> str:
