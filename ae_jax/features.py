@@ -80,7 +80,7 @@ def _info_from_data(cfg: Config) -> dict:
     return run_info(data, out)
 
 
-def _unfinished(path: Path) -> str | None:
+def unfinished(path: Path) -> str | None:
     """How the run in ``path`` stands, from its status.json, when it has not completed."""
     try:
         status = json.loads((path / "status.json").read_text())
@@ -111,15 +111,15 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunError(f"run directory {str(path)!r} {what}; give a run's directory")
     for name in (CONFIG_FILE, PARAMS_FILE):
         if not (path / name).is_file():
-            unfinished = _unfinished(path) if name == PARAMS_FILE else None
-            if unfinished and unfinished.startswith("failed"):  # it never will finish
+            ended = unfinished(path) if name == PARAMS_FILE else None
+            if ended and ended.startswith("failed"):  # it never will finish
                 raise RunError(
-                    f"{str(path)!r} has no {name}: its run {unfinished}; train it again (its "
+                    f"{str(path)!r} has no {name}: its run {ended}; train it again (its "
                     "command, with the cause fixed) and give it here once it has completed"
                 )
-            if unfinished:
+            if ended:
                 raise RunError(
-                    f"{str(path)!r} has no {name}: its run has not finished ({unfinished}); "
+                    f"{str(path)!r} has no {name}: its run has not finished ({ended}); "
                     "give it here once it has finished"
                 )
             raise RunError(

@@ -80,9 +80,11 @@ def describe(
     )
     if untrained is not None:
         return f"{head} | {untrained}{where}"
+    noise = cfg.noise.kind
+    if noise != "none":
+        noise += f":{_one_or_set(c.noise.level for c in members)}"
     return (
-        f"{head} | loss {cfg.loss.kind} | "
-        f"noise {cfg.noise.kind}:{_one_or_set(c.noise.level for c in members)} | "
+        f"{head} | loss {cfg.loss.kind} | noise {noise} | "
         f"reg {' + '.join(f'{k}:{strength(k)}' for k in cfg.reg) or 'none'} | "
         f"{optim} | "
         + (f"{precision} | " if precision != "float32" else "")

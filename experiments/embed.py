@@ -25,6 +25,7 @@ from ae_jax.features import (
     probe_report,
     reconstruct,
     run_data_config,
+    unfinished,
 )
 from ae_jax.run_io import write_atomic
 from ae_jax.training.rundir import data_changed
@@ -84,6 +85,12 @@ def _embed(args: argparse.Namespace) -> dict:
         raise RunError(
             f"--out {out} exists and is not an embeddings file (an .npz holding z_train and "
             "z_test); it is left as it is: choose another path"
+        )
+    ended = unfinished(run.path)
+    if ended:  # params.msgpack of a run that did not complete: said, then used
+        print(
+            f"note: {run.path} did not complete ({ended}): these are the codes of the "
+            "parameters it wrote"
         )
     data = load_dataset(run_data_config(run))
     changed = data_changed(run.path, data, run.cfg.data)

@@ -187,6 +187,22 @@ def test_embed_probe_is_the_runs_own_unless_told(trained_run, tmp_path, capsys):
     assert "give one with --probe-l2" in capsys.readouterr().err
 
 
+def test_embed_on_a_run_that_did_not_complete_says_so(trained_run, tmp_path, capsys):
+    # a pipeline whose supervised stage diverged keeps its deep autoencoder's params.msgpack:
+    # its codes were written as if the run had completed
+    run = tmp_path / "failed"
+    shutil.copytree(trained_run, run)
+    (run / "embeddings.npz").unlink(missing_ok=True)
+    status = {"status": "failed", "error": "TrainingDiverged: [supervised] non-finite loss"}
+    (run / "status.json").write_text(json.dumps(status))
+    _embed_main()([str(run)])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"note: {run} did not complete (failed: TrainingDiverged: [supervised] non-finite "
+        "loss): these are the codes of the parameters it wrote"
+    )
+
+
 def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_path, capsys):
     """A missing data file, an --out that cannot be written, --probe without labels and a bad
     --probe-steps each end in one line (exit 2), and none leaves a file behind."""

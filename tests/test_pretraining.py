@@ -238,6 +238,21 @@ def test_a_tied_model_is_pretrained_with_tied_layers_so_unrolling_keeps_them(mni
     assert metrics["unrolled/test/mse"] == pytest.approx(metrics["pretrain/layer_0/test/mse"])
 
 
+def test_a_baseline_with_nothing_to_compare_is_said_not_silently_dropped(
+    mnist_path, tmp_path, caplog
+):
+    import logging
+
+    cfg = small_config(mnist_path, unsupervised=False, baseline=True, layer_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        metrics = pretrain_and_finetune(cfg, tmp_path)
+    assert (
+        "pretrain.baseline=true compares the fine-tuning stages with a random start, and "
+        "none runs" in caplog.text
+    )
+    assert not any(k.startswith("baseline/") for k in metrics)
+
+
 def test_validate_pretrain_refuses_bad_settings(mnist_path, tmp_path):
     cfg = small_config(mnist_path)
     bad = copy.deepcopy(cfg)

@@ -306,3 +306,20 @@ def test_min_steps_on_a_small_split_makes_passes_that_equal_plain_epochs(tmp_pat
     assert len(rows) == 1 + 300  # trainer.epochs of trainer=converge
     assert m["compile/epoch_traces"] == 1
     assert m["test/subspace_angle_max_deg"] < 2.0
+
+
+def test_progress_lines_read_at_a_glance():
+    """An eta of 336843730001s was printed as such; a supervised stage's validation error
+    read `eval error_pct 88.889` beside `error_pct 90.77%`."""
+    from ae_jax.training.loop import Stage, duration, progress_line
+
+    cases = {0.04: "0s", 12.34: "12s", 245: "4m 05s", 11_520: "3h 12m", 266_400: "3d 2h"}
+    assert {s: duration(s) for s in cases} == cases
+    assert duration(12.34, 1) == "12.3s" and duration(float("nan")) == "?"
+    stage = Stage(
+        name="supervised", epochs=10**13, run_epoch=None, steps_per_epoch=10, batch_size=50
+    )
+    row = {"epoch": 1, "train/loss": 2.0, "train/error_pct": 90.77, "val/error_pct": 88.8889}
+    line = progress_line(stage, row, elapsed=1.5, start_epoch=0)
+    assert "error_pct 90.77% | val error_pct 88.89% | " in line
+    assert line.endswith("1.5s elapsed, eta 173,611,111d 2h"), line

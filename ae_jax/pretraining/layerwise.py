@@ -191,13 +191,15 @@ def pretrain_layers(
             lr_key="pretrain.layer_lr" if cfg.pretrain.layer_lr is not None else "optim.lr",
         )
         state = trainer.init_state(seed + i)  # distinct initial weights and noise per layer
+        n = lcfg.trainer.epochs
         log.info(
-            "layer %d: %d -> %d (%s units), %d epochs",
+            "layer %d: %d -> %d (%s units), %d epoch%s",
             i,
             current.num_features,
             sizes[i],
             lcfg.model.code_activation,
-            lcfg.trainer.epochs,
+            n,
+            "" if n == 1 else "s",
         )
         name = f"pretrain/layer_{i}"
         checkpointer = None

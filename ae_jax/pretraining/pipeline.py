@@ -135,13 +135,15 @@ def supervised_stage(
     model = _classifier(cfg, sizes, data)
     params = init_classifier(model, data.example_shape, t.seed + 1000, encoder)
     flat = (-1, data.num_features)
+    n = p.supervised_epochs
     log.info(
-        "%s: supervised fine-tuning %s-%s-%d, %d epochs (%s lr %g)",
+        "%s: encoder + softmax %s-%s-%d on the labels, %d epoch%s (%s lr %g)",
         prefix.rstrip("/"),
         data.num_features,
         "-".join(map(str, sizes)),
         model.num_classes,
-        p.supervised_epochs,
+        n,
+        "" if n == 1 else "s",
         p.supervised_optim,
         p.supervised_lr,
     )
@@ -245,6 +247,11 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     )
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, batch_size=batch))
     t = cfg.trainer
+    if p.baseline and not (p.unsupervised or p.supervised):
+        log.warning(
+            "pretrain.baseline=true compares the fine-tuning stages with a random start, and "
+            "none runs (pretrain.unsupervised=false, pretrain.supervised=false): no baseline"
+        )
     if p.supervised and data.y_train is None:
         raise SupervisedError(
             f"pretrain.supervised=true needs class labels, but {data.name} has none; use a "
@@ -387,6 +394,8 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             )
 
     # 6. linear probe
+    if p.probe and data.y_train is None:
+        log.info("no linear probe: %s has no labels", data.name)
     if p.probe and data.y_train is not None:
         metrics.update(probe_stage(cfg, trainer, params, data))
         log.info(

@@ -237,9 +237,25 @@ def progress_line(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> 
             parts.append(f"{key[6:]} {row[key]:.2f}%")
     for key, value in row.items():
         if key.startswith(("eval/", "val/")):
-            parts.append(f"{key.replace('/', ' ')} {value:.5g}")
-    parts += [f"{rate:,.0f} ex/s", f"{elapsed:.1f}s elapsed, eta {eta:.0f}s"]
+            shown = f"{value:.2f}%" if key.endswith("error_pct") else f"{value:.5g}"
+            parts.append(f"{key.replace('/', ' ')} {shown}")
+    parts += [f"{rate:,.0f} ex/s", f"{duration(elapsed, 1)} elapsed, eta {duration(eta)}"]
     return " | ".join(parts)
+
+
+def duration(seconds: float, decimals: int = 0) -> str:
+    """``12s`` (``12.3s`` with a decimal), ``4m 05s``, ``3h 12m``, ``2d 5h``: a time a reader
+    takes in at a glance (an eta of 336843730001s was printed as such)."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.{decimals}f}s"
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400:,}d {s % 86400 // 3600}h"
 
 
 def run_stage(
