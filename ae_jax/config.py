@@ -1207,7 +1207,8 @@ def validate_pretrain(cfg: Any) -> None:
     if p.probe and len(l2s) > 1 and not cfg.data.validation:
         raise PretrainConfigError(
             f"pretrain.probe_l2={l2s} lists {len(l2s)} values, which are chosen among on a "
-            "validation split; set data.validation (e.g. 10000) or give one value"
+            "validation split; set data.validation (a fraction such as 0.1, or a count) or give "
+            "one value"
         )
     if p.layer_lr is not None:  # inf trained every stage before it and then diverged
         _finite("pretrain.layer_lr", p.layer_lr, 0.0, above=True)
