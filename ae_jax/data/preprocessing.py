@@ -243,38 +243,32 @@ def scale(
     subtracting each feature's training mean (`center`).
     """
     work = np.float64 if x_train.dtype == np.float64 else np.float32
-    x_train = np.array(x_train, dtype=work, order="C")  # (N, *shape), a fresh copy
-    others = [np.array(x, dtype=work, order="C") for x in others]
-    x_train, others, applied = _scaled(x_train, others, scaling, is_image, image_max)
-    single = [np.asarray(x, dtype=np.float32, order="C") for x in (x_train, *others)]
+    arrays = [np.array(x, dtype=work, order="C") for x in (x_train, *others)]  # fresh copies
+    applied = _scale_in_place(arrays, scaling, is_image, image_max)
+    single = [np.asarray(x, dtype=np.float32, order="C") for x in arrays]
     return single[0], single[1:], applied
 
 
-def _scaled(
-    x_train: np.ndarray,
-    others: list[np.ndarray],
-    scaling: str,
-    is_image: bool,
-    image_max: float | None,
-) -> tuple[np.ndarray, list[np.ndarray], str]:
-    """``scale`` on fresh copies, in place, in their own float type."""
+def _scale_in_place(arrays: list[np.ndarray], scaling: str, is_image: bool, image_max) -> str:
+    """``scale`` on fresh copies (the training split first), in place, in their own float
+    type; returns the scaling applied."""
     if scaling == "none":
-        return x_train, others, "none"
+        return "none"
     if scaling == "auto":
         scaling = "unit"
     if image_max is not None:
-        for x in (x_train, *others):
+        for x in arrays:
             x /= x.dtype.type(image_max)
         if scaling == "unit":
-            return x_train, others, "unit"
+            return "unit"
     if scaling == "center":
         if image_max is None:
-            x_train, *others = unit_scale(x_train, *others, is_image=is_image)
-        x_train, *others = center(x_train, *others)
-        return x_train, list(others), "center"
+            unit_scale(*arrays, is_image=is_image)
+        center(*arrays)
+        return "center"
     fit = unit_scale if scaling == "unit" else standardize
-    x_train, *others = fit(x_train, *others, is_image=is_image)
-    return x_train, list(others), scaling
+    fit(*arrays, is_image=is_image)
+    return scaling
 
 
 def _check_available(key: str, limit: int | None, available: int) -> None:
