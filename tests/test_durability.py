@@ -491,6 +491,29 @@ def test_a_sweep_job_finished_by_hand_stays_the_sweeps_job(tmp_path):
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
 
 
+def test_trainer_resume_false_keeps_the_earlier_vmap_sweep_and_writes_beside_it(tmp_path):
+    # Under hydra/launcher=vmap, trainer.resume=false (the way out a refusal names) trained
+    # the jobs in their earlier directories, over the runs it promised to keep
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=3")
+    grid += ("trainer.figures=false", "optim.lr=0.001,0.003", "hydra/launcher=vmap")
+    assert _run(*grid).returncode == 0
+    before = {job: _snapshot(tmp_path / job) for job in ("0", "1")}
+    logs = {job: (tmp_path / job / "train.log").read_bytes() for job in ("0", "1")}
+    again = _run(*grid, "optim.schedule=cosine", "trainer.resume=false")
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-3000:]
+    assert {job: _snapshot(tmp_path / job) for job in ("0", "1")} == before
+    assert {job: (tmp_path / job / "train.log").read_bytes() for job in ("0", "1")} == logs
+    fresh = sorted(p for p in tmp_path.iterdir() if "-fresh-" in p.name)
+    assert [p.name.split("-")[0] for p in fresh] == ["0", "1"], said[-3000:]
+    for d in fresh:
+        assert json.loads((d / "status.json").read_text())["status"] == "completed"
+        assert (
+            "cosine" in (d / "config.yaml").read_text()
+            and "epoch 3/3" in (d / "train.log").read_text()
+        )
+
+
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
     # the time it trained (not 0), and a resumed run the time of both sessions.

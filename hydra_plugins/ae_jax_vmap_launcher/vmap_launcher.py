@@ -139,7 +139,12 @@ class VmapLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from ae_jax.cli import USER_ERRORS, is_search, job_score, quiet_console
         from ae_jax.config import register_configs, to_config, validate
-        from ae_jax.training.rundir import RunDirError, claimed, hydra_record
+        from ae_jax.training.rundir import (
+            RunDirError,
+            claimed,
+            fresh_or_resumed_workdir,
+            hydra_record,
+        )
 
         setup_globals()
         register_configs()
@@ -212,6 +217,13 @@ class VmapLauncher(Launcher):
                 _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
+        for k, cfg in enumerate(configs):  # trainer.resume=false: beside an earlier run, kept
+            i = valid[k]
+            old, (job_cfg, _, ret) = jobs[i][1], jobs[i]
+            fresh = fresh_or_resumed_workdir(old, cfg.trainer.resume)
+            if fresh != old:
+                jobs[i] = (job_cfg, fresh, ret)
+                log_files[i] = [_moved_log(f, old, fresh) for f in log_files[i]]
         # Each job's directory is claimed (locked, its earlier run's config compared) before
         # the groups form: one that holds another run refuses its own job, as under the basic
         # launcher, and the others still train together. The claims last until every group
@@ -321,6 +333,15 @@ class VmapLauncher(Launcher):
             for m, metrics in zip(members, results):
                 jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
             stop_multirun_if_asked(f"the group of jobs {members} is complete")
+
+
+def _moved_log(spec: dict, old: Path, new: Path) -> dict:
+    """A job's log file (``job_log_files``) in ``new`` where it was in ``old``."""
+    path = Path(spec["filename"])
+    if path.parent.absolute() != Path(old).absolute():
+        return spec
+    Path(new).mkdir(parents=True, exist_ok=True)
+    return {**spec, "filename": str(Path(new) / path.name)}
 
 
 def job_log_files(job_logging: DictConfig) -> list[dict]:
