@@ -564,6 +564,25 @@ def check_search_settings(hydra_cfg: Any) -> None:
         )
 
 
+def _check_searched_key(base: Any, key: str, searched: str) -> None:
+    """A searched key the run's config lacks: ``+optim.lrr=interval(...)`` searched a key
+    nothing reads (the trials all trained at optim.lr, and the study named optim.lrr as a
+    parameter), ``optim.lrr=...`` was Hydra's several lines once the study had begun."""
+    from omegaconf import OmegaConf
+
+    from ae_jax.config import check_overrides
+
+    missing = object()
+    if OmegaConf.select(base, key, default=missing) is not missing:
+        return
+    try:  # the schema's own one line: did you mean optim.lr? select the term with reg=...
+        check_overrides([f"{key}=0"])
+    except ConfigError as err:
+        said = str(err).replace(f"{key}=0 ", f"{key} ")  # the probe's value is not the user's
+        raise ConfigError(f"the search over {searched} cannot run: {said}") from None
+    raise ConfigError(f"the search over {searched} cannot run: the config has no key {key}")
+
+
 def check_search_space(config: Any) -> None:
     """Refuse a hyperparameter search whose range for a key reaches values the key cannot take
     (``noise.level=interval(0.5, 2.0)``): every end of an interval, every value of a choice or
@@ -592,6 +611,7 @@ def check_search_space(config: Any) -> None:
     texts = [f"{key}={spec}" for key, spec in space.items()]
     for override in OverridesParser.create().parse_overrides(texts):
         key = override.key_or_group
+        _check_searched_key(base, key, override.input_line or key)
         node = OmegaConf.select(base, key, default=None)
         if not override.is_sweep_override() or node is None or OmegaConf.is_config(node):
             continue

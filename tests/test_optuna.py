@@ -255,6 +255,26 @@ def test_a_search_range_reaching_refused_values_is_one_line_before_the_search(tm
     assert "epoch 1/" not in out and not list(sweep_dir.rglob("metrics.json"))  # no training
 
 
+@pytest.mark.parametrize(
+    ("searched", "said"),
+    [  # with a +, every trial trained at optim.lr and the study named optim.lrr a parameter;
+        # without, Hydra's several lines once the study had begun
+        ("+optim.lrr=interval(0.001, 0.1)", "optim.lrr is not a setting of optim; did you mean"),
+        ("optim.lrr=interval(0.001, 0.1)", "optim.lrr is not a setting of optim; did you mean"),
+        ("reg.l1.strength=interval(0.001, 0.1)", "reg.l1.strength sets term 'l1', which this"),
+    ],
+)
+def test_a_searched_key_the_config_lacks_is_one_line_before_the_search(tmp_path, searched, said):
+    cmd = [sys.executable, "experiments/train.py", "--multirun", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(
+        [*cmd, *TINY, searched], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert f"ConfigError: the search over {searched} cannot run: {said}" in out, out[-3000:]
+    assert "Traceback" not in out and not list(tmp_path.rglob("metrics.json"))
+
+
 # --- the report of a study, from files ------------------------------------------------------
 
 
