@@ -107,6 +107,7 @@ def evaluate_and_write(
     t0: float,
     loggers=None,
     figures_later: list | None = None,
+    who: str = "",
 ) -> dict[str, float]:
     """Test metrics of trained ``params``; write params, metrics, history, reconstructions and
     figures to ``workdir``, and hand the figures and the final metrics to ``loggers``
@@ -117,7 +118,7 @@ def evaluate_and_write(
     caller draws them (``draw_many_runs_figures``, several runs at once) and then calls
     ``finish_outputs``."""
     metrics = evaluate_trained(cfg, trainer, params)
-    warn_if_not_at_pca(cfg, trainer, metrics)
+    warn_if_not_at_pca(cfg, trainer, metrics, who)  # who: a group member, by its directory
     metrics.update(timing)
     # the last epoch's loss and every term of it (reconstruction, each regulariser)
     metrics.update({k: v for k, v in history[-1].items() if k.startswith("train/loss")})

@@ -141,13 +141,15 @@ ANGLE_TOLERANCE_DEG = 2.0  # what "reached PCA's subspace" means here (and in th
 FULL_BATCH_ADVICE_MAX = 10_000
 
 
-def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
+def warn_if_not_at_pca(cfg, trainer, metrics: dict, who: str = "") -> None:
     """After a linear autoencoder's final evaluation, one warning line when its code subspace
     is not PCA's: either ``model.latent_dim`` exceeds the training data's rank (PCA's extra
     directions are arbitrary, so the angle says nothing), or training stopped before the slow
     directions settled, named with their variance and the way out: more steps, batches of the
     whole split (a small table held back by gradient noise), or, for a k-th direction too faint
-    for the optimiser to settle at all, the widest code size it does settle."""
+    for the optimiser to settle at all, the widest code size it does settle. ``who``: the
+    run's name where several runs share the console (a vectorised group's members)."""
+    said = f"{who}: " if who else ""
     if "test/subspace_angle_max_deg" not in metrics:
         return
     k = cfg.model.latent_dim
@@ -157,9 +159,10 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
     rank = int(np.sum(ev > 1e-10 * ev[0])) if ev.size and ev[0] > 0 else 0
     if k > rank:
         log.warning(
-            "model.latent_dim=%d exceeds the rank (%d) of the training data: PCA's subspace "
+            "%smodel.latent_dim=%d exceeds the rank (%d) of the training data: PCA's subspace "
             "beyond %d directions is arbitrary, so test/subspace_angle_max_deg (%.1f deg) says "
             "nothing; a code of at most %d units is identifiable",
+            said,
             k,
             rank,
             rank,
@@ -192,9 +195,10 @@ def warn_if_not_at_pca(cfg, trainer, metrics: dict) -> None:
                 f"noise), or {way_out}"
             )
         log.warning(
-            "the linear autoencoder has not reached PCA's subspace: largest principal angle "
+            "%sthe linear autoencoder has not reached PCA's subspace: largest principal angle "
             "%.1f deg (test MSE %.4fx PCA's) after %d steps. Its slowest direction has variance "
             "%.3g (%.1e of the largest; eigenvalue gap %.3g): %s",
+            said,
             angle,
             metrics.get("test/mse_over_pca", math.nan),
             steps,

@@ -581,7 +581,9 @@ def train_group(
                     {
                         **status,
                         "status": "failed",
-                        "error": f"TrainingDiverged: {result.failed[i]}",
+                        # in its own directory: the message without that directory's name
+                        "error": "TrainingDiverged: "
+                        + result.failed[i].replace(f"{workdir}: ", "", 1),
                         "ended": time.time(),
                     },
                 )
@@ -609,6 +611,7 @@ def train_group(
                 t0,
                 loggers[i],
                 figures_later=figures,
+                who=str(workdir),
             )
             evaluated.append((i, cfg, workdir, status, metrics))
             results.append(metrics)

@@ -637,7 +637,7 @@ def _diverged_message(stage: Stage, epoch: int, bad: int, per_step: dict, member
     if member is None:
         return stage.label + where
     names, hints = stage.member_names, stage.member_hints
-    who = f"member {member}" + (f" ({names[member]})" if names else "")
+    who = names[member] if names else f"member {member}"  # its job's directory
     return f"{stage.label}{who}: {where}. {hints[member] if hints else stage.hint}"
 
 
@@ -662,9 +662,42 @@ def _group_progress(stage: Stage, epoch: int, history, failed, elapsed: float) -
     e = epoch + 1
     if not stage.progress or not (e % stage.log_every == 0 or e == stage.epochs or e == 1):
         return
-    losses = " ".join(
-        "failed" if i in failed else f"{h[-1]['train/loss']:.4f}" for i, h in enumerate(history)
-    )
     log.info(
-        "%sepoch %d/%d | member losses %s | %.1fs", stage.label, e, stage.epochs, losses, elapsed
+        "%sepoch %d/%d | %s | %s",
+        stage.label,
+        e,
+        stage.epochs,
+        _member_losses(stage, history, failed),
+        duration(elapsed, 1),
     )
+
+
+def _member_losses(stage: Stage, history, failed) -> str:
+    """The members' losses by their jobs (each directory's name, ``1`` in a numbered sweep):
+    each one's, up to 8 members, in the jobs' order; beyond, the lowest, the median and the
+    highest, and the failed."""
+    names = [Path(n).name for n in stage.member_names or ()]
+    names = names or [str(i) for i in range(len(history))]
+
+    def job_order(i: int) -> tuple:  # numbered jobs by number, named ones by name
+        return (not names[i].isdigit(), int(names[i]) if names[i].isdigit() else 0, names[i])
+
+    order = sorted(range(len(history)), key=job_order)
+    loss = {i: history[i][-1]["train/loss"] for i in order if i not in failed}
+    if len(history) <= 8:
+        return "losses " + ", ".join(
+            f"{names[i]} {'failed' if i in failed else f'{loss[i]:.4f}'}" for i in order
+        )
+    said = []
+    if loss:
+        low, high = min(loss, key=loss.get), max(loss, key=loss.get)
+        median = float(np.median(list(loss.values())))
+        said.append(
+            f"losses {loss[low]:.4f} ({names[low]}) to {loss[high]:.4f} ({names[high]}), "
+            f"median {median:.4f}"
+        )
+    if failed:
+        shown = [names[i] for i in order if i in failed]
+        more = ", ..." if len(shown) > 5 else ""
+        said.append(f"{len(shown)} failed ({', '.join(shown[:5])}{more})")
+    return "; ".join(said)
