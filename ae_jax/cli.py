@@ -252,7 +252,8 @@ def check_output_dirs(argv: list[str]) -> None:
     """Refuse, in one line and before Hydra starts, an output directory that cannot be
     created or written (Hydra would stop with a traceback opening its train.log): the
     ``hydra.run.dir`` (or, with ``--multirun``, ``hydra.sweep.dir``) given on the command line,
-    created here, or the default's nearest existing parent (``outputs/``, ``multirun/``)."""
+    made and written here then removed (Hydra makes it), or the default's nearest existing
+    parent (``outputs/``, ``multirun/``)."""
     if any(a.partition("=")[0] in SHOW_FLAGS for a in argv):
         return  # Hydra shows the config, its help or its plugins, and writes nothing
     argv = overrides_of(argv)
@@ -264,10 +265,12 @@ def check_output_dirs(argv: list[str]) -> None:
     if not static:  # all of it interpolated (an environment variable): Hydra's to resolve
         return
     path = Path(static).expanduser()
+    made: list[Path] = []  # the directories made to try the path, deepest first
     try:
         if "${" in value:  # created by Hydra: its nearest existing parent must take it
             path = next(p for p in (path, *path.parents) if p.exists())
         else:
+            made = [p for p in (path, *path.parents) if not p.exists()]
             path.mkdir(parents=True, exist_ok=True)
         if not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path))
@@ -291,6 +294,10 @@ def check_output_dirs(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    finally:  # Hydra makes them when the run starts: a run refused before then (one nested
+        for p in made:  # in another run's directory) leaves nothing behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def os_error_line(err: OSError, workdir: str | Path) -> str:

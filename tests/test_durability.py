@@ -310,6 +310,7 @@ def test_a_sweep_in_a_run_directory_or_below_it_is_refused(finished, inside):
     # It used to start: its multirun.yaml, lock and jobs 0/, 1/ among the run's files, and a
     # report of the enclosing sweep then counted them as its own runs.
     before = _snapshot(finished)
+    folders = sorted(p for p in finished.rglob("*") if p.is_dir())
     root = finished / inside if inside else finished
     proc = _run("--multirun", f"hydra.sweep.dir={root}", "trainer.epochs=2", "optim.lr=1e-3,1e-2")
     log = proc.stdout + proc.stderr
@@ -318,6 +319,8 @@ def test_a_sweep_in_a_run_directory_or_below_it_is_refused(finished, inside):
     assert f"RunDirError: hydra.sweep.dir={root} {said}" in log, log[-3000:]
     assert "choose a hydra.sweep.dir outside it" in log and "epoch 1/2" not in log
     assert _snapshot(finished) == before and not (finished / "multirun.yaml").exists()
+    # nor an empty sweep directory among the run's files (it was made to check it)
+    assert sorted(p for p in finished.rglob("*") if p.is_dir()) == folders
 
 
 @pytest.mark.parametrize("damage", ["", "{[", "[]"])
