@@ -522,6 +522,21 @@ def test_trainer_resume_false_keeps_the_earlier_vmap_sweep_and_writes_beside_it(
         )
 
 
+def test_a_vmap_group_regrouped_by_new_values_says_why_it_trains_from_epoch_1(tmp_path):
+    # a value added and more epochs: the members form a new group with no checkpoint of its
+    # own, and it trained from epoch 1 without a word (its results are right)
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1")
+    grid += ("trainer.figures=false", "hydra/launcher=vmap")
+    assert _run(*grid, "optim.lr=0.001,0.003", "trainer.epochs=3").returncode == 0
+    again = _run(*grid, "optim.lr=0.001,0.003,0.01", "trainer.epochs=5")
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-3000:]
+    assert (
+        f"vectorised sweep: {tmp_path / '0'}, {tmp_path / '1'} held earlier runs, and this group "
+        "of 3 has no checkpoint" in said
+    ), said[-3000:]
+
+
 def test_training_time_is_kept_across_resumption_and_a_finished_rerun(tmp_path):
     # The checkpoint carries the stage's training seconds: a rerun of a finished run reports
     # the time it trained (not 0), and a resumed run the time of both sessions.

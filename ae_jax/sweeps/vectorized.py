@@ -468,6 +468,18 @@ def train_group(
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
         )
+        earlier = [str(w) for w, r in zip(workdirs, rundirs) if r.main and r.holds_run()]
+        if t.resume and earlier and checkpointer.newest() is None:
+            # a sweep run again with values added or removed groups its members otherwise:
+            # a group is resumed from its own checkpoints, which these members have none of
+            log.info(
+                "vectorised sweep: %s held earlier runs, and this group of %d has no "
+                "checkpoint (its members were grouped otherwise, or it stopped before its "
+                "first): it trains from epoch 1",
+                ", ".join(earlier[:3])
+                + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""),
+                n,
+            )
         hparams = _spread(_stack([make_hparams(c) for c in configs]), mesh)
         x_train = _spread(jnp.asarray(data.x_train), mesh, replicated=True)
         x_eval = _spread(jnp.asarray(trainer.x_eval), mesh, replicated=True)
