@@ -113,7 +113,7 @@ def test_ctrl_c_stops_the_reproduction_once_its_run_has_saved(tmp_path):
     assert "Ctrl-C: stopped" in out and "run the same command again to resume" in out
     assert not _alive(trainer_pid)  # waited for: no training process left behind
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "preempted" and "Ctrl-C: saved epoch" in status["message"]
+    assert status["status"] == "interrupted" and "Ctrl-C: saved epoch" in status["message"]
 
 
 def _load_script(tmp_path: Path, monkeypatch):
