@@ -366,10 +366,11 @@ def log_final(loggers, cfg: Config, workdir: Path, history: list, metrics: dict)
     loggers.log_hparams(cfg, metrics)
 
 
-def epoch_logger(loggers, prefix: str = ""):
+def epoch_logger(loggers, prefix: str = "", nested: tuple[str, ...] = ()):
     """``on_epoch(row)`` for the loop: each history row to the loggers (step = epoch), keys
     prefixed with a stage name in multi-stage runs (without ``epoch``, which the step is);
-    None when no logger is open."""
+    None when no logger is open. ``nested``: the stages whose names extend ``prefix``
+    (``baseline/supervised`` of ``baseline``), whose rows are not this stage's."""
     if not loggers:
         return None
 
@@ -381,8 +382,12 @@ def epoch_logger(loggers, prefix: str = ""):
         loggers.log_metrics(keys, step=int(row["epoch"]), stage=prefix)
 
     on_epoch.flush = loggers.flush  # before each checkpoint (ae_jax.training.loop.run_stage)
-    if not prefix:  # one stage: what a killed session logged after the checkpoint is stale
-        on_epoch.resumed = loggers.resumed  # (a stage's steps restart: others' must stay)
+    # what a killed session logged after the checkpoint is stale: the whole run's, or only
+    # this stage's (every stage's steps start at 1: the other stages' must stay)
+    if prefix:
+        on_epoch.resumed = lambda epoch: loggers.stage_resumed(prefix, epoch, nested)
+    else:
+        on_epoch.resumed = loggers.resumed
     return on_epoch
 
 
@@ -426,8 +431,12 @@ def sweep_group() -> str | None:
 
 
 @contextlib.contextmanager
-def open_run_loggers(cfg, workdir: Path, main: bool = True, group: str | None = None):
-    """The run's ``logger`` selection opened in ``workdir`` (``ae_jax.loggers``), closed after."""
+def open_run_loggers(
+    cfg, workdir: Path, main: bool = True, group: str | None = None, fresh: bool = False
+):
+    """The run's ``logger`` selection opened in ``workdir`` (``ae_jax.loggers``), closed after;
+    ``fresh``: new tracker runs beside an earlier run of another config there (``open_loggers``).
+    """
     from ae_jax.loggers import open_loggers
 
     loggers = open_loggers(
@@ -437,6 +446,7 @@ def open_run_loggers(cfg, workdir: Path, main: bool = True, group: str | None = 
         config=config_dict(cfg),
         group=group or sweep_group(),
         main=main,
+        fresh=fresh,
     )
     try:
         yield loggers

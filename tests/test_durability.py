@@ -447,14 +447,15 @@ def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(
     # layers and the fine-tuning again: a changed pretrain.supervised_* was "another config"
     run = tmp_path / "pipeline"
     args = (f"hydra.run.dir={run}", *PIPELINE, "pretrain.layer_epochs=3")
-    args += ("trainer.epochs=3", "pretrain.supervised_epochs=3")
-    first = _run(*args, "pretrain.supervised_lr=1e-3")
+    args += ("trainer.epochs=3", "pretrain.supervised_epochs=3", "logger=[tensorboard,mlflow]")
+    first = _run(*args, "pretrain.supervised_lr=1e-3", "pretrain.supervised_epochs=4")
     assert first.returncode == 0, first.stderr[-3000:]
     before = _metrics(run / "metrics.json")
     again = _run(*args, "pretrain.supervised_lr=3e-3", "pretrain.probe=true")
     log = again.stdout + again.stderr
     assert again.returncode == 0, log[-3000:]
-    assert "pretrain.probe: False -> True; pretrain.supervised_lr: 0.001 -> 0.003: stage " in log
+    assert "pretrain.probe: False -> True; pretrain.supervised_epochs: 4 -> 3; " in log
+    assert "pretrain.supervised_lr: 0.001 -> 0.003: stage " in log
     assert "supervised trains again (earlier checkpoints kept as <stage>/checkpoints-b" in log
     for stage in ("pretrain/layer_0", "pretrain/layer_2", "finetune"):
         assert f"[{stage}] stage complete" in log and f"[{stage}] epoch" not in log, stage
@@ -464,7 +465,29 @@ def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(
     assert after["supervised/test/error_pct"] != before["supervised/test/error_pct"]
     assert "probe/error_pct" in after
     [kept] = (run / "supervised").glob("checkpoints-before-*")
-    assert sorted(p.name for p in kept.iterdir()) == ["3"]
+    assert sorted(p.name for p in kept.iterdir()) == ["4"]
+    # The trackers: the rerun's are new runs, the earlier ones kept as they were. They used
+    # to go on in the earlier runs: TensorBoard drew the stage's epochs 1-3 twice, once per
+    # config, and MLflow skipped the new epochs as logged already and kept the old params.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(logdir: Path, tag: str = "supervised/train/loss") -> list[int]:
+        events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+        events.Reload()
+        return [s.step for s in events.Scalars(tag)]
+
+    [earlier] = (run / "tensorboard").glob("before-*")
+    assert steps(earlier) == [1, 2, 3, 4] and steps(run / "tensorboard") == [1, 2, 3]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+    new, old = sorted(runs, key=lambda r: -r.info.start_time)
+    assert new.data.tags["ae_jax.follows"] == old.info.run_id
+    lrs = [r.data.params["pretrain.supervised_lr"] for r in (new, old)]
+    assert lrs == ["0.003", "0.001"]
+    history = {r: client.get_metric_history(r.info.run_id, "supervised/train/loss") for r in runs}
+    assert [m.step for m in history[new]] == [1, 2, 3] and len(history[old]) == 4
     # a setting an earlier stage reads is another run, as before
     other = _run(*args, "pretrain.supervised_lr=3e-3", "pretrain.layer_epochs=4")
     said = other.stdout + other.stderr

@@ -133,8 +133,53 @@ def test_a_resumed_run_draws_each_epoch_once_in_tensorboard(tmp_path):
     loss = acc.Scalars("train/loss")
     assert [s.step for s in loss] == list(range(1, 13))
     assert loss[4].value == pytest.approx(1 / 5) and loss[5].value == pytest.approx(2 / 6)
-    # a stage of a layer-wise run restarts its steps at 1: no restart mark would be right there
-    assert not hasattr(epoch_logger(again, "finetune"), "resumed")
+
+
+def test_a_resumed_stage_draws_each_epoch_once_and_keeps_the_other_stages(tmp_path, png):
+    # A layer-wise run killed in its fine-tuning stage after epoch 8, its checkpoint at 5: the
+    # resumed stage logged epochs 6-8 again beside the killed session's (a restart mark cannot
+    # be used: every stage counts from 1, so it would drop the other stages' events too).
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from ae_jax.loggers._tensorboard import stage_tag
+    from ae_jax.outputs import epoch_logger
+
+    first = open_loggers({"tensorboard": {}}, workdir=tmp_path, run_name="r")
+    layer = epoch_logger(first, "layer0")
+    for epoch in range(1, 11):
+        layer({"epoch": epoch, "train/loss": 3.0 / epoch})
+    baseline = epoch_logger(first, "baseline", nested=("baseline/supervised",))
+    for epoch in range(1, 4):
+        baseline({"epoch": epoch, "train/loss": 4.0 / epoch})
+    finetune = epoch_logger(first, "finetune")
+    for epoch in range(1, 9):
+        finetune({"epoch": epoch, "train/loss": 1.0 / epoch, "eval/mse": 0.5 / epoch})
+    first.log_image("finetune/reconstructions", png, step=7)
+    first.flush()  # and then killed: never closed, its last record torn
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    events.write_bytes(events.read_bytes() + b"\x40\x00\x00\x00\x00\x00\x00\x00\x01\x02")
+    again = open_loggers({"tensorboard": {}}, workdir=tmp_path, run_name="r")
+    finetune = epoch_logger(again, "finetune")
+    finetune.resumed(5)  # what the loop calls when it restores the stage's checkpoint 5
+    for epoch in range(6, 13):
+        finetune({"epoch": epoch, "train/loss": 2.0 / epoch, "eval/mse": 0.25 / epoch})
+    again.close()
+    acc = ea.EventAccumulator(
+        str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "images": 0}
+    )
+    acc.Reload()
+    loss = acc.Scalars("finetune/train/loss")
+    assert [s.step for s in loss] == list(range(1, 13))
+    assert loss[4].value == pytest.approx(1 / 5) and loss[5].value == pytest.approx(2 / 6)
+    assert [s.step for s in acc.Scalars("finetune/eval/mse")] == list(range(1, 13))
+    assert acc.Tags()["images"] == []  # epoch 7's image was the killed session's
+    # the other stages, whose steps are as high, are as they were
+    assert [s.step for s in acc.Scalars("layer0/train/loss")] == list(range(1, 11))
+    assert [s.step for s in acc.Scalars("baseline/train/loss")] == [1, 2, 3]
+    # a stage nested in another's name is not that stage's
+    assert stage_tag("baseline/train/loss", "baseline", ("baseline/supervised",))
+    assert not stage_tag("baseline/supervised/train/loss", "baseline", ("baseline/supervised",))
+    assert not stage_tag("layer10/train/loss", "layer1")
 
 
 def test_tensorboard_rows_reach_the_disk_while_the_run_goes_on(tmp_path):
@@ -399,6 +444,12 @@ def test_a_resumed_run_goes_on_in_its_wandb_run(tmp_path, wandb_env):
     records = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(records) == 2 and {r.name for r in records} == {one.name}  # one id, twice
     assert earlier_run_id(tmp_path) == one.stem.removeprefix("run-")
+    # a rerun of another config that reuses part of the run (fresh): a W&B run of its own,
+    # which a later resume goes on in
+    other = open_loggers({"wandb": {"project": "p"}}, workdir=tmp_path, run_name="r", fresh=True)
+    other.close()
+    ids = {r.stem for r in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert len(ids) == 2 and earlier_run_id(tmp_path) != one.stem.removeprefix("run-")
 
 
 def test_wandb_keeps_every_stage_of_a_layerwise_run(tmp_path, wandb_env, png):

@@ -175,6 +175,16 @@ class Loggers:
         skip those epochs as they come again)."""
         self._each("resumed", lambda lg: getattr(lg, "resumed", lambda epoch: None)(epoch))
 
+    def stage_resumed(self, stage: str, epoch: int, nested: tuple[str, ...] = ()) -> None:
+        """Stage ``stage`` of a multi-stage run goes on from its checkpoint of ``epoch``: what
+        a killed session logged for it after that epoch is stale (TensorBoard takes those
+        events out of its files; the CSV and MLflow replace or skip them as they come again).
+        ``nested``: the stages whose names extend ``stage``, whose rows are not its own."""
+        self._each(
+            "stage_resumed",
+            lambda lg: getattr(lg, "stage_resumed", lambda *a: None)(stage, epoch, nested),
+        )
+
     def log_metrics(self, row: Mapping[str, Any], step: int, stage: str = "") -> None:
         """One history row (``train/loss``, ``eval/mse``, ``epoch``, ``time/elapsed``, ...) at
         ``step`` (the epoch); non-numeric and non-finite values are left out. ``stage``: the
@@ -235,6 +245,14 @@ def image_every(settings: Mapping[str, Any] | None) -> dict[str, int]:
     return {name: s.image_every for name, s in parsed.items() if getattr(s, "image_every", 0) > 0}
 
 
+def _takes(function, keyword: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``keyword``."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _missing(name: str, error: ImportError) -> LoggerError:
     entry = LOGGERS.entry(name)
     extra = entry.info.get("extra")
@@ -254,6 +272,7 @@ def open_loggers(
     config: Mapping[str, Any] | None = None,
     group: str | None = None,
     main: bool = True,
+    fresh: bool = False,
 ) -> Loggers:
     """Open every logger of ``settings`` (``cfg.logger``: name -> settings) for one run.
 
@@ -266,6 +285,10 @@ def open_loggers(
       group: groups a sweep's runs (W&B group, MLflow tag ``group``, TensorBoard: none needed,
         each run is its own directory).
       main: False on processes > 0 of a multi-process run: nothing is opened or written.
+      fresh: the run directory holds an earlier run of another config, which this one reuses
+        in part (a layer-wise run whose last stages train again): each tracker begins a new
+        run of its own (a new MLflow run, a new W&B run id, TensorBoard's earlier events moved
+        to ``tensorboard/before-<time>/``) and keeps the earlier one as it was.
 
     Raises:
       ae_jax.registry.ConfigError: an unknown logger or setting.
@@ -280,8 +303,10 @@ def open_loggers(
     try:
         for name, s in parsed.items():
             try:
-                opened[name] = LOGGERS.get(name)(
-                    s, workdir=workdir, run_name=run_name, config=config, group=group
+                factory = LOGGERS.get(name)
+                extra = {"fresh": True} if fresh and _takes(factory, "fresh") else {}
+                opened[name] = factory(
+                    s, workdir=workdir, run_name=run_name, config=config, group=group, **extra
                 )
             except ImportError as e:
                 raise _missing(name, e) from e

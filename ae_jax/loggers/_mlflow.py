@@ -170,6 +170,7 @@ def open_mlflow(
     run_name: str,
     config: dict,
     group: str | None = None,
+    fresh: bool = False,
 ) -> MlflowLogger:
     workdir = Path(workdir)
     uri = tracking_uri(settings, workdir)
@@ -222,6 +223,9 @@ def open_mlflow(
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    if earlier and fresh:  # an earlier run of another config: kept, and this one is new
+        tags["ae_jax.follows"] = earlier[0].info.run_id
+        earlier = []
     if earlier:  # a resumed run goes on in the MLflow run it began
         run = earlier[0]
         client.update_run(run.info.run_id, status="RUNNING")

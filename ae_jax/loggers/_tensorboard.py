@@ -4,6 +4,7 @@ with the final metrics for the HParams tab. ``tensorboard --logdir outputs/`` sh
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -23,6 +24,73 @@ def _png_header(data: bytes) -> tuple[int, int, int]:
         raise ValueError("not a PNG file")
     width, height = struct.unpack(">II", data[16:24])
     return height, width, _PNG_CHANNELS.get(data[25], 4)
+
+
+def stage_tag(tag: str, stage: str, nested: tuple[str, ...] = ()) -> bool:
+    """Whether ``tag`` is one of stage ``stage``'s (``<stage>/...``) and not one of a stage
+    whose name extends it (``baseline/supervised/...`` is not stage ``baseline``'s)."""
+    return tag.startswith(f"{stage}/") and not any(tag.startswith(f"{n}/") for n in nested)
+
+
+def _records(data: bytes):
+    """(start, end, payload) of each whole record of a TFRecord file (length, its masked CRC,
+    the payload, its masked CRC); a torn record at the end (a killed writer's) ends the
+    list."""
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        end = pos + 12 + length + 4
+        if end > len(data):
+            return
+        yield pos, end, data[pos + 12 : pos + 12 + length]
+        pos = end
+
+
+def _record(payload: bytes) -> bytes:
+    from tensorboardX.record_writer import masked_crc32c
+
+    header = struct.pack("<Q", len(payload))
+    return (
+        header
+        + struct.pack("<I", masked_crc32c(header))
+        + payload
+        + struct.pack("<I", masked_crc32c(payload))
+    )
+
+
+def filter_events(path: Path, drop, aside: Path | None = None) -> int:
+    """Take out of the event file ``path`` every summary value for which ``drop(tag, step)`` is
+    true (an event left with none goes with them); with ``aside``, they are written to that
+    event file instead of being discarded. The file is replaced atomically, and only when
+    something was taken out. Returns how many values were."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = path.read_bytes()
+    kept, removed, count = [], [], 0
+    for start, end, payload in _records(data):
+        event = Event.FromString(payload)
+        values = list(event.summary.value)
+        gone = [v for v in values if drop(v.tag, event.step)]
+        if not gone:
+            kept.append(data[start:end])
+            continue
+        count += len(gone)
+        for into, chosen in ((kept, [v for v in values if v not in gone]), (removed, gone)):
+            if chosen:
+                part = Event()
+                part.CopyFrom(event)
+                del part.summary.value[:]
+                part.summary.value.extend(chosen)
+                into.append(_record(part.SerializeToString()))
+    if not count:
+        return 0
+    from ae_jax.run_io import write_atomic
+
+    if aside is not None:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(aside, lambda f: f.write(b"".join(removed)))
+    write_atomic(path, lambda f: f.write(b"".join(kept)))
+    return count
 
 
 class TensorBoardLogger:
@@ -119,6 +187,21 @@ class TensorBoardLogger:
         start = SessionLog(status=SessionLog.START)
         self._events.write_event(Event(wall_time=time.time(), step=epoch + 1, session_log=start))
 
+    def stage_resumed(self, stage: str, epoch: int, nested: tuple[str, ...] = ()) -> None:
+        """Stage ``stage`` of a multi-stage run goes on from its checkpoint of ``epoch``: the
+        events of its tags (``<stage>/...``, not those of a stage nested in it, ``nested``)
+        after that epoch, which a killed session wrote, are taken out of the earlier event
+        files. (A restart mark would drop the other stages' events too: every stage counts its
+        epochs from 1.)"""
+
+        def stale(tag: str, step: int) -> bool:
+            return step > epoch and stage_tag(tag, stage, nested)
+
+        own = Path(self._events._file_name) if hasattr(self._events, "_file_name") else None
+        for path in sorted(Path(self.logdir).glob("events.out.tfevents.*")):
+            if own is None or path.resolve() != own.resolve():
+                filter_events(path, stale)
+
     def flush(self) -> None:
         if not self._closed:
             self._events.flush()
@@ -137,6 +220,17 @@ def open_tensorboard(
     run_name: str,
     config: dict,
     group: str | None = None,
+    fresh: bool = False,
 ) -> TensorBoardLogger:
     del run_name, config, group  # the directory is the run; the config goes in at the end
-    return TensorBoardLogger(settings, Path(workdir) / "tensorboard")
+    logdir = Path(workdir) / "tensorboard"
+    earlier = sorted(logdir.glob("events.out.tfevents.*")) if fresh else []
+    if earlier:  # an earlier run of another config: TensorBoard shows it as a run of its own
+        aside = logdir / f"before-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in earlier:
+            path.rename(aside / path.name)
+        logging.getLogger("ae_jax").info(
+            "TensorBoard: the earlier config's events moved to %s (a run of their own)", aside
+        )
+    return TensorBoardLogger(settings, logdir)

@@ -101,6 +101,7 @@ def open_wandb(
     run_name: str,
     config: dict,
     group: str | None = None,
+    fresh: bool = False,
 ) -> WandbLogger:
     os.environ.setdefault("WANDB_SILENT", "true")  # before the import: W&B reads it early
     import wandb
@@ -119,7 +120,8 @@ def open_wandb(
             )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    earlier = earlier_run_id(workdir)
+    # an earlier run of another config (fresh) is kept: this one gets an id of its own
+    earlier = None if fresh else earlier_run_id(workdir)
     run = wandb.init(
         id=earlier,  # a resumed run goes on in the W&B run it began (None: a new one)
         resume="allow" if earlier else None,

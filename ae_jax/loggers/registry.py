@@ -9,7 +9,10 @@ wandb or mlflow.
 
 A factory is called as ``factory(settings, workdir=..., run_name=..., config=..., group=...)``
 and returns an object with ``log_metrics(row, step)``, ``log_image(tag, png_path, step)``,
-``log_hparams(hparams, metrics)`` and ``close()`` (see ``ae_jax.loggers.Logger``).
+``log_hparams(hparams, metrics)`` and ``close()`` (see ``ae_jax.loggers.Logger``). A factory
+that takes ``fresh`` gets ``fresh=True`` when the run directory holds an earlier run of another
+config that this one goes on from (a layer-wise run whose last stages train again): it should
+begin a new tracker run rather than go on in the earlier one, and keep that one as it is.
 
 Adding a tracker is one settings dataclass, one factory and one file
 ``conf/logger/<name>.yaml`` holding ``<name>: {...settings...}``::

@@ -286,7 +286,11 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     # a finished pipeline (its metrics.json written at the end) is evaluated again, not
     # trained: its trackers already hold it
     finished = t.resume and (workdir / "metrics.json").exists() and not rundir.changed
-    loggers = stack.enter_context(open_run_loggers(recorded, workdir, rundir.main and not finished))
+    loggers = stack.enter_context(
+        open_run_loggers(
+            recorded, workdir, rundir.main and not finished, fresh=bool(rundir.changed)
+        )
+    )
     metrics: dict[str, float] = {}
 
     # 1. greedy layer-wise pretraining
@@ -372,7 +376,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
                 ),
                 resume=t.resume,
                 stage_name="baseline",
-                on_epoch=epoch_logger(loggers, "baseline"),
+                on_epoch=epoch_logger(loggers, "baseline", nested=("baseline/supervised",)),
             )
             raise_if_preempted("after stage baseline")
             base = jax.device_get(bstate.params)

@@ -318,8 +318,10 @@ def run_stage(
                 log.info("resuming stage %s at %s from %s", stage.name, at, where)
             else:
                 log.info("resuming from %s (%s)", where, at)
-            for hook in (on_epoch, on_member_epoch):  # the trackers drop what follows it
-                getattr(hook, "resumed", lambda epoch: None)(start_epoch)
+        # the trackers drop what an earlier session logged after the checkpoint, or after the
+        # start when it was killed before its first checkpoint (this one trains it again)
+        for hook in (on_epoch, on_member_epoch):
+            getattr(hook, "resumed", lambda epoch: None)(start_epoch)
     if checkpointer is not None and start_epoch < stage.epochs:
         checkpointer.check_space(
             state,
