@@ -616,6 +616,49 @@ def test_runs_on_different_datasets_are_said_to_be_so_and_no_row_is_best(tmp_pat
     assert "0.08" in table and "**" not in table
 
 
+@pytest.mark.parametrize("done", [0, 2])
+def test_a_sweep_stopped_early_keeps_its_axis_and_makes_up_no_dataset_or_repeat(tmp_path, done):
+    # A sweep stopped by Ctrl-C in its first job (done=0) was reported with "axes: none", "on
+    # 2 datasets (digits, None)" and "3 runs share their seeds": the jobs not started, which
+    # know only their overrides, counted as a dataset None and as repeats of one seed.
+    multirun = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": None,
+            },
+            "overrides": {"task": ["model.latent_dim=4,8,16", "trainer.seed=0,1"], "hydra": []},
+        }
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    jobs = [(latent, seed) for latent in (4, 8, 16) for seed in (0, 1)]
+    for i, (latent, seed) in enumerate(jobs[: done + 1]):
+        d = tmp_path / str(i)
+        (d / ".hydra").mkdir(parents=True)
+        job = [f"model.latent_dim={latent}", f"trainer.seed={seed}"]
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(job))
+        config = {
+            "data": {"source": "digits", "name": "digits", "path": None},
+            "model": {"latent_dim": latent},
+            "trainer": {"seed": seed, "epochs": 30},
+        }
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        if i < done:
+            (d / "metrics.json").write_text(json.dumps({"test/mse": 0.1 / latent + seed / 1e3}))
+            (d / "status.json").write_text(json.dumps({"status": "completed"}))
+        else:
+            (d / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report.axes == ["model.latent_dim"]
+    assert report.counts["not started"] == 5 - done
+    assert not any("datasets" in n or "share their seeds" in n for n in report.notes), report.notes
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| 16 | 0/2 | " in table and "2 not started |" in table
+    if done:  # the one row with completed runs is the best
+        assert "**0.02550 ± 0.00071**" in table, table
+
+
 @pytest.mark.parametrize(
     ("values", "shown"),
     [  # files by their names; long names that still crowd the panel are tilted

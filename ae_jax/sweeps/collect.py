@@ -353,17 +353,28 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
     keys first so that plots can use them as the x value.
     """
     known = [r for r in runs if r.status != "not started" and r.config] or runs
+    # The keys every placeholder overrides are its grid's: they are compared over all the
+    # runs (a sweep stopped in its first job has one run that started and a grid of them).
+    waiting = [r for r in runs if r.status == "not started" and r.config]
+    gridded = set.intersection(*(set(r.config) for r in waiting)) if waiting else set()
+    gridded &= set.intersection(*(set(r.config) for r in known))
+
+    def over(k: str) -> list:
+        return runs if k in gridded else known
+
     keys = sorted({k for r in known for k in r.config})
     skip = set(seed_keys) | set(IGNORED_KEYS)
     varying = [
-        k for k in keys if k not in skip and len({_hashable(r.config.get(k)) for r in known}) > 1
+        k
+        for k in keys
+        if k not in skip and len({_hashable(r.config.get(k)) for r in over(k)}) > 1
     ]
     groups: dict[tuple, list[str]] = {}
     for k in varying:
-        groups.setdefault(_partition(known, k), []).append(k)
+        groups.setdefault((k in gridded, _partition(over(k), k)), []).append(k)
 
     def numeric_first(k: str) -> tuple:
-        numeric = all(_is_number(r.config.get(k)) for r in known)
+        numeric = all(_is_number(r.config.get(k)) for r in over(k))
         return (not numeric, k)
 
     def named(ks: list[str]) -> tuple[str, ...]:

@@ -170,7 +170,8 @@ def write_report(
         )
     for row in rows:  # replicates are seeds: runs of one row with equal seeds are repeats
         keys = (*seed_keys, *searched)  # a study's trials differ in what it searched
-        seeds = [repr([r.config.get(k) for k in keys]) for r in row.runs if r.config]
+        started = [r for r in row.runs if r.config and r.status != "not started"]
+        seeds = [repr([r.config.get(k) for k in keys]) for r in started]
         if len(seeds) > len(set(seeds)):
             where = ", ".join(f"{a.name}={format_value(v)}" for a, v in zip(axes, row.values))
             report.notes.append(

@@ -176,8 +176,8 @@ DATASET_KEYS = ("data.source", "data.name", "data.tfds_name", "data.path")
 def datasets(runs: list[Run]) -> list[str]:
     """The datasets ``runs`` trained on (their names), one entry per distinct dataset."""
     seen: dict[tuple, str] = {}
-    for run in runs:
-        if run.config:
+    for run in runs:  # a job not started knows only its overrides, not its dataset
+        if run.config and run.status != "not started":
             key = tuple(run.config.get(k) for k in DATASET_KEYS)
             seen.setdefault(key, str(run.config.get("data.name") or key[0]))
     return list(seen.values())
