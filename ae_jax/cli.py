@@ -940,10 +940,15 @@ def _job_states(root: Path) -> tuple[dict[str, int], list[str]]:
     unrecorded failure: ``UNRECORDED``), and a line for each failed or refused job."""
     import json
 
+    from ae_jax.training.rundir import CHOSEN
+
     counts: dict[str, int] = {}
     failed = []
     jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
     top = root.absolute()
+    ours = {Path(d) for d in CHOSEN if top in Path(d).parents}
+    if ours:  # the jobs ran in this process: earlier runs kept beside them are not counted
+        jobs = {job: f for job, f in jobs.items() if job in ours}
     jobs.update({Path(d): None for d in UNRECORDED if top in Path(d).parents})
     for job in sorted(jobs):
         if str(job) in UNRECORDED:  # its status.json, if any, is not this run's end
@@ -974,7 +979,10 @@ class MultirunSummary(Callback):
     ``summarize_stopped_multirun``."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from ae_jax.training.rundir import CHOSEN
+
         UNRECORDED.clear()  # this multirun's jobs only
+        CHOSEN.clear()
         _MULTIRUN[:] = [config]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

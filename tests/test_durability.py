@@ -543,6 +543,11 @@ def test_trainer_resume_false_keeps_the_earlier_vmap_sweep_and_writes_beside_it(
             "cosine" in (d / "config.yaml").read_text()
             and "epoch 3/3" in (d / "train.log").read_text()
         )
+    # the multirun's summary counts its own 2 jobs, not the 2 earlier runs kept beside them
+    assert "multirun " in said and f"{tmp_path}: 2 completed" in said, said[-3000:]
+    alone = _run(*grid[:-1], "trainer.resume=false")  # one job after the other, likewise
+    said = alone.stdout + alone.stderr
+    assert alone.returncode == 0 and f"{tmp_path}: 2 completed" in said, said[-3000:]
 
 
 def test_a_vmap_group_regrouped_by_new_values_says_why_it_trains_from_epoch_1(tmp_path):

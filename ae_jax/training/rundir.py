@@ -134,9 +134,20 @@ def _check_writable(path: Path) -> None:
         ) from None
 
 
+# The run directories this process's runs chose (``fresh_or_resumed_workdir``): a multirun's
+# summary counts these jobs, not the earlier runs kept beside them (ae_jax.cli.MultirunSummary).
+CHOSEN: set[str] = set()
+
+
 def fresh_or_resumed_workdir(workdir: Path, resume: bool) -> Path:
     """``workdir``, unless resuming is off and it holds an earlier run: then a new sibling
-    directory (the earlier run is never touched)."""
+    directory (the earlier run is never touched). Either is added to ``CHOSEN``."""
+    chosen = _fresh_or_resumed(workdir, resume)
+    CHOSEN.add(str(Path(chosen).absolute()))
+    return chosen
+
+
+def _fresh_or_resumed(workdir: Path, resume: bool) -> Path:
     if resume or not RunDir(workdir).holds_run():
         return workdir
     fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}")
