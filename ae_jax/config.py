@@ -387,6 +387,7 @@ def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
     """
     overrides = overrides_of(overrides)
     _check_settings(overrides, conf_dir)
+    _check_logger_settings(overrides)
 
     selected: set[str] | None = None  # the terms chosen on this command line, if it chooses
     settings: list[tuple[str, str, str]] = []  # (argument, term, prefix) of reg.<term>.<key>=
@@ -423,6 +424,46 @@ def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
             f"{arg} sets term {term!r}, which this run does not select; select it with "
             f"reg={term} (or reg=[<terms>,{term}] for several)"
         )
+
+
+def _check_logger_settings(overrides: list[str]) -> None:
+    """``logger.<name>.<setting>=value``: a registered logger, one of its settings, and (as
+    Hydra would refuse it in several lines) a logger this run selects: the default one
+    (tensorboard) or those of ``logger=...``; undecidable where an experiment or sweep file
+    may select some, and not asked of ``+logger...``, which adds the logger."""
+    from ae_jax.loggers.registry import LOGGERS, logger_settings
+    from ae_jax.registry import entry_settings
+
+    selected: set[str] | None = {"tensorboard"}
+    settings: list[tuple[str, str]] = []
+    for arg in overrides:
+        if re.match(r"^\+{0,2}(experiment|sweep)(@|=)", arg):
+            selected = None
+        m = re.match(r"^(\+\+|\+|~)?logger(\.[^=]*)?=(.*)$", arg)
+        if m is None:
+            continue
+        if not m.group(2):  # logger=name or logger=[a,b]: the choice
+            value = m.group(3).strip()
+            if "(" in value or "$" in value or m.group(1):  # a sweep function, or added to
+                selected = None
+            elif selected is not None:
+                selected = {n.strip() for n in value.strip("[]").split(",")} - {"none", ""}
+            continue
+        parts = m.group(2)[1:].split(".")
+        if m.group(1) == "~":
+            continue
+        logger_settings(parts[0], {})  # a registered name
+        if len(parts) > 1:  # one of its settings (its value is checked once composed)
+            entry_settings(LOGGERS, parts[0], {parts[1]: None}, "logger", "logger")
+        if not m.group(1):
+            settings.append((arg, parts[0]))
+    for arg, name in settings:
+        if selected is not None and name not in selected:
+            chosen = ",".join(sorted(selected)) or "none"
+            raise ConfigError(
+                f"{arg} sets logger {name!r}, which this run does not select (logger={chosen}); "
+                f"select it with 'logger=[{','.join(sorted(selected | {name}))}]'"
+            )
 
 
 # The config groups whose keys are a dataclass's fields (``reg`` and ``logger`` are mappings

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -798,6 +799,35 @@ def test_hparams_and_config_may_be_dataclasses_or_omegaconf(flaky, tmp_path):
         ("hparams", {"model.latent_dim": 8}, {"test/mse": 0.5}),
         ("hparams", {"model.latent_dim": 8}, {}),
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["logger.tensorboard.flush_sec=5"], "not a setting of logger 'tensorboard'; valid: flush"),
+        (["logger=wandb", "logger.wandb.imag_every=2"], "valid: project, entity, mode, tags"),
+        (["logger.nope.x=1"], "logger.nope is not a registered logger; registered: tensorboard"),
+        (  # Hydra's own hint (+logger.wandb...) would switch W&B on without a word
+            ["logger.wandb.image_every=25"],
+            "sets logger 'wandb', which this run does not select (logger=tensorboard); select "
+            "it with 'logger=[tensorboard,wandb]'",
+        ),
+        (["logger=none", "logger.csv.filename=m.csv"], "select it with 'logger=[csv]'"),
+        (["logger=[csv,wandb]", "logger.wandb.image_every=2", "logger.csv.filename=m.csv"], None),
+        (["logger.tensorboard.flush_secs=3"], None),  # the default logger
+        (["+experiment=hinton2006_mnist", "logger.wandb.mode=offline"], None),  # may select it
+    ],
+)
+def test_logger_settings_on_the_command_line_are_checked_in_one_line(args, said):
+    # A misspelt or unselected logger setting got Hydra's five-line "Could not override ...
+    # Key 'flush_sec' is not in struct" and exit status 1.
+    from ae_jax.config import check_overrides
+
+    if said is None:
+        check_overrides(args)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            check_overrides(args)
 
 
 def test_registry_settings_and_errors():

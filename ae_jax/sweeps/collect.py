@@ -365,9 +365,7 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
     keys = sorted({k for r in known for k in r.config})
     skip = set(seed_keys) | set(IGNORED_KEYS)
     varying = [
-        k
-        for k in keys
-        if k not in skip and len({_hashable(r.config.get(k)) for r in over(k)}) > 1
+        k for k in keys if k not in skip and len({_hashable(r.config.get(k)) for r in over(k)}) > 1
     ]
     groups: dict[tuple, list[str]] = {}
     for k in varying:
