@@ -142,6 +142,24 @@ def test_early_stopping_keeps_the_best_epoch_and_stops(tmp_path, caplog):
     assert f"keeping the parameters of epoch {best}" in caplog.text
 
 
+def test_the_console_says_which_epoch_a_run_that_trained_to_the_end_keeps(tmp_path, caplog):
+    # A run that reached its last epoch kept an earlier epoch's parameters without a word, and
+    # one whose patience ran out at exactly its last epoch was said to stop early.
+    args = (*EARLY[:2], "trainer.eval_every=2", "trainer.epochs=60", "optim.lr=0.02")
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        m = train(tmp_path, *args, "trainer.patience=50")
+    best = int(m["train/best_epoch"])
+    assert 0 < best < 60 and m["train/epochs_trained"] == 60
+    said = f"val/mse was lowest at epoch {best} of 60: keeping the parameters of epoch {best}"
+    assert said in caplog.text and "early stopping" not in caplog.text
+    patience = (60 - best) // 2  # evaluations after the best: the patience ends at epoch 60
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        again = train(tmp_path / "again", *args, f"trainer.patience={patience}")
+    assert again["train/best_epoch"] == best and "early stopping" not in caplog.text
+    assert said in caplog.text
+
+
 @pytest.mark.parametrize("devices", [1, 2])
 def test_early_stopping_resumes_its_record_and_a_stopped_run_is_not_trained_again(
     tmp_path, caplog, devices

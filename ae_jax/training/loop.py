@@ -455,19 +455,32 @@ def run_stage(
                 best.stopped = True
                 if checkpointer is not None and checkpointer.newest() != checkpointer.path(done):
                     save(done)
-                log.info(
-                    "%searly stopping after epoch %d: %s%s has not improved for %d "
-                    "evaluations; keeping the parameters of epoch %s",
-                    stage.label,
-                    done,
-                    prefix,
-                    stage.monitor,
-                    stage.patience,
-                    best.describe(),
-                )
+                if done < stage.epochs:  # at the last epoch nothing stops early: below
+                    log.info(
+                        "%searly stopping after epoch %d: %s%s has not improved for %d "
+                        "evaluations; keeping the parameters of epoch %s",
+                        stage.label,
+                        done,
+                        prefix,
+                        stage.monitor,
+                        stage.patience,
+                        best.describe(),
+                    )
                 break
         drain(keep=0)
     jax.block_until_ready(state)
+    if best is not None and done >= stage.epochs and stage.members is None:
+        kept = int(best.best_epoch)
+        if 0 < kept < done:  # the run's parameters are not its last epoch's: say so
+            log.info(
+                "%s%s%s was lowest at epoch %d of %d: keeping the parameters of epoch %d",
+                stage.label,
+                prefix,
+                stage.monitor,
+                kept,
+                done,
+                kept,
+            )
     # the time a rerun of this finished stage will report: that of its last checkpoint
     seconds = saved.get(done, prior + time.perf_counter() - start)
     return _result(stage, state, history, failed, start_epoch, seconds, best, done)
