@@ -636,7 +636,7 @@ def compose_data(name: str, overrides: tuple[str, ...] = ()):
         return compose(config_name=None, overrides=[f"+data={name}", *overrides]).data
 
 
-def test_every_data_config_composes(monkeypatch, mnist_path):
+def test_every_data_config_composes(monkeypatch, mnist_path, tmp_path):
     monkeypatch.setenv("AE_JAX_MNIST_DIR", str(mnist_path))
     monkeypatch.delenv("AE_JAX_FASHION_MNIST_DIR", raising=False)
     names = sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml"))
@@ -657,8 +657,13 @@ def test_every_data_config_composes(monkeypatch, mnist_path):
     with pytest.raises(DataError, match="data.path is not set; data.source=array"):
         load_dataset(compose_data("array"))
     monkeypatch.delenv("AE_JAX_MNIST_DIR")
-    with pytest.raises(DataError, match="data.path is not set; data.source=idx"):
+    # the line names the variable conf/data/idx.yaml reads, which a fresh shell lacks
+    with pytest.raises(DataError, match=r"data.path is not set; data.source=idx.*AE_JAX_MNIST"):
         load_dataset(compose_data("idx"))
+    # a relative directory that is not there is shown as the directory it was looked for in
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=re.escape(f"mnist ({tmp_path.resolve() / 'mnist'}) does")):
+        load_dataset({"source": "idx", "path": "mnist"})
 
 
 def test_tfds_mnist_offline_matches_the_idx_reader(tmp_path, mnist_path, mnist_idx):

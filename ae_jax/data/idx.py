@@ -94,9 +94,10 @@ def find_idx_files(directory: str | Path) -> dict[str, Path]:
     directory = Path(directory).expanduser()
     expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
     if not directory.is_dir():
+        where = "" if directory.is_absolute() else f" ({directory.resolve()})"
         raise DataError(
-            f"IDX directory {directory} does not exist or is not a directory; it must hold "
-            f"{expected}"
+            f"IDX directory {directory}{where} does not exist or is not a directory; it must "
+            f"hold {expected}"
         )
     found, missing = {}, []
     for role, stem in IDX_FILES.items():

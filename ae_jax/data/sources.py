@@ -51,7 +51,13 @@ def _setting(cfg: Any, key: str, default: Any = None) -> Any:
 def _required_path(cfg: Any, source: str, what: str) -> str:
     path = _setting(cfg, "path")
     if path is None:
-        raise DataError(f"data.path is not set; data.source={source} needs data.path={what}")
+        hint = (  # conf/data/idx.yaml's path is ${oc.env:AE_JAX_MNIST_DIR,null}
+            "; data=idx reads it from $AE_JAX_MNIST_DIR when that is set (export "
+            "AE_JAX_MNIST_DIR=DIR)"
+            if source == "idx"
+            else ""
+        )
+        raise DataError(f"data.path is not set; data.source={source} needs data.path={what}{hint}")
     return str(path)
 
 
