@@ -722,6 +722,21 @@ def record_search(config: Any, root: Path) -> None:
     write_text_atomic(root / SEARCH_RECORD, header + text)
 
 
+def warn_grid_without_multirun(hydra_cfg: Any, multirun: bool) -> None:
+    """A config that sets a grid (``hydra.sweeper.params``: a ``+sweep=`` file, an experiment
+    of several runs) run without ``--multirun`` trains one run of its defaults: say so, with
+    the grid it leaves out, rather than let it pass for the sweep."""
+    params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
+    if multirun or not params:
+        return
+    grid = ", ".join(f"{k}={v}" for k, v in params.items())
+    log.warning(
+        "this config sets a sweep (%s), which only --multirun runs: this is one run, of the "
+        "values it composes to; add --multirun to run the sweep",
+        grid,
+    )
+
+
 def check_search_or_exit(cfg: Any, hydra_cfg: Any) -> None:
     """``check_search_score``, a refusal being one line on stderr and exit status 2."""
     try:

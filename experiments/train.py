@@ -33,6 +33,7 @@ from ae_jax.cli import (  # noqa: E402
     quiet_console,
     run_or_exit,
     summarize_stopped_multirun,
+    warn_grid_without_multirun,
 )
 from ae_jax.config import ConfigError, check_overrides, register_configs  # noqa: E402
 from ae_jax.train import train_and_evaluate  # noqa: E402
@@ -53,6 +54,7 @@ def main(cfg: DictConfig) -> float:
     # In a multirun a bad job must fail alone: Hydra records it and runs the others.
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     check_search_or_exit(cfg, hydra_cfg)  # an Optuna search must not choose on the test split
+    warn_grid_without_multirun(hydra_cfg, multirun)  # +sweep=... without --multirun
     metrics = run_or_exit(
         train_and_evaluate, cfg, hydra_cfg.runtime.output_dir, exit_on_error=not multirun
     )

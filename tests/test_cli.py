@@ -41,6 +41,7 @@ def test_train_command_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "epoch 4/4" in log and "eval mse" in log and "ex/s" in log
+    assert "sets a sweep" not in log and "WARNING" not in log, log[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in EXPECTED_METRICS:
         assert key in metrics, key
@@ -63,6 +64,17 @@ def test_train_command_writes_every_output(tmp_path):
     os.umask(mask)
     for name in ("metrics.json", "config.yaml", "history.csv", "reconstructions.png"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_a_sweep_file_without_multirun_says_it_trains_one_run(tmp_path):
+    # +sweep=latent without --multirun trained one run without a word about its grid
+    proc = _run(tmp_path, "+sweep=latent", "trainer.epochs=1")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert (
+        "this config sets a sweep (model.latent_dim=2,4,8,16,32, trainer.seed=0,1,2), which only "
+        "--multirun runs: this is one run, of the values it composes to; add --multirun" in log
+    ), log[-3000:]
 
 
 def test_bad_input_exits_with_a_clear_message_and_no_traceback(tmp_path):
