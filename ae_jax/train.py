@@ -108,12 +108,19 @@ def train_and_evaluate(
             thread.join()
         if not main:
             return {}
-        log.info(
-            "trained in %.1fs (%.0f examples/s; compile %.1fs)",
-            timing["time/train_seconds"],
-            timing["train/samples_per_second"],
-            timing["time/compile_seconds"],
-        )
+        if getattr(trainer, "trained_now", True):
+            log.info(
+                "trained in %.1fs (%.0f examples/s; compile %.1fs)",
+                timing["time/train_seconds"],
+                timing["train/samples_per_second"],
+                timing["time/compile_seconds"],
+            )
+        else:  # the seconds are those of the sessions that trained it
+            log.info(
+                "trained earlier in %.1fs (%.0f examples/s)",
+                timing["time/train_seconds"],
+                timing["train/samples_per_second"],
+            )
         return evaluate_and_write(
             cfg, trainer, jax.device_get(state.params), history, timing, workdir, t0, loggers
         )

@@ -94,6 +94,13 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path, reference):
     again = _run(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr + again.stdout
+    assert "trained in " in again.stderr + again.stdout
+    _assert_same_run(tmp_path, reference)
+    # run once more: nothing is trained, and the line says the seconds are the earlier ones'
+    # (it said "trained in ...; compile ..." with this session's compile time)
+    finished = _run(tmp_path)
+    said = finished.stderr + finished.stdout
+    assert "trained earlier in " in said and "trained in " not in said, said[-3000:]
     _assert_same_run(tmp_path, reference)
 
 

@@ -291,6 +291,7 @@ class Trainer:
         )
         seconds = result.seconds
         trained = result.epochs_trained or self.epochs  # every session's epochs, as seconds
+        self.trained_now = result.start_epoch < trained  # False: a finished run, run again
         examples = trained * self.steps_per_epoch * t.batch_size
         timing = {}
         if result.best_epoch is not None:
