@@ -27,8 +27,21 @@ REPO_DIR="${AE_JAX_REPO_DIR:-ae-jax}"
 mode="${1:-}"
 shift || true
 
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+need() {  # need COUNT WHAT: the mode's arguments, or one line saying which are missing
+  if [ "$#" -lt 2 ] || [ "$ARGC" -lt "$1" ]; then
+    echo "launch_tpu.sh $mode needs $2 (got $ARGC argument(s)); see scripts/launch_tpu.sh --help" >&2
+    exit 2
+  fi
+}
+ARGC=$#
+
 case "$mode" in
+  -h|--help|help)
+    usage
+    ;;
   setup)
+    need 2 "NAME ZONE"
     name="$1"; zone="$2"
     gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
       set -e
@@ -40,6 +53,7 @@ case "$mode" in
     exec python3 experiments/train.py "$@"
     ;;
   pod)
+    need 3 "NAME ZONE RUN_DIR [overrides...]"
     name="$1"; zone="$2"; run_dir="$3"; shift 3
     overrides="$(printf ' %q' "$@")"
     gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
@@ -48,7 +62,8 @@ case "$mode" in
     "
     ;;
   *)
-    sed -n '2,25p' "$0"
+    [ -n "$mode" ] && echo "launch_tpu.sh: unknown mode '$mode'; the modes are setup, single, pod" >&2
+    usage >&2
     exit 2
     ;;
 esac

@@ -308,3 +308,21 @@ def test_a_compilation_cache_that_fills_up_says_so_once(capsys):
         "No space left on device); they compile again in later runs until it can" in err
     )
     assert shown == ["something else"]  # other warnings are shown as before
+
+
+@pytest.mark.parametrize(
+    ("args", "rc", "said"),
+    [
+        (["--help"], 0, "Launch ae-jax on a Cloud TPU VM"),
+        (["setup"], 2, "launch_tpu.sh setup needs NAME ZONE (got 0 argument(s))"),
+        (["pod", "slice", "zone"], 2, "launch_tpu.sh pod needs NAME ZONE RUN_DIR"),
+        (["launch"], 2, "launch_tpu.sh: unknown mode 'launch'; the modes are setup, single, pod"),
+    ],
+)
+def test_the_tpu_launcher_says_what_it_needs(args, rc, said):
+    # `launch_tpu.sh setup` without its arguments died on "$1: unbound variable"
+    proc = subprocess.run(
+        ["bash", "scripts/launch_tpu.sh", *args], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == rc and said in proc.stdout + proc.stderr
+    assert "unbound" not in proc.stderr
