@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -24,10 +25,31 @@ from ae_jax.training.trainer import Trainer
 log = logging.getLogger("ae_jax")
 
 
-def _one_or_set(values) -> str:
-    """``0.1``, or ``{0.0,0.1,0.2}`` for the values that the members of a group vary."""
+def _num(value) -> str:
+    """A setting's value as written (``0.1``, ``3e-05``), or to 4 significant digits where
+    that is long (a value an Optuna search drew: ``0.001512``)."""
+    text = str(value)
+    return text if len(text) <= 8 or not isinstance(value, float) else f"{value:.4g}"
+
+
+def _one_or_set(values, ordered: bool = False) -> str:
+    """``0.1``, or ``{0.0,0.1,0.2}`` for the values that the members of a group vary; with
+    ``ordered``, ``[0.3,0.1,0.2]``: each member's, in the members' order."""
+    values = list(values)
     distinct = sorted(set(values))
-    return str(distinct[0]) if len(distinct) == 1 else "{" + ",".join(map(str, distinct)) + "}"
+    if len(distinct) == 1:
+        return _num(distinct[0])
+    if ordered:
+        return "[" + ",".join(map(_num, values)) + "]"
+    return "{" + ",".join(map(_num, distinct)) + "}"
+
+
+def _grid(columns: list[list]) -> bool:
+    """Whether the members' values of the settings they vary (``columns``, one list per
+    setting) form a grid, every combination of those values, so that each setting's set of
+    values says it all (a search's trials do not: they pair values in no such way)."""
+    varying = [c for c in columns if len(set(c)) > 1]
+    return len(varying) < 2 or len(set(zip(*varying))) == math.prod(len(set(c)) for c in varying)
 
 
 def describe(
@@ -61,14 +83,17 @@ def describe(
         if m.sparse_k_features not in (None, m.sparse_k):
             arch += f", features top-{m.sparse_k_features}"
     o = cfg.optim
-    optim = f"{o.name} lr {_one_or_set(c.optim.lr for c in members)}"
+    columns = [[c.optim.lr for c in members], [c.noise.level for c in members]]
+    columns += [[c.reg[term].strength for c in members] for term in cfg.reg]
+    ordered = not _grid(columns)  # each member's values in order, said once at the end
+    optim = f"{o.name} lr {_one_or_set(columns[0], ordered)}"
     optim += f" {o.schedule}" if o.schedule != "constant" else ""
     optim += f", decay {o.weight_decay}" if o.weight_decay else ""
     optim += f", clip {o.grad_clip}" if o.grad_clip is not None else ""
     precision = cfg.trainer.precision
 
     def strength(term: str) -> str:
-        return _one_or_set(c.reg[term].strength for c in members)
+        return _one_or_set((c.reg[term].strength for c in members), ordered)
 
     n = trainer.parallel.devices
     where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
@@ -82,7 +107,7 @@ def describe(
         return f"{head} | {untrained}{where}"
     noise = cfg.noise.kind
     if noise != "none":
-        noise += f":{_one_or_set(c.noise.level for c in members)}"
+        noise += f":{_one_or_set(columns[1], ordered)}"
     return (
         f"{head} | loss {cfg.loss.kind} | noise {noise} | "
         f"reg {' + '.join(f'{k}:{strength(k)}' for k in cfg.reg) or 'none'} | "
@@ -94,6 +119,7 @@ def describe(
         f"{trainer.cfg.trainer.batch_size}"
         + (f" ({trainer.passes} passes each)" if trainer.passes > 1 else "")
         + where
+        + (" | [...]: each member's value, in the members' order" if ordered else "")
     )
 
 

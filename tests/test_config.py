@@ -243,6 +243,23 @@ def test_the_description_line_names_every_setting_that_changes_training():
     ]
     group = describe(members[0], Trainer(members[0], load_dataset(members[0].data)), False, members)
     assert "| noise masking:{0.0,0.1,0.2} | reg l1:0.0001 | adam lr 0.001 | 300 epochs" in group
+    assert "in the members' order" not in group
+    # a grid of two settings: their sets say it all; a search's trials pair values in no grid
+    # way, and two sorted sets were read position by position as trials (and printed whole)
+    grid = [
+        validate(make_config("reg=l1", f"reg.l1.strength={s}", f"optim.lr={lr}"))
+        for s in (1e-4, 1e-3)
+        for lr in (1e-3, 3e-3)
+    ]
+    group = describe(grid[0], Trainer(grid[0], load_dataset(grid[0].data)), False, grid)
+    assert "| reg l1:{0.0001,0.001} | adam lr {0.001,0.003} | 300 epochs" in group
+    trials = [
+        validate(make_config("reg=l1", f"reg.l1.strength={s}", f"optim.lr={lr}"))
+        for s, lr in ((0.007257005721594277, 0.00443037524521), (0.0015119336467641, 0.0064311))
+    ]
+    group = describe(trials[0], Trainer(trials[0], load_dataset(trials[0].data)), False, trials)
+    assert "| reg l1:[0.007257,0.001512] | adam lr [0.00443,0.006431] | 300 epochs" in group
+    assert group.endswith("| [...]: each member's value, in the members' order")
     # an unrolled stack that is not fine-tuned: no objective or schedule it does not train on
     cfg = validate(make_config("trainer.epochs=1"))
     note = describe(cfg, Trainer(cfg, load_dataset(cfg.data)), untrained="as is")
