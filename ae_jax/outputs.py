@@ -72,6 +72,9 @@ def describe(
         widths = trainer.model.widths
         layers = [data.num_features, *widths, m.latent_dim]
         arch += " " + "-".join(map(str, layers))
+        decoder = getattr(m, "decoder_widths", None)
+        if decoder is not None and list(decoder) != list(reversed(widths)):  # asymmetric
+            arch += ", decoder " + "-".join(map(str, [m.latent_dim, *decoder, data.num_features]))
         hidden = f"{m.activation}, " if widths else ""  # no hidden layer, no activation
         arch += f" ({hidden}code {m.code_activation}{', tied' if m.tied else ''})"
     else:

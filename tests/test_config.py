@@ -235,6 +235,8 @@ def test_the_description_line_names_every_setting_that_changes_training():
         "trainer.precision=bfloat16",
     )
     assert "(gelu, code linear) top-3 (from 6 over 2 epochs), features top-5 ->" in dressed
+    # an asymmetric decoder is said (the line showed the encoder's widths alone)
+    assert "| mlp 64-64-32-8, decoder 8-16-64 (gelu" in line("model.decoder_widths=[16]")
     assert "| adamw lr 0.001 cosine, decay 0.0001, clip 1.0 | bfloat16 |" in dressed
     # a vectorised group's line: what its members vary, as sets
     members = [
