@@ -57,16 +57,12 @@ def startup_probe(overrides: list[str]) -> dict:
     import optax  # noqa: F401
 
     marks["import_flax_optax"] = time.time()
-    from hydra import compose, initialize_config_dir
-
-    from ae_jax.config import register_configs, to_config, validate
+    from ae_jax.config import compose
     from ae_jax.data import load_dataset
     from ae_jax.training.trainer import Trainer
 
     marks["import_hydra_ae_jax"] = time.time()
-    register_configs()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = validate(to_config(compose("config", overrides=overrides)))
+    cfg = compose(*overrides, conf_dir=REPO / "conf")
     marks["hydra_compose"] = time.time()
     data = load_dataset(cfg.data)
     marks["data_load"] = time.time()

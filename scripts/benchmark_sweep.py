@@ -70,15 +70,12 @@ def metrics(sweep_dir: Path) -> dict[str, dict]:
 def training_flops(epochs: int, members: int) -> float:
     """FLOPs of ``members`` default digits runs of ``epochs`` epochs (dense layers, 6/MAC)."""
     import jax
-    from hydra import compose, initialize_config_dir
 
-    from ae_jax.config import register_configs, to_config, validate
+    from ae_jax.config import compose
     from ae_jax.data import load_dataset
     from ae_jax.training.trainer import Trainer
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = validate(to_config(compose("config", overrides=list(FIXED))))
+    cfg = compose(*FIXED, conf_dir=REPO / "conf")
     trainer = Trainer(cfg, load_dataset(cfg.data))
     params = trainer.init_state().params
     kernels = [k for path, k in jax.tree_util.tree_leaves_with_path(params) if k.ndim == 2]

@@ -59,22 +59,19 @@ def main() -> None:
 
     jax.config.update("jax_num_cpu_devices", args.devices)
     import numpy as np
-    from hydra import compose, initialize_config_dir
 
-    from ae_jax.config import register_configs, to_config, validate
+    from ae_jax.config import ConfigError, compose
     from ae_jax.data import load_dataset
     from ae_jax.sweeps import vectorized as V
     from ae_jax.training.objective import make_hparams
     from ae_jax.training.parallel import compiler_options
     from ae_jax.training.trainer import Trainer
 
-    register_configs()
     overrides = ["trainer.figures=false", "trainer.progress=false", *args.overrides]
     try:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-            cfg = validate(to_config(compose("config", overrides=overrides)))
-    except Exception as err:  # a bad override: Hydra's or our message, on one line
-        sys.exit(f"overrides {' '.join(args.overrides)}: {str(err).splitlines()[0]}")
+        cfg = compose(*overrides, conf_dir=REPO / "conf")
+    except ConfigError as err:  # a bad override, on one line
+        sys.exit(f"overrides {' '.join(args.overrides)}: {err}")
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=1))
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data)

@@ -267,3 +267,23 @@ def test_the_description_line_names_every_setting_that_changes_training():
     note = describe(cfg, Trainer(cfg, load_dataset(cfg.data)), untrained="as is")
     assert note.endswith("-> sigmoid | as is on 1 cpu device(s)") and "epoch" not in note
     assert "| 1 epoch x 22 steps of 64 on" in line("trainer.epochs=1")
+
+
+def test_compose_gives_python_the_command_lines_config(tmp_path):
+    # The README's Python example built Config(), the dataclasses' defaults (200 epochs, no
+    # logger), and trained another run than `train.py model.latent_dim=16`.
+    from ae_jax.config import compose, config_dict, validate
+
+    cfg = compose("model.latent_dim=16")
+    assert (cfg.trainer.epochs, list(cfg.logger), cfg.model.latent_dim) == (
+        300,
+        ["tensorboard"],
+        16,
+    )
+    shrunk = ("trainer.figures=false", "trainer.devices=1", "trainer.progress=false")
+    same = compose("model.latent_dim=16", *shrunk)  # make_config: conf/ as Hydra composes it
+    assert config_dict(same) == config_dict(validate(make_config("model.latent_dim=16")))
+    with pytest.raises(ConfigError, match="did you mean model.latent_dim"):
+        compose("model.latent_dimm=3")
+    with pytest.raises(ConfigError, match=f"{tmp_path} holds no config.yaml"):
+        compose(conf_dir=tmp_path)
