@@ -34,8 +34,7 @@ def stage_tag(tag: str, stage: str, nested: tuple[str, ...] = ()) -> bool:
 
 def _records(data: bytes):
     """(start, end, payload) of each whole record of a TFRecord file (length, its masked CRC,
-    the payload, its masked CRC); a torn record at the end (a killed writer's) ends the
-    list."""
+    the payload, its masked CRC); a torn record at the end (a killed writer's) ends the list."""
     pos = 0
     while pos + 12 <= len(data):
         (length,) = struct.unpack("<Q", data[pos : pos + 8])
@@ -58,37 +57,38 @@ def _record(payload: bytes) -> bytes:
     )
 
 
-def filter_events(path: Path, drop, aside: Path | None = None) -> int:
+def filter_events(path: Path, drop) -> int:
     """Take out of the event file ``path`` every summary value for which ``drop(tag, step)`` is
-    true (an event left with none goes with them); with ``aside``, they are written to that
-    event file instead of being discarded. The file is replaced atomically, and only when
-    something was taken out. Returns how many values were."""
+    true (an event left with none goes with them). Everything else stays byte for byte, a
+    torn last record too. The file is replaced atomically, and only when something was taken
+    out. Returns how many values were."""
     from tensorboardX.proto.event_pb2 import Event
 
     data = path.read_bytes()
-    kept, removed, count = [], [], 0
+    kept, count, done = [], 0, 0
     for start, end, payload in _records(data):
-        event = Event.FromString(payload)
+        try:
+            event = Event.FromString(payload)
+        except Exception:  # not an event (a torn write): it and what follows stay as they are
+            break
+        done = end
         values = list(event.summary.value)
-        gone = [v for v in values if drop(v.tag, event.step)]
-        if not gone:
+        left = [v for v in values if not drop(v.tag, event.step)]
+        if len(left) == len(values):
             kept.append(data[start:end])
             continue
-        count += len(gone)
-        for into, chosen in ((kept, [v for v in values if v not in gone]), (removed, gone)):
-            if chosen:
-                part = Event()
-                part.CopyFrom(event)
-                del part.summary.value[:]
-                part.summary.value.extend(chosen)
-                into.append(_record(part.SerializeToString()))
+        count += len(values) - len(left)
+        if left:
+            part = Event()
+            part.CopyFrom(event)
+            del part.summary.value[:]
+            part.summary.value.extend(left)
+            kept.append(_record(part.SerializeToString()))
     if not count:
         return 0
     from ae_jax.run_io import write_atomic
 
-    if aside is not None:
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(aside, lambda f: f.write(b"".join(removed)))
+    kept.append(data[done:])  # a killed writer's torn last record, kept as it was
     write_atomic(path, lambda f: f.write(b"".join(kept)))
     return count
 
