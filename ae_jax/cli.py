@@ -949,6 +949,16 @@ class SweepLock(Callback):
 _MULTIRUN: list[Any] = []  # the config of the multirun this process runs (MultirunSummary)
 
 
+_MULTIRUN_STARTED: list[float] = []  # when this process's multirun began (MultirunSummary)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _job_states(root: Path) -> tuple[dict[str, int], list[str]]:
     """How many of the jobs under the sweep directory ``root`` ended in each state (each
     job's ``status.json``, vectorised members included, or this process's refusal or
@@ -962,8 +972,15 @@ def _job_states(root: Path) -> tuple[dict[str, int], list[str]]:
     jobs = {f.parent.absolute(): f for f in root.glob("**/status.json")}
     top = root.absolute()
     ours = {Path(d) for d in CHOSEN if top in Path(d).parents}
-    if ours:  # the jobs ran in this process: earlier runs kept beside them are not counted
-        jobs = {job: f for job, f in jobs.items() if job in ours}
+    if ours:  # the jobs ran in this process: earlier runs kept beside them are not counted,
+        # and any job this multirun recorded is (a vmap member refused before its directory
+        # was chosen)
+        since = _MULTIRUN_STARTED[0] if _MULTIRUN_STARTED else 0.0
+        jobs = {
+            job: f
+            for job, f in jobs.items()
+            if job in ours or (f is not None and _mtime(f) >= since)
+        }
     jobs.update({Path(d): None for d in UNRECORDED if top in Path(d).parents})
     for job in sorted(jobs):
         if str(job) in UNRECORDED:  # its status.json, if any, is not this run's end
@@ -999,6 +1016,7 @@ class MultirunSummary(Callback):
         UNRECORDED.clear()  # this multirun's jobs only
         CHOSEN.clear()
         _MULTIRUN[:] = [config]
+        _MULTIRUN_STARTED[:] = [time.time() - 1.0]  # (file times may be coarse)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         _MULTIRUN.clear()

@@ -550,6 +550,16 @@ def test_trainer_resume_false_keeps_the_earlier_vmap_sweep_and_writes_beside_it(
     assert alone.returncode == 0 and f"{tmp_path}: 2 completed" in said, said[-3000:]
 
 
+def test_a_vmap_member_refused_before_it_trains_fails_the_multirun(tmp_path):
+    # the summary counts the jobs this multirun ran, and a member refused before its
+    # directory was chosen is one of them: it was left out, and the multirun exited 0
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=2")
+    refused = _run(*grid, "trainer.figures=false", "model.sparse_k=4,9", "hydra/launcher=vmap")
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "1 completed, 1 failed" in said, said[-3000:]
+    assert "model.sparse_k=9 is larger than the code" in said
+
+
 def test_a_vmap_group_regrouped_by_new_values_says_why_it_trains_from_epoch_1(tmp_path):
     # a value added and more epochs: the members form a new group with no checkpoint of its
     # own, and it trained from epoch 1 without a word (its results are right)
