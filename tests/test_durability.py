@@ -560,6 +560,16 @@ def test_a_vmap_member_refused_before_it_trains_fails_the_multirun(tmp_path):
     assert "model.sparse_k=9 is larger than the code" in said
 
 
+def test_a_vmap_group_whose_members_all_diverged_stops(tmp_path):
+    # it trained on to its last epoch with no member left (the whole budget, on MNIST)
+    grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", "trainer.devices=1", "trainer.epochs=300")
+    proc = _run(*grid, "trainer.figures=false", "optim.lr=1e3,2e3", "hydra/launcher=vmap")
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "multirun" in said and ": 2 failed" in said, said[-3000:]
+    assert "every member of the group diverged: stopped after epoch" in said, said[-3000:]
+    assert "epoch 300/300" not in said
+
+
 def test_a_vmap_group_regrouped_by_new_values_says_why_it_trains_from_epoch_1(tmp_path):
     # a value added and more epochs: the members form a new group with no checkpoint of its
     # own, and it trained from epoch 1 without a word (its results are right)

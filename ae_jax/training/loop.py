@@ -450,6 +450,14 @@ def run_stage(
                     )
             else:
                 drain(keep=1)
+            if stage.members is not None and len(failed) == stage.members:
+                log.error(
+                    "%severy member of the group diverged: stopped after epoch %d of %d",
+                    stage.label,
+                    done,
+                    stage.epochs,
+                )
+                break  # nothing is left to train (its checkpoints keep the last good states)
             if best is not None and best.exhausted(stage.patience, failed):
                 drain(keep=0)  # the epoch in flight too, so the record matches the device
                 best.stopped = True
