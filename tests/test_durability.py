@@ -178,9 +178,10 @@ def test_vmap_diverging_member_fails_alone(tmp_path):
     # number in general), without its own directory in its own status.json
     assert status["error"].startswith("TrainingDiverged: non-finite loss (")
     assert "global step" in status["error"]
-    assert status["error"].endswith(
-        "Lower optim.lr (now 10000.0) or the regularisation strengths, or set optim.grad_clip"
-    )  # its own rate
+    assert status["error"].endswith(  # its own rate, and where to run the fix
+        "Lower optim.lr (now 10000.0), or set optim.grad_clip; then run it in a new directory "
+        "(or with trainer.resume=false)"
+    )
     assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
     assert (tmp_path / "0" / "metrics.json").exists() and not (
         tmp_path / "1" / "metrics.json"

@@ -343,3 +343,25 @@ def test_a_groups_progress_names_its_members_by_their_jobs():
     history = [[{"train/loss": 0.1 * (j + 1)}] for j in range(12)]
     said = _member_losses(stage(many), history, failed={3, 7})
     assert said == "losses 0.1000 (0) to 1.2000 (11), median 0.6500; 2 failed (3, 7)"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        ((), "Lower optim.lr (now 0.001), or set optim.grad_clip; then run it in a new"),
+        (("reg=l1", "optim.grad_clip=1"), "Lower optim.lr (now 0.001) or the regularisation"),
+        (
+            ("noise=gaussian", "noise.level=1e30", "reg=l1"),
+            "Lower optim.lr (now 0.001), the regularisation strengths, noise.level (now 1e+30)",
+        ),
+    ],
+)
+def test_the_divergence_hint_names_what_this_run_can_change(overrides, said):
+    # It advised optim.grad_clip when it was set already, never named a huge noise level, and
+    # sent the user back to the same directory, where the changed config is refused.
+    from ae_jax.config import validate
+    from ae_jax.training.trainer import divergence_hint
+
+    hint = divergence_hint(validate(make_config(*overrides)))
+    assert hint.startswith(said) and hint.endswith("(or with trainer.resume=false)"), hint
+    assert ("grad_clip" in hint) == ("optim.grad_clip=1" not in overrides)

@@ -89,10 +89,16 @@ def warn_if_overcomplete(
 def divergence_hint(cfg: Config, lr_key: str = "optim.lr") -> str:
     """What to change when a run of ``cfg`` diverges (the end of its one error line);
     ``lr_key``: the setting its learning rate comes from."""
-    return (
-        f"Lower {lr_key} (now {cfg.optim.lr}) or the regularisation strengths, "
-        "or set optim.grad_clip"
-    )
+    causes = [f"{lr_key} (now {cfg.optim.lr})"]
+    if cfg.reg:
+        causes.append("the regularisation strengths")
+    if cfg.noise.kind == "gaussian" and cfg.noise.level > 1:  # sigma of the data's scale or more
+        causes.append(f"noise.level (now {cfg.noise.level})")
+    said = "Lower " + (" or ".join(causes) if len(causes) < 3 else ", ".join(causes))
+    if cfg.optim.grad_clip is None:
+        said += ", or set optim.grad_clip"
+    # the same directory holds this config's run: another config there is refused
+    return said + "; then run it in a new directory (or with trainer.resume=false)"
 
 
 class Trainer:
