@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax.config import Config, config_dict
-from ae_jax.evaluation.metrics import evaluate_trained, warn_if_not_at_pca
+from ae_jax.evaluation.metrics import evaluate_trained, warn_if_not_at_pca, warn_if_not_learned
 from ae_jax.run_io import write_atomic, write_history, write_json_atomic
 from ae_jax.training.loop import Preempted
 from ae_jax.training.trainer import Trainer
@@ -148,6 +148,7 @@ def evaluate_and_write(
     ``finish_outputs``."""
     metrics = evaluate_trained(cfg, trainer, params)
     warn_if_not_at_pca(cfg, trainer, metrics, who)  # who: a group member, by its directory
+    warn_if_not_learned(cfg, trainer, metrics, who)
     metrics.update(timing)
     # the last epoch's loss and every term of it (reconstruction, each regulariser)
     metrics.update({k: v for k, v in history[-1].items() if k.startswith("train/loss")})

@@ -328,3 +328,31 @@ def test_a_diverging_layer_names_the_rate_it_trains_at(mnist_path, mnist_small, 
         cfg.optim.lr = 1e6
     with pytest.raises(TrainingDiverged, match=rf"Lower {named} \(now 1000000\.0\)"):
         pretrain_layers(validate(cfg), mnist_small, evaluate=False)
+
+
+def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be(
+    mnist_path, tmp_path, caplog
+):
+    # Both completed as if fine: a supervised stage at 90% error (lr 1e3, its loss finite
+    # but huge), and a run whose weights grew to a test MSE of 1e22 (clipped SGD at lr 1e3).
+    import logging
+    from types import SimpleNamespace
+
+    from ae_jax.evaluation.metrics import warn_if_not_learned
+
+    cfg = small_config(mnist_path, supervised=True, supervised_lr=1e3, supervised_epochs=2)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        metrics = pretrain_and_finetune(cfg, tmp_path / "run")
+    assert metrics["supervised/train/error_pct"] > 85
+    assert "supervised: the classifier has not learned its training labels (train error" in (
+        caplog.text
+    )
+    assert "chance 90% for 10 classes): pretrain.supervised_lr=1000 is too high" in caplog.text
+    caplog.clear()
+    x = np.random.default_rng(0).uniform(size=(100, 4)).astype(np.float32)
+    trainer = SimpleNamespace(data=SimpleNamespace(x_train=x[:80], x_test=x[80:]))
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        warn_if_not_learned(cfg, trainer, {"test/mse": 0.05})  # learned, or nearly
+        assert not caplog.text
+        warn_if_not_learned(cfg, trainer, {"test/mse": 3.7e22}, who="runs/0")
+    assert "runs/0: test MSE 3.7e+22 is " in caplog.text and "has not learned" in caplog.text

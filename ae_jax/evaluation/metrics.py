@@ -141,6 +141,32 @@ ANGLE_TOLERANCE_DEG = 2.0  # what "reached PCA's subspace" means here (and in th
 FULL_BATCH_ADVICE_MAX = 10_000
 
 
+def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
+    """One warning line when the test error is many times that of reconstructing every test
+    example by the training mean: the weights grew to finite nonsense (a learning rate far too
+    high, clipping that hid it) and the run's numbers and figures mean nothing."""
+    mse = metrics.get("test/mse")
+    x_train, x_test = trainer.data.x_train, trainer.data.x_test
+    if mse is None or not math.isfinite(mse) or x_test is None or not len(x_test):
+        return
+    mean = np.asarray(x_train, dtype=np.float64).mean(axis=0)
+    baseline = float(np.mean((np.asarray(x_test, dtype=np.float64) - mean) ** 2))
+    if baseline > 0 and mse > NOT_LEARNED * baseline:
+        log.warning(
+            "%stest MSE %.4g is %.3g times that of reconstructing every example by the training "
+            "mean (%.4g): the model has not learned (its weights grew; a learning rate far too "
+            "high: optim.lr=%g)",
+            f"{who}: " if who else "",
+            mse,
+            mse / baseline,
+            baseline,
+            cfg.optim.lr,
+        )
+
+
+NOT_LEARNED = 10.0  # test MSE over the mean's, above which a run is said not to have learned
+
+
 def warn_if_not_at_pca(cfg, trainer, metrics: dict, who: str = "") -> None:
     """After a linear autoencoder's final evaluation, one warning line when its code subspace
     is not PCA's: either ``model.latent_dim`` exceeds the training data's rank (PCA's extra

@@ -191,6 +191,19 @@ def supervised_stage(
         metrics["train/error_pct"],
         metrics["time/train_seconds"],
     )
+    chance = 100.0 * (1 - 1 / model.num_classes)  # always answering one class
+    if metrics["train/error_pct"] >= chance - 2.0:
+        log.warning(
+            "%s: the classifier has not learned its training labels (train error %.2f%%, "
+            "chance %.0f%% for %d classes): pretrain.supervised_lr=%g is too high (a loss "
+            "that grew) or too low for its %d epochs",
+            prefix.rstrip("/"),
+            metrics["train/error_pct"],
+            chance,
+            model.num_classes,
+            p.supervised_lr,
+            p.supervised_epochs,
+        )
     return _prefixed(prefix, metrics)
 
 
