@@ -155,11 +155,12 @@ def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
         log.warning(
             "%stest MSE %.4g is %.3g times that of reconstructing every example by the training "
             "mean (%.4g): the model has not learned (its weights grew; a learning rate far too "
-            "high: optim.lr=%g)",
+            "high: %s=%g)",
             f"{who}: " if who else "",
             mse,
             mse / baseline,
             baseline,
+            getattr(trainer, "lr_key", "optim.lr"),  # a layer's: pretrain.layer_lr
             cfg.optim.lr,
         )
 

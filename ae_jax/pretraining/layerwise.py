@@ -28,6 +28,7 @@ import numpy as np
 from ae_jax.chunks import map_in_chunks
 from ae_jax.config import Config, ConfigError, PretrainConfigError, validate
 from ae_jax.data import Dataset
+from ae_jax.evaluation.metrics import warn_if_not_learned
 from ae_jax.models.builder import default_widths
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import raise_if_preempted
@@ -243,6 +244,8 @@ def pretrain_layers(
             f"{metrics['test/mse']:.5f}" if evaluate else "-",
             timing["time/train_seconds"],
         )
+        if evaluate:  # a layer that grew to nonsense, before the stages after it fail on it
+            warn_if_not_learned(lcfg, trainer, metrics, who=f"layer {i}")
         if i + 1 < len(sizes):
             enc = trainer.objective.jitted.encode
             z_train = encode_in_chunks(
