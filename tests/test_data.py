@@ -844,3 +844,22 @@ def test_the_fingerprint_changes_with_any_value_or_label_not_the_name(tmp_path):
     y2[0] = (y2[0] + 1) % 3
     assert len({base, fingerprint(x2, y), fingerprint(x, y2)}) == 3
     assert fingerprint(x, y, validation=0.2) != base  # another split of the same rows
+
+
+def test_held_out_values_clipped_by_unit_scaling_are_said_to_be(caplog):
+    # A test file whose values lie past the training range was clipped to [0, 1] without a
+    # word, and its metrics scored changed data. A random split's few extremes are not said.
+    import logging
+
+    from ae_jax.data.preprocessing import unit_scale
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(size=(1000, 3)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        unit_scale(train.copy(), rng.uniform(size=(200, 3)).astype(np.float32), is_image=False)
+        assert not caplog.text
+        shifted = rng.uniform(-1, 2, size=(20, 3)).astype(np.float32)
+        (_, clipped) = unit_scale(train.copy(), shifted, is_image=False)
+    assert clipped.min() >= 0 and clipped.max() <= 1
+    assert "data.scaling=unit: " in caplog.text and "of the held-out values (" in caplog.text
+    assert "clipped to [0, 1]" in caplog.text
