@@ -228,10 +228,15 @@ class ContractiveConfig(TermConfig):
         if self.method == "closed_form" and not (
             m.depth == 0 and m.code_activation == "sigmoid" and m.kind == "mlp"
         ):
+            got = (
+                f"model={m.kind}"
+                if m.kind != "mlp"
+                else f"depth={m.depth}, code_activation={m.code_activation!r}"
+            )
             raise ConfigError(
                 f"{prefix}.method=closed_form needs a single sigmoid encoder layer "
-                f"(model.depth=0, model.code_activation=sigmoid), got depth={m.depth}, "
-                f"code_activation={m.code_activation!r}; use {prefix}.method=autodiff"
+                f"(model=shallow, or model.depth=0 and model.code_activation=sigmoid), got "
+                f"{got}; use {prefix}.method=autodiff"
             )
 
 

@@ -295,3 +295,22 @@ def test_dead_code_units_are_counted_on_the_held_out_split(tmp_path):
     never = int(np.sum(~(np.abs(codes) > 1e-6).any(axis=0)))
     assert m["test/code_dead_units"] == never  # digits' whole test split is 360 examples
     assert codes.shape == (360, 32) and 0 < never < 32
+
+
+@pytest.mark.parametrize(
+    ("model", "got"),
+    [("conv", "got model=conv;"), ("mlp", "got depth=2, code_activation='linear';")],
+)
+def test_the_closed_form_jacobian_names_the_model_it_needs(model, got):
+    # a conv model was told to set model.depth=0, which conv models refuse
+    from conftest import make_config
+
+    from ae_jax.config import ConfigError, validate
+
+    cfg = make_config(f"model={model}", "reg=contractive", "reg.contractive.method=closed_form")
+    with pytest.raises(ConfigError, match=r"\(model=shallow, or model.depth=0 and model.code"):
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            assert got in str(err), err
+            raise
