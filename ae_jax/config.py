@@ -1121,13 +1121,14 @@ def validate(cfg: Config) -> Config:
         )
     _finite("optim.decay_rate", o.decay_rate, 0.0, 1.0)
     _finite("optim.momentum", o.momentum, 0.0, 1.0)
-    if o.grad_clip is not None:
-        _finite("optim.grad_clip", o.grad_clip, 0.0)
-        if o.grad_clip <= 0:  # a norm of 0 clips every update to nothing: no training at all
-            raise ConfigError(
-                f"optim.grad_clip={o.grad_clip} is not valid; it must be > 0 (the largest "
-                "global gradient norm kept), or null for no clipping"
-            )
+    clip = o.grad_clip  # a norm of 0 clips every update to nothing: no training at all
+    if clip is not None and not (
+        isinstance(clip, (int, float)) and not isinstance(clip, bool) and 0 < clip < math.inf
+    ):
+        raise ConfigError(
+            f"optim.grad_clip={clip!r} is not valid; it must be a finite number > 0 (the "
+            "largest global gradient norm kept), or null for no clipping"
+        )
     _finite("optim.weight_decay", o.weight_decay, 0.0)
     decoupled = OPTIMIZERS.entry(o.name).info.get("weight_decay", False)
     if decoupled and o.weight_decay <= 0:

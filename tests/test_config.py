@@ -64,7 +64,14 @@ def test_every_group_option_composes_and_validates(override):
         # one range for both (-1 was told [0.0, inf], which 0 is in, and 0 was told > 0)
         (["optim.lr=0"], r"optim.lr=0(\.0)? is not valid; it must be a finite number > 0\.0$"),
         (["optim.lr=-1"], r"optim.lr=-1(\.0)? is not valid; it must be a finite number > 0\.0$"),
-        (["optim.grad_clip=0"], r"optim.grad_clip=0(\.0)? is not valid; it must be > 0.*or null"),
+        (
+            ["optim.grad_clip=0"],
+            r"optim.grad_clip=0(\.0)? is not valid; it must be a finite number > 0.*or null",
+        ),
+        (
+            ["optim.grad_clip=-1"],
+            r"grad_clip=-1(\.0)? is not valid; it must be a finite number > 0 \(the",
+        ),
         (["trainer.epochs=0"], r"trainer.epochs=0"),
         (  # a 32-bit integer in the programs: it was an OverflowError after the data loaded
             ["trainer.seed=1099511627776"],
