@@ -149,8 +149,7 @@ def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
     x_train, x_test = trainer.data.x_train, trainer.data.x_test
     if mse is None or not math.isfinite(mse) or x_test is None or not len(x_test):
         return
-    mean = np.asarray(x_train, dtype=np.float64).mean(axis=0)
-    baseline = float(np.mean((np.asarray(x_test, dtype=np.float64) - mean) ** 2))
+    baseline = _mean_mse(x_train, x_test)
     if baseline > 0 and mse > NOT_LEARNED * baseline:
         log.warning(
             "%stest MSE %.4g is %.3g times that of reconstructing every example by the training "
@@ -166,6 +165,26 @@ def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
 
 
 NOT_LEARNED = 10.0  # test MSE over the mean's, above which a run is said not to have learned
+_MEAN_MSE: list = []  # (weak references to the last splits, their value): a group's members'
+
+
+def _mean_mse(x_train, x_test) -> float:
+    """The test MSE of reconstructing every example by the training mean (float64 sums, no
+    float64 copy of the data), computed once for the splits a group's members share."""
+    import weakref
+
+    if _MEAN_MSE:
+        train_ref, test_ref, value = _MEAN_MSE[0]
+        if train_ref() is x_train and test_ref() is x_test:
+            return value
+    mean = np.asarray(x_train).mean(axis=0, dtype=np.float64).astype(np.float32)
+    diff = np.asarray(x_test, dtype=np.float32) - mean
+    value = float(np.mean(np.square(diff), dtype=np.float64))
+    try:
+        _MEAN_MSE[:] = [(weakref.ref(x_train), weakref.ref(x_test), value)]
+    except TypeError:  # not weakly referable (a list): not kept
+        _MEAN_MSE.clear()
+    return value
 
 
 def warn_if_not_at_pca(cfg, trainer, metrics: dict, who: str = "") -> None:
