@@ -236,17 +236,18 @@ def composed_config(r: Reproduction, sub: str, stored: dict) -> dict:
 def differences(name: str, sub: str, stored: dict) -> list[str]:
     """How ``stored``, the config of a run of ``runs/<name>/<sub>``, differs from what its
     command composes now (``key: stored -> command's``; [] when it is the command's run).
-    The run directory's own rule (``config_differences``), except that the number of epochs
-    must match too and the data path is the machine's."""
+    The run directory's own rule (``config_differences``, less the keys neither run reads),
+    except that the number of epochs must match too and the data path is the machine's."""
     from ae_jax.config import Config, config_dict
-    from ae_jax.training.rundir import config_differences
+    from ae_jax.training.rundir import config_differences, read_differences
 
     try:
         now = composed_config(REPRODUCTIONS[name], sub, stored)
     except Exception as err:  # a config no longer composed (a removed option or key)
         return [f"its command does not compose a config for it now ({err})".splitlines()[0]]
     now.setdefault("data", {})["path"] = stored.get("data", {}).get("path")
-    diff = config_differences(stored, now, config_dict(Config()))
+    # a setting neither run reads (a supervised stage's rate, without one) changes neither
+    diff = read_differences(stored, now, config_differences(stored, now, config_dict(Config())))
     epochs = (stored.get("trainer", {}).get("epochs"), now["trainer"]["epochs"])
     if epochs[0] != epochs[1] and not any(d.startswith("trainer.epochs:") for d in diff):
         diff.append(f"trainer.epochs: {epochs[0]!r} -> {epochs[1]!r}")

@@ -87,3 +87,20 @@ def test_a_run_of_another_config_is_not_published(hydra_conf, tmp_path, monkeypa
     assert "optim.weight_decay: 0.02 -> 0.1" in skipped[0], skipped
     kept = json.loads((tmp_path / "results" / name / "metrics.json").read_text())
     assert kept == json.loads((published / "metrics.json").read_text())
+
+
+def test_a_default_that_neither_run_reads_does_not_unpublish_it():
+    # pretrain.supervised_lr's default moved (1e-4 -> 1e-3): every published run without a
+    # supervised stage was said to be made "with settings its command no longer composes"
+    from ae_jax.training.rundir import read_differences
+
+    def cfg(enabled: bool, supervised: bool, lr: float, layer_lr: float = 0.1) -> dict:
+        pretrain = {"enabled": enabled, "supervised": supervised, "supervised_lr": lr}
+        return {"pretrain": {**pretrain, "layer_lr": layer_lr}, "optim": {"lr": 0.001}}
+
+    lr = ["pretrain.supervised_lr: 0.0001 -> 0.001"]
+    assert read_differences(cfg(False, False, 1e-4), cfg(False, False, 1e-3), lr) == []
+    assert read_differences(cfg(True, False, 1e-4), cfg(True, False, 1e-3), lr) == []
+    assert read_differences(cfg(True, True, 1e-4), cfg(True, True, 1e-3), lr) == lr
+    layer = ["pretrain.layer_lr: 0.1 -> 0.2"]
+    assert read_differences(cfg(True, False, 1e-4), cfg(True, False, 1e-4, 0.2), layer) == layer

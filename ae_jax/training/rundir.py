@@ -383,6 +383,21 @@ class RunDir:
             self.on_start()
 
 
+def _unread(config: dict, key: str) -> bool:
+    """Whether a run of ``config`` never reads ``key``: ``pretrain.*`` without pretraining,
+    ``pretrain.supervised_*`` without a supervised stage."""
+    flat = _flatten(config)
+    if key.startswith("pretrain.") and not flat.get("pretrain.enabled", False):
+        return True
+    return key.startswith("pretrain.supervised_") and not flat.get("pretrain.supervised", False)
+
+
+def read_differences(stored: dict, new: dict, diff: list[str]) -> list[str]:
+    """``diff`` (``config_differences``) without the keys that neither run reads (``_unread``):
+    a default changed under them changes neither run."""
+    return [d for d in diff if not all(_unread(c, d.partition(":")[0]) for c in (stored, new))]
+
+
 def _stages_to_redo(stored: dict, new: dict, diff: list[str]) -> tuple[str, ...] | None:
     """The stage directories a rerun trains again when every differing key (``diff``, from
     ``config_differences``) is one only those stages read (``STAGE_KEYS``; any ``pretrain.*``
