@@ -444,7 +444,9 @@ def completed_run(cfg: Any, workdir: Path) -> dict | None:
         return None
     if (stored.get("trainer") or {}).get("epochs") != cfg.trainer.epochs:
         return None
-    return None if config_differences(stored, config_dict(cfg), config_dict(Config())) else metrics
+    now = config_dict(cfg)
+    diff = read_differences(stored, now, config_differences(stored, now, config_dict(Config())))
+    return None if diff else metrics
 
 
 def group_member(workdir: Path) -> str | None:
