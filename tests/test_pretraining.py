@@ -24,7 +24,7 @@ from ae_jax.pretraining.layerwise import (
     pretrain_layers,
     unroll,
 )
-from ae_jax.pretraining.pipeline import pretrain_and_finetune
+from ae_jax.pretraining.pipeline import chance_error_pct, pretrain_and_finetune
 from ae_jax.training.trainer import Trainer
 
 
@@ -330,8 +330,15 @@ def test_a_diverging_layer_names_the_rate_it_trains_at(mnist_path, mnist_small, 
         pretrain_layers(validate(cfg), mnist_small, evaluate=False)
 
 
+def test_chance_is_always_answering_the_most_frequent_label():
+    # labels {3, 7} index eight outputs but are two classes: chance is 50%, not 87.5%
+    assert chance_error_pct(np.array([3, 7] * 50)) == 50.0
+    assert chance_error_pct(np.array([0] * 90 + [1] * 10)) == pytest.approx(10.0)
+    assert chance_error_pct(np.arange(10).repeat(7)) == pytest.approx(90.0)
+
+
 def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be(
-    mnist_path, tmp_path, caplog
+    mnist_path, mnist_small, tmp_path, caplog
 ):
     # Both completed as if fine: a supervised stage at 90% error (lr 1e3, its loss finite
     # but huge), and a run whose weights grew to a test MSE of 1e22 (clipped SGD at lr 1e3).
@@ -347,7 +354,12 @@ def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be
     assert "supervised: the classifier has not learned its training labels (train error" in (
         caplog.text
     )
-    assert "chance 90% for 10 classes): pretrain.supervised_lr=1000 is too high" in caplog.text
+    chance = chance_error_pct(mnist_small.y_train)  # the most frequent digit's share: 11%
+    assert 87 < chance < 90
+    assert (
+        f"chance {chance:.0f}%: always the most frequent of 10 classes): "
+        "pretrain.supervised_lr=1000 is too high"
+    ) in caplog.text
     caplog.clear()
     x = np.random.default_rng(0).uniform(size=(100, 4)).astype(np.float32)
     trainer = SimpleNamespace(data=SimpleNamespace(x_train=x[:80], x_test=x[80:]))
