@@ -554,6 +554,14 @@ def check_search_settings(hydra_cfg: Any) -> None:
                 f"hydra.sweeper.{key}={value} is not valid; it must be a positive integer "
                 f"({'trials of the search' if key == 'n_trials' else 'trials proposed at once'})"
             )
+    storage = OmegaConf.select(hydra_cfg, "sweeper.storage", default=None)
+    if storage is not None:  # Optuna 2.10's RDB storage asserts on SQLAlchemy 2's schema
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage} cannot be used: Optuna 2.10's database storage "
+            "does not work with the SQLAlchemy 2 installed here; leave it unset (the study "
+            "lives in memory, and the same command continues it from its trials' directories "
+            "and search.yaml)"
+        )
     direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default="minimize")
     if OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
         directions = list(direction)
@@ -605,6 +613,7 @@ def check_search_space(config: Any) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep
     from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     from ae_jax.config import to_config, validate, validate_score
 
@@ -623,23 +632,49 @@ def check_search_space(config: Any) -> None:
         if not override.is_sweep_override() or node is None or OmegaConf.is_config(node):
             continue
         sweep = override.value()
+        searched = override.input_line or f"{key}={override.get_value_element_as_str()}"
+        _check_tags(searched, sweep, isinstance(sweep, IntervalSweep))
         ends = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else None
         if ends and ends[0] > ends[1]:
-            searched = override.input_line or f"{key}={override.get_value_element_as_str()}"
             raise ConfigError(
                 f"the search over {searched} runs from {ends[0]:g} down to {ends[1]:g}; an "
                 f"interval goes from low to high: interval({ends[1]:g}, {ends[0]:g})"
             )
         for value in ends or list(override.sweep_iterator()):
             trial = copy.deepcopy(base)
-            OmegaConf.update(trial, key, value, merge=False)
+            try:
+                OmegaConf.update(trial, key, value, merge=False)
+            except OmegaConfBaseException as err:  # a float for an integer key, a word for a number
+                whole = isinstance(value, float) and ends
+                inner = f"interval({ends[0]:g}, {ends[1]:g})" if whole else ""
+                if whole and "log" in (sweep.tags or ()):
+                    inner = f"tag(log, {inner})"
+                raise ConfigError(
+                    f"the search over {searched} gives {key} the value {value!r}, which it "
+                    f"cannot take ({str(err).splitlines()[0]})"
+                    + (
+                        f"; an interval samples real numbers: for whole numbers write int({inner})"
+                        if whole
+                        else ""
+                    )
+                ) from None
             try:
                 validate(to_config(trial))
             except ConfigError as err:
-                searched = override.input_line or f"{key}={override.get_value_element_as_str()}"
                 raise ConfigError(
                     f"the search over {searched} reaches values that are refused: {err}"
                 ) from None
+
+
+def _check_tags(searched: str, sweep: Any, interval: bool) -> None:
+    """Optuna's sweeper reads one tag, ``log`` on an interval, and drops every other without
+    a word: ``tag(logg, interval(1e-4, 1e-1))`` searched uniformly."""
+    for tag in sorted(getattr(sweep, "tags", None) or ()):
+        if tag != "log" or not interval:
+            raise ConfigError(
+                f"the search over {searched}: Optuna's sweeper ignores the tag {tag!r} here; "
+                "the one tag it reads is log, on an interval: tag(log, interval(LOW, HIGH))"
+            )
 
 
 def _search_overrides(hydra_cfg: Any) -> tuple[dict[str, str], set[str]]:
@@ -871,6 +906,59 @@ def _refuse_renumbered_jobs(config: Any, root: Path) -> None:
         )
 
 
+def _distributions(params: dict) -> dict[str, Any]:
+    """A search's ``params`` (key -> range text) as the Optuna distributions the sweeper makes
+    of them, so that ``interval(1e-4,0.1)`` and ``interval(0.0001, 0.1)`` compare equal."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    texts = [f"{key}={text}" for key, text in params.items()]
+    parsed = OverridesParser.create().parse_overrides(texts)
+    return {o.get_key_element(): create_optuna_distribution_from_override(o) for o in parsed}
+
+
+def _refuse_changed_search(config: Any, root: Path) -> None:
+    """A hyperparameter search rerun in a sweep directory whose trials come from another search
+    (other ranges, or another sampler seed): the sweeper numbers its trials from 0 again, so
+    every trial would be refused by the earlier trial's directory after composing, and the
+    rerun would still have rewritten ``search.yaml``, which the report reads the search's
+    ranges from. Refused before any trial, naming what changed."""
+    from omegaconf import OmegaConf
+
+    from ae_jax.sweeps.collect import read_search_record
+
+    if not is_search(config.hydra):
+        return
+    earlier = read_search_record(root)
+    if not earlier or not any(root.glob("*/status.json")):
+        return  # no search here yet, or none of its trials began: nothing to keep apart
+    old, new = earlier.get("params") or {}, search_space(config.hydra)
+    try:
+        same = _distributions(old) == _distributions(new)
+    except Exception:  # a record the parser no longer reads: compare the texts
+        same = {k: str(v).replace(" ", "") for k, v in old.items()} == {
+            k: v.replace(" ", "") for k, v in new.items()
+        }
+    changes = []
+    if not same:
+        for key in sorted(set(old) | set(new)):
+            was, now = old.get(key, "not searched"), new.get(key, "not searched")
+            if str(was).replace(" ", "") != str(now).replace(" ", ""):
+                changes.append(f"{key}: {was} -> {now}")
+        changes = changes or [f"{', '.join(f'{k}={v}' for k, v in new.items())}"]
+    seed = OmegaConf.select(config.hydra, "sweeper.sampler.seed", default=None)
+    recorded = earlier.get("sampler_seed")
+    if seed is not None and isinstance(recorded, int) and seed != recorded:
+        changes.append(f"the sampler's seed: {recorded} -> {seed}")
+    if changes:
+        raise RunDirError(
+            f"hydra.sweep.dir={root} holds the trials of another search ({'; '.join(changes)}); "
+            "this one's trials would be refused in their directories. Rerun the earlier "
+            f"search's command to continue it (its ranges are in {root / 'search.yaml'}), or "
+            "choose a new hydra.sweep.dir"
+        )
+
+
 class SweepLock(Callback):
     """A sweep directory belongs to one multirun process at a time: before the first job,
     ``<hydra.sweep.dir>/.sweep.lock`` is taken (``fcntl.flock``, naming the holder; the kernel
@@ -904,6 +992,7 @@ class SweepLock(Callback):
                 "choose another hydra.sweep.dir",
             )
             _refuse_renumbered_jobs(config, root)
+            _refuse_changed_search(config, root)
             record_search(config, root)  # the sweep directory is this process's now
         except RunDirError as err:
             print(f"RunDirError: {err}", file=sys.stderr)

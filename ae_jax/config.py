@@ -1181,11 +1181,60 @@ def validate_score(cfg: Config) -> None:
             + "; a score is a key of the run's metrics.json, such as val/mse, test/mse or "
             "supervised/val/error_pct"
         )
-    if score_key(cfg).startswith("val/") and not cfg.data.validation:
+    key = score_key(cfg)
+    if "val" in key.split("/")[:-1] and not cfg.data.validation:
         raise ConfigError(
             f"score={s} needs a validation split to score on; set data.validation=0.15 (a "
             "fraction of the training split) or a count such as data.validation=5000"
         )
+    missing = _unwritten_metric(cfg, key)
+    if missing:
+        raise ConfigError(f"score={s}: this run will not write {key}: {missing}")
+
+
+_PIPELINE_STAGES = ("supervised", "baseline", "probe", "pretrain", "unrolled", "finetune")
+
+
+def _unwritten_metric(cfg: Config, key: str) -> str | None:
+    """Why a run of ``cfg`` will not write the metrics.json key ``key`` (what to set), where
+    its settings say so before it trains; None where it may. A search scored on such a key
+    trained its first trial and then ended, the trial marked completed."""
+    *head, name = key.split("/")
+    stage, p = head[0], cfg.pretrain
+    if stage in _PIPELINE_STAGES and not p.enabled:
+        return (
+            f"the {stage}/ metrics come from layer-wise pretraining, which this run does not "
+            "use (+pretrain=layerwise)"
+        )
+    if (stage == "supervised" or head[:2] == ["baseline", "supervised"]) and not p.supervised:
+        return "the supervised stage writes it; set pretrain.supervised=true"
+    if stage == "baseline" and not p.baseline:
+        return (
+            "the baseline (the network trained from a random start) writes it; set "
+            "pretrain.baseline=true"
+        )
+    if stage == "probe" and not p.probe:
+        return "the linear probe writes it; set pretrain.probe=true"
+    l2 = p.probe_l2
+    if stage == "probe" and "val" in head and not (isinstance(l2, (list, tuple)) and len(l2) > 1):
+        return (
+            "the probe scores the validation split when it chooses its l2 among several: "
+            "set pretrain.probe_l2=[1e-4,1e-3,1e-2]"
+        )
+    if name in ("error_pct", "train_error_pct", "l2") and stage not in (
+        "supervised",
+        "baseline",
+        "probe",
+    ):
+        return (
+            f"{name} is written by the supervised stage and the probes only "
+            "(supervised/val/error_pct, probe/val/error_pct)"
+        )
+    if name in ("jacobian_fro", "subspace_angle_max_deg") and head[-1] != "test":
+        return f"{name} is measured on the test split only"
+    if name == "subspace_angle_max_deg" and cfg.model.kind != "linear":
+        return "the angle to PCA's subspace is measured for model=linear only"
+    return None
 
 
 def _validate_sparse_code(m: ModelConfig) -> None:

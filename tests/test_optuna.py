@@ -5,6 +5,7 @@ search scored on the test split, a tiny search end to end through the command li
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 
@@ -72,8 +73,31 @@ def test_a_val_score_needs_a_validation_split_and_a_bad_key_is_refused():
     # a metric no run writes: refused before training, not after the first trial trained
     with pytest.raises(ConfigError, match=r"^score=val/msee: no run .* \(did you mean val/mse\?\)"):
         validate(make_config("data.validation=0.1", "score=val/msee"))
-    for score in ("supervised/val/error_pct", "train/loss/kl_sparse", "probe/error_pct"):
-        validate(make_config("data.validation=0.1", f"score={score}"))
+    validate(make_config("data.validation=0.1", "score=train/loss/kl_sparse"))
+    pipeline = ("+pretrain=layerwise", "pretrain.supervised=true", "data.validation=0.1")
+    for score in ("supervised/val/error_pct", "probe/error_pct", "baseline/supervised/val/loss"):
+        validate(make_config(*pipeline, f"score={score}"))
+    validate(make_config("model=linear", "score=test/subspace_angle_max_deg"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [  # each was known from the settings, and found only after a search's first trial trained
+        ((), "the supervised/ metrics come from layer-wise pretraining, which this run does"),
+        (("+pretrain=layerwise",), "the supervised stage writes it; set pretrain.supervised=true"),
+        (("+pretrain=layerwise", "pretrain.supervised=true", "score=probe/val/error_pct"),
+         "the probe scores the validation split when it chooses its l2 among several"),
+        (("+pretrain=layerwise", "pretrain.probe=false", "score=probe/error_pct"),
+         "the linear probe writes it; set pretrain.probe=true"),
+        (("score=val/error_pct",), "error_pct is written by the supervised stage and the probes"),
+        (("score=val/subspace_angle_max_deg",), "is measured on the test split only"),
+        (("score=test/subspace_angle_max_deg",), "is measured for model=linear only"),
+    ],
+)  # fmt: skip
+def test_a_score_the_run_will_not_write_is_refused_naming_what_writes_it(settings, said):
+    with pytest.raises(ConfigError, match=r"^score=\S+: this run will not write \S+: ") as err:
+        validate(make_config("data.validation=0.1", "score=supervised/val/error_pct", *settings))
+    assert said in str(err.value)
 
 
 def test_only_a_search_scored_on_test_data_is_refused():
@@ -473,3 +497,81 @@ def test_a_range_given_under_hydra_sweeper_params_says_how_to_give_it(arg):
         f"quotes: '{right}'; hydra.sweeper.params holds the ranges of a sweep file"
     )
     check_overrides(["--multirun", "+sweep=optuna_contractive", right], str(REPO / "conf"))
+
+
+@pytest.mark.parametrize(
+    ("searched", "said"),
+    [  # a float for an integer key: a warning from Hydra's callback, every check after it
+        # skipped, and the first trial's composition error
+        ("trainer.batch_size=tag(log, interval(16, 256))",
+         "gives trainer.batch_size the value 16.0, which it cannot take (Value '16.0' of type "
+         "'float' could not be converted to Integer); an interval samples real numbers: for "
+         "whole numbers write int(tag(log, interval(16, 256)))"),
+        # a misspelt tag searched uniformly without a word; log on a choice did nothing
+        ("optim.lr=tag(logg, interval(1e-4, 1e-1))",
+         "Optuna's sweeper ignores the tag 'logg' here; the one tag it reads is log"),
+        ("model.latent_dim=tag(log, choice(8, 16))", "ignores the tag 'log' here"),
+        # Optuna 2.10's database storage: an AssertionError traceback under SQLAlchemy 2
+        ("hydra.sweeper.storage=sqlite:///study.db",
+         "hydra.sweeper.storage=sqlite:///study.db cannot be used: Optuna 2.10's database"),
+    ],
+)  # fmt: skip
+def test_a_search_the_sweeper_would_misread_is_one_line_before_it_starts(tmp_path, searched, said):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "experiments/train.py", "--multirun", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(
+        [*cmd, *TINY, searched], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    [line] = [line for line in out.splitlines() if "Error" in line]
+    assert line.startswith("ConfigError: ") and said in line, out[-3000:]
+    assert "Traceback" not in out and "UserWarning" not in out and not sweep_dir.exists()
+
+
+def _search_config(root, *overrides: str, seed=0):
+    """A search's composed config as the sweep lock sees it: the committed search's params,
+    the command line's overrides and the sampler's seed."""
+    params = {
+        "optim.lr": "tag(log, interval(1e-4, 1e-1))",
+        "reg.contractive.strength": "tag(log, interval(1e-5, 1e-1))",
+    }
+    sweeper = {**OPTUNA["sweeper"], "params": params, "sampler": {"seed": seed}}
+    hydra = {"mode": "MULTIRUN", "sweeper": sweeper, "overrides": {"task": list(overrides)}}
+    hydra["sweep"] = {"dir": str(root)}
+    return OmegaConf.create({"hydra": hydra})
+
+
+def test_a_search_rerun_with_other_ranges_is_refused_before_it_rewrites_the_record(tmp_path):
+    # It trained every trial's composition only to be refused by the earlier trial's
+    # directory, and rewrote search.yaml first: the report then gave the new ranges as those
+    # of the earlier search's trials.
+    from ae_jax.cli import _refuse_changed_search, record_search
+    from ae_jax.training.rundir import RunDirError
+
+    record_search(_search_config(tmp_path), tmp_path)
+    record = (tmp_path / "search.yaml").read_bytes()
+    changed = _search_config(tmp_path, "optim.lr=tag(log, interval(1e-3, 1e-1))")
+    _refuse_changed_search(changed, tmp_path)  # no trial began here: the directory is free
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "status.json").write_text('{"status": "completed"}')
+    for same in (
+        _search_config(tmp_path),
+        _search_config(tmp_path, "optim.lr=tag(log,interval(0.0001,0.1))", "trainer.epochs=9"),
+    ):
+        _refuse_changed_search(same, tmp_path)  # the same search, written otherwise: continued
+    with pytest.raises(RunDirError) as err:
+        _refuse_changed_search(changed, tmp_path)
+    assert str(err.value).startswith(
+        f"hydra.sweep.dir={tmp_path} holds the trials of another search (optim.lr: tag(log, "
+        "interval(1e-4, 1e-1)) -> tag(log, interval(1e-3, 1e-1))); this one's trials would be "
+        "refused in their directories. Rerun the earlier search's command to continue it"
+    )
+    for other, what in [
+        (_search_config(tmp_path, seed=3), "(the sampler's seed: 0 -> 3)"),
+        (_search_config(tmp_path, "optim.lr=0.01"), "(optim.lr: tag(log, interval(1e-4, 1e-1))"
+         " -> not searched)"),
+    ]:  # fmt: skip
+        with pytest.raises(RunDirError, match=re.escape(what)):
+            _refuse_changed_search(other, tmp_path)
+    assert (tmp_path / "search.yaml").read_bytes() == record
