@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from ae_jax.config import SHOW_FLAGS, ConfigError, overrides_of, score_key
+from ae_jax.config import SHOW_FLAGS, ConfigError, overrides_of, score_key, trial_count_refusal
 from ae_jax.data import DataError
 from ae_jax.loggers import LoggerError
 from ae_jax.run_io import free_bytes, size_text, write_json_atomic
@@ -550,10 +550,7 @@ def check_search_settings(hydra_cfg: Any) -> None:
     for key in ("n_trials", "n_jobs"):
         value = OmegaConf.select(hydra_cfg, f"sweeper.{key}", default=None)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(
-                f"hydra.sweeper.{key}={value} is not valid; it must be a positive integer "
-                f"({'trials of the search' if key == 'n_trials' else 'trials proposed at once'})"
-            )
+            raise ConfigError(trial_count_refusal(key, value))
     storage = OmegaConf.select(hydra_cfg, "sweeper.storage", default=None)
     if storage is not None:  # Optuna 2.10's RDB storage asserts on SQLAlchemy 2's schema
         raise ConfigError(

@@ -402,6 +402,12 @@ def _reg_terms(reg: Any) -> dict[str, TermConfig]:
     return {str(name): term_config(str(name), value) for name, value in reg.items()}
 
 
+def trial_count_refusal(key: str, value: object) -> str:
+    """The one line refusing ``hydra.sweeper.<key>`` (n_trials or n_jobs) of a search."""
+    what = "trials of the search" if key == "n_trials" else "trials proposed at once"
+    return f"hydra.sweeper.{key}={value} is not valid; it must be a positive integer ({what})"
+
+
 def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
     """Check a command line's overrides before Hydra composes the config.
 
@@ -416,6 +422,10 @@ def check_overrides(overrides: list[str], conf_dir: str | None = None) -> None:
     overrides = overrides_of(overrides)
     _check_settings(overrides, conf_dir)
     _check_logger_settings(overrides)
+    for arg in overrides:  # Hydra: "Value '2.5' of type 'float' could not be converted..."
+        m = re.match(r"^(?:\+\+|\+)?hydra\.sweeper\.(n_trials|n_jobs)=(.*)$", arg)
+        if m and not re.fullmatch(r"\s*0*[1-9]\d*\s*", m.group(2)):
+            raise ConfigError(trial_count_refusal(m.group(1), m.group(2).strip()))
 
     selected: set[str] | None = None  # the terms chosen on this command line, if it chooses
     settings: list[tuple[str, str, str]] = []  # (argument, term, prefix) of reg.<term>.<key>=

@@ -439,6 +439,17 @@ def test_trial_counts_that_cannot_run_are_refused_naming_the_key(setting):
         check_search_settings(hydra_cfg)
 
 
+@pytest.mark.parametrize("value", ["2.5", "abc", "0", "-3", "1e3"])
+def test_a_trial_count_that_is_no_integer_is_refused_before_hydra_composes(value):
+    # 2.5 and abc were Hydra's "could not be converted to Integer" and exit status 1
+    from ae_jax.config import check_overrides
+
+    for key in ("n_trials", "n_jobs"):
+        check_overrides(["+sweep=optuna_contractive", f"hydra.sweeper.{key}=16"])
+        with pytest.raises(ConfigError, match=rf"^hydra\.sweeper\.{key}={value} is not valid"):
+            check_overrides(["+sweep=optuna_contractive", f"hydra.sweeper.{key}={value}"])
+
+
 @pytest.mark.parametrize(
     "direction, expected",
     [
