@@ -3,8 +3,9 @@
     python experiments/embed.py RUN_DIR                     # RUN_DIR/embeddings.npz, both splits
     python experiments/embed.py RUN_DIR --out codes.npz --reconstructions --probe
 
-The .npz holds ``z_train``, ``z_test`` (codes, float32 (N, k)), ``y_train``, ``y_test`` when the
-dataset is labelled, and ``x_hat_test`` with ``--reconstructions``. ``--probe`` also prints the
+The .npz holds ``z_train``, ``z_test`` (codes, float32 (N, k)), ``z_val`` when the run held out a
+validation split (``data.validation``), ``y_train``, ``y_test`` (and ``y_val``) when the dataset
+is labelled, and ``x_hat_test`` with ``--reconstructions``. ``--probe`` also prints the
 linear-probe test error of the codes beside raw pixels and PCA codes of the same size. The work
 is done by ``ae_jax.features``; the codes are deterministic (the clean encoder, no noise).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,11 @@ def _embed(args: argparse.Namespace) -> dict:
             f"--out {out} exists and is not an embeddings file (an .npz holding z_train and "
             "z_test); it is left as it is: choose another path"
         )
+    try:  # before any compute: a directory that takes no new file (read-only, full)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise RunError(f"--out {out} cannot be written: {err.strerror or err}") from err
     ended = unfinished(run.path)
     if ended:  # params.msgpack of a run that did not complete: said, then used
         print(
@@ -107,8 +114,12 @@ def _embed(args: argparse.Namespace) -> dict:
             f"{run.path} has none (data.validation); give one with --probe-l2"
         )
     arrays = {"z_train": embed(run, data.x_train), "z_test": embed(run, data.x_test)}
+    if data.x_val is not None:  # the run's validation split, held out of z_train
+        arrays["z_val"] = embed(run, data.x_val)
     if data.y_train is not None:
         arrays.update(y_train=data.y_train, y_test=data.y_test)
+        if data.y_val is not None:
+            arrays["y_val"] = data.y_val
     if args.reconstructions:
         arrays["x_hat_test"] = reconstruct(run, data.x_test).astype(np.float32)
     try:
@@ -129,7 +140,7 @@ def _embed(args: argparse.Namespace) -> dict:
                 steps=steps,
                 seed=run.cfg.trainer.seed,
                 l2=l2 if len(l2) > 1 else l2[0],
-                z_val=embed(run, data.x_val) if len(l2) > 1 else None,
+                z_val=arrays["z_val"] if len(l2) > 1 else None,
             )
         )
     shapes = ", ".join(f"{k} {' x '.join(map(str, arrays[k].shape))}" for k in arrays)

@@ -266,3 +266,36 @@ def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_p
     # the unlabelled run's codes are written without --probe
     report = main([str(unlabelled)])
     assert report["z_train"] == [240, 8] and "y_train" not in np.load(unlabelled / "embeddings.npz")
+
+
+def test_embed_writes_the_validation_codes_and_checks_out_before_computing(
+    mnist_path, tmp_path, capsys, monkeypatch
+):
+    # A run with data.validation: its z_train left the held-out examples out, and the file had
+    # no z_val. An --out the directory refused was found after every code was computed.
+    cfg = tiny_config(mnist_path)
+    cfg.data.validation = 100
+    run_dir = tmp_path / "run"
+    train_and_evaluate(validate(cfg), run_dir)
+    main = _embed_main()
+    out = tmp_path / "codes.npz"
+    main([str(run_dir), "--out", str(out)])
+    saved, data = np.load(out), load_dataset(cfg.data)
+    assert saved["z_train"].shape == (1000, 8) and saved["z_val"].shape == (100, 8)
+    np.testing.assert_array_equal(saved["z_val"], embed(load_run(run_dir), data.x_val))
+    np.testing.assert_array_equal(saved["y_val"], data.y_val)
+    assert "z_val 100 x 8" in capsys.readouterr().out
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the codes were computed before --out was checked")
+
+    monkeypatch.setattr(main.__globals__["tempfile"], "NamedTemporaryFile", refuse)
+    monkeypatch.setitem(main.__globals__, "embed", computed)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run_dir), "--out", str(tmp_path / "other.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].endswith(f"--out {tmp_path / 'other.npz'} cannot be written: Permission denied")
