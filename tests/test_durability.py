@@ -362,10 +362,13 @@ def test_extending_epochs_resumes_the_run(tmp_path):
 
 def test_extending_epochs_resumes_a_vmap_sweep_and_equals_the_longer_sweep(tmp_path):
     # the group's checkpoint is found again with more epochs (its key leaves trainer.epochs
-    # out) and the members go on from it, as a single run does
+    # out) and the members go on from it, as a single run does; also in a sweep directory
+    # moved since (the key named the members' absolute paths: it trained from epoch 1)
     grid = ("--multirun", "hydra/launcher=vmap", "trainer.figures=false", "trainer.log_every=1")
     grid += ("noise=masking", "noise.level=0,0.2")
-    assert _run(*grid, f"hydra.sweep.dir={tmp_path / 'a'}", "trainer.epochs=3").returncode == 0
+    first = tmp_path / "first"
+    assert _run(*grid, f"hydra.sweep.dir={first}", "trainer.epochs=3").returncode == 0
+    first.rename(tmp_path / "a")
     proc = _run(*grid, f"hydra.sweep.dir={tmp_path / 'a'}", "trainer.epochs=5")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

@@ -356,13 +356,18 @@ def group_checkpoint_dir(configs: list[Config], workdirs: list[Path]) -> Path:
     program = _resumable_part(
         static_part(dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, epochs=0)))
     )
-    # each member's directory and its own values of what the group vectorises, so that a
-    # sweep run again with other values never resumes the earlier members' states
-    members = "|".join(
-        f"{Path(w).absolute()}:{_member_values(c)!r}" for c, w in zip(configs, workdirs)
-    )
-    key = hashlib.sha256((program + members).encode()).hexdigest()[:12]
-    return parent / ".vmap-groups" / key / "checkpoints"
+
+    # each member's directory (relative to the group's, so that a sweep directory moved or
+    # copied elsewhere finds its groups) and its own values of what the group vectorises, so
+    # that a sweep run again with other values never resumes the earlier members' states
+    def key(where) -> Path:
+        members = "|".join(f"{where(w)}:{_member_values(c)!r}" for c, w in zip(configs, workdirs))
+        digest = hashlib.sha256((program + members).encode()).hexdigest()[:12]
+        return parent / ".vmap-groups" / digest / "checkpoints"
+
+    found = key(lambda w: Path(w).absolute().relative_to(parent))
+    legacy = key(lambda w: Path(w).absolute())  # keyed by absolute paths until 2026-12-07
+    return legacy if not found.exists() and legacy.exists() else found
 
 
 def finished_members(configs: list[Config], workdirs: list[Path]) -> dict[int, dict]:
