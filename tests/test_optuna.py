@@ -341,6 +341,11 @@ def test_the_report_of_an_interrupted_study_ranks_its_trials_and_keeps_a_failed_
     rows = (report.out / "study.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[4].endswith(",1")  # trial 3 marked best
     assert (report.out / "study.png").exists()
+    # trial 1 trained again beside its first run (trainer.resume=false): trial 1, not "trial 4"
+    (tmp_path / "1").rename(tmp_path / "1-fresh-20261207-101500")
+    _write_trial(tmp_path, 1, 1e-2, 0.005)
+    numbers = [t.number for t in find_study(tmp_path, collect_runs(tmp_path)).trials]
+    assert numbers == [0, 1, 1, 2, 3]
 
 
 def test_search_space_is_the_sweep_files_params_as_the_command_line_changed_them():

@@ -143,6 +143,12 @@ def test_axes_exclude_the_seed_and_merge_keys_that_move_together(sweep):
         r.config["model.code_activation"] = "sigmoid" if shallow else "linear"
     axes = swept_axes(runs)
     assert Axis(("model.depth", "model.code_activation")) in axes and len(axes) == 2
+    # how runs were checkpointed and resumed is no axis (trainer.resume=false reruns beside
+    # the earlier runs were shown as an axis "model.latent_dim / trainer.resume")
+    for i, r in enumerate(runs):
+        r.config["trainer.resume"] = i % 2 == 0
+        r.config["trainer.checkpoint_every"] = 10 * i
+    assert swept_axes(runs) == axes
 
 
 def test_a_config_group_swept_is_one_axis_named_by_the_group(tmp_path):

@@ -36,7 +36,17 @@ import yaml
 
 SEED_KEYS = ("trainer.seed",)
 # Keys that change how a run reports progress, not what it learns: never an axis.
-IGNORED_KEYS = ("trainer.progress", "trainer.figures", "trainer.log_every")
+# how a run is shown, checkpointed and resumed, never what it computes: no axis of a sweep
+IGNORED_KEYS = (
+    "trainer.progress",
+    "trainer.figures",
+    "trainer.log_every",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.checkpoint_seconds",
+    "trainer.keep_checkpoints",
+    "trainer.restart_if_corrupt",
+)
 STATUSES = ("completed", "failed", "unfinished", "not started")
 
 
@@ -605,7 +615,9 @@ def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
     score = scores.most_common(1)[0][0] if scores else "test/mse"
     trials = []
     for i, run in enumerate(trial_runs):
-        number = int(run.path.name) if run.path.name.isdigit() else i
+        # "3-fresh-<time>": trial 3 trained again beside the earlier one (trainer.resume=false)
+        head = run.path.name.partition("-fresh-")[0]
+        number = int(head) if head.isdigit() else i
         values = given[i]
         chosen = {
             p.key: run.config[p.key] if p.key in run.config else values.get(p.key) for p in params
