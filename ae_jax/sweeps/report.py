@@ -312,8 +312,9 @@ def _report_markdown(
     lines = [
         f"# Sweep report: {report.title}",
         "",
-        f"`{root}`: {total} runs ({c['completed']} completed, {c['failed']} failed, "
-        f"{c['unfinished']} unfinished, {c['not started']} not started); {what}.",
+        f"`{root}`: {total} run{'' if total == 1 else 's'} ({c['completed']} completed, "
+        f"{c['failed']} failed, {c['unfinished']} unfinished, {c['not started']} not "
+        f"started); {what}.",
         "",
     ]
     for part in (study, table):
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         searched = ", ".join(p.key for p in report.study.params) or "nothing"
         what = f"an Optuna study of {searched}" + (f"; {what}" if report.axes else "")
     print(
-        f"{report.title}: {sum(c.values())} runs, {c['completed']} completed, {c['failed']} "
+        f"{report.title}: {sum(c.values())} run{'' if sum(c.values()) == 1 else 's'}, "
+        f"{c['completed']} completed, {c['failed']} "
         f"failed, {c['unfinished']} unfinished, {c['not started']} not started; {what}"
     )
     for note in report.notes:
