@@ -591,3 +591,17 @@ def test_a_search_rerun_with_other_ranges_is_refused_before_it_rewrites_the_reco
         with pytest.raises(RunDirError, match=re.escape(what)):
             _refuse_changed_search(other, tmp_path)
     assert (tmp_path / "search.yaml").read_bytes() == record
+
+
+def test_the_study_figure_of_a_search_whose_every_trial_failed_shows_no_scale(tmp_path):
+    # it drew matplotlib's empty scale, -0.04 to 0.04, as if for an MSE
+    from ae_jax.sweeps.plots import study_figure
+
+    for number, lr in enumerate((0.5, 5.0, 50.0)):
+        _write_trial(tmp_path, number, lr, None, failed=True)
+    fig = study_figure(find_study(tmp_path, collect_runs(tmp_path)))
+    assert len(fig.axes[0].get_yticks()) == 0
+    said = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert said.count("no trial has a score") == 2  # the lr panel and the trial panel
+    report = write_report(tmp_path, tmp_path / "out")
+    assert (report.out / "study.png").exists()

@@ -647,6 +647,11 @@ def study_figure(study: Study, title: str = "") -> Figure:
     elif ys:
         span = (max(ys) - min(ys)) or abs(max(ys)) or 1.0
         axes[0].set_ylim(min(ys) - 0.08 * span, max(ys) + 0.2 * span)
+    else:  # every trial failed: no score, so no scale to show (matplotlib's was -0.04..0.04)
+        axes[0].set_yticks([])
+        for a in axes:
+            a.text(0.5, 0.5, "no trial has a score", transform=a.transAxes, ha="center",
+                   va="center", color="0.4")  # fmt: skip
     axes[0].set_ylabel(ylabel)
     handles, labels = [], []
     for a in axes:
