@@ -605,3 +605,21 @@ def test_the_study_figure_of_a_search_whose_every_trial_failed_shows_no_scale(tm
     assert said.count("no trial has a score") == 2  # the lr panel and the trial panel
     report = write_report(tmp_path, tmp_path / "out")
     assert (report.out / "study.png").exists()
+
+
+def test_a_directory_of_several_searches_is_reported_as_runs_not_as_one_study(tmp_path):
+    # report.py multirun/<date>/ took the trials of two searches for one study, its best
+    # trial chosen across both and the sweeper's results quoted from one of them
+    for sweep, lrs in (("a", (1e-3, 1e-2)), ("b", (3e-3, 3e-2))):
+        root = tmp_path / sweep
+        for number, lr in enumerate(lrs):
+            _write_trial(root, number, lr, 0.01 * (number + 1))
+        (root / ".sweep.lock").write_text("")
+        assert find_study(root, collect_runs(root)) is not None  # each alone is a study
+    runs = collect_runs(tmp_path)
+    assert len(runs) == 4 and find_study(tmp_path, runs) is None
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report.study is None and not (report.out / "study.md").exists()
+    assert any(
+        note.startswith(f"{tmp_path} holds the runs of 2 sweeps (a, b)") for note in report.notes
+    )

@@ -555,6 +555,25 @@ def _number_or_value(text: str) -> Any:
         return _value_from_override(text)
 
 
+def sweeps_of(root: str | os.PathLike, runs: list[Run]) -> list[Path]:
+    """The sweep directories (``rundir.is_sweep_dir``) that ``runs`` under ``root`` belong to:
+    the nearest one above each run, up to ``root``; a run in none adds ``root`` itself."""
+    from ae_jax.training.rundir import is_sweep_dir
+
+    root = Path(root)
+    found: dict[Path, None] = {}
+    for run in runs:
+        home = root
+        for parent in run.path.parents:
+            if parent == root or root not in parent.parents:
+                break
+            if is_sweep_dir(parent):
+                home = parent
+                break
+        found[home] = None
+    return list(found)
+
+
 def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
     """The hyperparameter search under ``root``, or None for a grid sweep.
 
@@ -569,6 +588,8 @@ def find_study(root: str | os.PathLike, runs: list[Run]) -> Study | None:
     from ae_jax.config import resolve_score
 
     root = Path(root)
+    if len(sweeps_of(root, runs)) > 1:  # several sweeps' runs: no one study (report.py says so)
+        return None
     results, results_path = None, None
     for path in sorted(root.rglob(STUDY_RESULTS)):
         try:

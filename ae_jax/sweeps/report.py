@@ -48,6 +48,7 @@ from ae_jax.sweeps.collect import (
     SweepDirError,
     collect_runs,
     find_study,
+    sweeps_of,
     swept_axes,
 )
 from ae_jax.sweeps.plots import (
@@ -154,6 +155,7 @@ def write_report(
         ) from None
     rows = summarize(runs, axes, shown)
     title = sweep_title(runs, root)
+    sweeps = sweeps_of(root, runs)
     counts = {
         s: sum(r.status == s for r in runs)
         for s in ("completed", "failed", "unfinished", "not started")
@@ -162,6 +164,16 @@ def write_report(
     if metrics and len(shown) < len(metrics):
         missing = sorted(set(metrics) - set(shown))
         report.notes.append(f"no completed run has {', '.join(missing)}")
+    if len(sweeps) > 1:
+        names = [str(p.relative_to(root)) if p != root else "." for p in sweeps]
+        shown_names = ", ".join(names[:4]) + (
+            f" and {len(names) - 4} more" if len(names) > 4 else ""
+        )
+        report.notes.append(
+            f"{root} holds the runs of {len(sweeps)} sweeps ({shown_names}), reported together "
+            "as one table; give one sweep's directory for its own report (and its study, if it "
+            "is a search)"
+        )
     on = datasets(runs)
     if len(on) > 1:
         report.notes.append(
