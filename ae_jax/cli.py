@@ -265,6 +265,8 @@ def check_output_dirs(argv: list[str]) -> None:
     if not static:  # all of it interpolated (an environment variable): Hydra's to resolve
         return
     path = Path(static).expanduser()
+    if not multirun and "${" not in value:
+        _refuse_run_in_search(path.absolute())
     made: list[Path] = []  # the directories made to try the path, deepest first
     try:
         if "${" in value:  # created by Hydra: its nearest existing parent must take it
@@ -298,6 +300,25 @@ def check_output_dirs(argv: list[str]) -> None:
         for p in made:  # in another run's directory) leaves nothing behind
             with contextlib.suppress(OSError):
                 p.rmdir()
+
+
+def _refuse_run_in_search(path: Path) -> None:
+    """A single run given a directory inside a hyperparameter search's
+    (``hydra.run.dir=<search dir>/99``): the search's report would take it for one of its
+    trials, and its best trial might be that run. One line, exit status 2, before Hydra makes
+    the directory. (Beside a grid's jobs a run is a row of the grid's report, as
+    ``scripts/reproduce.py rifai2011`` puts its two other rows.)"""
+    from ae_jax.sweeps.collect import SEARCH_RECORD
+
+    search = next((p for p in path.parents if (p / SEARCH_RECORD).is_file()), None)
+    if search is not None:
+        print(
+            f"RunDirError: hydra.run.dir={path} is inside {search}, the directory of a "
+            "hyperparameter search; its report would take this run for one of the search's "
+            "trials: use a run directory outside it (hydra.run.dir=...)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def os_error_line(err: OSError, workdir: str | Path) -> str:

@@ -623,3 +623,19 @@ def test_a_directory_of_several_searches_is_reported_as_runs_not_as_one_study(tm
     assert any(
         note.startswith(f"{tmp_path} holds the runs of 2 sweeps (a, b)") for note in report.notes
     )
+
+
+def test_a_single_run_inside_a_search_directory_is_refused_before_hydra_makes_it(tmp_path):
+    # it trained there, and the search's report took it for a trial (and perhaps the best)
+    (tmp_path / "search.yaml").write_text("params:\n  optim.lr: tag(log, interval(1e-4, 1e-1))\n")
+    cmd = [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path / '99'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    [line] = out.strip().splitlines()
+    assert line == (
+        f"RunDirError: hydra.run.dir={tmp_path / '99'} is inside {tmp_path}, the directory of a "
+        "hyperparameter search; its report would take this run for one of the search's trials: "
+        "use a run directory outside it (hydra.run.dir=...)"
+    )
+    assert not (tmp_path / "99").exists()

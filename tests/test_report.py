@@ -151,6 +151,17 @@ def test_axes_exclude_the_seed_and_merge_keys_that_move_together(sweep):
     assert swept_axes(runs) == axes
 
 
+def test_an_axis_of_many_keys_is_named_by_its_first_on_figures():
+    # unrelated runs in one directory differ in ten keys at once: their names, joined, ran
+    # across the neighbouring panels' labels
+    from ae_jax.sweeps.plots import axis_label, axis_title
+
+    keys = ("data.validation", "model.depth", "model.latent_dim", "optim.lr", "loss.kind")
+    assert axis_title(Axis(keys[:2])) == "data.validation / model.depth"
+    assert axis_title(Axis(keys)) == "data.validation (+4 keys that change with it)"
+    assert axis_label(Axis(keys), []) == "data.validation (+4 keys that change with it)"
+
+
 def test_a_config_group_swept_is_one_axis_named_by_the_group(tmp_path):
     # --multirun model=mlp,shallow: the axis is `model` with the files' names, from Hydra's
     # record of each job's choices (it was "model.depth / model.code_activation", "0, sigmoid")

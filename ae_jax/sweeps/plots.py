@@ -82,18 +82,27 @@ def x_scale(values: list[Any]) -> str:
     return "log" if len(positive) == len(values) else "symlog"
 
 
+def axis_title(axis: Axis) -> str:
+    """The axis's name on a figure: its keys, or where many keys change together (unrelated
+    runs in one directory differ in most of their settings) the first, which gives the x
+    values, and how many others; the full list is in the report's table."""
+    if len(axis.keys) <= 2 or len(axis.name) <= 60:
+        return axis.name
+    return f"{axis.keys[0]} (+{len(axis.keys) - 1} keys that change with it)"
+
+
 def axis_label(axis: Axis, rows: list[Row]) -> str:
     """The x label: the key with its unit (the reg kind or noise kind when all runs share it)."""
-    key = axis.keys[0]
+    key, name = axis.keys[0], axis_title(axis)
     configs = [r.config for row in rows for r in row.runs if r.config]
     if key == "noise.level":
         kinds = {c.get("noise.kind") for c in configs}
         unit = NOISE_UNITS.get(kinds.pop()) if len(kinds) == 1 else None
-        return f"{axis.name}: {unit or 'noise level'}"
+        return f"{name}: {unit or 'noise level'}"
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "reg" and parts[2] == "strength":  # reg.<term>.strength
-        return f"{axis.name}: {parts[1]} strength λ"
-    return f"{axis.name}: {AXIS_UNITS[key]}" if key in AXIS_UNITS else axis.name
+        return f"{name}: {parts[1]} strength λ"
+    return f"{name}: {AXIS_UNITS[key]}" if key in AXIS_UNITS else name
 
 
 def _first(value: Any) -> Any:
@@ -308,7 +317,7 @@ def axis_figure(
     n = sorted({row.stats[m].n for row in rows for m in metrics if m in row.stats} - {0})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
     over = "one seed" if seeds == "1" else f"mean ± std over {seeds} seeds"
-    fig.suptitle(f"{title + ': ' if title else ''}{axis.name} ({over})")
+    fig.suptitle(f"{title + ': ' if title else ''}{axis_title(axis)} ({over})")
     _tilt_crowded_x_labels(fig)
     return fig
 
