@@ -760,3 +760,18 @@ def test_a_supervised_sweep_shows_its_error_ties_are_not_best_and_repeats_are_sa
         "2 runs at pretrain.supervised_lr=0.003 share their seeds: they repeat one run, and "
         "their spread is not over seeds"
     ], report.notes
+
+
+def test_hydras_record_of_a_run_is_no_run_and_an_empty_metrics_file_is_named(sweep):
+    # report.py <run>/.hydra reported a phantom run that "never got far" and wrote its report
+    # inside .hydra; a completed run whose metrics.json holds {} was said to have none
+    run = next(p for p in sorted(sweep.iterdir()) if (p / "metrics.json").is_file())
+    (run / ".hydra").mkdir(exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text("model:\n  latent_dim: 2\n")
+    with pytest.raises(SweepDirError, match=r"is Hydra's record of the run in .*: give that"):
+        collect_runs(run / ".hydra")
+    (run / "metrics.json").write_text("{}")
+    (run / "status.json").write_text(json.dumps({"status": "completed"}))
+    loaded = load_run(run)
+    assert loaded.status == "failed"
+    assert loaded.error == "status completed but metrics.json holds no metric"

@@ -183,7 +183,9 @@ def load_run(path: str | os.PathLike) -> Run:
     elif metrics:  # completed, or no readable status.json but the run got to its metrics
         status, error = "completed", None
     elif state == "completed" or metrics_error:
-        status, error = "failed", metrics_error or "status completed but no metrics.json"
+        found = (path / "metrics.json").is_file()
+        said = "metrics.json holds no metric" if found else "no metrics.json"
+        status, error = "failed", metrics_error or f"status completed but {said}"
     elif status_error:
         status, error = "failed", status_error
     else:
@@ -328,6 +330,11 @@ def collect_runs(root: str | os.PathLike) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise SweepDirError(f"sweep directory {str(root)!r} does not exist or is not a directory")
+    if root.name == ".hydra":  # Hydra's record of a job, read as a run of its own
+        raise SweepDirError(
+            f"{str(root)!r} is Hydra's record of the run in {str(root.parent)!r}: give that "
+            "directory (or the sweep's)"
+        )
     runs = [load_run(p) for p in find_run_dirs(root)]
     for multirun_yaml in sorted(root.rglob("multirun.yaml")):
         sweep_dir = multirun_yaml.parent
