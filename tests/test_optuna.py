@@ -639,3 +639,19 @@ def test_a_single_run_inside_a_search_directory_is_refused_before_hydra_makes_it
         "use a run directory outside it (hydra.run.dir=...)"
     )
     assert not (tmp_path / "99").exists()
+
+
+def test_a_numeric_choice_is_drawn_with_ticks_at_its_choices(tmp_path):
+    # model.latent_dim=choice(8,16,32) was drawn on a plain axis ticked 10, 15, 20, ...
+    from ae_jax.sweeps.plots import study_figure
+
+    for number, (lr, k) in enumerate([(1e-3, 8), (1e-2, 32), (3e-3, 16)]):
+        _write_trial(tmp_path, number, lr, 0.01 * (number + 1))
+        overrides = [f"optim.lr={lr}", f"model.latent_dim={k}", "+sweep=s"]
+        (tmp_path / str(number) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    params = {"optim.lr": "tag(log, interval(1e-4, 1e-1))", "model.latent_dim": "choice(8,16,32)"}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"params": params}))
+    fig = study_figure(find_study(tmp_path, collect_runs(tmp_path)))
+    panel = next(ax for ax in fig.axes if ax.get_xlabel().startswith("model.latent_dim"))
+    assert list(panel.get_xticks()) == [8, 16, 32]
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["8", "16", "32"]

@@ -578,6 +578,9 @@ def study_figure(study: Study, title: str = "") -> Figure:
         )
         if categories is not None:
             ax.set_xticks(range(len(categories)), _category_labels(list(categories)))
+        elif param.choices:  # numbers chosen among: ticks at the choices, not 8, 10, 12, ...
+            ticks = sorted(c for c in param.choices if isinstance(c, (int, float)))
+            ax.set_xticks([float(t) for t in ticks], [format_value(t) for t in ticks])
         else:
             if param.log:
                 ax.set_xscale("log")
