@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -666,7 +667,7 @@ def test_every_data_config_composes(monkeypatch, mnist_path, tmp_path):
         load_dataset({"source": "idx", "path": "mnist"})
 
 
-def test_tfds_mnist_offline_matches_the_idx_reader(tmp_path, mnist_path, mnist_idx):
+def test_tfds_mnist_offline_matches_the_idx_reader(tmp_path, mnist_path, mnist_idx, capsys, caplog):
     require_tensorflow()
     cfg = DataConfig(
         source="tfds",
@@ -675,7 +676,17 @@ def test_tfds_mnist_offline_matches_the_idx_reader(tmp_path, mnist_path, mnist_i
         manual_dir=str(mnist_path),
         data_dir=str(tmp_path / "tfds"),
     )
-    ds = load_dataset(cfg)
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        ds = load_dataset(cfg)
+    # tfds printed "Downloading and preparing dataset Unknown size ..." of local files, past
+    # the log (train.log had no line of it); now one line of ours, the first time only
+    assert "Download" not in capsys.readouterr().out
+    said = f"mnist: preparing tensorflow-datasets' copy in {tmp_path / 'tfds'}"
+    assert sum(said in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        load_dataset(dataclasses.replace(cfg, max_train=10, max_test=10))
+    assert not any("preparing" in r.getMessage() for r in caplog.records)
     ref, _ = mnist_idx
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert ds.scaling == "unit" and ds.in_unit_interval

@@ -13,7 +13,9 @@ index (a fixed permutation of the file order).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import logging
 import os
 import re
@@ -26,6 +28,8 @@ from ae_jax.data.dataset import DataError
 from ae_jax.data.idx import has_idx_files, load_idx_directory
 from ae_jax.data.preprocessing import RawData
 from ae_jax.network import unreachable
+
+log = logging.getLogger("ae_jax")
 
 MNIST_FAMILY = ("mnist", "fashion_mnist", "kmnist", "emnist")
 
@@ -140,8 +144,19 @@ def _prepare(tfds: Any, builder: Any, manual_dir: str | None) -> None:
             )
     config = tfds.download.DownloadConfig(manual_dir=str(directory))
     tfds.disable_progress_bar()  # local files, prepared in seconds: no bars on the console
+    if not _is_prepared(
+        builder
+    ):  # tfds prints "Downloading and preparing dataset Unknown size ..."
+        log.info(
+            "%s: preparing tensorflow-datasets' copy in %s from the files in %s (once; later "
+            "runs read that copy)",
+            builder.name,
+            builder.data_dir,
+            directory,
+        )
     try:
-        builder.download_and_prepare(download_config=config)
+        with contextlib.redirect_stdout(io.StringIO()):  # nothing is downloaded: its own lines
+            builder.download_and_prepare(download_config=config)  # would say so
     except Exception as err:  # checksum mismatch, unreadable file: tfds has no common base class
         raise DataError(
             f"tensorflow-datasets could not prepare {builder.name} from data.manual_dir="
