@@ -39,6 +39,7 @@ from ae_jax.registry import (
     SCHEDULES,
     ConfigError,
     TermConfig,
+    requested_conv_impl,
     term_config,
 )
 
@@ -988,6 +989,7 @@ def validate(cfg: Config) -> Config:
                 f"remove model.decoder_widths={list(m.decoder_widths)} or set model.tied=false"
             )
     if m.kind == "conv":
+        requested_conv_impl()  # $AE_JAX_CONV_IMPL, refused before the data is read
         ignored = [  # the MLP's layer settings: a conv model's layers are its channels
             f"model.{key}={value}"
             for key, value, default in (

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -344,6 +345,22 @@ CONV_IMPLS.register(
     "cpu_fast", "ae_jax.models.conv_ops:conv", custom_vjp=True, backends=("cpu",)
 )  # canonical-form backward convolutions: XLA:CPU runs them fast inside lax.scan
 CONV_IMPLS.register("flax", "flax.linen:Conv", custom_vjp=False)  # autodiff through nn.Conv
+CONV_IMPL_ENV = "AE_JAX_CONV_IMPL"  # auto (default) | a name registered in CONV_IMPLS
+
+
+def requested_conv_impl(requested: str | None = None) -> str:
+    """``requested`` (default: ``$AE_JAX_CONV_IMPL``, else ``auto``): ``auto`` or a name of
+    ``CONV_IMPLS``, else a ConfigError naming the variable (``config.validate`` asks it of a conv
+    model, so that a bad value is refused before the data is read)."""
+    if requested is None:
+        requested = os.environ.get(CONV_IMPL_ENV, "").strip() or "auto"
+    if requested != "auto" and requested not in CONV_IMPLS:
+        raise ConfigError(
+            f"{CONV_IMPL_ENV}={requested!r} is not valid; choose one of: "
+            f"auto, {', '.join(CONV_IMPLS.names())}"
+        )
+    return requested
+
 
 # trainer.precision: the dtype of the forward and backward pass (parameters, optimiser state,
 # losses and metrics stay float32) and the matmul precision stated for them

@@ -104,6 +104,14 @@ def test_conv_path_is_chosen_by_backend(monkeypatch):
     monkeypatch.setenv("AE_JAX_CONV_IMPL", "cudnn")
     with pytest.raises(ConfigError, match="AE_JAX_CONV_IMPL='cudnn'.*auto, cpu_fast, flax"):
         conv_impl("cpu")
+    # and by a conv model's config, before the data is read (it was at the first trace)
+    from conftest import make_config
+
+    from ae_jax.config import validate
+
+    with pytest.raises(ConfigError, match="AE_JAX_CONV_IMPL='cudnn'.*auto, cpu_fast, flax"):
+        validate(make_config("model=conv"))
+    validate(make_config())  # an MLP has no convolutions to compute
 
 
 def test_conv_autoencoder_is_the_same_on_both_paths(monkeypatch):

@@ -34,17 +34,15 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ae_jax.registry import CONV_IMPLS, ConfigError
+from ae_jax.registry import CONV_IMPLS, requested_conv_impl
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-CONV_IMPL_ENV = "AE_JAX_CONV_IMPL"  # auto (default) | a name registered in CONV_IMPLS
 
 
 def conv_impl(backend: str | None = None, requested: str | None = None) -> str:
@@ -54,14 +52,8 @@ def conv_impl(backend: str | None = None, requested: str | None = None) -> str:
     ``CONV_IMPLS``; ``auto`` picks the entry whose ``backends`` name this backend (``cpu_fast``
     for ``cpu``), else ``flax`` (gpu, cuda, rocm, tpu, ...).
     """
-    if requested is None:
-        requested = os.environ.get(CONV_IMPL_ENV, "").strip() or "auto"
+    requested = requested_conv_impl(requested)
     if requested != "auto":
-        if requested not in CONV_IMPLS:
-            raise ConfigError(
-                f"{CONV_IMPL_ENV}={requested!r} is not valid; choose one of: "
-                f"auto, {', '.join(CONV_IMPLS.names())}"
-            )
         return requested
     backend = jax.default_backend() if backend is None else backend
     for name in CONV_IMPLS:
