@@ -1024,6 +1024,36 @@ def test_a_finished_layerwise_run_rerun_leaves_its_trackers_alone(tmp_path):
     assert (tmp_path / "metrics.csv").read_bytes() == table
 
 
+def test_the_next_session_of_a_killed_changed_pipeline_rerun_is_tracked(tmp_path):
+    # A rerun that retrains the supervised stage (pretrain.supervised_lr changed), killed in
+    # that stage, leaves the new config.yaml, status running and the earlier config's
+    # metrics.json. Its next session took the metrics.json for a finished run: it trained
+    # the stage and logged none of it to any tracker.
+    import yaml
+
+    args = ("+pretrain=layerwise", "pretrain.layer_epochs=2", "pretrain.supervised=true")
+    args += ("pretrain.supervised_epochs=4", "pretrain.baseline=false", "pretrain.probe=false")
+    args += ("logger=csv", "trainer.figures=false", "trainer.epochs=2")
+    first = _train(tmp_path, *args)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    # the killed session's files, as it left them: its config, its status, the old results
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["pretrain"]["supervised_lr"] = 3e-3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running"}))
+    stage = tmp_path / "supervised" / "checkpoints"
+    stage.rename(stage.with_name("checkpoints-before-20261207-150000"))
+    again = _train(tmp_path, *args, "pretrain.supervised_lr=3e-3")
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "[supervised] epoch 4/4" in log, log[-3000:]
+    now = (tmp_path / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("supervised/train/loss")
+    losses = [[r.split(",")[column] for r in table[1:]] for table in (rows, now)]
+    assert losses[0] != losses[1] and "" not in losses[1], losses  # this session's epochs
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+
+
 # ------------------------------------------------------- reconstructions every N epochs
 def _images(directory: Path) -> dict[str, list[tuple[int, bytes]]]:
     """tag -> [(step, PNG bytes)] of a run's TensorBoard events."""

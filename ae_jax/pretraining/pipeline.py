@@ -303,9 +303,12 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     rundir.start(to_yaml(recorded))
     if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
         write_run_info(workdir, data, trainer.output_activation)
-    # a finished pipeline (its metrics.json written at the end) is evaluated again, not
-    # trained: its trackers already hold it
-    finished = t.resume and (workdir / "metrics.json").exists() and not rundir.changed
+    # a finished pipeline (completed, its metrics.json written at the end) is evaluated
+    # again, not trained: its trackers already hold it. (A changed rerun killed part-way
+    # leaves the earlier metrics.json, and its next session trains and must be tracked.)
+    finished = (
+        t.resume and rundir.completed() and (workdir / "metrics.json").exists()
+    ) and not rundir.changed
     loggers = stack.enter_context(
         open_run_loggers(
             recorded, workdir, rundir.main and not finished, fresh=bool(rundir.changed)

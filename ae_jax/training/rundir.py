@@ -208,6 +208,7 @@ class RunDir:
         self.on_start: Any = None  # called once the run has begun (status.json: running)
         self.changed: list[str] = []  # "key: old -> new" of the stored run (STAGE_KEYS)
         self.redo: tuple[str, ...] = ()  # its stages that train again (STAGE_KEYS)
+        self._completed: bool | None = None  # read once, before start (``completed``)
 
     # -------------------------------------------------------------- state of the directory
     def holds_run(self) -> bool:
@@ -217,6 +218,18 @@ class RunDir:
         that an interrupted member's directory belongs to that run."""
         p = self.path
         return (p / "metrics.json").exists() or (p / "config.yaml").exists() or self.checkpointed()
+
+    def completed(self) -> bool:
+        """Whether the run here ended completed (its ``status.json``), as found before this
+        run starts (``start`` has it say running): a changed rerun killed part-way leaves the
+        earlier config's ``metrics.json`` beside a status of running, and is no finished run."""
+        if self._completed is None:
+            try:
+                status = json.loads((self.path / "status.json").read_text())
+            except (OSError, ValueError):
+                status = None
+            self._completed = isinstance(status, dict) and status.get("status") == "completed"
+        return self._completed
 
     def checkpointed(self) -> bool:
         """Whether any stage of a run here saved a checkpoint (``checkpoints/``, a pipeline's
@@ -370,6 +383,7 @@ class RunDir:
         Hydra). Nothing of an earlier run is changed before this point."""
         if self.started:
             return
+        self.completed()  # as the directory was before this run began
         self.started = True
         if not self.main:
             return
