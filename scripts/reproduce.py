@@ -418,13 +418,32 @@ class Stopped(Exception):
         self.code = code  # the script's exit status: 143 (SIGTERM, SIGHUP) or 130 (Ctrl-C)
 
 
+def _ends_with_this_script(cmd: list[str]) -> list[str]:
+    """``cmd`` (a Python command), made to receive SIGTERM if this script dies without passing
+    one on (``kill -9``): on Linux it asks the kernel for a parent-death signal
+    (``prctl(PR_SET_PDEATHSIG)``) and then becomes ``cmd`` (``os.execv`` keeps it). A command
+    left running alone held the run directory, and the rerun was refused naming its pid.
+    Elsewhere, ``cmd`` as it is."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    code = (
+        "import ctypes, os, signal, sys; "
+        "ctypes.CDLL(None).prctl(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+        f"os.getppid() == {os.getpid()} or sys.exit(143); "  # the script died before it
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", code, *cmd]
+
+
 def run_command(cmd: list[str], out) -> int:
     """Run one training command; a SIGTERM or SIGHUP sent to this script is passed on to it
     (it saves its checkpoints and exits, resumable) and then raises ``Stopped``, so that
     stopping the script never leaves a training process running on its own. Ctrl-C reaches
     the command directly (it is in this script's process group): the script waits for it to
     save and stop, then raises ``Stopped`` too."""
-    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    child = subprocess.Popen(
+        _ends_with_this_script(cmd), stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+    )
     received: list[int] = []
 
     def forward(signum, _frame):

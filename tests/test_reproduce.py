@@ -95,6 +95,28 @@ def test_one_reproduction_at_a_time_and_stopping_it_stops_its_run(tmp_path):
     assert not (tmp_path / "results" / "toy").exists()  # an unfinished run is not published
 
 
+def test_a_reproduction_killed_with_sigkill_stops_its_run_too(tmp_path):
+    # kill -9 of the script left its training command running alone: it held the run
+    # directory, and the rerun was refused naming its pid. Now the command gets SIGTERM from
+    # the kernel when the script dies, saves its checkpoint and stops; the rerun resumes it.
+    run = tmp_path / "runs" / "toy"
+    script = _start(tmp_path)
+    deadline = time.time() + 300
+    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
+        assert script.poll() is None, script.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    trainer_pid = int((run / ".lock").read_text().split()[1])
+    script.send_signal(signal.SIGKILL)
+    script.communicate(timeout=60)
+    deadline = time.time() + 120
+    while _alive(trainer_pid):
+        assert time.time() < deadline, "the training command outlived its script"
+        time.sleep(0.1)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "preempted" and "SIGTERM: saved epoch" in status["message"]
+
+
 def test_ctrl_c_stops_the_reproduction_once_its_run_has_saved(tmp_path):
     # Ctrl-C reaches the script and its training command (one process group): the script
     # ended in a KeyboardInterrupt traceback without waiting for the command to save.
