@@ -458,7 +458,7 @@ def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(
     again = _run(*args, "pretrain.supervised_lr=3e-3", "pretrain.probe=true")
     log = again.stdout + again.stderr
     assert again.returncode == 0, log[-3000:]
-    assert "pretrain.probe: False -> True; pretrain.supervised_epochs: 4 -> 3; " in log
+    assert "pretrain.probe: false -> true; pretrain.supervised_epochs: 4 -> 3; " in log
     assert "pretrain.supervised_lr: 0.001 -> 0.003: stage " in log
     assert "supervised trains again (earlier checkpoints kept as <stage>/checkpoints-b" in log
     for stage in ("pretrain/layer_0", "pretrain/layer_2", "finetune"):
@@ -812,3 +812,28 @@ def test_a_run_directory_inside_another_run_or_holding_one_is_refused(tmp_path):
     assert nested.returncode == 2 and "Traceback" not in log, log[-3000:]
     assert f"{inner} is inside {child}, the directory of another run" in log, log[-3000:]
     assert not inner.exists() and _snapshot(child) == before
+
+
+def test_a_rerun_says_which_stages_train_again_and_which_it_turns_on(tmp_path, caplog):
+    # "stage supervised, baseline/supervised trains again"; a stage turned on was "reused"
+    # ("which nothing it trained depends on"), and the line printed Python's False -> True
+    import logging
+
+    from ae_jax.training.rundir import RunDir, config_differences
+
+    (tmp_path / "supervised" / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "baseline" / "supervised").mkdir(parents=True)
+    old = {"pretrain": {"supervised": True, "baseline": False, "supervised_lr": 1e-3}}
+    new = {"pretrain": {"supervised": True, "baseline": True, "supervised_lr": 3e-3}}
+    rundir = RunDir(tmp_path)
+    rundir.changed = config_differences(old, new)
+    rundir.redo = ("supervised", "baseline/supervised")
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        rundir._set_aside_stages()
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{tmp_path} holds this run with pretrain.baseline: false -> true; ")
+    assert ": stages supervised, baseline/supervised train again (earlier checkpoints kept" in line
+    assert line.endswith(
+        "the stages that pretrain.baseline=true turns on train; the other stages are reused"
+    )
+    assert list((tmp_path / "supervised").glob("checkpoints-before-*/4"))

@@ -118,8 +118,15 @@ def config_differences(stored: dict, new: dict, defaults: dict | None = None) ->
             if isinstance(old, int) and isinstance(now, int) and now > old:
                 if schedule == "constant" and not _flatten(new).get("pretrain.enabled", False):
                     continue
-        out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+        out.append(f"{key}: {_shown(a.get(key, '<absent>'))} -> {_shown(b.get(key, '<absent>'))}")
     return out
+
+
+def _shown(value: Any) -> str:
+    """A config value as the command line writes it: true / false / null, else its repr."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
 
 
 def _check_writable(path: Path) -> None:
@@ -306,12 +313,19 @@ class RunDir:
                 old.rename(old.with_name(f"checkpoints-before-{stamp}"))
                 moved = True
         said = f"{self.path} holds this run with {'; '.join(self.changed)}"
-        if present:
+        switches = ("pretrain.supervised", "pretrain.baseline", "pretrain.probe")
+        added = [k for k in switches if f"{k}: false -> true" in self.changed]
+        if present or added:
             kept = f" (earlier checkpoints kept as <stage>/checkpoints-before-{stamp})"
-            said += (
-                f": stage {', '.join(present)} trains again{kept if moved else ''}, the other "
-                "stages are reused"
-            )
+            parts = []
+            if present:
+                verb = "stage {} trains" if len(present) == 1 else "stages {} train"
+                parts.append(verb.format(", ".join(present)) + " again" + (kept if moved else ""))
+            if added:  # stages this run has not trained yet
+                turn = "turns" if len(added) == 1 else "turn"
+                on = " and ".join(f"{k}=true" for k in added)
+                parts.append(f"the stages that {on} {turn} on train")
+            said += f": {', '.join(parts)}; the other stages are reused"
         else:
             said += ", which nothing it trained depends on: it is reused"
         logging.getLogger("ae_jax").warning("%s", said)
