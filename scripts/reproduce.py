@@ -565,15 +565,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.publish_only:
         skipped: list[str] = []
+        published: dict[str, list[str]] = {}
         try:
             for name in args.names or REPRODUCTIONS:
-                publish(name, skipped)
+                published[name] = publish(name, skipped)
             summary = write_summary()
         except OSError as err:
             print(f"error: {publish_error(err)}")
             return 2
         for line in skipped:
             print(line)
+        for name, experiments in published.items():  # nothing to publish is said, not silent
+            said = ", ".join(experiments) or f"nothing (no finished run of it in {run_dir(name)})"
+            print(f"{name}: published {said}")
         print(f"wrote {summary}")
         return 0
     if "AE_JAX_MNIST_DIR" not in os.environ:

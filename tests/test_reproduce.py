@@ -217,3 +217,15 @@ def test_a_run_of_a_changed_experiment_says_how_to_run_it_anew(tmp_path):
     run = tmp_path / "runs" / "toy"
     assert "holds a run with another config: optim.lr: 0.001 -> 0.01" in out, out
     assert f"move it aside (mv {run} {run}.old) to run it anew" in out, out
+
+
+def test_publish_only_says_what_it_published_and_when_nothing(tmp_path, monkeypatch, capsys):
+    # with no finished run it printed only "wrote .../summary.json", as if it had published
+    m = _load_script(tmp_path, monkeypatch)
+    m.REPRODUCTIONS = {"toy": m.Reproduction(["trainer.epochs=2"], {"": "toy"})}
+    assert m.main(["--publish-only", "toy"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0] == f"toy: published nothing (no finished run of it in {tmp_path / 'runs' / 'toy'})"
+    )
+    assert out[-1].startswith("wrote ") and not (tmp_path / "results" / "toy").exists()
