@@ -208,6 +208,28 @@ def test_tensorboard_rows_reach_the_disk_while_the_run_goes_on(tmp_path):
     assert steps() == [1, 2, 3, 4]
 
 
+def test_a_resumed_session_logs_the_final_metrics_at_the_runs_last_step(tmp_path):
+    # A session that only restored what an earlier one trained (a pipeline killed in its
+    # probe) wrote the final metrics at step 0, and every restored stage's last loss, which
+    # the earlier session drew per epoch, as a stray point at the last step.
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+    settings = {"tensorboard": TensorBoardSettings(flush_secs=1, hparams=False)}
+    first = open_loggers(settings, workdir=tmp_path, run_name="r", config=CONFIG)
+    for epoch in (1, 2, 3):
+        first.log_metrics({"pretrain/layer_0/train/loss": 1.0 / epoch}, step=epoch)
+    for epoch in (1, 2, 3, 4, 5):
+        first.log_metrics({"finetune/train/loss": 0.5 / epoch}, step=epoch)
+    first.close()  # killed before the end: no final metrics
+    again = open_loggers(settings, workdir=tmp_path, run_name="r", config=CONFIG)
+    again.log_hparams(CONFIG, {"pretrain/layer_0/train/loss": 1 / 3, "test/mse": 0.25})
+    again.close()
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("test/mse")] == [(5, 0.25)]
+    assert [e.step for e in acc.Scalars("pretrain/layer_0/train/loss")] == [1, 2, 3]
+
+
 # ------------------------------------------------------------------------------------ wandb
 
 

@@ -93,6 +93,32 @@ def filter_events(path: Path, drop) -> int:
     return count
 
 
+def _scalar_tags_and_last_step(paths: list[Path]) -> tuple[set[str], int]:
+    """The scalar tags and the largest step of the event files ``paths`` (a file or record that
+    cannot be read ends what is read of it)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    tags: set[str] = set()
+    last = 0
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        for _, _, payload in _records(data):
+            try:
+                event = Event.FromString(payload)
+            except Exception:  # a torn write: the rest of the file is not read
+                break
+            scalars = [
+                v.tag for v in event.summary.value if v.WhichOneof("value") == "simple_value"
+            ]
+            if scalars:
+                tags.update(scalars)
+                last = max(last, int(event.step))
+    return tags, last
+
+
 class TensorBoardLogger:
     """Events written in the caller's thread through tensorboardX's ``EventsWriter`` (its record
     format and CRCs), not through ``SummaryWriter``: that one hands every event to a writer
@@ -116,11 +142,15 @@ class TensorBoardLogger:
         while list(Path(logdir).glob(f"events.out.tfevents.*{suffix}")):
             n += 1
             suffix = f".{os.getpid()}.{n}"
+        earlier = sorted(Path(logdir).glob("events.out.tfevents.*"))
         self._events = EventsWriter(prefix, filename_suffix=suffix)
         self._last_flush = -math.inf  # the first event reaches the disk at once
         self._last_event = time.monotonic()
-        self._last_step = 0
-        self._scalars: set[str] = set()
+        # a resumed run's earlier sessions count as this run's: their scalar tags are not
+        # final metrics, and the last step is theirs where this session trains no further
+        # (the final metrics of a session that only restored its stages were drawn at step
+        # 0, and each restored layer's last loss as a point at the run's last step)
+        self._scalars, self._last_step = _scalar_tags_and_last_step(earlier)
         self._closed = False
 
     def _write(self, summary, step: int | None = None) -> None:
