@@ -163,7 +163,9 @@ def _fresh_or_resumed(workdir: Path, resume: bool) -> Path:
         fresh = workdir.with_name(f"{workdir.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
         n += 1
     logging.getLogger("ae_jax").warning(
-        "trainer.resume=false: %s holds an earlier run, which is kept; this run writes to %s",
+        "trainer.resume=false: %s holds an earlier run, which is kept; this run writes to %s "
+        "(stopped, it resumes when run in that directory; this command again would start "
+        "another)",
         workdir,
         fresh,
     )
