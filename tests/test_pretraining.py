@@ -368,3 +368,5 @@ def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be
         assert not caplog.text
         warn_if_not_learned(cfg, trainer, {"test/mse": 3.7e22}, who="runs/0")
     assert "runs/0: test MSE 3.7e+22 is " in caplog.text and "has not learned" in caplog.text
+    # both causes named: a smoke run's 2 epochs a layer were blamed on the paper's rate
+    assert "weights grow: optim.lr=0.001; or its 3 epochs were too few)" in caplog.text

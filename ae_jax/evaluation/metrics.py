@@ -153,14 +153,15 @@ def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
     if baseline > 0 and mse > NOT_LEARNED * baseline:
         log.warning(
             "%stest MSE %.4g is %.3g times that of reconstructing every example by the training "
-            "mean (%.4g): the model has not learned (its weights grew; a learning rate far too "
-            "high: %s=%g)",
+            "mean (%.4g): the model has not learned (a learning rate far too high makes its "
+            "weights grow: %s=%g; or its %s epochs were too few)",
             f"{who}: " if who else "",
             mse,
             mse / baseline,
             baseline,
             getattr(trainer, "lr_key", "optim.lr"),  # a layer's: pretrain.layer_lr
             cfg.optim.lr,
+            getattr(trainer, "epochs", cfg.trainer.epochs),
         )
 
 
