@@ -65,14 +65,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _wait_for_checkpoint(script: subprocess.Popen, run: Path) -> None:
+    """Until the toy run has saved a checkpoint (the script still running)."""
+    deadline = time.time() + 300
+    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
+        assert script.poll() is None, script.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
 def test_one_reproduction_at_a_time_and_stopping_it_stops_its_run(tmp_path):
     run = tmp_path / "runs" / "toy"
     first = _start(tmp_path)
-    deadline = time.time() + 300
-    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
-        assert first.poll() is None, first.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    _wait_for_checkpoint(first, run)
     trainer_pid = int((run / ".lock").read_text().split()[1])  # "pid N on host"
     assert trainer_pid != first.pid and _alive(trainer_pid)
 
@@ -101,11 +106,7 @@ def test_a_reproduction_killed_with_sigkill_stops_its_run_too(tmp_path):
     # the kernel when the script dies, saves its checkpoint and stops; the rerun resumes it.
     run = tmp_path / "runs" / "toy"
     script = _start(tmp_path)
-    deadline = time.time() + 300
-    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
-        assert script.poll() is None, script.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    _wait_for_checkpoint(script, run)
     trainer_pid = int((run / ".lock").read_text().split()[1])
     script.send_signal(signal.SIGKILL)
     script.communicate(timeout=60)
@@ -122,11 +123,7 @@ def test_ctrl_c_stops_the_reproduction_once_its_run_has_saved(tmp_path):
     # ended in a KeyboardInterrupt traceback without waiting for the command to save.
     run = tmp_path / "runs" / "toy"
     script = _start(tmp_path, session=True)
-    deadline = time.time() + 300
-    while not list(run.glob("checkpoints/*/_CHECKPOINT_METADATA")):
-        assert script.poll() is None, script.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    _wait_for_checkpoint(script, run)
     trainer_pid = int((run / ".lock").read_text().split()[1])
     os.killpg(script.pid, signal.SIGINT)
     out = script.communicate(timeout=300)[0]
