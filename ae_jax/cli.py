@@ -309,8 +309,13 @@ def _refuse_run_in_search(path: Path) -> None:
     the directory. (Beside a grid's jobs a run is a row of the grid's report, as
     ``scripts/reproduce.py rifai2011`` puts its two other rows.)"""
     from ae_jax.sweeps.collect import SEARCH_RECORD
+    from ae_jax.training.rundir import is_sweep_dir
 
-    search = next((p for p in path.parents if (p / SEARCH_RECORD).is_file()), None)
+    # a search's directory: a multirun's (its lock) that recorded a search (a search.yaml
+    # elsewhere, a file of the user's, is none)
+    search = next(
+        (p for p in path.parents if (p / SEARCH_RECORD).is_file() and is_sweep_dir(p)), None
+    )
     if search is not None:
         print(
             f"RunDirError: hydra.run.dir={path} is inside {search}, the directory of a "

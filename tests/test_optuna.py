@@ -628,6 +628,7 @@ def test_a_directory_of_several_searches_is_reported_as_runs_not_as_one_study(tm
 def test_a_single_run_inside_a_search_directory_is_refused_before_hydra_makes_it(tmp_path):
     # it trained there, and the search's report took it for a trial (and perhaps the best)
     (tmp_path / "search.yaml").write_text("params:\n  optim.lr: tag(log, interval(1e-4, 1e-1))\n")
+    (tmp_path / ".sweep.lock").write_text("")  # a multirun's directory (a search's)
     cmd = [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path / '99'}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
