@@ -837,3 +837,23 @@ def test_a_rerun_says_which_stages_train_again_and_which_it_turns_on(tmp_path, c
         "the stages that pretrain.baseline=true turns on train; the other stages are reused"
     )
     assert list((tmp_path / "supervised").glob("checkpoints-before-*/4"))
+
+
+def test_more_epochs_refused_say_why_they_do_not_extend_the_run():
+    # a single run with a constant rate is extended by more trainer.epochs; a pipeline, or a
+    # schedule laid out over the epochs, was refused as "trainer.epochs: 2 -> 3" alone
+    from ae_jax.training.rundir import config_differences
+
+    plain = {"trainer": {"epochs": 2}, "optim": {"schedule": "constant"}}
+    more = {"trainer": {"epochs": 3}, "optim": {"schedule": "constant"}}
+    assert config_differences(plain, more) == []  # extended
+    assert config_differences(more, plain) == ["trainer.epochs: 3 -> 2"]
+    cosine = {**more, "optim": {"schedule": "cosine"}}
+    [said] = config_differences({**plain, "optim": {"schedule": "cosine"}}, cosine)
+    assert said == (
+        "trainer.epochs: 2 -> 3 (more epochs extend a run with a constant learning rate and no "
+        "layer-wise pretraining; here optim.schedule=cosine is laid out over the epochs)"
+    )
+    pipeline = {**more, "pretrain": {"enabled": True}}
+    [said] = config_differences({**plain, "pretrain": {"enabled": True}}, pipeline)
+    assert said.endswith("here the stages after the fine-tuning start from its end)")

@@ -370,3 +370,24 @@ def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be
     assert "runs/0: test MSE 3.7e+22 is " in caplog.text and "has not learned" in caplog.text
     # both causes named: a smoke run's 2 epochs a layer were blamed on the paper's rate
     assert "weights grow: optim.lr=0.001; or its 3 epochs were too few)" in caplog.text
+
+
+def test_a_supervised_batch_larger_than_the_data_is_said_once_for_both_stages(tmp_path, caplog):
+    # the supervised stage and the baseline's each said it: the same line twice
+    import logging
+
+    from conftest import make_config
+
+    cfg = make_config(
+        "+pretrain=layerwise", "pretrain.layer_epochs=1", "trainer.epochs=1",
+        "pretrain.probe=false", "pretrain.supervised=true", "pretrain.supervised_epochs=1",
+        "pretrain.supervised_batch_size=100000",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        metrics = pretrain_and_finetune(cfg, tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records if "exceeds the 1437" in r.getMessage()]
+    assert said == [
+        "pretrain.supervised_batch_size=100000 exceeds the 1437 training examples of digits: "
+        "every step takes the whole training split (batches of 1437)"
+    ]
+    assert "baseline/supervised/test/error_pct" in metrics

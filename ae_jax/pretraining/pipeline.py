@@ -286,8 +286,11 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         b, n = p.supervised_batch_size or t.batch_size, data.x_train.shape[0]
         if b <= n:
             select_devices(t.devices, b, key)
-        elif n % len(select_devices(t.devices, 0, key)):  # batches of the whole split
-            fit_batch(b, n, t.devices, key, data.name)  # refuses them in one line
+        else:  # batches of the whole split, said once here for both supervised stages (or
+            # refused in one line): the stages then get the split's size
+            whole = fit_batch(b, n, t.devices, key, data.name)
+            p = dataclasses.replace(p, supervised_batch_size=whole)
+            cfg = dataclasses.replace(cfg, pretrain=p)
     if p.unsupervised:  # the one stage that trains the deep AE's code on ft_cfg's objective
         if not p.finetune_keep_objective and (cfg.reg or cfg.noise.kind != "none"):
             warn_if_overcomplete(

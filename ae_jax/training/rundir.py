@@ -114,10 +114,21 @@ def config_differences(stored: dict, new: dict, defaults: dict | None = None) ->
             continue
         if key == EXTENDABLE:
             schedule = _flatten(new).get("optim.schedule", "constant")
+            pipeline = _flatten(new).get("pretrain.enabled", False)
             old, now = a.get(key), b.get(key)
             if isinstance(old, int) and isinstance(now, int) and now > old:
-                if schedule == "constant" and not _flatten(new).get("pretrain.enabled", False):
+                if schedule == "constant" and not pipeline:
                     continue
+                why = (  # said: a single run's more epochs extend it
+                    "the stages after the fine-tuning start from its end"
+                    if pipeline
+                    else f"optim.schedule={schedule} is laid out over the epochs"
+                )
+                out.append(
+                    f"{key}: {old} -> {now} (more epochs extend a run with a constant learning "
+                    f"rate and no layer-wise pretraining; here {why})"
+                )
+                continue
         out.append(f"{key}: {_shown(a.get(key, '<absent>'))} -> {_shown(b.get(key, '<absent>'))}")
     return out
 
