@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from ae_jax.config import SHOW_FLAGS, ConfigError, overrides_of, score_key, trial_count_refusal
 from ae_jax.data import DataError
 from ae_jax.loggers import LoggerError
-from ae_jax.run_io import free_bytes, size_text, write_json_atomic
+from ae_jax.run_io import free_bytes, reader_left, size_text, write_json_atomic
 from ae_jax.training.checkpoint import CheckpointError
 from ae_jax.training.loop import Preempted, TrainingDiverged
 from ae_jax.training.rundir import RunDirError, RunDirInUse, RunDirNested
@@ -160,6 +160,22 @@ def quiet_console() -> None:
             guard_log_file(handler)
         elif isinstance(handler, logging.StreamHandler):
             handler.addFilter(lambda r: ours(r) or r.levelno >= logging.WARNING)
+            handler.handleError = _console_error_handler(handler)
+
+
+def _console_error_handler(handler: logging.StreamHandler) -> Callable[[logging.LogRecord], None]:
+    """A console line that cannot be written because its reader left (``train.py | head``)
+    ends the console, not the run: the run goes on, its lines still reach ``train.log``, and
+    no "Logging error" traceback is printed for each later line."""
+    plain = handler.handleError
+
+    def handle_error(record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            reader_left(handler.stream)
+        else:
+            plain(record)
+
+    return handle_error
 
 
 # Hydra's train.log handlers held back by ``hold_run_log``: (memory handler, file handler)

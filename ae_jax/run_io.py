@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -105,3 +107,14 @@ def free_bytes(path: str | Path) -> int | None:
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def reader_left(stream: Any = None) -> None:
+    """The reader of ``stream`` (stdout by default) went away (``... | head``): send the rest
+    of what is written to it to /dev/null, so that neither a later write nor the interpreter's
+    last flush fails on the closed pipe (Python's documented remedy for EPIPE)."""
+    stream = sys.stdout if stream is None else stream
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)

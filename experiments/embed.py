@@ -29,7 +29,7 @@ from ae_jax.features import (
     run_data_config,
     unfinished,
 )
-from ae_jax.run_io import write_atomic
+from ae_jax.run_io import reader_left, write_atomic
 from ae_jax.training.rundir import data_changed
 
 
@@ -164,4 +164,8 @@ def _embed(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # `... | head`: the reader left after the files were written
+        reader_left()
+        sys.exit(141)

@@ -36,6 +36,7 @@ from ae_jax.cli import (  # noqa: E402
     warn_grid_without_multirun,
 )
 from ae_jax.config import ConfigError, check_overrides, register_configs  # noqa: E402
+from ae_jax.run_io import reader_left  # noqa: E402
 from ae_jax.train import train_and_evaluate  # noqa: E402
 from ae_jax.training.loop import preempt_requested as stop_signal_received  # noqa: E402
 from ae_jax.training.loop import stop_signal  # noqa: E402
@@ -74,6 +75,9 @@ if __name__ == "__main__":
         summarize_stopped_multirun("Ctrl-C")
         print("Ctrl-C: stopped", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        reader_left()
+        sys.exit(141)  # a shell's status for a writer ended by SIGPIPE
     except SystemExit:  # a job stopped by a signal ends the multirun: say where it is
         if stop_signal_received():
             summarize_stopped_multirun(stop_signal())

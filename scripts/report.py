@@ -9,7 +9,12 @@ All the work happens in ``ae_jax.sweeps.report.write_report``; see docs/sweeps.m
 
 import sys
 
+from ae_jax.run_io import reader_left
 from ae_jax.sweeps.report import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; the files are written
+        reader_left()
+        sys.exit(141)

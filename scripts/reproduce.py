@@ -608,3 +608,8 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # Ctrl-C between training commands (publishing, starting)
         print("Ctrl-C: stopped; run the same command again to resume", flush=True)
         sys.exit(130)
+    except BrokenPipeError:  # `... | head`: the reader left; the runs resume where they stopped
+        from ae_jax.run_io import reader_left
+
+        reader_left()
+        sys.exit(141)

@@ -127,6 +127,30 @@ def test_hydras_flags_with_values_are_not_taken_for_settings():
     assert "DEBUG:" not in out
 
 
+def _reader_leaves(cmd, lines):
+    """Run ``cmd`` with its stdout a pipe whose reader reads ``lines`` lines and leaves."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(lines):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=600), err
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_output_not_the_run(tmp_path):
+    """``train.py --help | head`` ended in a BrokenPipeError traceback, and ``train.py | head``
+    printed a "Logging error" traceback for every console line after the reader left."""
+    rc, err = _reader_leaves([sys.executable, "experiments/train.py", "--help"], 0)
+    assert rc == 141 and err == "", err
+    cmd = [sys.executable, "experiments/train.py", f"hydra.run.dir={tmp_path}"]
+    rc, err = _reader_leaves([*cmd, "trainer.epochs=40", "trainer.log_every=1"], 1)
+    assert rc == 0 and err == "", err
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    assert "epoch 40/40" in (tmp_path / "train.log").read_text()  # the log has every line
+
+
 def test_a_stop_signal_while_a_multirun_job_writes_its_outputs_stops_the_multirun(tmp_path):
     """A Ctrl-C after a job's last epoch, while it evaluated and wrote its outputs, let the
     job complete, and the next job's start then cleared the request: the multirun went on
