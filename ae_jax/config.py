@@ -81,7 +81,8 @@ class DataConfig:
     tfds_name: str | None = None  # source=tfds: builder name (mnist, fashion_mnist, ...)
     path: str | None = None  # idx: directory of IDX files; array: .npy / .npz / .csv file
     test_path: str | None = None  # array: optional separate test file
-    label_column: int | None = None  # array, csv: column with integer labels
+    # array: the column of class labels (a number, or a CSV header's name; class numbers or names)
+    label_column: int | str | None = None
     manual_dir: str | None = None  # tfds: directory with the official files (offline)
     data_dir: str | None = None  # tfds: where prepared datasets live
     scaling: str = "auto"  # auto | unit | standardize | center | none

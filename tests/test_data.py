@@ -365,6 +365,49 @@ def test_csv_header_label_column_and_test_file(tmp_path):
     assert load_array(tmp_path / "plain.csv", name="mine").name == "mine"
 
 
+def test_csv_labels_by_column_name_and_as_class_names(tmp_path, caplog):
+    """``data.label_column`` takes a header's column name as well as a number, and a label
+    column of class names (iris' species) is numbered 0..K-1 in sorted order, the test file's
+    by the training file's names; a file whose names are not said to be labels says which
+    column to name."""
+    species = ["setosa", "virginica", "versicolor"]
+    rows = [f"{i},{i % 5 / 2},{species[i % 3]}" for i in range(30)]
+    (tmp_path / "train.csv").write_text("len,width,species\n" + "\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text('len,width,species\n3,1,"virginica"\n4,2,setosa\n')
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        ds = load_array(
+            tmp_path / "train.csv", test_path=str(tmp_path / "test.csv"), label_column="species"
+        )
+    assert ds.x_train.shape[1] == 2 and ds.num_classes == 3
+    assert "numbered in sorted order: 0 setosa, 1 versicolor, 2 virginica" in caplog.text
+    assert ds.y_test.tolist() == [2, 0]
+    test = str(tmp_path / "test.csv")
+    numbers = load_array(tmp_path / "train.csv", test_path=test, label_column=2)  # by number
+    np.testing.assert_array_equal(numbers.y_train, ds.y_train)
+    (tmp_path / "widths.csv").write_text("len,width\n1,0.5\n2,1\n")
+    with pytest.raises(DataError, match="not whole numbers"):  # a numeric column, named
+        load_array(tmp_path / "widths.csv", label_column="width")
+    said = {
+        "spieces": r"'spieces' is not a column of CSV file .*train.csv \(did you mean 'species'",
+        None: r"field 3, is not a number\).*column 2 \('species'\) holds class labels, set "
+        r"data.label_column=2",
+    }
+    for label_column, message in said.items():
+        with pytest.raises(DataError, match=message):
+            load_array(tmp_path / "train.csv", label_column=label_column)
+    (tmp_path / "unknown.csv").write_text("len,width,species\n3,1,iris\n")
+    with pytest.raises(DataError, match=r"unknown.csv \(data.test_path\) has labels 'iris'"):
+        load_array(
+            tmp_path / "train.csv", test_path=str(tmp_path / "unknown.csv"), label_column="species"
+        )
+    (tmp_path / "holes.csv").write_text("a,b,c\n1,2,setosa\n3,4,\n")
+    with pytest.raises(DataError, match=r"holes.csv: line 3 has no label"):
+        load_array(tmp_path / "holes.csv", label_column="c")
+    (tmp_path / "plain.csv").write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match=r"'c' names a column, but .*plain.csv has no header"):
+        load_array(tmp_path / "plain.csv", label_column="c")
+
+
 def test_csv_nan_and_text_are_named(tmp_path):
     (tmp_path / "nan.csv").write_text("1,2\n3,nan\n5,6\n")
     with pytest.raises(DataError, match=r"nan.csv.*\(3, 2\).*1 NaN/inf.*\[1, 1\]"):

@@ -11,16 +11,20 @@ holds ``x_train`` and ``x_test`` (+ ``y_train`` / ``y_test``), or ``x`` (+ ``y``
 numeric, comma-separated, with an optional header row (detected when at least half the fields of
 the first row are not numbers, when they are pandas' column numbers 0..D-1 above rows that
 are not all whole numbers, or when the first field is empty: pandas' row index, whose column is
-then left out with a warning) and optionally the integer labels in column ``data.label_column``. A
+then left out with a warning) and optionally the labels in column ``data.label_column`` (a
+number, or a header's name; class numbers, or class names numbered in sorted order). A
 separate ``data.test_path`` file in any of these formats supplies the test split.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,33 +59,73 @@ def _without_column_numbers(table: np.ndarray) -> np.ndarray:
     return table
 
 
-def _read_csv(path: Path) -> np.ndarray:
-    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first value
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline()
-    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-        if sep in first and "," not in first:
+class _FieldError(DataError):
+    """A CSV value that is not a number, with its field (counted from 1, as numpy does)."""
+
+    def __init__(self, message: str, field: int | None):
+        super().__init__(message)
+        self.field = field
+
+
+def _unquoted(field: str) -> str:
+    field = field.strip()
+    return field[1:-1] if len(field) >= 2 and field[0] == field[-1] == '"' else field
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _label_position(path: Path, label_column: int | str, columns: list | None, count: int) -> int:
+    """Where ``data.label_column`` is among a CSV file's ``count`` columns (pandas' index
+    column not counted): a number (negative from the end) or a name of the header row's
+    ``columns`` (None: the file has no header)."""
+    if isinstance(label_column, str) and (columns is None or label_column not in columns):
+        with contextlib.suppress(ValueError):  # "3" given quoted: the column number 3
+            label_column = int(label_column)
+    if isinstance(label_column, str):
+        if columns is None:
             raise DataError(
-                f"CSV file {path} separates its fields with {name}; only commas are read: save "
-                "it with commas (pandas: to_csv(path, index=False))"
+                f"data.label_column={label_column!r} names a column, but CSV file {path} has no "
+                f"header row of column names; give the column's number (0..{count - 1}, -1 for "
+                "the last)"
             )
-    fields = first.strip().split(",")
-    # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
-    # one and a data row with a typo is not); pandas' column numbers are found once read
-    names = sum(not _is_number(v) for v in fields)
-    # an empty first field heads the row index pandas' to_csv writes by default
-    index = len(fields) > 1 and not fields[0].strip()
-    header = bool(first.strip()) and (2 * names >= len(fields) or index)
+        if label_column not in columns:
+            near = difflib.get_close_matches(label_column, columns, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise DataError(
+                f"data.label_column={label_column!r} is not a column of CSV file {path}{hint}; "
+                f"its columns: {_listed(columns)}"
+            )
+        if columns.count(label_column) > 1:
+            raise DataError(
+                f"data.label_column={label_column!r} names {columns.count(label_column)} columns "
+                f"of CSV file {path}; give the column's number instead"
+            )
+        return columns.index(label_column)
+    if not -count <= label_column < count or count < 2:
+        raise DataError(
+            f"data.label_column={label_column!r} is not a column of {path} ({count} columns); "
+            f"valid: -{count}..{count - 1}, leaving at least one feature column"
+        )
+    return label_column % count
+
+
+def _loadtxt(path: Path, header: bool, fields: list[str], usecols: Any, dtype: Any) -> np.ndarray:
+    """``np.loadtxt`` of a CSV file's rows below its header; a value it cannot read is one
+    line naming its line and field."""
     try:
         with warnings.catch_warnings():
-            # An empty table is reported below as a DataError naming the file, not as a warning.
+            # An empty table is reported by the caller as a DataError naming the file.
             warnings.simplefilter("ignore", UserWarning)
-            table = np.loadtxt(
+            return np.loadtxt(
                 path,
                 delimiter=",",
                 skiprows=int(header),
-                ndmin=2,
-                dtype=np.float64,
+                ndmin=2 if dtype is np.float64 else 1,
+                dtype=dtype,
+                usecols=usecols,
                 encoding="utf-8-sig",
             )
     except ValueError as err:
@@ -99,17 +143,87 @@ def _read_csv(path: Path) -> np.ndarray:
             said = f"line {line} has {ragged.group(2)} fields, the lines above {ragged.group(1)}"
         index = (
             ""
-            if fields[0].strip()
+            if fields[0].strip() or where is None or where.group(3) != "1"
             else (
                 " (its header's first field is empty: a first column of row numbers, as pandas' "
                 "to_csv writes by default? save with index=False)"
             )
         )
-        raise DataError(
+        raise _FieldError(
             f"CSV file {path} cannot be read as a numeric table ({said}){index}; every row must "
             "hold the same number of numeric fields, after at most one header row of column "
-            "names"
+            "names",
+            None if where is None else int(where.group(3)),
         ) from err
+
+
+def _class_names(path: Path, text: np.ndarray, header: bool, classes: Any) -> Table:
+    """Labels given as names (``setosa``): numbered 0..K-1 in sorted order, or in the order
+    of the training file's ``classes`` when ``path`` is the test file."""
+    names = [_unquoted(t) for t in text.tolist()]
+    empty = next((i for i, n in enumerate(names) if not n), None)
+    numbers = [_is_number(n) for n in names]
+    odd = empty if empty is not None else (numbers.index(False) if any(numbers) else None)
+    if odd is not None:
+        what = "no label" if empty is not None else f"the label {names[odd]!r} among numbers"
+        raise DataError(
+            f"CSV file {path}: line {odd + 1 + int(header)} has {what}; every row needs a label, "
+            "all of them class numbers or all of them class names"
+        )
+    known = sorted(set(names)) if classes is None else [str(c) for c in classes]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise DataError(
+            f"CSV file {path} (data.test_path) has labels {_listed(unknown)} that the training "
+            f"file does not; its classes are {_listed(known)}"
+        )
+    number = {name: i for i, name in enumerate(known)}
+    return {"y": np.array([number[n] for n in names], np.int32), "classes": np.array(known)}
+
+
+def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = None) -> Table:
+    """A CSV file's ``{"x": features}``, with ``"y"`` when ``label_column`` (a column's
+    number, or its name in the header row) holds the labels: class numbers, or class names
+    numbered 0..K-1 in sorted order (those of the training file, ``classes``, for a test file;
+    ``"classes"`` then holds the names)."""
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first value
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        first = f.readline()
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if sep in first and "," not in first:
+            raise DataError(
+                f"CSV file {path} separates its fields with {name}; only commas are read: save "
+                "it with commas (pandas: to_csv(path, index=False))"
+            )
+    fields = first.strip().split(",")
+    # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
+    # one and a data row with a typo is not); pandas' column numbers are found once read
+    names = sum(not _is_number(v) for v in fields)
+    # an empty first field heads the row index pandas' to_csv writes by default
+    index = len(fields) > 1 and not fields[0].strip()
+    header = bool(first.strip()) and (2 * names >= len(fields) or index)
+    label = None  # the labels' field of the file, counted from 0 (pandas' index included)
+    if label_column is not None:
+        columns = [_unquoted(f) for f in fields[int(index) :]] if header else None
+        label = int(index) + _label_position(path, label_column, columns, len(fields) - index)
+    try:
+        table = _loadtxt(path, header, fields, None, np.float64)
+    except _FieldError as err:
+        if err.field is None or err.field - 1 < int(index):
+            raise
+        if label is None or err.field != label + 1:  # a column of names: labels not said?
+            column = err.field - 1 - int(index)
+            name = f" ({_unquoted(fields[err.field - 1])!r})" if header else ""
+            raise DataError(
+                f"{err}; if its column {column}{name} holds class labels, set "
+                f"data.label_column={column}"
+            ) from err
+        # the labels are names: the features without them, then the names
+        features = [c for c in range(int(index), len(fields)) if c != label]
+        text = _loadtxt(path, header, fields, label, str)
+        return {"x": _loadtxt(path, header, fields, features, np.float64)} | _class_names(
+            path, text, header, classes
+        )
     if table.size == 0:
         below = " below its header" if header else ""
         raise DataError(f"CSV file {path} holds no data rows{below}; give it at least one row")
@@ -120,14 +234,20 @@ def _read_csv(path: Path) -> np.ndarray:
             "data.label_column; save with index=False to keep it out of the file)",
             path,
         )
-        return table[:, 1:]
-    return table if header else _without_column_numbers(table)
+        table = table[:, 1:]
+    elif not header:
+        table = _without_column_numbers(table)
+    if label is None:
+        return {"x": table}
+    return _split_label_column(path, table, label - int(index))
 
 
 NPZ_LAYOUTS = "x (+ y), or x_train and x_test (+ y_train and y_test)"
 
 
-def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> Table:
+def _read_file(
+    path: Path, label_column: int | str | None, key: str = "data.path", classes: Any = None
+) -> Table:
     suffix = path.suffix.lower()
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -144,7 +264,7 @@ def _read_file(path: Path, label_column: int | None, key: str = "data.path") -> 
         )
     try:
         if suffix == ".csv":
-            table = {"x": _read_csv(path)}
+            return _read_csv(path, label_column, classes)
         elif suffix == ".npy":
             table = {"x": _read_npy(path)}
         else:
@@ -299,11 +419,16 @@ def _pick(path: Path, table: Table, role: str) -> tuple[str, str | None]:
 
 
 def load_arrays(
-    path: str | Path, test_path: str | Path | None = None, label_column: int | None = None
+    path: str | Path, test_path: str | Path | None = None, label_column: int | str | None = None
 ) -> RawData:
     """The train (and, if given, test) examples of an ``array`` source, unscaled float32."""
     path = Path(path).expanduser()
     table = _read_file(path, label_column)
+    classes = table.pop("classes", None)
+    if classes is not None:
+        said = ", ".join(f"{i} {name}" for i, name in enumerate(classes[:10].tolist()))
+        more = f", ... ({len(classes)} classes)" if len(classes) > 10 else ""
+        log.info("%s: the labels are class names, numbered in sorted order: %s%s", path, said, more)
     x_key, y_key = _pick(path, table, "all")
     x_train = _features(path, x_key, table[x_key])
     y_train = _labels(path, y_key, table.get(y_key), x_train.shape[0])
@@ -319,7 +444,13 @@ def load_arrays(
                 "gives another test set; keep one of them"
             )
         test_file = Path(test_path).expanduser()
-        test_table = _read_file(test_file, label_column, "data.test_path")
+        test_table = _read_file(test_file, label_column, "data.test_path", classes)
+        if (classes is None) != (test_table.pop("classes", None) is None):
+            kinds = ("class numbers", "class names")[:: 1 if classes is None else -1]
+            raise DataError(
+                f"the labels of {path} are {kinds[0]} and those of {test_file} {kinds[1]}; give "
+                "both files labels of the same kind"
+            )
         tx_key, ty_key = _pick(test_file, test_table, "test")
         x_test = _features(test_file, tx_key, test_table[tx_key])
         y_test = _labels(test_file, ty_key, test_table.get(ty_key), x_test.shape[0])
