@@ -250,14 +250,16 @@ def guard_log_file(handler: logging.FileHandler) -> None:
 
     def handle_error(record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]
+        opened = handler.stream is not None
         root = logging.getLogger()
         root.removeHandler(handler)
         with contextlib.suppress(Exception):
             handler.close()
         reason = getattr(err, "strerror", None) or err
         log.warning(
-            "%s can no longer be written (%s): the console has the rest",
+            "%s %s (%s): the console has the rest",
             handler.baseFilename,
+            "can no longer be written" if opened else "cannot be opened",
             reason,
         )
 

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -118,3 +119,25 @@ def reader_left(stream: Any = None) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
         os.close(devnull)
+
+
+class LogFile(logging.FileHandler):
+    """A job's ``train.log`` (``conf/hydra/job_logging/ae_jax.yaml``), opened at its first
+    line rather than when Hydra sets the job up, where a directory that cannot be written
+    stopped the whole multirun with a traceback. A file that cannot be opened is then an error
+    of this handler (``handleError``: one warning, ``ae_jax.cli.guard_log_file``), as a line
+    that cannot be written is, not an exception out of the logging call."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        super().__init__(filename, mode, encoding, delay=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            if getattr(self, "_closed", False):  # given up on (handleError): lines are dropped
+                return
+            try:
+                self.stream = self._open()
+            except OSError:
+                self.handleError(record)
+                return
+        super().emit(record)

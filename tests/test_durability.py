@@ -691,6 +691,30 @@ def test_an_unwritable_path_stops_before_training(tmp_path, where):
     assert os.fspath(run_dir) in log
 
 
+@pytest.mark.parametrize("launcher", ["basic", "vmap"])
+def test_a_job_whose_directory_cannot_take_its_files_fails_alone(tmp_path, launcher):
+    """Job 1's train.log cannot be opened (a directory there) nor its .hydra/ record written
+    (a file there), and its value is refused: the whole multirun stopped with a traceback,
+    Hydra's opening the log (basic launcher) or ours writing the record (vmap), and job 0
+    never trained."""
+    (tmp_path / "1" / "train.log").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra").write_text("not a directory")
+    proc = _run(
+        "--multirun",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path}",
+        "model.latent_dim=8,0",
+        "trainer.devices=1",
+        "trainer.epochs=2",
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    if launcher == "basic":  # the lines a job logs go to its train.log, once it is open
+        assert f"{tmp_path / '1' / 'train.log'} cannot be opened (Is a directory)" in log
+    assert "model.latent_dim=0 is not valid" in log.split(f"multirun {tmp_path}: ")[1]
+    assert json.loads((tmp_path / "0" / "status.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_a_default_output_directory_that_cannot_be_created_is_one_line(tmp_path, multirun):
     # run from a directory where the default outputs/ (multirun/) is a file: Hydra would stop

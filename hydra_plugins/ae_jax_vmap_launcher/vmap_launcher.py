@@ -438,5 +438,6 @@ def _fail_or_refuse(workdir, err, hydra_files: dict | None = None) -> None:
         refused(workdir, err)
         return
     if hydra_files is not None:
-        write_hydra_files(workdir, hydra_files)
+        with contextlib.suppress(OSError):  # a directory not writable: the error says so
+            write_hydra_files(workdir, hydra_files)
     _fail(workdir, err)
