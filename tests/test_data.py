@@ -408,9 +408,29 @@ def test_csv_labels_by_column_name_and_as_class_names(tmp_path, caplog):
         load_array(tmp_path / "plain.csv", label_column="c")
 
 
+def test_csv_quoted_numbers_empty_fields_and_a_header_of_years(tmp_path, caplog):
+    """Quoted numbers ("1.5", as some spreadsheets write them) are numbers; an empty field is
+    named as such, without the advice for a column of class names; a header of years
+    (2019,2020,...) above fractional values was read as a data row, and set the scaling."""
+    x = np.random.default_rng(0).random((40, 4))
+    rows = "\n".join(",".join(f'"{v:.6f}"' for v in r) for r in x)
+    (tmp_path / "quoted.csv").write_text('"a","b","c","d"\n' + rows + "\n")
+    got = load_array(tmp_path / "quoted.csv", scaling="none", test_fraction=0.25)
+    assert np.concatenate([got.x_train, got.x_test]).shape == (40, 4)
+    (tmp_path / "hole.csv").write_text("a,b\n1,2\n3,\n")
+    with pytest.raises(DataError, match=r"\('' on line 3, field 2, is not a number\)") as err:
+        load_array(tmp_path / "hole.csv")
+    assert type(err.value) is DataError and "label_column" not in str(err.value)
+    (tmp_path / "years.csv").write_text("2019,2020,2021,2022\n" + rows.replace('"', "") + "\n")
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        got = load_array(tmp_path / "years.csv", scaling="none", test_fraction=0.25)
+    assert got.x_train.shape[0] + got.x_test.shape[0] == 40 and got.x_train.max() < 1
+    assert "its first row, 2019..2022, is read as a header of column numbers" in caplog.text
+
+
 def test_csv_nan_and_text_are_named(tmp_path):
     (tmp_path / "nan.csv").write_text("1,2\n3,nan\n5,6\n")
-    with pytest.raises(DataError, match=r"nan.csv.*\(3, 2\).*1 NaN/inf.*\[1, 1\]"):
+    with pytest.raises(DataError, match=r"nan.csv holds 1 NaN/inf value \(the first on line 2, f"):
         load_array(tmp_path / "nan.csv")
     (tmp_path / "text.csv").write_text("1,2\n3,abc\n")
     # the file's own line and field (numpy says "row 1, column 2": rows from 0, fields from 1)

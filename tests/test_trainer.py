@@ -1,5 +1,7 @@
 """The training loop's contracts: one compilation, determinism, fail-fast on divergence."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -365,3 +367,15 @@ def test_the_divergence_hint_names_what_this_run_can_change(overrides, said):
     hint = divergence_hint(validate(make_config(*overrides)))
     assert hint.startswith(said) and hint.endswith("(or with trainer.resume=false)"), hint
     assert ("grad_clip" in hint) == ("optim.grad_clip=1" not in overrides)
+
+
+def test_an_epoch_of_huge_finite_losses_has_a_finite_mean():
+    """Every step's loss near float32's largest value (reg.contractive.strength=1e38) is
+    finite, so training goes on; the epoch's mean overflowed to inf in float32, and the run's
+    metrics.json then held the string "inf" for a completed run."""
+    from ae_jax.training.loop import _mean_row
+
+    losses = np.full(22, 3.0e38, np.float32)
+    row = _mean_row(4, {"loss": losses, "loss/rec": losses / 1e38})
+    assert row["epoch"] == 5 and math.isfinite(row["train/loss"])
+    assert row["train/loss"] == pytest.approx(3.0e38, rel=1e-6)

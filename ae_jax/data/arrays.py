@@ -18,6 +18,7 @@ separate ``data.test_path`` file in any of these formats supplies the test split
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import logging
@@ -47,24 +48,25 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _without_column_numbers(table: np.ndarray) -> np.ndarray:
-    """``table`` without a first row of the column numbers 0..D-1 that pandas writes as the
-    header of an unnamed DataFrame, where the rows below are not all whole numbers (in a
-    table of whole numbers such a row may be data, and stays)."""
+def _without_column_numbers(path: Path, table: np.ndarray) -> np.ndarray:
+    """``table`` without a first row of column numbers: consecutive whole numbers (pandas'
+    0..D-1 header of an unnamed DataFrame, years 2019..2022) above rows that are not all whole
+    numbers (in a table of whole numbers such a row may be data, and stays)."""
     if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 2:
         return table
-    rest = table[1:]
-    if np.array_equal(table[0], np.arange(table.shape[1])) and not np.all(rest == np.round(rest)):
-        return rest
-    return table
-
-
-class _FieldError(DataError):
-    """A CSV value that is not a number, with its field (counted from 1, as numpy does)."""
-
-    def __init__(self, message: str, field: int | None):
-        super().__init__(message)
-        self.field = field
+    first, rest = table[0], table[1:]
+    numbers = np.all(first == np.round(first)) and np.all(np.diff(first) == 1)
+    if not numbers or np.all(rest == np.round(rest)):
+        return table
+    if first[0] != 0:  # pandas' own 0..D-1 is read as a header without a word
+        log.info(
+            "CSV file %s: its first row, %g..%g, is read as a header of column numbers (whole "
+            "numbers counting up, above rows that are not whole numbers)",
+            path,
+            first[0],
+            first[-1],
+        )
+    return rest
 
 
 def _unquoted(field: str) -> str:
@@ -126,6 +128,7 @@ def _loadtxt(path: Path, header: bool, fields: list[str], usecols: Any, dtype: A
                 ndmin=2 if dtype is np.float64 else 1,
                 dtype=dtype,
                 usecols=usecols,
+                quotechar='"',  # "1.5" is a number, "setosa, Linnaeus" one name
                 encoding="utf-8-sig",
             )
     except ValueError as err:
@@ -149,12 +152,18 @@ def _loadtxt(path: Path, header: bool, fields: list[str], usecols: Any, dtype: A
                 "to_csv writes by default? save with index=False)"
             )
         )
-        raise _FieldError(
+        error = DataError(
             f"CSV file {path} cannot be read as a numeric table ({said}){index}; every row must "
             "hold the same number of numeric fields, after at most one header row of column "
-            "names",
-            None if where is None else int(where.group(3)),
-        ) from err
+            "names"
+        )
+        # the field of the value (counted from 1, as numpy does), and whether it is a name
+        error.field = None if where is None else int(where.group(3))
+        try:
+            error.name = where is not None and ast.literal_eval(where.group(1)).strip() != ""
+        except (ValueError, SyntaxError):
+            error.name = True
+        raise error from err
 
 
 def _class_names(path: Path, text: np.ndarray, header: bool, classes: Any) -> Table:
@@ -198,7 +207,7 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
     fields = first.strip().split(",")
     # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
     # one and a data row with a typo is not); pandas' column numbers are found once read
-    names = sum(not _is_number(v) for v in fields)
+    names = sum(not _is_number(_unquoted(v)) for v in fields)
     # an empty first field heads the row index pandas' to_csv writes by default
     index = len(fields) > 1 and not fields[0].strip()
     header = bool(first.strip()) and (2 * names >= len(fields) or index)
@@ -208,10 +217,13 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
         label = int(index) + _label_position(path, label_column, columns, len(fields) - index)
     try:
         table = _loadtxt(path, header, fields, None, np.float64)
-    except _FieldError as err:
-        if err.field is None or err.field - 1 < int(index):
+    except DataError as err:
+        if getattr(err, "field", None) is None or err.field - 1 < int(index):
             raise
-        if label is None or err.field != label + 1:  # a column of names: labels not said?
+        if label is None or err.field != label + 1:
+            if not err.name:  # an empty field
+                raise
+            # a column of names: its labels, not said to be?
             column = err.field - 1 - int(index)
             name = f" ({_unquoted(fields[err.field - 1])!r})" if header else ""
             raise DataError(
@@ -227,6 +239,13 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
     if table.size == 0:
         below = " below its header" if header else ""
         raise DataError(f"CSV file {path} holds no data rows{below}; give it at least one row")
+    bad = np.argwhere(~np.isfinite(table))
+    if bad.size:  # "nan", "inf" in the file: named by line and field, as a text value is
+        line, field = bad[0] + (1 + int(header), 1)
+        raise DataError(
+            f"CSV file {path} holds {len(bad)} NaN/inf value{'s' * (len(bad) > 1)} (the first "
+            f"on line {line}, field {field}); every value must be finite"
+        )
     if index and table.shape[1] > 1:
         log.warning(
             "CSV file %s: the first column has an empty header, as pandas' to_csv writes for "
@@ -236,7 +255,7 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
         )
         table = table[:, 1:]
     elif not header:
-        table = _without_column_numbers(table)
+        table = _without_column_numbers(path, table)
     if label is None:
         return {"x": table}
     return _split_label_column(path, table, label - int(index))

@@ -217,8 +217,10 @@ def _first_bad_step(per_step: dict) -> int | None:
 
 
 def _mean_row(epoch: int, per_step: dict) -> dict:
+    """The epoch's means of its steps' values, in float64: a loss near float32's largest
+    value in every step, finite, has a finite mean too (in float32 it overflowed to inf)."""
     row = {"epoch": epoch + 1}
-    row.update({f"train/{k}": float(np.mean(v)) for k, v in per_step.items()})
+    row.update({f"train/{k}": float(np.mean(v, dtype=np.float64)) for k, v in per_step.items()})
     return row
 
 
@@ -363,7 +365,7 @@ def run_stage(
             # small beside the device's, whose cores it shares on a CPU.
             per_step = {k: np.asarray(v) for k, v in per_step.items()}
             means = {
-                f"train/{k}": v.reshape(v.shape[0], -1).mean(axis=1).tolist()
+                f"train/{k}": v.reshape(v.shape[0], -1).mean(axis=1, dtype=np.float64).tolist()
                 for k, v in per_step.items()
             }
             finite = all(np.isfinite(v).all() for v in per_step.values())
