@@ -56,17 +56,50 @@ def test_a_linear_autoencoder_short_of_pca_says_so(tmp_path, caplog):
     short = [r.getMessage() for r in caplog.records if "has not reached PCA" in r.getMessage()]
     assert len(short) == 1 and "trainer.min_steps=" in short[0], short
     caplog.clear()
-    # a code wider than the training data's rank (digits: 60): the angle is not identifiable
-    train(
-        tmp_path / "wide",
-        "model=linear",
-        "model.latent_dim=62",
-        "trainer.min_steps=0",
-        "trainer.epochs=3",
-    )
-    wide = [r.getMessage() for r in caplog.records if "exceeds the rank" in r.getMessage()]
-    assert len(wide) == 1 and "exceeds the rank (60)" in wide[0], wide
+    # a code wider than the training data's rank (digits: 60): PCA reconstructs exactly, the
+    # angle is not identifiable, and a run that does not reconstruct as well says so
+    wide = ("model=linear", "model.latent_dim=62")
+    train(tmp_path / "wide_short", *wide, "trainer.min_steps=0", "trainer.epochs=3")
+    said = [r.getMessage() for r in caplog.records if "has not reached PCA" in r.getMessage()]
+    assert len(said) == 1 and "62 is at least the rank (60)" in said[0], said
+    caplog.clear()
+    train(tmp_path / "wide", *wide)
+    said = [r.getMessage() for r in caplog.records if "exceeds the rank" in r.getMessage()]
+    assert len(said) == 1 and "exceeds the rank (60)" in said[0], said
     assert not any("has not reached PCA" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["faint_last", "far_from_origin", "columns_apart"])
+def test_a_linear_autoencoder_as_wide_as_the_data_or_held_back_by_its_scaling_says_so(
+    tmp_path, caplog, case
+):
+    """At k = D the angle is 0 by construction and PCA's error 0, so a run that had not
+    learned the data's faintest direction looked exact; data far from the origin, or columns
+    of variances many orders apart, under data.scaling=none, were advised more steps or full
+    batches, which did not help (measured: mean 1e5, full batches, 80 deg)."""
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    scales = {"faint_last": [1, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 1e-4]}.get(case, np.ones(8))
+    x = (rng.normal(size=(1000, 8)) * np.asarray(scales)) @ basis.T
+    overrides = ["model.latent_dim=8", "trainer.min_steps=3000", "trainer.epochs=10"]
+    said = "too little for the optimiser to settle"
+    if case == "far_from_origin":
+        x, said = x + 100.0, "data.scaling=center (or standardize) removes it"
+    if case == "columns_apart":
+        x = rng.normal(size=(1000, 8)) * np.geomspace(1e-3, 1e4, 8)
+        said = "data.scaling=standardize puts them on one scale"
+    if case != "faint_last":
+        overrides.append("data.scaling=none")
+    np.save(tmp_path / "table.npy", x.astype(np.float32))
+    train(
+        tmp_path / "run",
+        "model=linear",
+        "data=array",
+        f"data.path={tmp_path / 'table.npy'}",
+        *overrides,
+    )
+    warned = [r.getMessage() for r in caplog.records if "has not reached PCA" in r.getMessage()]
+    assert len(warned) == 1 and said in warned[0], warned
 
 
 def test_a_small_gap_on_a_small_table_is_advised_full_batches_and_they_reach_pca(tmp_path, caplog):
@@ -257,3 +290,19 @@ def test_tabular_csv_data_with_standardisation(tmp_path):
     assert m["test/mse"] <= 1.01 * m["test/pca_mse"]
     assert m["test/subspace_angle_max_deg"] < 2.0
     assert "test/bce" not in m  # standardised data is not in [0, 1]
+
+
+def test_a_linear_code_wider_than_its_input_is_not_advised_a_regulariser(tmp_path, caplog):
+    """model=linear with k > D was told that an overcomplete code can learn the identity and
+    to add a sparsity or contractive regulariser: advice for a feature learner, not for a
+    linear autoencoder compared with PCA."""
+    train(
+        tmp_path / "run",
+        "model=linear",
+        "model.latent_dim=70",
+        "trainer.min_steps=0",
+        "trainer.epochs=1",
+    )
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "model.latent_dim=70 > input dimension 64: a linear autoencoder this wide" in said
+    assert "learn the identity" not in said

@@ -188,72 +188,142 @@ def _mean_mse(x_train, x_test) -> float:
     return value
 
 
+def numerical_rank(ev: np.ndarray) -> int:
+    """How many of the descending eigenvalues ``ev`` stand above the eigensolver's round-off:
+    a direction however small beside the largest is real (unscaled columns of very different
+    sizes), one at round-off is not."""
+    if not ev.size or ev[0] <= 0:
+        return 0
+    return int(np.sum(ev > 10 * ev.size * np.finfo(np.float64).eps * ev[0]))
+
+
+# the squared norm of the data's mean over its total variance, and the largest over the
+# smallest column variance, beyond which a linear AE's missing PCA is put down to the scaling
+FAR_FROM_ORIGIN = 100.0
+SPREAD_COLUMNS = 1e8
+
+
+def _scaling_hint(cfg, x_train: np.ndarray) -> str | None:
+    """Where data the optimiser cannot settle on comes from its scaling, what to set: data
+    far from the origin (data.scaling=none with values around 100) or columns of variances
+    many orders apart (1e-3 beside 1e4)."""
+    x = np.asarray(x_train, dtype=np.float64).reshape(x_train.shape[0], -1)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    offset = float(mean @ mean) / max(float(var.sum()), np.finfo(np.float64).tiny)
+    live = var[var > 0]
+    spread = float(live.max() / live.min()) if live.size else 1.0
+    now = cfg.data.scaling
+    if offset > FAR_FROM_ORIGIN and now not in ("center", "standardize"):
+        return (
+            f"the data sits far from the origin (its mean's squared norm is {offset:.3g} times "
+            f"its total variance, under data.scaling={now}), an offset the optimiser must learn "
+            "before any direction: data.scaling=center (or standardize) removes it"
+        )
+    if spread > SPREAD_COLUMNS and now != "standardize":
+        return (
+            f"its columns' variances span {spread:.1g} (data.scaling={now}), more than float32 "
+            "training resolves in one model: data.scaling=standardize puts them on one scale"
+        )
+    return None
+
+
 def warn_if_not_at_pca(cfg, trainer, metrics: dict, who: str = "") -> None:
-    """After a linear autoencoder's final evaluation, one warning line when its code subspace
-    is not PCA's: either ``model.latent_dim`` exceeds the training data's rank (PCA's extra
-    directions are arbitrary, so the angle says nothing), or training stopped before the slow
-    directions settled, named with their variance and the way out: more steps, batches of the
-    whole split (a small table held back by gradient noise), or, for a k-th direction too faint
-    for the optimiser to settle at all, the widest code size it does settle. ``who``: the
-    run's name where several runs share the console (a vectorised group's members)."""
+    """After a linear autoencoder's final evaluation, one warning line when it has not
+    reached PCA: with a code narrower than the training data's rank, its code subspace is not
+    PCA's (the largest principal angle); with a code as wide as the rank or wider, where PCA
+    reconstructs exactly, its test error is not near 0. The line names the slow direction's
+    variance and the way out: the data's scaling, more steps, batches of the whole split (a
+    small table held back by gradient noise), or, for a direction too faint for the optimiser
+    to settle at all, the widest code size it does settle. A code wider than the rank but no
+    wider than the input is said to make the angle meaningless. ``who``: the run's name where
+    several runs share the console (a vectorised group's members)."""
     said = f"{who}: " if who else ""
-    if "test/subspace_angle_max_deg" not in metrics:
+    if cfg.model.kind != "linear" or "test/mse" not in metrics:
         return
     k = cfg.model.latent_dim
+    x_train = trainer.data.x_train
+    features = int(np.prod(x_train.shape[1:]))
     steps = trainer.epochs * trainer.steps_per_epoch
-    ev = np.asarray(trainer.pca(pca_k(k, trainer.data.x_train)).eigenvalues, dtype=np.float64)
-    angle = metrics["test/subspace_angle_max_deg"]
-    rank = int(np.sum(ev > 1e-10 * ev[0])) if ev.size and ev[0] > 0 else 0
-    if k > rank:
+    ev = np.asarray(trainer.pca(pca_k(k, x_train)).eigenvalues, dtype=np.float64)
+    rank = numerical_rank(ev)
+    angle = metrics.get("test/subspace_angle_max_deg")
+    mse = metrics["test/mse"]
+    way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
+    slow = min(k, rank)  # the slowest direction the code must settle
+    if slow and (widest := widest_settled_code(ev, slow)) is not None:
+        # the direction stands out from the next by too little of the largest variance for
+        # Adam to settle it, and more steps lose it rather than find it (FAINT_SEPARATION)
+        way_out = (
+            f"the variance it explains beyond the next direction is "
+            f"{separation(ev, slow):.1e} of the largest, too little for the optimiser to "
+            f"settle (more steps lose such a direction rather than find it); "
+            f"model.latent_dim={widest} is the widest code whose last direction stands out "
+            f"by {SETTLED_SEPARATION:g} or more, enough for the default steps"
+        )
+    if rank and k >= rank:
+        # PCA reconstructs the training data exactly; the autoencoder should come as close
+        # to PCA's test error (0, or what the test split holds beyond the training data's
+        # span) as a small part of the variance of the faintest direction it must keep
+        faintest = ev[rank - 1] / features  # the per-feature MSE of leaving it out
+        pca_error = metrics.get("test/pca_mse", 0.0)
+        if not mse - pca_error > 0.5 * faintest:
+            if k > rank and angle is not None:
+                log.warning(
+                    "%smodel.latent_dim=%d exceeds the rank (%d) of the training data: PCA's "
+                    "subspace beyond %d directions is arbitrary, so test/subspace_angle_max_deg "
+                    "(%.1f deg) says nothing; a code of at most %d units is identifiable",
+                    said,
+                    k,
+                    rank,
+                    rank,
+                    angle,
+                    rank,
+                )
+            return
         log.warning(
-            "%smodel.latent_dim=%d exceeds the rank (%d) of the training data: PCA's subspace "
-            "beyond %d directions is arbitrary, so test/subspace_angle_max_deg (%.1f deg) says "
-            "nothing; a code of at most %d units is identifiable",
+            "%sthe linear autoencoder has not reached PCA: model.latent_dim=%d is at least the "
+            "rank (%d) of the training data, so PCA reconstructs it exactly (test MSE %.3g), "
+            "but the autoencoder's test MSE after %d steps is %.3g%s: %.2g times what leaving "
+            "out the data's faintest direction costs (variance %.3g, %.1e of the largest): %s",
             said,
             k,
             rank,
-            rank,
-            angle,
-            rank,
-        )
-    elif angle > ANGLE_TOLERANCE_DEG:
-        gap = ev[k - 1] / ev[k] if k < ev.size and ev[k] > 0 else math.inf
-        n = trainer.data.x_train.shape[0]
-        way_out = f"train longer (trainer.min_steps={max(4 * steps, 100_000)} or more)"
-        noisy = trainer.cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
-        widest = widest_settled_code(ev, k)
-        if widest is not None:
-            # the k-th direction stands out from the next by too little of the largest
-            # variance for Adam to settle it, and more steps lose it rather than find it
-            # (FAINT_SEPARATION)
-            way_out = (
-                f"the variance it explains beyond the next direction is "
-                f"{separation(ev, k):.1e} of the largest, too little for the optimiser to "
-                f"settle (more steps lose such a direction rather than find it); "
-                f"model.latent_dim={widest} is the widest code whose last direction stands out "
-                f"by {SETTLED_SEPARATION:g} or more, enough for the default steps"
-            )
-        elif noisy and ev[k - 1] >= 1e-3 * ev[0]:
-            # steps enough, and a small gap rather than a small variance: the minibatches'
-            # gradient noise holds the subspace back (a flat 100-column table at k = 20:
-            # 2.4 deg after 100,000 steps of 64, 0.005 deg after 20,000 of the whole split)
-            way_out = (
-                f"use batches of the whole training split (trainer.batch_size={n}, no gradient "
-                f"noise), or {way_out}"
-            )
-        log.warning(
-            "%sthe linear autoencoder has not reached PCA's subspace: largest principal angle "
-            "%.1f deg (test MSE %.4fx PCA's) after %d steps. Its slowest direction has variance "
-            "%.3g (%.1e of the largest; eigenvalue gap %.3g): %s",
-            said,
-            angle,
-            metrics.get("test/mse_over_pca", math.nan),
+            pca_error,
             steps,
-            ev[k - 1],
-            ev[k - 1] / ev[0],
-            gap,
-            way_out,
+            mse,
+            f", {mse - pca_error:.3g} above PCA's" if pca_error else "",
+            (mse - pca_error) / faintest,
+            ev[rank - 1],
+            ev[rank - 1] / ev[0],
+            _scaling_hint(cfg, x_train) or way_out,
         )
+        return
+    if angle is None or angle <= ANGLE_TOLERANCE_DEG:
+        return
+    n = x_train.shape[0]
+    gap = ev[k - 1] / ev[k] if k < ev.size and ev[k] > 0 else math.inf
+    noisy = trainer.cfg.trainer.batch_size < n <= FULL_BATCH_ADVICE_MAX and steps >= 50_000
+    if widest_settled_code(ev, k) is None and noisy and ev[k - 1] >= 1e-3 * ev[0]:
+        # steps enough, and a small gap rather than a small variance: the minibatches'
+        # gradient noise holds the subspace back (a flat 100-column table at k = 20:
+        # 2.4 deg after 100,000 steps of 64, 0.005 deg after 20,000 of the whole split)
+        way_out = (
+            f"use batches of the whole training split (trainer.batch_size={n}, no gradient "
+            f"noise), or {way_out}"
+        )
+    log.warning(
+        "%sthe linear autoencoder has not reached PCA's subspace: largest principal angle "
+        "%.1f deg (test MSE %.4fx PCA's) after %d steps. Its slowest direction has variance "
+        "%.3g (%.1e of the largest; eigenvalue gap %.3g): %s",
+        said,
+        angle,
+        metrics.get("test/mse_over_pca", math.nan),
+        steps,
+        ev[k - 1],
+        ev[k - 1] / ev[0],
+        gap,
+        _scaling_hint(cfg, x_train) or way_out,
+    )
 
 
 def evaluate_test_split(
@@ -308,10 +378,7 @@ def evaluate_test_split(
     # with variance above the eigensolver's round-off is real, however small beside the
     # largest: unscaled columns of very different sizes), and the error must be small too.
     k = pca.components.shape[0]
-    spectrum = pca.eigenvalues
-    rank_reached = k >= spectrum.size or spectrum[k] <= (
-        10 * spectrum.size * np.finfo(np.float64).eps * spectrum[0]
-    )
+    rank_reached = k >= numerical_rank(np.asarray(pca.eigenvalues, dtype=np.float64))
     if rank_reached and pca_error <= 1e-9 * float(np.mean(np.var(flat_train, axis=0))):
         out[p + "pca_mse"] = 0.0
     else:

@@ -69,7 +69,17 @@ def warn_if_overcomplete(
     code_terms = [k for k in cfg.reg if k != "weight_decay"]  # terms that act on the code
     # input noise regularises too: a denoising AE cannot copy its corrupted input
     denoising = cfg.noise.kind != "none" and cfg.noise.level > 0
-    if (
+    if cfg.model.kind == "linear" and cfg.model.latent_dim > input_dim:
+        log.warning(  # no identity to fear: PCA's subspace is then the whole input space
+            "model.latent_dim=%d > input dimension %d%s: a linear autoencoder this wide "
+            "reconstructs its input exactly, as PCA with every component does, and has no "
+            "subspace to compare with PCA's; a code of at most %d units does",
+            cfg.model.latent_dim,
+            input_dim,
+            where,
+            input_dim,
+        )
+    elif (
         cfg.model.latent_dim > input_dim
         and not code_terms
         and cfg.model.sparse_k is None
