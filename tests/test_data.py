@@ -937,3 +937,7 @@ def test_held_out_values_clipped_by_unit_scaling_are_said_to_be(caplog):
     assert clipped.min() >= 0 and clipped.max() <= 1
     assert "data.scaling=unit: " in caplog.text and "of the held-out values (" in caplog.text
     assert "clipped to [0, 1]" in caplog.text
+    caplog.clear()  # every value outside, under data.scaling=center: it said "unit", "1e+02%"
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        unit_scale(train.copy(), train[:5] + 2, is_image=False, setting="center")
+    assert "data.scaling=center: 15 of the held-out values (100%) lie outside" in caplog.text

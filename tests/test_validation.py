@@ -78,6 +78,12 @@ def test_bad_validation_values_are_one_line(value):
 def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
     with pytest.raises(DataError, match=r"data.validation=5000 .* leaving none to train on"):
         load_dataset(DataConfig(validation=5000))
+    # a fraction in (0, 1) that rounds up to every example was told "valid: a fraction in
+    # (0, 1)": the valid fractions are the ones that leave an example (digits: 1437 train)
+    said = r"0.9995 holds out 1437 of the 1437 .*valid here: a fraction of at most 0.999 or"
+    with pytest.raises(DataError, match=said):
+        load_dataset(DataConfig(validation=0.9995))
+    assert load_dataset(DataConfig(validation=0.999)).x_train.shape[0] == 1
 
 
 def test_a_validation_of_one_says_it_is_read_as_one_example(caplog):

@@ -71,9 +71,16 @@ def validation_count(validation: float, n: int) -> int:
         return 0
     count = math.ceil(validation * n) if validation < 1 else int(validation)
     if count >= n:
+        most = math.floor((n - 1) / n * 1000) / 1000  # the largest 3-digit fraction leaving one
+        if n < 2:
+            raise DataError(
+                f"data.validation={validation:g}: the training split has {n} example, none to "
+                "spare for validation; set data.validation=0"
+            )
+        fraction = f"a fraction of at most {most:g}"
         raise DataError(
             f"data.validation={validation:g} holds out {count} of the {n} training examples, "
-            f"leaving none to train on; valid: a fraction in (0, 1) or a count in 1..{n - 1}"
+            f"leaving none to train on; valid here: {fraction} or a count in 1..{n - 1}"
         )
     if validation == 1:  # 1 and 1.0 are one value in the schema: say which reading was taken
         log.warning(
@@ -174,9 +181,18 @@ def _stat_axes(x: np.ndarray, is_image: bool) -> tuple[int, ...]:
 CLIPPED_WARN = 0.01  # the share of held-out values clipped by unit scaling that is said
 
 
-def unit_scale(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tuple[np.ndarray, ...]:
+def percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as a percentage for a line of text: 2.4%, 100%, 0.013%."""
+    share = 100.0 * part / whole
+    return f"{share:.3g}%" if share < 10 else f"{share:.0f}%"
+
+
+def unit_scale(
+    x_train: np.ndarray, *others: np.ndarray, is_image: bool, setting: str = "unit"
+) -> tuple[np.ndarray, ...]:
     """Min-max scaling fitted on train: ``x' = (x - min) / (max - min)``, in place (in the
-    arrays' own float type), applied to ``x_train`` and every other split given.
+    arrays' own float type), applied to ``x_train`` and every other split given; ``setting``:
+    the data.scaling that asked for it (``center`` scales to [0, 1] first), as its warning says.
 
     Statistics per feature (tabular) or per channel (images). A constant feature
     (``max == min``) maps to 0 in every split; held-out values outside the train range are
@@ -196,11 +212,12 @@ def unit_scale(x_train: np.ndarray, *others: np.ndarray, is_image: bool) -> tupl
         np.clip(x, 0.0, 1.0, out=x)
     if outside > CLIPPED_WARN * total:  # a few, past a random split's extremes: as expected
         log.warning(
-            "data.scaling=unit: %d of the held-out values (%.2g%%) lie outside the training "
+            "data.scaling=%s: %d of the held-out values (%s) lie outside the training "
             "split's range and are clipped to [0, 1], so the held-out metrics score changed "
             "data; data.scaling=standardize keeps them as they are",
+            setting,
             outside,
-            100.0 * outside / total,
+            percent(outside, total),
         )
     return (x_train, *others)
 
@@ -278,7 +295,7 @@ def _scale_in_place(arrays: list[np.ndarray], scaling: str, is_image: bool, imag
             return "unit"
     if scaling == "center":
         if image_max is None:
-            unit_scale(*arrays, is_image=is_image)
+            unit_scale(*arrays, is_image=is_image, setting="center")
         center(*arrays)
         return "center"
     fit = unit_scale if scaling == "unit" else standardize
