@@ -184,6 +184,30 @@ def test_a_config_group_swept_is_one_axis_named_by_the_group(tmp_path):
     assert "| mlp | 1/1 |" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_a_config_group_of_three_choices_is_one_axis_whatever_its_files_set(tmp_path):
+    """model=linear,mlp,shallow: the keys the files set split the three runs differently from
+    the choice (depth 0, 2, 0; code linear, linear, sigmoid; model=linear's own optimiser), and
+    each was made an axis of its own with its own figure, beside the `model` axis."""
+    files = [
+        ("linear", "adam_pca", {"depth": 0, "code_activation": "linear"}, 0.01),
+        ("mlp", "adam", {"depth": 2, "code_activation": "linear"}, 0.001),
+        ("shallow", "adam", {"depth": 0, "code_activation": "sigmoid"}, 0.001),
+    ]
+    for i, (choice, optim, model, lr) in enumerate(files * 2):  # two seeds each
+        d = tmp_path / str(i)
+        (d / ".hydra").mkdir(parents=True)
+        config = {"model": model, "optim": {"lr": lr}, "trainer": {"seed": i // 3}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        hydra = {"hydra": {"runtime": {"choices": {"model": choice, "optim": optim}}}}
+        (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        (d / "metrics.json").write_text(json.dumps({"test/mse": 0.1 * (i % 3 + 1)}))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    assert swept_axes(collect_runs(tmp_path)) == [Axis(("model",))]
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report.axes == ["model"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["model.png"]
+
+
 def test_means_and_sample_stds_over_seeds_in_the_csv_table(sweep, tmp_path):
     report = write_report(sweep, tmp_path / "out")
     assert report.axes == ["model.latent_dim"]

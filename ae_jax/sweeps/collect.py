@@ -358,6 +358,16 @@ def _partition(runs: list[Run], key: str) -> tuple:
     return tuple(ids.setdefault(_hashable(r.config.get(key)), len(ids)) for r in runs)
 
 
+def _follows(runs: list[Run], choice: str, key: str) -> bool:
+    """Whether every run of one value of ``choice`` has one value of ``key``."""
+    seen: dict[Any, Any] = {}
+    for r in runs:
+        value = _hashable(r.config.get(key))
+        if seen.setdefault(_hashable(r.config.get(choice)), value) != value:
+            return False
+    return True
+
+
 def _hashable(value: Any) -> Any:
     return repr(value) if isinstance(value, float) and math.isnan(value) else value
 
@@ -384,6 +394,19 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
     varying = [
         k for k in keys if k not in skip and len({_hashable(r.config.get(k)) for r in over(k)}) > 1
     ]
+    # A config group's choice (model=linear,mlp,shallow) decides what its files set: a key
+    # whose value follows from the choice (model.depth: 0, 2, 0; optim.lr, which model=linear
+    # selects its own of) is part of the choice's axis, however it splits the runs, not an
+    # axis of its own. Choices with more values decide first (model decides optim=adam_pca).
+    choices = sorted(
+        (k for k in varying if "." not in k),
+        key=lambda g: (-len({_hashable(r.config.get(g)) for r in known}), g),
+    )
+    decided: set[str] = set()
+    for g in choices:
+        if g not in decided:
+            decided |= {k for k in varying if k != g and _follows(known, g, k)}
+    varying = [k for k in varying if k not in decided]
     groups: dict[tuple, list[str]] = {}
     for k in varying:
         groups.setdefault((k in gridded, _partition(over(k), k)), []).append(k)
