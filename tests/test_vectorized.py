@@ -183,9 +183,14 @@ def test_the_launcher_spreads_a_group_over_the_hosts_cores(tmp_path):
         assert "4 members in one program on 1 device" in out, out[-3000:]
 
 
-def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
+def test_members_stop_early_each_at_their_own_best_epoch(tmp_path, caplog):
     # two learning rates: each member keeps its own best evaluation's parameters, as its
-    # sequential run does; the group trains until the last member has run out of patience
+    # sequential run does; the group trains until the last member has run out of patience.
+    # The console says when each member stops, by its job (it said nothing while another
+    # member trained on, then listed the kept epochs in the devices' order, unnamed: "keeping
+    # the parameters of epoch 24/8/4/24/6/6")
+    import logging
+
     early = (
         "data.validation=0.15",
         "trainer.early_stopping=true",
@@ -193,8 +198,19 @@ def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
         "trainer.eval_every=5",
     )
     configs = [make_config(*early, f"optim.lr={lr}") for lr in ("3e-3", "1e-2")]
-    vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(2)])
+    with caplog.at_level(logging.INFO, logger="ae_jax"):
+        vec = train_vectorized(configs, [tmp_path / f"vec{i}" for i in range(2)])
+    said = caplog.text
     seqs = [train_and_evaluate(c, tmp_path / f"seq{i}") for i, c in enumerate(configs)]
+    first, last = sorted(range(2), key=lambda i: seqs[i]["train/epochs_trained"])
+    stop = (  # the member that stops first says so; the last one stops the group
+        f"vec{first}: early stopping after epoch {seqs[first]['train/epochs_trained']}: val/mse "
+        f"has not improved for 3 evaluations; keeping the parameters of epoch "
+        f"{seqs[first]['train/best_epoch']}"
+    )
+    assert stop in said, said[-3000:]
+    group = f"early stopping after epoch {seqs[last]['train/epochs_trained']}: no member's"
+    assert group in said, said[-3000:]
     for i, (v, s) in enumerate(zip(vec, seqs)):
         assert v["train/best_epoch"] == s["train/best_epoch"]
         assert v["val/mse"] == pytest.approx(s["val/mse"], rel=2e-4)
@@ -209,6 +225,8 @@ def test_members_stop_early_each_at_their_own_best_epoch(tmp_path):
         assert len(rows[0]) == len(rows[1]) == s["train/epochs_trained"]
     assert len({v["train/best_epoch"] for v in vec}) == 2  # each its own
     assert len({v["train/epochs_trained"] for v in vec}) == 2
+    kept = ", ".join(f"vec{i} {v['train/best_epoch']}" for i, v in enumerate(vec))
+    assert f"keeping each member's best epoch: {kept}" in said
 
 
 def test_vmap_launcher_trains_a_layerwise_pipeline_on_its_own(tmp_path):

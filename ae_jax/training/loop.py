@@ -373,6 +373,19 @@ def run_stage(
             # members whose own run has ended (early stopping): their trackers and snapshots
             # stop there, as their history does (the group trains on with them frozen)
             ended = {} if best is None else _ended_members(stage, best, epoch + 1)
+            for i in sorted(set(ended) - said_ended - set(failed)):  # said once, as a run's
+                said_ended.add(i)
+                log.info(
+                    "%s%s: early stopping after epoch %d: %s%s has not improved for %d "
+                    "evaluations; keeping the parameters of epoch %d",
+                    stage.label,
+                    _jobs(stage, stage.members)[0][i],
+                    _run_alone_stops(stage, int(np.atleast_1d(best.stop_epoch)[i]), stage.epochs),
+                    prefix,
+                    stage.monitor,
+                    stage.patience,
+                    int(np.atleast_1d(best.best_epoch)[i]),
+                )
             for i in range(stage.members):
                 if i in failed:
                     continue
@@ -390,10 +403,11 @@ def run_stage(
                 history[i].append(row)
                 if on_member_epoch is not None and i not in ended:
                     on_member_epoch(i, row)
-            _group_progress(stage, epoch, history, failed, elapsed)
+            _group_progress(stage, epoch, history, failed, elapsed, ended)
             if dev_snapshot is not None:
                 snapshots.use(epoch + 1, jax.device_get(dev_snapshot), {**failed, **ended})
 
+    said_ended: set[int] = set()  # the members whose early stop the console has had
     saved: dict[int, float] = {}  # epoch -> training seconds recorded with its checkpoint
 
     last_save = [start]  # when the last checkpoint was written (the stage's start at first)
@@ -465,20 +479,43 @@ def run_stage(
                 best.stopped = True
                 if checkpointer is not None and checkpointer.newest() != checkpointer.path(done):
                     save(done)
-                if done < stage.epochs:  # at the last epoch nothing stops early: below
+                if done < stage.epochs and stage.members is None:  # at the last: below
                     log.info(
                         "%searly stopping after epoch %d: %s%s has not improved for %d "
-                        "evaluations; keeping the parameters of epoch %s",
+                        "evaluations; keeping the parameters of epoch %d",
                         stage.label,
                         done,
                         prefix,
                         stage.monitor,
                         stage.patience,
-                        best.describe(),
+                        int(best.best_epoch),
+                    )
+                elif done < stage.epochs:
+                    log.info(
+                        "%searly stopping after epoch %d: no member's %s%s has improved for %d "
+                        "evaluations; keeping each member's best epoch: %s",
+                        stage.label,
+                        done,
+                        prefix,
+                        stage.monitor,
+                        stage.patience,
+                        _member_epochs(stage, best, failed),
                     )
                 break
         drain(keep=0)
     jax.block_until_ready(state)
+    if best is not None and done >= stage.epochs and stage.members is not None:
+        kept = np.atleast_1d(best.best_epoch)
+        if any(0 < e < done for e in kept.tolist()):  # as a run says it, below
+            log.info(
+                "%s%s%s was lowest before epoch %d for some members: keeping each member's "
+                "best epoch: %s",
+                stage.label,
+                prefix,
+                stage.monitor,
+                done,
+                _member_epochs(stage, best, failed),
+            )
     if best is not None and done >= stage.epochs and stage.members is None:
         kept = int(best.best_epoch)
         if 0 < kept < done:  # the run's parameters are not its last epoch's: say so
@@ -598,10 +635,6 @@ class _Best:
         active = [i for i in range(since.size) if i not in failed]
         return bool(active) and all(since[i] >= patience for i in active)
 
-    def describe(self) -> str:
-        epochs = np.atleast_1d(self.best_epoch)
-        return str(int(epochs[0])) if epochs.size == 1 else "/".join(map(str, epochs.tolist()))
-
     def record(self) -> dict:
         return {
             "best_value": np.atleast_1d(self.best_value).tolist(),
@@ -683,7 +716,7 @@ def _progress(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> None
         log.info(progress_line(stage, row, elapsed, start_epoch))
 
 
-def _group_progress(stage: Stage, epoch: int, history, failed, elapsed: float) -> None:
+def _group_progress(stage: Stage, epoch: int, history, failed, elapsed: float, ended=()) -> None:
     e = epoch + 1
     if not stage.progress or not (e % stage.log_every == 0 or e == stage.epochs or e == 1):
         return
@@ -692,26 +725,39 @@ def _group_progress(stage: Stage, epoch: int, history, failed, elapsed: float) -
         stage.label,
         e,
         stage.epochs,
-        _member_losses(stage, history, failed),
+        _member_losses(stage, history, failed, ended),
         duration(elapsed, 1),
     )
 
 
-def _member_losses(stage: Stage, history, failed) -> str:
-    """The members' losses by their jobs (each directory's name, ``1`` in a numbered sweep):
-    each one's, up to 8 members, in the jobs' order; beyond, the lowest, the median and the
-    highest, and the failed."""
-    names = [Path(n).name for n in stage.member_names or ()]
-    names = names or [str(i) for i in range(len(history))]
+def _jobs(stage: Stage, n: int) -> tuple[list[str], list[int]]:
+    """The members' names by their jobs (each directory's name, ``1`` in a numbered sweep),
+    and the members in the jobs' order: numbered jobs by number, named ones by name."""
+    names = [Path(m).name for m in stage.member_names or ()] or [str(i) for i in range(n)]
 
-    def job_order(i: int) -> tuple:  # numbered jobs by number, named ones by name
+    def job_order(i: int) -> tuple:
         return (not names[i].isdigit(), int(names[i]) if names[i].isdigit() else 0, names[i])
 
-    order = sorted(range(len(history)), key=job_order)
-    loss = {i: history[i][-1]["train/loss"] for i in order if i not in failed}
+    return names, sorted(range(n), key=job_order)
+
+
+def _member_epochs(stage: Stage, best: _Best, failed) -> str:
+    """Each member's kept epoch, by its job in the jobs' order (``0 24, 1 8``)."""
+    kept = np.atleast_1d(best.best_epoch).tolist()
+    names, order = _jobs(stage, len(kept))
+    return ", ".join(f"{names[i]} {int(kept[i])}" for i in order if i not in failed)
+
+
+def _member_losses(stage: Stage, history, failed, ended=()) -> str:
+    """The members' losses by their jobs: each one's, up to 8 members, in the jobs' order;
+    beyond, the lowest, the median and the highest; and the failed, and those stopped early
+    (``ended``), whose losses are no longer their runs'."""
+    names, order = _jobs(stage, len(history))
+    loss = {i: history[i][-1]["train/loss"] for i in order if i not in failed and i not in ended}
     if len(history) <= 8:
+        shown = {**{i: "stopped" for i in ended}, **{i: "failed" for i in failed}}
         return "losses " + ", ".join(
-            f"{names[i]} {'failed' if i in failed else f'{loss[i]:.4f}'}" for i in order
+            f"{names[i]} {shown[i] if i in shown else f'{loss[i]:.4f}'}" for i in order
         )
     said = []
     if loss:
@@ -725,4 +771,6 @@ def _member_losses(stage: Stage, history, failed) -> str:
         shown = [names[i] for i in order if i in failed]
         more = ", ..." if len(shown) > 5 else ""
         said.append(f"{len(shown)} failed ({', '.join(shown[:5])}{more})")
+    if set(ended) - set(failed):
+        said.append(f"{len(set(ended) - set(failed))} stopped early")
     return "; ".join(said)
