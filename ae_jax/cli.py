@@ -945,6 +945,42 @@ def _refuse_renumbered_jobs(config: Any, root: Path) -> None:
             "to the first swept key only, the earlier values kept in their order; or use a "
             "new hydra.sweep.dir"
         )
+    _refuse_replaced_values(config, root, new, stored)
+
+
+def _refuse_replaced_values(config: Any, root: Path, new: list, stored: dict) -> None:
+    """A grid rerun that gives a numbered job another value of a key its directory's run was
+    trained with (noise.level=0.1,0.3 run, then 0.1,0.4): that job's directory keeps its run
+    and refuses it when its turn comes, while the rerun had already rewritten the sweep's
+    ``multirun.yaml``, from which the report read a grid the runs do not hold. Refused before
+    any job starts, naming the jobs; keys a rerun may change are left to each directory."""
+    from omegaconf import OmegaConf
+
+    from ae_jax.training.rundir import MAY_DIFFER, STAGE_KEYS, RunDir
+
+    if OmegaConf.select(config, "trainer.resume", default=True) is False:
+        return  # each such job trains in a directory of its own beside the earlier run
+
+    def may_change(key: str) -> bool:
+        return key in MAY_DIFFER or key.split(".")[0] in MAY_DIFFER or key in STAGE_KEYS
+
+    clashes = []
+    for num, values in enumerate(new):
+        old = stored.get(num, (None, {}))[1]
+        changed = [k for k in values if k in old and old[k] != values[k] and not may_change(k)]
+        if changed and RunDir(root / str(num)).holds_run():
+            clashes.append(
+                f"job {num} ({', '.join(f'{k}: {old[k]} -> {values[k]}' for k in changed)})"
+            )
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise RunDirError(
+            f"hydra.sweep.dir={root}: this sweep gives {'; '.join(clashes[:3])}{more} other "
+            "values than the runs their directories hold from the sweep run there before; a "
+            "job's directory keeps its run, so those jobs would be refused and the sweep's "
+            "record would no longer describe its runs. Use a new hydra.sweep.dir for the new "
+            "values, or add them to the first swept key (appended after its earlier values)"
+        )
 
 
 def _distributions(params: dict) -> dict[str, Any]:

@@ -253,31 +253,34 @@ def test_a_refused_rerun_changes_nothing(finished, overrides, message):
 
 
 @pytest.mark.parametrize("launcher", ["basic", "vmap"])
-def test_a_multirun_rerun_with_a_changed_value_is_refused_and_counted(tmp_path, launcher):
+def test_a_multirun_rerun_with_a_changed_value_is_refused_before_any_job(tmp_path, launcher):
     # The same sweep directory, one value changed: that job's directory holds the earlier run,
-    # which stays as it was; the multirun reports it refused and exits 2 (it used to count the
-    # earlier run's status.json as this multirun's "completed" and exit 0).
+    # which stays as it was. The job used to be refused when its turn came, after the others
+    # had trained and the rerun had rewritten multirun.yaml, from which the report then read
+    # a grid the runs did not hold ("0.2: not started" beside the 0.1 run). Now the rerun is
+    # refused before any job, naming the job; appending values to the key trains the new
+    # ones only, and a rerun of the same grid trains nothing again.
     grid = ("--multirun", f"hydra.sweep.dir={tmp_path}", f"hydra/launcher={launcher}")
     fixed = ("trainer.devices=1", "trainer.epochs=3", "trainer.figures=false", "noise=masking")
     first = _run(*grid, *fixed, "noise.level=0,0.1")
     assert first.returncode == 0, first.stderr[-3000:]
-    before = _snapshot(tmp_path / "1")
-    # job 1 changed, job 2 added: job 1 alone is refused (under the vmap launcher it used to
-    # refuse the whole group), job 0 is not trained again, job 2 trains
+
+    def files() -> dict:  # the lock names its last holder
+        return {p: h for p, h in _snapshot(tmp_path).items() if p.name != ".sweep.lock"}
+
+    before = files()
     proc = _run(*grid, *fixed, "noise.level=0,0.2,0.3")
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 2, log[-3000:]
-    assert "Traceback" not in log
-    reason = f"{tmp_path / '1'}: RunDirError: {tmp_path / '1'} holds a run with another config"
-    assert reason in log and "noise.level: 0.1 -> 0.2" in log
-    # the way out for a sweep: its jobs are numbered by the places of their values
-    assert "append values to the first swept key only" in log
-    assert "new hydra.sweep.dir" in log and "hydra.run.dir" not in log.split(reason)[1]
-    summary = log.split(f"multirun {tmp_path}:")[1].splitlines()[0]
-    assert "2 completed" in summary and "1 refused" in summary, summary
-    assert log.count("epoch 1/3") == 1 and "not trained again" in log, log[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in log, log[-3000:]
+    said = f"hydra.sweep.dir={tmp_path}: this sweep gives job 1 (noise.level: 0.1 -> 0.2)"
+    assert f"RunDirError: {said}" in log and "Use a new hydra.sweep.dir" in log, log[-3000:]
+    assert "epoch 1/3" not in log and not (tmp_path / "2").exists()
+    assert files() == before  # multirun.yaml and every run's files as they were
+    proc = _run(*grid, *fixed, "noise.level=0,0.1,0.3")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and log.count("epoch 1/3") == 1, log[-3000:]
+    assert "not trained again" in log
     assert json.loads((tmp_path / "2" / "status.json").read_text())["status"] == "completed"
-    assert _snapshot(tmp_path / "1") == before
 
 
 def test_a_grid_rerun_that_renumbers_its_jobs_is_refused_before_any_job(tmp_path):
