@@ -644,11 +644,14 @@ def train_group(
                 workdir / "status.json", {**status, "status": "completed", "ended": time.time()}
             )
         if result.failed:
-            log.error(
-                "vectorised sweep: %d of %d members diverged: %s",
+            names = [str(workdirs[i]) for i in sorted(result.failed)]
+            log.error(  # each one's reason was said when it diverged, and is in its status
+                "vectorised sweep: %d of %d members diverged (%s%s); the others' results are "
+                "written",
                 len(result.failed),
                 n,
-                "; ".join(result.failed.values()),
+                ", ".join(names[:5]),
+                ", ..." if len(names) > 5 else "",
             )
         return results
 
