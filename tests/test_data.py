@@ -143,7 +143,6 @@ def test_splits_equal_scikit_learns_train_test_split(seed):
     cases = [
         (1797, 0.2, rng.integers(0, 10, 1797)),  # stratified, ten classes
         (101, 0.3, rng.integers(0, 3, 101)),  # ties in the per-class remainders
-        (50, 0.1, np.r_[np.zeros(49), 1]),  # a class of one: a plain permutation
         (60, 0.25, None),  # no labels
     ]
     for n, fraction, labels in cases:
@@ -157,6 +156,29 @@ def test_splits_equal_scikit_learns_train_test_split(seed):
         )
         np.testing.assert_array_equal(train, ref_train)
         np.testing.assert_array_equal(test, ref_test)
+
+
+def test_a_class_of_one_example_stays_in_training_and_the_others_are_stratified(caplog):
+    """iris with one virginica: a plain permutation (scikit-learn refuses such labels) put
+    that example in the held-out split as often as not, where no classifier had seen its class,
+    and left the other classes unbalanced (6 / 14 of 20 held out)."""
+    from ae_jax.data.preprocessing import split_indices
+
+    labels = np.r_[np.zeros(50), np.ones(50), 2]
+    for seed in range(5):
+        with caplog.at_level(logging.WARNING, logger="ae_jax"):
+            caplog.clear()
+            train, test = split_indices(101, 0.2, seed, labels)
+        assert 100 in train and sorted(np.r_[train, test].tolist()) == list(range(101))
+        assert len(test) == 21 and sorted(np.bincount(labels[test].astype(int)).tolist()) == [
+            10,
+            11,
+        ]
+        assert "1 class of one example (2.0) cannot be in both parts" in caplog.text
+    # labels of which most values are single (a measured target given as the label column)
+    # keep the plain permutation: there is nothing to stratify
+    train, test = split_indices(200, 0.2, 0, np.arange(200) // 1.5)
+    assert len(test) == 40 and len(train) == 160
 
 
 def test_digits_split_is_deterministic_per_seed():
@@ -426,6 +448,13 @@ def test_csv_quoted_numbers_empty_fields_and_a_header_of_years(tmp_path, caplog)
         got = load_array(tmp_path / "years.csv", scaling="none", test_fraction=0.25)
     assert got.x_train.shape[0] + got.x_test.shape[0] == 40 and got.x_train.max() < 1
     assert "its first row, 2019..2022, is read as a header of column numbers" in caplog.text
+    # a quoted comma in a header's name (pandas quotes "length, cm") counted as two columns,
+    # and every later column was taken one place off: the labels came from the next column
+    rows = "\n".join(f"{i / 10},{i % 3},{(i * 7) % 5}" for i in range(40))
+    (tmp_path / "comma.csv").write_text('"length, cm",target,visits\n' + rows + "\n")
+    got = load_array(tmp_path / "comma.csv", label_column="target", test_path=None)
+    assert got.num_classes == 3 and got.x_train.shape[1] == 2
+    assert set(got.y_train.tolist()) == {0, 1, 2}  # not the visits 0..4
 
 
 def test_csv_nan_and_text_are_named(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import csv
 import difflib
 import logging
 import re
@@ -190,6 +191,15 @@ def _class_names(path: Path, text: np.ndarray, header: bool, classes: Any) -> Ta
     return {"y": np.array([number[n] for n in names], np.int32), "classes": np.array(known)}
 
 
+def _said_index(path: Path) -> None:
+    log.warning(
+        "CSV file %s: the first column has an empty header, as pandas' to_csv writes for its "
+        "row index, and is left out (columns are counted without it, also by "
+        "data.label_column; save with index=False to keep it out of the file)",
+        path,
+    )
+
+
 def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = None) -> Table:
     """A CSV file's ``{"x": features}``, with ``"y"`` when ``label_column`` (a column's
     number, or its name in the header row) holds the labels: class numbers, or class names
@@ -204,7 +214,8 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
                 f"CSV file {path} separates its fields with {name}; only commas are read: save "
                 "it with commas (pandas: to_csv(path, index=False))"
             )
-    fields = first.strip().split(",")
+    # the first row's fields as numpy reads them: a quoted "length, cm" is one field
+    fields = next(csv.reader([first.strip()]), None) or [""]
     # a header: column names (at least half of them not numbers, so "id,2019,2020,x,y" is
     # one and a data row with a typo is not); pandas' column numbers are found once read
     names = sum(not _is_number(_unquoted(v)) for v in fields)
@@ -233,9 +244,10 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
         # the labels are names: the features without them, then the names
         features = [c for c in range(int(index), len(fields)) if c != label]
         text = _loadtxt(path, header, fields, label, str)
-        return {"x": _loadtxt(path, header, fields, features, np.float64)} | _class_names(
-            path, text, header, classes
-        )
+        x = _loadtxt(path, header, fields, features, np.float64)
+        if index:
+            _said_index(path)
+        return {"x": x} | _class_names(path, text, header, classes)
     if table.size == 0:
         below = " below its header" if header else ""
         raise DataError(f"CSV file {path} holds no data rows{below}; give it at least one row")
@@ -247,12 +259,7 @@ def _read_csv(path: Path, label_column: int | str | None = None, classes: Any = 
             f"on line {line}, field {field}); every value must be finite"
         )
     if index and table.shape[1] > 1:
-        log.warning(
-            "CSV file %s: the first column has an empty header, as pandas' to_csv writes for "
-            "its row index, and is left out (columns are counted without it, also by "
-            "data.label_column; save with index=False to keep it out of the file)",
-            path,
-        )
+        _said_index(path)
         table = table[:, 1:]
     elif not header:
         table = _without_column_numbers(path, table)

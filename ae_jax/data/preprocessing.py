@@ -119,8 +119,12 @@ def split_indices(
     out.
 
     With labels whose every class has at least two examples, the split is stratified (class
-    proportions kept in both parts, as ``sklearn.model_selection.train_test_split`` does);
-    otherwise it is a plain seeded permutation. Both are deterministic given ``seed``.
+    proportions kept in both parts, as ``sklearn.model_selection.train_test_split`` does).
+    A class of one example, which no split can hold in both parts, stays in the training
+    split (said in a warning), and the others are stratified; scikit-learn refuses such
+    labels, and a plain permutation put the one example in the held-out part as often as not,
+    a class no classifier had seen. Without labels, or with too few examples for a class in
+    each part, it is a plain seeded permutation. Both are deterministic given ``seed``.
     """
     n_test = math.ceil(test_fraction * n) if count is None else count
     if n < 2 or n_test >= n:
@@ -130,10 +134,27 @@ def split_indices(
         )
     rng = np.random.RandomState(seed)
     if labels is not None:
-        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        k = len(counts)
-        if counts.min() >= 2 and n_test >= k and n - n_test >= k:
-            return _stratified_split(inverse.reshape(-1), counts, n - n_test, n_test, rng)
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        alone = np.flatnonzero(np.isin(inverse, np.flatnonzero(counts == 1)))
+        rest = np.setdiff1d(np.arange(n), alone)
+        k = int(np.sum(counts >= 2))
+        # a few such classes (not labels of which most values are single: a measured target)
+        few = alone.size <= max(2, n // 100)
+        if k and few and n_test >= k and rest.size - n_test >= k:
+            if alone.size:
+                shown = ", ".join(str(c) for c in classes[counts == 1][:5].tolist())
+                log.warning(
+                    "%d class%s of one example (%s%s) cannot be in both parts of a split: "
+                    "kept in the training split, the other classes stratified",
+                    alone.size,
+                    "es" if alone.size > 1 else "",
+                    shown,
+                    ", ..." if alone.size > 5 else "",
+                )
+            _, inv, cnt = np.unique(inverse[rest], return_inverse=True, return_counts=True)
+            train, test = _stratified_split(inv.reshape(-1), cnt, rest.size - n_test, n_test, rng)
+            return np.concatenate([rest[train], alone]), rest[test]
     permutation = rng.permutation(n)
     return permutation[n_test:], permutation[:n_test]
 
