@@ -192,6 +192,41 @@ def test_supervised_needs_labels(mnist_small, tmp_path, mnist_path):
         init_classifier(model, mnist_small.example_shape, seed=0, encoder=wrong)
 
 
+@pytest.mark.parametrize(
+    "labels, said",
+    [
+        (np.zeros(200), "training labels hold one class (0): there is nothing to classify"),
+        (np.arange(200) // 2 + 25, "examples each: a measured quantity (a regression target)"),
+    ],
+)
+def test_labels_that_are_no_classes_are_refused_before_any_stage(
+    labels, said, tmp_path, mnist_path, caplog
+):
+    """A single class trained to a meaningless 0% error; the diabetes target (25..346, ~2
+    examples a value) trained as 347 classes to 100% error, the warning blaming the rate."""
+    import logging
+
+    table = tmp_path / "xy.npz"
+    x = np.random.default_rng(0).random((200, 12), dtype=np.float32)
+    np.savez(table, x=x, y=labels.astype(np.int64))
+    cfg = small_config(mnist_path, supervised=True)
+    cfg.data.source, cfg.data.path, cfg.data.max_train, cfg.data.max_test = (
+        "array",
+        str(table),
+        None,
+        None,
+    )
+    import re
+
+    with pytest.raises(SupervisedError, match=re.escape(said)):
+        pretrain_and_finetune(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "layer_0").exists()  # nothing trained
+    cfg.pretrain.supervised, cfg.pretrain.probe = False, True
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        metrics = pretrain_and_finetune(cfg, tmp_path / "probe")
+    assert "no linear probe: " in caplog.text and "probe/error_pct" not in metrics
+
+
 def test_a_supervised_batch_the_devices_cannot_share_is_refused_before_any_stage(
     mnist_path, tmp_path
 ):

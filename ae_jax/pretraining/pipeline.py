@@ -80,6 +80,30 @@ LAYER_METRICS = (
 )
 
 
+# labels of more distinct values than this, with fewer examples each than MIN_PER_CLASS on
+# average, are a measured quantity (a regression target), not classes
+MANY_VALUES = 20
+MIN_PER_CLASS = 3
+
+
+def class_label_problem(y: np.ndarray) -> str | None:
+    """Why training labels ``y`` cannot be classified, or None: one class (nothing to tell
+    apart, and a 0% error that means nothing), or many values with a few examples each (the
+    diabetes target, 25..346: 214 values of ~2 examples, trained as 347 classes to 100% error)."""
+    values = np.unique(y)
+    if values.size < 2:
+        which = values[0] if values.size else "none"
+        return f"its training labels hold one class ({which}): there is nothing to classify"
+    each = y.size / values.size
+    if values.size > MANY_VALUES and each < MIN_PER_CLASS:
+        return (
+            f"its training labels take {values.size} values, {each:.1f} examples each: a "
+            "measured quantity (a regression target) rather than classes, which these stages "
+            "do not learn"
+        )
+    return None
+
+
 def finetune_config(cfg: Config, sizes: list[int]) -> Config:
     """The deep autoencoder's config for unsupervised fine-tuning (and the baseline).
 
@@ -277,6 +301,15 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
             f"pretrain.supervised=true needs class labels, but {data.name} has none; use a "
             "labelled dataset or set pretrain.supervised=false"
         )
+    unusable = None if data.y_train is None else class_label_problem(data.y_train)
+    if unusable and p.supervised:  # before any stage trains
+        raise SupervisedError(
+            f"pretrain.supervised=true classifies {data.name}'s labels, but {unusable}; set "
+            "pretrain.supervised=false (and pretrain.probe=false) to pretrain without them"
+        )
+    if unusable and p.probe:
+        log.warning("no linear probe: %s's %s", data.name, unusable.replace("its ", "", 1))
+    probe = p.probe and data.y_train is not None and not unusable
     sizes = layer_sizes(cfg, data.num_features)
     check_layer_configs(cfg, data.num_features, sizes, data.in_unit_interval)
     ft_cfg = finetune_config(cfg, sizes)
@@ -426,7 +459,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     # 6. linear probe
     if p.probe and data.y_train is None:
         log.info("no linear probe: %s has no labels", data.name)
-    if p.probe and data.y_train is not None:
+    if probe:
         metrics.update(probe_stage(cfg, trainer, params, data))
         log.info(
             "probe test error: codes %.2f%%, raw %.2f%%, PCA-%d %.2f%%",
