@@ -470,7 +470,8 @@ def test_csv_nan_and_text_are_named(tmp_path):
     with pytest.raises(DataError, match=r"\('abc' on line 4, field 2, is not a number\)"):
         load_array(tmp_path / "text.csv")
     (tmp_path / "float_labels.csv").write_text("1,0.5\n2,1\n3,0\n")
-    with pytest.raises(DataError, match="not whole numbers"):
+    said = r"the labels of data.label_column=1 in .*float_labels.csv are not whole numbers"
+    with pytest.raises(DataError, match=said):
         load_array(tmp_path / "float_labels.csv", label_column=1)
     with pytest.raises(DataError, match=r"label_column=5.*valid: -2\.\.1"):
         load_array(tmp_path / "float_labels.csv", label_column=5)

@@ -409,22 +409,27 @@ def _labels(path: Path, key: str, y: np.ndarray | None, n: int) -> np.ndarray | 
     if y is None:
         return None
     y = np.asarray(y)
+    what = f"the labels of {key}" if key.startswith("data.") else f"labels {key!r}"
     if y.dtype.kind not in "biuf" or y.shape != (n,):
         raise DataError(
-            f"labels {key!r} in {path} are {y.dtype} of shape {y.shape}; they must be ({n},) "
+            f"{what} in {path} are {y.dtype} of shape {y.shape}; they must be ({n},) "
             "integers, one per example"
         )
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))):
-        raise DataError(f"labels {key!r} in {path} are not whole numbers; class labels must be")
+        raise DataError(
+            f"{what} in {path} are not whole numbers; class labels must be (a "
+            "measured target is none: ae-jax learns no regression; take it out of the file, or "
+            "give classes as numbers or names)"
+        )
     if n and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
         raise DataError(
-            f"labels {key!r} in {path} range over [{y.min()}, {y.max()}]; labels must be class "
+            f"{what} in {path} range over [{y.min()}, {y.max()}]; labels must be class "
             "indices 0..K-1"
         )
     classes, used = (int(y.max()) + 1 if n else 0), len(np.unique(y))
     if classes > 100 and classes > 2 * used:  # e.g. ids or codes, not class indices
         raise DataError(
-            f"labels {key!r} in {path} are {used} distinct values up to {int(y.max())}, which "
+            f"{what} in {path} are {used} distinct values up to {int(y.max())}, which "
             f"as class indices would make {classes} classes; labels must be class indices "
             f"0..K-1 with most of them used: renumber them 0..{used - 1}"
         )
@@ -457,7 +462,9 @@ def load_arrays(
         log.info("%s: the labels are class names, numbered in sorted order: %s%s", path, said, more)
     x_key, y_key = _pick(path, table, "all")
     x_train = _features(path, x_key, table[x_key])
-    y_train = _labels(path, y_key, table.get(y_key), x_train.shape[0])
+    # labels from a file's column are named by the setting that gave them, not as 'y'
+    said = None if label_column is None else f"data.label_column={label_column}"
+    y_train = _labels(path, said or y_key, table.get(y_key), x_train.shape[0])
     x_test = y_test = None
     test_file = path
     if "x_train" in table and "x_test" in table:
@@ -479,7 +486,7 @@ def load_arrays(
             )
         tx_key, ty_key = _pick(test_file, test_table, "test")
         x_test = _features(test_file, tx_key, test_table[tx_key])
-        y_test = _labels(test_file, ty_key, test_table.get(ty_key), x_test.shape[0])
+        y_test = _labels(test_file, said or ty_key, test_table.get(ty_key), x_test.shape[0])
     if x_test is not None:
         if x_test.shape[1:] != x_train.shape[1:]:
             raise DataError(
