@@ -65,6 +65,7 @@ def run_info(data: Dataset, output_activation: str) -> dict:
         "high": float(data.x_train.max()),
         "dataset": data.name,
         "data_fingerprint": data.fingerprint,  # ae_jax.training.rundir.RunDir.check_data
+        **({"class_names": list(data.class_names)} if data.class_names else {}),
     }
 
 

@@ -120,6 +120,8 @@ def _embed(args: argparse.Namespace) -> dict:
         arrays.update(y_train=data.y_train, y_test=data.y_test)
         if data.y_val is not None:
             arrays["y_val"] = data.y_val
+        if data.class_names:  # label i's name (a CSV's column of class names)
+            arrays["class_names"] = np.array(data.class_names)
     if args.reconstructions:
         arrays["x_hat_test"] = reconstruct(run, data.x_test).astype(np.float32)
     try:

@@ -403,6 +403,10 @@ def test_csv_labels_by_column_name_and_as_class_names(tmp_path, caplog):
     assert ds.x_train.shape[1] == 2 and ds.num_classes == 3
     assert "numbered in sorted order: 0 setosa, 1 versicolor, 2 virginica" in caplog.text
     assert ds.y_test.tolist() == [2, 0]
+    assert ds.class_names == ("setosa", "versicolor", "virginica")  # kept in run.json too
+    from ae_jax.features import run_info
+
+    assert run_info(ds, "linear")["class_names"] == ["setosa", "versicolor", "virginica"]
     test = str(tmp_path / "test.csv")
     numbers = load_array(tmp_path / "train.csv", test_path=test, label_column=2)  # by number
     np.testing.assert_array_equal(numbers.y_train, ds.y_train)

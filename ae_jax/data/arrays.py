@@ -500,4 +500,5 @@ def load_arrays(
                 f"labels are given for the {which} examples only ({path}, {test_file}); give "
                 "labels for both splits or for neither"
             )
-    return RawData(x_train, y_train, x_test, y_test, is_image=x_train.ndim == 4, image_max=None)
+    names = None if classes is None else tuple(str(c) for c in classes.tolist())
+    return RawData(x_train, y_train, x_test, y_test, is_image=x_train.ndim == 4, class_names=names)

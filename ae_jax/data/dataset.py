@@ -60,6 +60,8 @@ class Dataset:
         x_val: float32 ``(N_val, *example_shape)`` carved out of the training split
             (``data.validation``) for model selection and early stopping, or None.
         y_val: int32 ``(N_val,)`` or None (labelled exactly when the other splits are).
+        class_names: label i's name, when the source gave the labels as names (a CSV's
+            ``data.label_column`` of names), else None; written to ``run.json``.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Dataset:
     scaling: str
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # label i's name, when the source gave names
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.example_shape)

@@ -40,6 +40,7 @@ class RawData:
     y_test: np.ndarray | None
     is_image: bool
     image_max: float | None = None
+    class_names: tuple[str, ...] | None = None  # label i's name (a CSV's column of names)
 
 
 def check_test_fraction(test_fraction: object) -> float:
@@ -448,4 +449,5 @@ def build_dataset(
         scaling=applied,
         x_val=x_val,
         y_val=None if x_val is None else _labels(y_val),
+        class_names=raw.class_names,
     )
