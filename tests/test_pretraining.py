@@ -169,6 +169,17 @@ def test_supervised_data_parallel_matches_one_device(mnist_small):
     assert m4["compile/epoch_traces"] == 1
 
 
+def _on_file(cfg, path):
+    """``cfg`` (a small pipeline config) reading all of the array file ``path`` instead."""
+    cfg.data.source, cfg.data.path, cfg.data.max_train, cfg.data.max_test = (
+        "array",
+        str(path),
+        None,
+        None,
+    )
+    return cfg
+
+
 def test_supervised_needs_labels(mnist_small, tmp_path, mnist_path):
     model = EncoderClassifier(sizes=(8,), num_classes=10)
     params = init_classifier(model, mnist_small.example_shape, seed=0)
@@ -178,13 +189,7 @@ def test_supervised_needs_labels(mnist_small, tmp_path, mnist_path):
     # the pipeline refuses before any training starts
     unlabelled = tmp_path / "x.npy"
     np.save(unlabelled, np.random.default_rng(0).random((200, 12), dtype=np.float32))
-    cfg = small_config(mnist_path, supervised=True)
-    cfg.data.source, cfg.data.path, cfg.data.max_train, cfg.data.max_test = (
-        "array",
-        str(unlabelled),
-        None,
-        None,
-    )
+    cfg = _on_file(small_config(mnist_path, supervised=True), unlabelled)
     with pytest.raises(SupervisedError, match="needs class labels"):
         pretrain_and_finetune(cfg, tmp_path / "run")
     with pytest.raises(SupervisedError, match="encoder_0.kernel has shape"):
@@ -209,13 +214,7 @@ def test_labels_that_are_no_classes_are_refused_before_any_stage(
     table = tmp_path / "xy.npz"
     x = np.random.default_rng(0).random((200, 12), dtype=np.float32)
     np.savez(table, x=x, y=labels.astype(np.int64))
-    cfg = small_config(mnist_path, supervised=True)
-    cfg.data.source, cfg.data.path, cfg.data.max_train, cfg.data.max_test = (
-        "array",
-        str(table),
-        None,
-        None,
-    )
+    cfg = _on_file(small_config(mnist_path, supervised=True), table)
     import re
 
     with pytest.raises(SupervisedError, match=re.escape(said)):
