@@ -381,3 +381,13 @@ def test_a_group_resumes_its_checkpoint_when_only_settings_a_run_may_change_diff
         assert key(extra) == same, extra
     for extra in ("optim.lr=0.01", "model.latent_dim=4", "trainer.batch_size=32"):
         assert key(extra) != same, extra
+
+
+def test_a_groups_progress_shows_each_members_held_out_error_as_a_run_does(tmp_path):
+    """A single run's progress line shows its val (or eval) MSE where it evaluated; a group's
+    showed only the members' training losses."""
+    out = _vmap_multirun(tmp_path, "data.validation=0.1", "optim.lr=1e-3,1e-2", "trainer.epochs=10")
+    line = next(x for x in out.splitlines() if "epoch 10/10 | losses 0 " in x)
+    for job in range(2):
+        val = json.loads((tmp_path / str(job) / "history.jsonl").read_text().splitlines()[-1])
+        assert f"{job} {val['val/mse']:.5g}" in line.split("| val mse ")[1], line
