@@ -12,7 +12,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -141,3 +142,33 @@ class LogFile(logging.FileHandler):
                 self.handleError(record)
                 return
         super().emit(record)
+
+
+# The run whose lines are being logged, where one process writes several runs' log files (a
+# vectorised group's members): ``member_lines`` sets it, ``OwnLines`` reads it.
+_LINES_OF: ContextVar[Path | None] = ContextVar("ae_jax_lines_of", default=None)
+
+
+@contextlib.contextmanager
+def member_lines(workdir: str | Path) -> Iterator[None]:
+    """The lines logged in the block are the run in ``workdir``'s own (its test line, its
+    warnings): they reach its log file, and no other member's (``OwnLines``)."""
+    token = _LINES_OF.set(Path(workdir).absolute())
+    try:
+        yield
+    finally:
+        _LINES_OF.reset(token)
+
+
+class OwnLines(logging.Filter):
+    """A filter for the log file of the run in ``workdir``: it passes the lines every run
+    shares (a vectorised group's layout and progress) and that run's own lines
+    (``member_lines``), not another member's."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        super().__init__()
+        self.workdir = Path(workdir).absolute()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = _LINES_OF.get()
+        return owner is None or owner == self.workdir

@@ -142,10 +142,14 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
-        # the job's train.log holds its group's lines, as a sequential job's holds its own
+        # the job's train.log holds its group's lines, as a sequential job's holds its own,
+        # and of the members' own lines only its own: one test line, its own results
         log = (d / "train.log").read_text()
         assert "[ae_jax][INFO] - vectorised sweep: 4 members" in log and "epoch 2/2" in log
         assert f"outputs in {d}" in log and " : trainer.figures" not in log
+        assert log.count("outputs in ") == 1 and log.count("test: mse=") == 1, log
+        mse = json.loads((d / "metrics.json").read_text())["test/mse"]
+        assert f"test: mse={mse:.5g}" in log, log
 
 
 def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):

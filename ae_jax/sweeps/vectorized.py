@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.features import write_run_info
-from ae_jax.run_io import write_history
+from ae_jax.run_io import member_lines, write_history
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_flag
 from ae_jax.training.objective import make_hparams
@@ -618,18 +618,19 @@ def train_group(
                 "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,
                 "sweep/members": n,
             }
-            metrics = evaluate_and_write(
-                validate(cfg),
-                trainer,
-                _member(params, i),
-                histories[i],
-                timing,
-                workdir,
-                t0,
-                loggers[i],
-                figures_later=figures,
-                who=str(workdir),
-            )
+            with member_lines(workdir):  # its test line and warnings: its train.log only
+                metrics = evaluate_and_write(
+                    validate(cfg),
+                    trainer,
+                    _member(params, i),
+                    histories[i],
+                    timing,
+                    workdir,
+                    t0,
+                    loggers[i],
+                    figures_later=figures,
+                    who=str(workdir),
+                )
             evaluated.append((i, cfg, workdir, status, metrics))
             results.append(metrics)
         # The members' figures cost more than their evaluation (~0.5 s a member against ~0.01 s
@@ -639,7 +640,8 @@ def train_group(
 
             draw_many_runs_figures([f for f in figures if f is not None])
         for i, cfg, workdir, status, metrics in evaluated:
-            finish_outputs(loggers[i], cfg, workdir, histories[i], metrics)
+            with member_lines(workdir):
+                finish_outputs(loggers[i], cfg, workdir, histories[i], metrics)
             write_json_atomic(
                 workdir / "status.json", {**status, "status": "completed", "ended": time.time()}
             )

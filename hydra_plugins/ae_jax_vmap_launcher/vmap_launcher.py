@@ -213,7 +213,7 @@ class VmapLauncher(Launcher):
                 "job #%d: a layer-wise pipeline does not vectorise; trained on its own",
                 initial_job_idx + i,
             )
-            with job_logs([log_files[i]]):
+            with job_logs([(jobs[i][1], log_files[i])]):
                 _run_alone(configs[k], jobs[i][1], records[i], jobs[i][2], search)
         configs = [c for k, c in enumerate(configs) if k not in alone]
         valid = [v for k, v in enumerate(valid) if k not in alone]
@@ -299,7 +299,7 @@ class VmapLauncher(Launcher):
         for group in groups:
             members = [valid[g] for g in group]
             try:
-                with job_logs([log_files[m] for m in members]):
+                with job_logs([(jobs[m][1], log_files[m]) for m in members]):
                     results = train_group(
                         [configs[g] for g in group],
                         [jobs[m][1] for m in members],
@@ -365,16 +365,19 @@ def job_log_files(job_logging: DictConfig) -> list[dict]:
 
 
 @contextlib.contextmanager
-def job_logs(jobs_files: list[list[dict]]):
-    """Every line logged in the block also goes to these jobs' own log files: a vectorised
-    group's lines (its layout, progress, each member's test line) reach each member's
-    train.log, as a job's lines reach its file under the basic launcher."""
+def job_logs(jobs_files: list[tuple[Path, list[dict]]]):
+    """The lines logged in the block also go to these jobs' own log files (each job's
+    directory with its ``job_log_files``): a vectorised group's layout and progress reach
+    every member's train.log, and a member's own lines (its test line, its warnings:
+    ``ae_jax.run_io.member_lines``) its own only, as a job's lines reach its file under the
+    basic launcher."""
     from ae_jax.cli import guard_log_file
+    from ae_jax.run_io import OwnLines
 
     root = logging.getLogger()
     handlers = []
     try:
-        for files in jobs_files:
+        for workdir, files in jobs_files:
             for f in files:
                 try:
                     handler = logging.FileHandler(f["filename"], mode=f["mode"])
@@ -386,6 +389,7 @@ def job_logs(jobs_files: list[list[dict]]):
                     )
                     continue
                 handler.setFormatter(logging.Formatter(f["format"], f["datefmt"]))
+                handler.addFilter(OwnLines(workdir))
                 guard_log_file(handler)
                 root.addHandler(handler)
                 handlers.append(handler)
