@@ -432,6 +432,12 @@ def test_csv_labels_by_column_name_and_as_class_names(tmp_path, caplog):
     (tmp_path / "plain.csv").write_text("1,2,0\n3,4,1\n")
     with pytest.raises(DataError, match=r"'c' names a column, but .*plain.csv has no header"):
         load_array(tmp_path / "plain.csv", label_column="c")
+    # a class of one example, kept in the training split, is named as the file names it
+    (tmp_path / "one.csv").write_text("len,width,species\n" + "\n".join(rows) + "\n9,9,dahurica\n")
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        caplog.clear()
+        load_array(tmp_path / "one.csv", label_column="species")
+    assert "1 class of one example (dahurica) cannot be in both parts" in caplog.text
 
 
 def test_csv_quoted_numbers_empty_fields_and_a_header_of_years(tmp_path, caplog):

@@ -115,6 +115,7 @@ def split_indices(
     seed: int,
     labels: np.ndarray | None = None,
     count: int | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, test) index arrays, ``ceil(test_fraction * n)`` (or ``count``) of them held
     out.
@@ -126,6 +127,7 @@ def split_indices(
     labels, and a plain permutation put the one example in the held-out part as often as not,
     a class no classifier had seen. Without labels, or with too few examples for a class in
     each part, it is a plain seeded permutation. Both are deterministic given ``seed``.
+    ``class_names`` (label i's name) names the classes in the warning.
     """
     n_test = math.ceil(test_fraction * n) if count is None else count
     if n < 2 or n_test >= n:
@@ -144,7 +146,8 @@ def split_indices(
         few = alone.size <= max(2, n // 100)
         if k and few and n_test >= k and rest.size - n_test >= k:
             if alone.size:
-                shown = ", ".join(str(c) for c in classes[counts == 1][:5].tolist())
+                single = classes[counts == 1][:5].tolist()
+                shown = ", ".join(str(c if class_names is None else class_names[c]) for c in single)
                 log.warning(
                     "%d class%s of one example (%s%s) cannot be in both parts of a split: "
                     "kept in the training split, the other classes stratified",
@@ -405,7 +408,9 @@ def build_dataset(
     wrap ``raw`` as a `Dataset`."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if x_test is None:
-        train, test = split_indices(x_train.shape[0], test_fraction, split_seed, y_train)
+        train, test = split_indices(
+            x_train.shape[0], test_fraction, split_seed, y_train, class_names=raw.class_names
+        )
         x_train, x_test = x_train[train], x_train[test]
         if y_train is not None:
             y_train, y_test = y_train[train], y_train[test]
@@ -414,7 +419,12 @@ def build_dataset(
     if count:
         # Its own stream of the split seed: the validation split does not move the test split.
         train, val = split_indices(
-            x_train.shape[0], 0.0, (split_seed + 0x5EED) % 2**32, y_train, count=count
+            x_train.shape[0],
+            0.0,
+            (split_seed + 0x5EED) % 2**32,
+            y_train,
+            count=count,
+            class_names=raw.class_names,
         )
         x_train, x_val = x_train[train], x_train[val]
         if y_train is not None:
