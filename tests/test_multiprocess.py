@@ -108,6 +108,33 @@ def test_distributed_without_a_meeting_place_is_one_config_error(monkeypatch):
         initialize(cfg)
 
 
+def test_a_slurm_job_of_several_tasks_not_started_by_srun_trains_in_one_process(
+    monkeypatch, caplog
+):
+    """``python train.py`` in an sbatch script of 2 tasks (or in ``salloc -n 2``) is one
+    process: it was taken for a multi-process launch, and JAX's own SLURM detection, which
+    needs what srun sets, failed with "coordinator_address should be defined" and a
+    traceback."""
+    import logging
+
+    from ae_jax.config import ConfigError, TrainerConfig
+    from ae_jax.training.distributed import SRUN_VARIABLES, detected_cluster, initialize
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", *SRUN_VARIABLES):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert detected_cluster() is None
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        assert initialize(TrainerConfig()) is False  # auto: trains alone, and says why
+    assert "a SLURM job of 2 tasks, but this process was not started by srun" in caplog.text
+    with pytest.raises(ConfigError, match=r"trainer.distributed=true in a SLURM job of 2 tasks"):
+        initialize(TrainerConfig(distributed=True))
+    for var, value in zip(SRUN_VARIABLES, ("node1", "0", "0")):  # started by srun
+        monkeypatch.setenv(var, value)
+    assert detected_cluster() == "slurm"
+
+
 def test_ctrl_c_while_waiting_for_the_other_processes_stops_at_once(tmp_path):
     """jax.distributed.initialize blocks in C++ until every process has joined, where the
     Ctrl-C handler cannot run: a process whose partner never came ignored Ctrl-C for JAX's 5

@@ -68,6 +68,39 @@ def test_pmap_path_equals_shard_map(variant):
     _assert_close(pmapped, sharded)
 
 
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_compiling_a_program_does_not_run_it(mode):
+    """``Parallel.compile`` compiles without running: under pmap it called the program to
+    compile it, which trained a whole epoch at every start and resume and counted it as
+    compile time."""
+    from ae_jax.training.parallel import Parallel
+
+    calls = []
+
+    def step(state, data):
+        jax.debug.callback(lambda: calls.append(1))
+        return state + data.sum(), data
+
+    parallel = Parallel(jax.devices()[:2], mode)
+    state, data = parallel.place(jnp.zeros(())), parallel.place(jnp.ones(3))
+    program = parallel.compile(step, state, data)
+    jax.effects_barrier()
+    assert calls == [] and parallel.compiles == 1
+    new_state, _ = program(state, data)
+    jax.effects_barrier()
+    assert float(new_state) == 3.0 and len(calls) >= 1
+
+
+def test_pmap_is_refused_in_a_multi_process_run(monkeypatch):
+    # its replicated state was put on the first device, which other processes cannot address:
+    # a shape error in one process and a fetch error in the other
+    from ae_jax.training.parallel import Parallel
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"pmap runs within one process, and this run has 2"):
+        Parallel(jax.devices()[:2], "pmap")
+
+
 def test_corruption_differs_across_devices():
     """Each device corrupts its own examples with its own keys: no repeated noise pattern."""
     from jax.sharding import Mesh

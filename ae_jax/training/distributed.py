@@ -20,12 +20,33 @@ from ae_jax.config import ConfigError, TrainerConfig
 log = logging.getLogger("ae_jax")
 
 
+# What srun sets for each task it starts, and JAX's SLURM detection reads (besides
+# SLURM_JOB_ID and SLURM_NTASKS, which the job's batch script has too).
+SRUN_VARIABLES = ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def _slurm_tasks() -> int:
+    """The number of tasks of the SLURM job this process is in (1 outside one)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return 1
+    try:
+        return int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    except ValueError:
+        return 1
+
+
+def slurm_without_srun() -> bool:
+    """In a SLURM job of several tasks, but not started by srun (``python train.py`` in the
+    job's batch script, or in ``salloc -n 2``): the one process of its batch step."""
+    return _slurm_tasks() > 1 and not all(v in os.environ for v in SRUN_VARIABLES)
+
+
 def detected_cluster() -> str | None:
     """'tpu-pod' or 'slurm' when the environment is a multi-process launch, else None."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if len([h for h in hosts.split(",") if h]) > 1:
         return "tpu-pod"
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
+    if _slurm_tasks() > 1 and not slurm_without_srun():
         return "slurm"
     return None
 
@@ -37,10 +58,24 @@ def initialize(cfg: TrainerConfig) -> bool:
     """
     wanted = cfg.distributed if cfg.distributed is not None else detected_cluster() is not None
     if not wanted:
+        if cfg.distributed is None and slurm_without_srun():
+            log.warning(
+                "a SLURM job of %d tasks, but this process was not started by srun: it trains "
+                "alone, on its own devices (srun python experiments/train.py ... starts one "
+                "process per task, which then train together)",
+                _slurm_tasks(),
+            )
         return False
     if jax.distributed.is_initialized():
         return True
     cluster = detected_cluster()
+    if cluster is None and slurm_without_srun() and cfg.coordinator_address is None:
+        raise ConfigError(
+            f"trainer.distributed=true in a SLURM job of {_slurm_tasks()} tasks, but this "
+            f"process was not started by srun ({', '.join(SRUN_VARIABLES)} are unset): start "
+            "one process per task with srun python experiments/train.py ..., or set "
+            "trainer.distributed=false to train in this one"
+        )
     if cluster is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
         missing = [
             key

@@ -114,6 +114,11 @@ class Parallel:
         return DATA_AXIS if len(self.devices) > 1 else None
 
     def __post_init__(self):
+        if self.mode == "pmap" and len(self.devices) > 1 and jax.process_count() > 1:
+            raise ConfigError(  # its replicated state lives on one process's first device
+                f"trainer.parallel=pmap runs within one process, and this run has "
+                f"{jax.process_count()}; use trainer.parallel=shard_map for a multi-process run"
+            )
         self.mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.traces = 0  # how often the per-device function was traced (should be 1)
@@ -122,8 +127,6 @@ class Parallel:
 
     def place(self, tree: Any) -> Any:
         """Put a pytree on the devices (replicated) in the layout the compiled program wants."""
-        if self.mode == "pmap" and len(self.devices) > 1:
-            return jax.device_put(tree, self.devices[0])
         if jax.process_count() == 1:
             return jax.device_put(tree, self.replicated)
         return jax.tree.map(self._global_replicated, tree)
@@ -161,18 +164,22 @@ class Parallel:
             program = lowered.compile(compiler_options=options)
         elif self.mode == "pmap":
             # Every argument is replicated (in_axes None); pmap insists on one mapped argument,
-            # so a dummy device index is mapped and dropped.
+            # so a dummy device index is mapped and dropped. The outputs are replicated by
+            # construction (pmean'd gradients): out_axes None keeps them in the layout the
+            # next call takes, as shard_map's out_specs P() does.
             nargs = len(example_args)
             pmapped = jax.pmap(
                 lambda *a: counted(*a[:-1]),
                 axis_name=DATA_AXIS,
                 in_axes=(None,) * nargs + (0,),
+                out_axes=None,
                 devices=self.devices,
             )
-            index = np.arange(n)
-            # pmap maps outputs over devices: every copy is identical, keep the first.
-            program = lambda *args: jax.tree.map(lambda a: a[0], pmapped(*args, index))
-            jax.block_until_ready(program(*example_args))  # trace + compile now
+            index = jax.device_put(np.arange(n), NamedSharding(self.mesh, P(DATA_AXIS)))
+            # compiled without running it: calling it to compile trained a whole epoch, counted
+            # as compile time, at every start and resume
+            compiled = pmapped.lower(*example_args, index).compile(compiler_options=options)
+            program = lambda *args: compiled(*args, index)
         else:
             raise ConfigError(f"trainer.parallel={self.mode!r} is not valid; use shard_map or pmap")
         self.compile_seconds = time.perf_counter() - start
