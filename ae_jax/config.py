@@ -945,7 +945,8 @@ def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}={value!r} is not valid; it must be a positive integer")
+        null = " or null" if allow_none else ""
+        raise ConfigError(f"{key}={value!r} is not valid; it must be a positive integer{null}")
 
 
 def _finite(

@@ -56,8 +56,10 @@ class Run:
         return int(self.cfg.model.latent_dim)
 
 
-def run_info(data: Dataset, output_activation: str) -> dict:
-    """What ``load_run`` needs beyond config.yaml and the params, as written to ``run.json``."""
+def run_info(data: Dataset, output_activation: str, devices: dict | None = None) -> dict:
+    """What ``load_run`` needs beyond config.yaml and the params, as written to ``run.json``,
+    and the devices the run's latest session trained on (``devices``: their count, platform
+    and parallel mode; a vectorised group's members and mesh)."""
     return {
         "example_shape": list(data.example_shape),
         "output_activation": output_activation,
@@ -66,13 +68,26 @@ def run_info(data: Dataset, output_activation: str) -> dict:
         "dataset": data.name,
         "data_fingerprint": data.fingerprint,  # ae_jax.training.rundir.RunDir.check_data
         **({"class_names": list(data.class_names)} if data.class_names else {}),
+        **({"devices": devices} if devices else {}),
     }
 
 
-def write_run_info(workdir: str | Path, data: Dataset, output_activation: str) -> None:
+def trainer_devices(trainer: Any) -> dict:
+    """``run.json``'s record of where a trainer's program runs."""
+    devices = trainer.parallel.devices
+    return {
+        "count": len(devices),
+        "platform": devices[0].platform,
+        "parallel": trainer.parallel.mode if len(devices) > 1 else "none",
+    }
+
+
+def write_run_info(
+    workdir: str | Path, data: Dataset, output_activation: str, devices: dict | None = None
+) -> None:
     from ae_jax.run_io import write_json_atomic
 
-    write_json_atomic(Path(workdir) / RUN_INFO, run_info(data, output_activation))
+    write_json_atomic(Path(workdir) / RUN_INFO, run_info(data, output_activation, devices))
 
 
 def _info_from_data(cfg: Config) -> dict:

@@ -99,7 +99,10 @@ def describe(
         return _one_or_set((c.reg[term].strength for c in members), ordered)
 
     n = trainer.parallel.devices
-    where = f" on {len(n)} {n[0].platform} device(s)" if devices else ""
+    where = f" on {len(n)} {n[0].platform} device{'s' * (len(n) > 1)}" if devices else ""
+    if devices and len(n) > 1:  # the data axis: each device's share of a batch, and how
+        share = trainer.cfg.trainer.batch_size // len(n)
+        where += f" ({share} example{'s' * (share > 1)} each, {trainer.parallel.mode})"
     head = (
         f"{data.name}: {data.x_train.shape[0]} train / "
         + ("" if data.x_val is None else f"{data.x_val.shape[0]} val / ")

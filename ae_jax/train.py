@@ -17,7 +17,7 @@ import jax
 
 from ae_jax.config import to_config, to_yaml, validate
 from ae_jax.data import load_dataset
-from ae_jax.features import write_run_info
+from ae_jax.features import trainer_devices, write_run_info
 from ae_jax.outputs import (
     describe,
     epoch_logger,
@@ -83,7 +83,7 @@ def train_and_evaluate(
             checkpointer.check_same_run(state)  # another model's checkpoints: refused here
         rundir.start(to_yaml(cfg))
         if main:  # shapes and output activation, so that ae_jax.features.load_run needs no data
-            write_run_info(workdir, data, trainer.output_activation)
+            write_run_info(workdir, data, trainer.output_activation, trainer_devices(trainer))
         # a finished run is evaluated again, not trained: its trackers already hold it
         finished = cfg.trainer.resume and max(checkpointer.epochs(), default=0) >= trainer.epochs
         loggers = stack.enter_context(open_run_loggers(cfg, workdir, main and not finished))

@@ -272,7 +272,7 @@ def test_the_description_line_names_every_setting_that_changes_training():
     # an unrolled stack that is not fine-tuned: no objective or schedule it does not train on
     cfg = validate(make_config("trainer.epochs=1"))
     note = describe(cfg, Trainer(cfg, load_dataset(cfg.data)), untrained="as is")
-    assert note.endswith("-> sigmoid | as is on 1 cpu device(s)") and "epoch" not in note
+    assert note.endswith("-> sigmoid | as is on 1 cpu device") and "epoch" not in note
     assert "| 1 epoch x 22 steps of 64 on" in line("trainer.epochs=1")
 
 

@@ -83,7 +83,9 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     assert "process 0 of 2, 4 local / 8 global devices" in outs[0]
-    assert "on 8 cpu device(s)" in outs[0]
+    assert "on 8 cpu devices (8 examples each, shard_map)" in outs[0]
+    devices = json.loads((multi / "run.json").read_text())["devices"]
+    assert devices == {"count": 8, "platform": "cpu", "parallel": "shard_map"}
     for a, b in zip(_params(multi), _params(single)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     m_multi = json.loads((multi / "metrics.json").read_text())

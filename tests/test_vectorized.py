@@ -142,6 +142,8 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
+        devices = json.loads((d / "run.json").read_text())["devices"]  # where it trained
+        assert devices["parallel"] == "vmap" and devices["members"] == 4, devices
         # the job's train.log holds its group's lines, as a sequential job's holds its own,
         # and of the members' own lines only its own: one test line, its own results
         log = (d / "train.log").read_text()

@@ -35,7 +35,7 @@ import numpy as np
 from ae_jax.config import Config, to_config, to_yaml, validate
 from ae_jax.data import Dataset, load_dataset
 from ae_jax.evaluation.metrics import evaluate_trained
-from ae_jax.features import probe_report, write_run_info
+from ae_jax.features import probe_report, trainer_devices, write_run_info
 from ae_jax.outputs import (
     describe,
     epoch_logger,
@@ -338,7 +338,7 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
         Checkpointer(workdir / "checkpoints").check_same_run(trainer.init_state())
     rundir.start(to_yaml(recorded))
     if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
-        write_run_info(workdir, data, trainer.output_activation)
+        write_run_info(workdir, data, trainer.output_activation, trainer_devices(trainer))
     # a finished pipeline (completed, its metrics.json written at the end) is evaluated
     # again, not trained: its trackers already hold it. (A changed rerun killed part-way
     # leaves the earlier metrics.json, and its next session trains and must be tracked.)

@@ -172,6 +172,17 @@ class Layout:
     available: int  # local devices (capped by trainer.devices)
     mesh: Mesh | None
 
+    def record(self) -> dict:
+        """``run.json``'s record of where the group's members trained."""
+        devices = [jax.local_devices()[0]] if self.mesh is None else list(self.mesh.devices.flat)
+        return {
+            "count": len(devices),
+            "platform": devices[0].platform,
+            "parallel": "vmap",
+            "members": self.count,
+            "mesh": {"members": self.members, "data": self.data},
+        }
+
     def describe(self) -> str:
         if self.mesh is None:
             return " on 1 device"
@@ -535,7 +546,9 @@ def train_group(
             eval_mse = evaluating.result()
         for cfg, rundir in zip(configs, rundirs):
             rundir.start(to_yaml(cfg))
-            write_run_info(rundir.path, data, trainer.output_activation)  # as a single run does
+            write_run_info(  # as a single run does
+                rundir.path, data, trainer.output_activation, layout.record()
+            )
             write_json_atomic(
                 rundir.path / "status.json",
                 {"status": "running", "started": time.time(), "engine": "vmap", "members": n},

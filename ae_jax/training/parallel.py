@@ -44,8 +44,8 @@ def select_devices(requested: int | None, batch_size: int, key: str = "trainer.b
     n = len(chosen)
     if batch_size % n:
         raise ConfigError(
-            f"{key}={batch_size} does not split evenly across {n} devices; "
-            f"use a multiple of {n} or set trainer.devices to a divisor of {batch_size}"
+            f"{key}={batch_size} does not split evenly across {n} devices; set "
+            f"trainer.devices to a divisor of {batch_size}, or use a multiple of {n}"
         )
     return chosen
 
