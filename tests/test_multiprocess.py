@@ -132,6 +132,10 @@ def test_a_slurm_job_of_several_tasks_not_started_by_srun_trains_in_one_process(
     assert "a SLURM job of 2 tasks, but this process was not started by srun" in caplog.text
     with pytest.raises(ConfigError, match=r"trainer.distributed=true in a SLURM job of 2 tasks"):
         initialize(TrainerConfig(distributed=True))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):  # meeting settings, not used
+        assert initialize(TrainerConfig(distributed=False, num_processes=2, process_id=1)) is False
+    assert "trainer.num_processes=2 trainer.process_id=1: not used, this run is one" in caplog.text
     for var, value in zip(SRUN_VARIABLES, ("node1", "0", "0")):  # started by srun
         monkeypatch.setenv(var, value)
     assert detected_cluster() == "slurm"

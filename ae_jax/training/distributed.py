@@ -51,6 +51,16 @@ def detected_cluster() -> str | None:
     return None
 
 
+_SAID: set[str] = set()  # warnings given once per process (initialize runs twice)
+
+
+def _warn_once(message: str, *args) -> None:
+    line = message % args
+    if line not in _SAID:
+        _SAID.add(line)
+        log.warning("%s", line)
+
+
 def initialize(cfg: TrainerConfig) -> bool:
     """Call ``jax.distributed.initialize`` if ``trainer.distributed`` (or auto-detection) says so.
 
@@ -59,11 +69,23 @@ def initialize(cfg: TrainerConfig) -> bool:
     wanted = cfg.distributed if cfg.distributed is not None else detected_cluster() is not None
     if not wanted:
         if cfg.distributed is None and slurm_without_srun():
-            log.warning(
+            _warn_once(
                 "a SLURM job of %d tasks, but this process was not started by srun: it trains "
                 "alone, on its own devices (srun python experiments/train.py ... starts one "
                 "process per task, which then train together)",
                 _slurm_tasks(),
+            )
+        given = [
+            f"trainer.{k}={getattr(cfg, k)}"
+            for k in ("coordinator_address", "num_processes", "process_id")
+            if getattr(cfg, k) is not None
+        ]
+        if given:
+            _warn_once(
+                "%s: not used, this run is one process (trainer.distributed=%s); set "
+                "trainer.distributed=true to start a multi-process run",
+                " ".join(given),
+                "false" if cfg.distributed is False else "null, and no cluster was detected",
             )
         return False
     if jax.distributed.is_initialized():
