@@ -320,6 +320,23 @@ def test_npy_standardize_and_image_layouts(tmp_path):
     np.testing.assert_allclose(ds.x_train.max(axis=(0, 1, 2)), [1, 1, 1])  # per channel
 
 
+def test_channels_first_images_are_moved_to_channels_last(tmp_path, caplog):
+    """PyTorch's (N, C, H, W) was read as (N, H, W, C): a (300, 3, 20, 36) array trained
+    3 x 20 images of 36 channels, at 100x PCA's error, without a word."""
+    rng = np.random.default_rng(3)
+    hwc = rng.uniform(0, 1, (30, 20, 36, 3)).astype(np.float32)
+    np.save(tmp_path / "chw.npy", np.moveaxis(hwc, -1, 1))
+    np.save(tmp_path / "hwc.npy", hwc)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        first = load_array(tmp_path / "chw.npy", scaling="none", test_fraction=0.5)
+    assert first.example_shape == (20, 36, 3)
+    assert "read as channels-first (N, C, H, W) images of 3 channels, 20 x 36" in caplog.text
+    last = load_array(tmp_path / "hwc.npy", scaling="none", test_fraction=0.5)
+    np.testing.assert_array_equal(first.x_train, last.x_train)  # the same images
+    np.save(tmp_path / "grey.npy", rng.uniform(0, 1, (30, 1, 28, 28)))  # (N, 1, H, W)
+    assert load_array(tmp_path / "grey.npy").example_shape == (28, 28, 1)
+
+
 @pytest.mark.parametrize("scaling", ["standardize", "unit", "center"])
 def test_a_large_offset_is_removed_before_anything_is_rounded(tmp_path, scaling):
     """Columns of 1e7 + N(0, 1) (and unix timestamps) were cast to float32 before the

@@ -36,7 +36,10 @@ from ae_jax.data.preprocessing import RawData
 log = logging.getLogger("ae_jax")
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
-LAYOUTS = "(N, D) tabular rows, (N, H, W) grey images or (N, H, W, C) images, with N >= 1"
+LAYOUTS = (
+    "(N, D) tabular rows, (N, H, W) grey images or (N, H, W, C) images (channels-first "
+    "(N, C, H, W) with C of 1, 3 or 4 is moved), with N >= 1"
+)
 
 Table = dict  # key ("x", "y", "x_train", ...) -> np.ndarray
 
@@ -402,6 +405,22 @@ def _features(path: Path, key: str, x: np.ndarray) -> np.ndarray:
             f"values (first at index {where}); every value must be finite (and within float32 "
             "range)"
         )
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] > 4:
+        # PyTorch's (N, C, H, W): read as (N, H, W, C) it trained a C-row image of W channels
+        log.warning(
+            "array %r in %s has shape %s: read as channels-first (N, C, H, W) images of %d "
+            "channel%s, %d x %d, and moved to (N, H, W, C) %s; save the file in that layout "
+            "(np.moveaxis(x, 1, -1)) to read it without this line",
+            key,
+            path,
+            x.shape,
+            x.shape[1],
+            "s" * (x.shape[1] > 1),
+            x.shape[2],
+            x.shape[3],
+            (x.shape[0], x.shape[2], x.shape[3], x.shape[1]),
+        )
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     return x[..., None] if x.ndim == 3 else x
 
 
