@@ -68,3 +68,10 @@ def test_a_conv_kernel_larger_than_the_images_is_refused():
     with pytest.raises(ConfigError, match=r"model.kernel_size=9 is larger than .* 8x8 .* 1 to 8"):
         build_model(ModelConfig(kind="conv", latent_dim=8, kernel_size=9), (8, 8, 1))
     build_model(ModelConfig(kind="conv", latent_dim=8, kernel_size=8), (8, 8, 1))
+    # more stride-2 layers than halvings to 1x1: 8 layers on 8x8 digits decoded 256x256
+    # images (1.9 GB, 20x slower) to crop them to 8x8, with a dead code
+    too_deep = ModelConfig(kind="conv", latent_dim=8, channels=[8] * 4)
+    with pytest.raises(ConfigError, match=r"has 4 layers, but .* 8x8 images are 1x1 after 3 "):
+        build_model(too_deep, (8, 8, 1))
+    build_model(too_deep, (9, 16, 1))  # 16 wide: 4 halvings
+    build_model(ModelConfig(kind="conv", latent_dim=2, kernel_size=1, channels=[4]), (1, 1, 1))

@@ -58,6 +58,15 @@ def build_model(
                 f"model.kernel_size={cfg.kernel_size} is larger than this dataset's {h}x{w} "
                 f"images; valid: 1 to {min(h, w)}"
             )
+        # each layer halves the image; past 1x1 a layer halves nothing, and the decoder's
+        # layers still double it (8 layers on 8x8 digits decoded 256x256 images to crop 8x8)
+        halvings = max(1, math.ceil(math.log2(max(h, w))))
+        if len(cfg.channels) > halvings:
+            raise ConfigError(
+                f"model.channels={list(cfg.channels)} has {len(cfg.channels)} layers, but this "
+                f"dataset's {h}x{w} images are 1x1 after {halvings} stride-2 layer"
+                f"{'s' * (halvings > 1)}; give at most {halvings}"
+            )
         return ConvAutoencoder(
             example_shape=tuple(example_shape),
             latent_dim=cfg.latent_dim,
