@@ -1259,6 +1259,11 @@ def _validate_sparse_code(m: ModelConfig) -> None:
                 raise ConfigError(
                     f"model.{key}={getattr(m, key)} needs model.sparse_k (a k-sparse code)"
                 )
+        if m.sparse_anneal_epochs:
+            raise ConfigError(
+                f"model.sparse_anneal_epochs={m.sparse_anneal_epochs} needs model.sparse_k and "
+                "model.sparse_k_start (k annealed from the start to sparse_k)"
+            )
         return
     _positive_int("model.sparse_k", m.sparse_k)
     if m.sparse_k > m.latent_dim:
@@ -1283,6 +1288,12 @@ def _validate_sparse_code(m: ModelConfig) -> None:
     if not isinstance(m.sparse_anneal_epochs, int) or m.sparse_anneal_epochs < 0:
         raise ConfigError(
             f"model.sparse_anneal_epochs={m.sparse_anneal_epochs!r} must be an integer >= 0"
+        )
+    if m.sparse_anneal_epochs and m.sparse_k_start is None:  # k_schedule: k is sparse_k
+        raise ConfigError(
+            f"model.sparse_anneal_epochs={m.sparse_anneal_epochs} has no effect without "
+            f"model.sparse_k_start (the k to anneal from, in [model.sparse_k={m.sparse_k}, "
+            f"model.latent_dim={m.latent_dim}])"
         )
 
 

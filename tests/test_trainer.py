@@ -30,6 +30,31 @@ def test_epoch_program_compiles_once_per_run(tmp_path):
     assert m["compile/epoch_traces"] == 1
 
 
+def test_k_sparse_annealing_that_cannot_take_effect_is_said(tmp_path, caplog):
+    """An annealing longer than the run left k at 8 of the 3 the evaluation used, and one
+    without a k to start from was ignored, both without a word."""
+    import logging
+
+    from ae_jax.config import ConfigError, validate
+
+    k = ("model.sparse_k=3", "model.sparse_k_start=8", "trainer.epochs=2", "trainer.figures=false")
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        train(tmp_path, *k, "model.sparse_anneal_epochs=50")
+    assert (
+        "model.sparse_anneal_epochs=50 is longer than the 2 epochs this run trains: k ends "
+        "at 8 (from model.sparse_k_start=8), not at model.sparse_k=3, which the evaluation "
+        "and the features use; anneal over at most 2 epochs"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        train(tmp_path / "within", *k, "model.sparse_anneal_epochs=2")
+    assert "sparse_anneal_epochs" not in caplog.text
+    with pytest.raises(ConfigError, match=r"sparse_anneal_epochs=5 has no effect without model"):
+        validate(make_config("model.sparse_k=3", "model.sparse_anneal_epochs=5"))
+    with pytest.raises(ConfigError, match=r"sparse_anneal_epochs=5 needs model.sparse_k and"):
+        validate(make_config("model.sparse_anneal_epochs=5"))
+
+
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
     common = ("trainer.epochs=5", "noise=gaussian", "noise.level=0.2")
     a = train(tmp_path / "a", *common)

@@ -41,7 +41,7 @@ from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed, completed_run
 from ae_jax.training.state import TrainState
 from ae_jax.training.step import DATA_AXIS, make_train_epoch
-from ae_jax.training.trainer import Trainer, divergence_hint
+from ae_jax.training.trainer import Trainer, divergence_hint, warn_if_anneal_unfinished
 
 log = logging.getLogger("ae_jax")
 
@@ -481,6 +481,7 @@ def train_group(
             f", each {runs} members of one seed share their random draws" if runs > 1 else "",
             describe(base, trainer, devices=False, members=configs),
         )
+        warn_if_anneal_unfinished(base, trainer.epochs)
         checkpointer = Checkpointer(
             group_checkpoint_dir(configs, workdirs), keep=t.keep_checkpoints
         )

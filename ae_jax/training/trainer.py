@@ -57,6 +57,30 @@ def validate_against_data(cfg: Config, data: Dataset, is_code: bool = True) -> N
         warn_if_overcomplete(cfg, data.num_features)
 
 
+def warn_if_anneal_unfinished(cfg: Config, epochs: int, stage: str = "") -> None:
+    """One warning when a k-sparse code's annealing (``model.sparse_anneal_epochs``) is longer
+    than the epochs that train it: k never reaches ``model.sparse_k``, at which the model is
+    evaluated and gives its features."""
+    m = cfg.model
+    if m.sparse_k is None or m.sparse_k_start is None or m.sparse_anneal_epochs <= epochs:
+        return
+    start, k = m.sparse_k_start, m.sparse_k
+    reached = round(start + (k - start) * epochs / m.sparse_anneal_epochs)
+    log.warning(
+        "model.sparse_anneal_epochs=%d is longer than the %d epoch%s %s: k ends at %d (from "
+        "model.sparse_k_start=%d), not at model.sparse_k=%d, which the evaluation and the "
+        "features use; anneal over at most %d epochs",
+        m.sparse_anneal_epochs,
+        epochs,
+        "s" * (epochs != 1),
+        f"of {stage}" if stage else "this run trains",
+        reached,
+        start,
+        k,
+        epochs,
+    )
+
+
 def warn_if_overcomplete(
     cfg: Config,
     input_dim: int,
@@ -283,6 +307,7 @@ class Trainer:
         state for the host at some epochs (``ae_jax.training.loop.Snapshots``).
         """
         t = self.cfg.trainer
+        warn_if_anneal_unfinished(self.cfg, self.epochs, stage_name)
         hparams = self.parallel.place(self.hparams() if hparams is None else hparams)
         x_train = self.parallel.place(jnp.asarray(self.data.x_train))
         state = self.parallel.place(state)
