@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.training.objective import Objective, build_objective
 from ae_jax.training.rundir import RUN_INFO
 from ae_jax.training.state import jit_initializer
+
+log = logging.getLogger("ae_jax")
 
 CONFIG_FILE = "config.yaml"
 PARAMS_FILE = "params.msgpack"
@@ -168,17 +171,45 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _as_examples(run: Run, x) -> np.ndarray:
-    """x as float32 (N, *example_shape); (N, D) rows are reshaped when D matches."""
+    """x as float32 (N, *example_shape); (N, D) rows are reshaped when D matches, and grey
+    (N, H, W) images given their channel axis, as training reads them. NaN/inf is refused,
+    and values far outside the range the run trained on (unscaled data: 0..255 pixels for a
+    run on [0, 1]) are said in a warning."""
     x = np.asarray(x, dtype=np.float32)
-    d = int(np.prod(run.example_shape))
-    if x.ndim >= 2 and x.shape[1:] == run.example_shape:
-        return x
-    if x.ndim == 2 and x.shape[1] == d:
-        return x.reshape(x.shape[0], *run.example_shape)
-    raise RunError(
-        f"x has shape {x.shape}; this run's model takes (N, "
-        f"{', '.join(map(str, run.example_shape))}) or (N, {d})"
-    )
+    shape = run.example_shape
+    d = int(np.prod(shape))
+    if x.ndim >= 2 and x.shape[1:] == shape:
+        pass
+    elif x.ndim == 2 and x.shape[1] == d:
+        x = x.reshape(x.shape[0], *shape)
+    elif len(shape) == 3 and shape[-1] == 1 and x.shape[1:] == shape[:-1]:
+        x = x[..., None]
+    else:
+        raise RunError(
+            f"x has shape {x.shape}; this run's model takes (N, "
+            f"{', '.join(map(str, shape))}) or (N, {d})"
+        )
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise RunError(
+            f"x holds {int((~finite).sum())} NaN/inf values (the first at index "
+            f"{np.argwhere(~finite)[0].tolist()}); every value must be finite"
+        )
+    low, high = run.objective.low, run.objective.high
+    margin = 0.5 * (high - low)
+    if x.size and (x.min() < low - margin or x.max() > high + margin):
+        log.warning(
+            "x spans [%.4g, %.4g], far outside the [%.4g, %.4g] that %s trained on: embed and "
+            "reconstruct take x after the run's data.scaling=%s, as "
+            "load_dataset(run.cfg.data) prepares it",
+            float(x.min()),
+            float(x.max()),
+            low,
+            high,
+            run.path,
+            run.cfg.data.scaling,
+        )
+    return x
 
 
 def _chunked(fn, params, x: np.ndarray) -> np.ndarray:

@@ -108,6 +108,26 @@ def test_bad_runs_and_inputs_are_refused(trained_run, tmp_path):
     run = load_run(trained_run)
     with pytest.raises(RunError, match=r"x has shape \(3, 10\)"):
         embed(run, np.zeros((3, 10), np.float32))
+    grey = np.full((2, 28, 28), 0.5, np.float32)  # (N, H, W), as training reads grey images
+    np.testing.assert_array_equal(embed(run, grey), embed(run, grey[..., None]))
+    grey[1, 3, 4] = np.nan  # gave NaN codes without a word
+    with pytest.raises(RunError, match=r"x holds 1 NaN/inf values \(the first at index \[1, 3"):
+        embed(run, grey)
+
+
+def test_unscaled_input_is_said(trained_run, data, caplog):
+    # 0..255 pixels for a run on [0, 1] gave codes 16x too large, without a word
+    import logging
+
+    run = load_run(trained_run)
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        embed(run, data.x_test[:4])
+        reconstruct(run, data.x_test[:4] * 1.2)  # a little outside: not said
+    assert "far outside" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):
+        embed(run, data.x_test[:4] * 255)
+    assert "x spans [0, 255], far outside the [0, 1] that" in caplog.text
+    assert "take x after the run's data.scaling=" in caplog.text
 
 
 def test_probe_codes_vs_raw_pixels_vs_pca(data, trained_run):
