@@ -404,6 +404,11 @@ def test_a_classifier_left_at_chance_and_an_autoencoder_that_grew_are_said_to_be
     assert "runs/0: test MSE 3.7e+22 is " in caplog.text and "has not learned" in caplog.text
     # both causes named: a smoke run's 2 epochs a layer were blamed on the paper's rate
     assert "weights grow: optim.lr=0.001; or its 3 epochs were too few)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ae_jax"):  # worse than the mean, not 10x
+        warn_if_not_learned(cfg, trainer, {"test/mse": 0.1})  # the mean's: 1/12
+    assert "test MSE 0.1 is above the 0.08" in caplog.text
+    assert "reconstructs worse than the mean does (its 3 epochs" in caplog.text
 
 
 def test_a_supervised_batch_larger_than_the_data_is_said_once_for_both_stages(tmp_path, caplog):

@@ -144,7 +144,8 @@ FULL_BATCH_ADVICE_MAX = 10_000
 def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
     """One warning line when the test error is many times that of reconstructing every test
     example by the training mean: the weights grew to finite nonsense (a learning rate far too
-    high, clipping that hid it) and the run's numbers and figures mean nothing."""
+    high, clipping that hid it) and the run's numbers and figures mean nothing; a softer one
+    when it is above the mean's at all (too few epochs, or a code that collapsed)."""
     mse = metrics.get("test/mse")
     x_train, x_test = trainer.data.x_train, trainer.data.x_test
     if mse is None or not math.isfinite(mse) or x_test is None or not len(x_test):
@@ -161,6 +162,16 @@ def warn_if_not_learned(cfg, trainer, metrics: dict, who: str = "") -> None:
             baseline,
             getattr(trainer, "lr_key", "optim.lr"),  # a layer's: pretrain.layer_lr
             cfg.optim.lr,
+            getattr(trainer, "epochs", cfg.trainer.epochs),
+        )
+    elif baseline > 0 and mse > baseline:  # e.g. a conv code that collapsed to the mean
+        log.warning(
+            "%stest MSE %.4g is above the %.4g of reconstructing every example by the "
+            "training mean: the model reconstructs worse than the mean does (its %s epochs "
+            "may be too few, or its code has collapsed)",
+            f"{who}: " if who else "",
+            mse,
+            baseline,
             getattr(trainer, "epochs", cfg.trainer.epochs),
         )
 
