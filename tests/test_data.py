@@ -320,6 +320,22 @@ def test_npy_standardize_and_image_layouts(tmp_path):
     np.testing.assert_allclose(ds.x_train.max(axis=(0, 1, 2)), [1, 1, 1])  # per channel
 
 
+def test_eight_bit_image_arrays_are_divided_by_255(tmp_path):
+    """uint8 pixels are 0..255, as MNIST's and TFDS's are: they were min-max scaled per
+    channel, which stretched a set whose brightest pixel is 200 and lost an RGB tint."""
+    rng = np.random.default_rng(4)
+    tint = np.array([85, 170, 200], np.uint8)  # each channel's brightest value
+    rgb = (rng.uniform(0, 1, (40, 6, 6, 3)) * tint).astype(np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    ds = load_array(tmp_path / "rgb.npy", test_fraction=0.25)
+    whole = np.concatenate([ds.x_train, ds.x_test])
+    np.testing.assert_allclose(whole.max(axis=(0, 1, 2)), rgb.max(axis=(0, 1, 2)) / 255)
+    assert ds.in_unit_interval
+    np.save(tmp_path / "float.npy", rgb.astype(np.float32))  # floats: min-max, as before
+    fitted = load_array(tmp_path / "float.npy", test_fraction=0.25)
+    np.testing.assert_allclose(fitted.x_train.max(axis=(0, 1, 2)), [1, 1, 1])
+
+
 def test_channels_first_images_are_moved_to_channels_last(tmp_path, caplog):
     """PyTorch's (N, C, H, W) was read as (N, H, W, C): a (300, 3, 20, 36) array trained
     3 x 20 images of 36 channels, at 100x PCA's error, without a word."""

@@ -520,4 +520,18 @@ def load_arrays(
                 "labels for both splits or for neither"
             )
     names = None if classes is None else tuple(str(c) for c in classes.tolist())
-    return RawData(x_train, y_train, x_test, y_test, is_image=x_train.ndim == 4, class_names=names)
+    is_image = x_train.ndim == 4
+    # 8-bit images are pixels of 0..255 (divided by 255, as MNIST's IDX files and TFDS's
+    # images are), not values to min-max: a set whose brightest pixel is 200 kept its contrast
+    held = [table[x_key]] + ([test_table[tx_key]] if test_path is not None else [])
+    held += [table["x_test"]] if "x_train" in table and "x_test" in table else []
+    eight_bit = is_image and all(a.dtype == np.uint8 for a in held)
+    return RawData(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        is_image=is_image,
+        class_names=names,
+        image_max=255.0 if eight_bit else None,
+    )
