@@ -296,8 +296,8 @@ def scale(
     With a known format maximum (``image_max``: 255 for 8-bit pixels, 16 for digits), ``unit``
     divides by it, ``standardize`` standardizes after that division and ``auto`` means
     ``unit``. Without one (arrays other than 8-bit images, tabular TFDS sets), ``unit`` is the
-    min-max scaling fitted on train (`unit_scale`) and ``auto`` means that. ``center`` is ``unit`` followed by
-    subtracting each feature's training mean (`center`).
+    min-max scaling fitted on train (`unit_scale`) and ``auto`` means that. ``center`` is
+    ``unit`` followed by subtracting each feature's training mean (`center`).
     """
     work = np.float64 if x_train.dtype == np.float64 else np.float32
     arrays = [np.array(x, dtype=work, order="C") for x in (x_train, *others)]  # fresh copies
