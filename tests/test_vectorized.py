@@ -142,6 +142,7 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").exists()
         assert "test/mse" in json.loads((d / "metrics.json").read_text())
+        assert json.loads((d / "metrics.json").read_text())["compile/epoch_traces"] == 1
         devices = json.loads((d / "run.json").read_text())["devices"]  # where it trained
         assert devices["parallel"] == "vmap" and devices["members"] == 4, devices
         # the job's train.log holds its group's lines, as a sequential job's holds its own,

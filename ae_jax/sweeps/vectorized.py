@@ -505,9 +505,15 @@ def train_group(
         epoch_fn = _group_epoch(trainer, layout, runs)
         abstract = _abstract_stack(trainer.init_state(abstract=True), n, mesh)
 
+        traces = []  # the group program is traced once (compile/epoch_traces, as a run's)
+
+        def counted_epoch(*args):
+            traces.append(1)
+            return epoch_fn(*args)
+
         def compile_epoch():
             start = time.perf_counter()
-            lowered = jax.jit(epoch_fn, donate_argnums=0).lower(
+            lowered = jax.jit(counted_epoch, donate_argnums=0).lower(
                 abstract, x_train, jnp.int32(0), hparams
             )
             options = compiler_options(trainer.parallel.devices)
@@ -629,6 +635,7 @@ def train_group(
             timing |= {
                 "time/train_seconds": seconds,  # the whole group's wall time, shared
                 "time/compile_seconds": compile_seconds,
+                "compile/epoch_traces": len(traces),
                 "train/samples_per_second": examples / seconds if seconds > 0 else math.nan,
                 "sweep/members": n,
             }
