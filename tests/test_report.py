@@ -184,6 +184,21 @@ def test_a_config_group_swept_is_one_axis_named_by_the_group(tmp_path):
     assert "| mlp | 1/1 |" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_a_top_level_value_is_no_config_group_and_decides_no_keys(tmp_path):
+    """Two sweeps reported together differ in `name` (a value, not a group), in the epochs and
+    in the noise: `name` was taken for a group's choice, the others folded into its axis, and
+    the table bolded the sweep that trained longer without saying it had."""
+    for i, (name, epochs, noise) in enumerate([("a", 5, "masking"), ("b", 3, "none")]):
+        d = tmp_path / str(i)
+        (d / ".hydra").mkdir(parents=True)
+        config = {"name": name, "trainer": {"epochs": epochs}, "noise": {"kind": noise}}
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+        (d / "metrics.json").write_text(json.dumps({"test/mse": 0.1 * (i + 1)}))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    (axis,) = swept_axes(collect_runs(tmp_path))
+    assert set(axis.keys) == {"name", "trainer.epochs", "noise.kind"}, axis
+
+
 def test_a_config_group_of_three_choices_is_one_axis_whatever_its_files_set(tmp_path):
     """model=linear,mlp,shallow: the keys the files set split the three runs differently from
     the choice (depth 0, 2, 0; code linear, linear, sigmoid; model=linear's own optimiser), and

@@ -398,8 +398,11 @@ def swept_axes(runs: list[Run], seed_keys: tuple[str, ...] = SEED_KEYS) -> list[
     # whose value follows from the choice (model.depth: 0, 2, 0; optim.lr, which model=linear
     # selects its own of) is part of the choice's axis, however it splits the runs, not an
     # axis of its own. Choices with more values decide first (model decides optim=adam_pca).
+    # (a group's choice has its config node beside it, model.*: a top-level value such as
+    # `name`, which differs between two sweeps reported together, decides nothing)
+    nodes = {k.split(".", 1)[0] for r in known for k in r.config if "." in k}
     choices = sorted(
-        (k for k in varying if "." not in k),
+        (k for k in varying if "." not in k and k in nodes),
         key=lambda g: (-len({_hashable(r.config.get(g)) for r in known}), g),
     )
     decided: set[str] = set()
