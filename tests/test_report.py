@@ -501,6 +501,26 @@ def test_command_line_writes_the_files_and_reports_counts(sweep, tmp_path, capsy
     assert printed.startswith("error: --metric test/mes: no completed run")
     assert "test/mse" in printed and len(printed.splitlines()) == 1
     assert not (tmp_path / "typo").exists()
+    # beside one that exists it was dropped without a word, the table a column short
+    assert (
+        main(
+            [
+                str(sweep),
+                "--out",
+                str(tmp_path / "typo"),
+                "--metric",
+                "test/mse",
+                "test/jacobain_fro",
+            ]
+        )
+        == 2
+    )
+    printed = capsys.readouterr().err.strip()
+    assert (
+        printed.startswith("error: --metric test/jacobain_fro: no completed run under ")
+        and "(did you mean test/jacobian_fro?)" in printed
+    )
+    assert not (tmp_path / "typo").exists()
     # an --out that cannot be made (under a file): one line naming it, no traceback
     (tmp_path / "a_file").write_text("")
     assert main([str(sweep), "--out", str(tmp_path / "a_file" / "report")]) == 2

@@ -138,11 +138,15 @@ def write_report(
     axes = swept_axes(runs, tuple(seed_keys) + searched)  # searched keys are no grid axes
     shown = present_metrics(runs, metrics)
     done = [r for r in runs if r.status == "completed"]
-    if metrics and done and not shown:  # every asked metric misspelt or absent: say which exist
+    missing = [m for m in metrics or () if m not in shown]
+    if missing and done:  # an asked metric misspelt or absent (one of several was dropped)
         have = sorted({k for r in done for k in r.metrics})
+        near = difflib.get_close_matches(missing[0], have, n=1)
         raise SweepDirError(
-            f"--metric {' '.join(metrics)}: no completed run under {root} has it; its runs' "
-            f"metrics: {', '.join(have)}"
+            f"--metric {' '.join(missing)}: no completed run under {root} has "
+            f"{'it' if len(missing) == 1 else 'them'}"
+            + (f" (did you mean {near[0]}?)" if near else "")
+            + f"; its runs' metrics: {', '.join(have)}"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
