@@ -199,6 +199,29 @@ def test_a_top_level_value_is_no_config_group_and_decides_no_keys(tmp_path):
     assert set(axis.keys) == {"name", "trainer.epochs", "noise.kind"}, axis
 
 
+@pytest.mark.parametrize("eval_level", [None, 0.25])
+def test_a_denoising_column_says_the_corruption_it_was_scored_at(tmp_path, eval_level):
+    """noise.level=0.2,0.4 with noise.eval_level null scores each level at itself: the
+    column bolded the lower level's error as the best, errors on different inputs."""
+    for i, level in enumerate([0.2, 0.4]):
+        d = tmp_path / "sweep" / str(i)
+        d.mkdir(parents=True)
+        noise = {"kind": "masking", "level": level, "eval_level": eval_level}
+        (d / "config.yaml").write_text(yaml.safe_dump({"noise": noise}))
+        metrics = {"test/mse": 0.05, "test/denoise_mse": 0.06 + 0.02 * i}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "status.json").write_text(json.dumps({"status": "completed"}))
+    write_report(tmp_path / "sweep", tmp_path / "out")
+    table = (tmp_path / "out" / "table.md").read_text()
+    if eval_level is None:
+        assert "| denoising MSE (each row at its own noise) |" in table
+        assert "**0.06**" not in table  # no best across different inputs
+    else:
+        assert "| denoising MSE (masking 0.25) |" in table and "**0.06**" in table
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert "denoising MSE (" in tex
+
+
 def test_a_config_group_of_three_choices_is_one_axis_whatever_its_files_set(tmp_path):
     """model=linear,mlp,shallow: the keys the files set split the three runs differently from
     the choice (depth 0, 2, 0; code linear, linear, sigmoid; model=linear's own optimiser), and

@@ -31,7 +31,7 @@ from matplotlib.transforms import offset_copy
 from ae_jax.evaluation.figures import reconstructions_figure
 from ae_jax.run_io import write_atomic
 from ae_jax.sweeps.collect import Axis, SearchParam, Study
-from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, sort_key
+from ae_jax.sweeps.summary import METRIC_LABELS, Row, format_value, metric_label, sort_key
 
 DPI = 150
 MAX_LINES = 10  # an axis figure's lines (values of the other axes); more are drawn as points
@@ -309,7 +309,7 @@ def axis_figure(
         _log_y_if_wide(ax)
         ax.set_xlabel(axis_label(axis, rows))
         ax.set_ylabel(METRIC_UNITS.get(metric, METRIC_LABELS.get(metric, metric)))
-        ax.set_title(METRIC_LABELS.get(metric, metric))
+        ax.set_title(metric_label(metric, rows))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

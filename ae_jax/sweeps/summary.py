@@ -183,12 +183,41 @@ def datasets(runs: list[Run]) -> list[str]:
     return list(seen.values())
 
 
+def eval_noises(rows: list[Row]) -> set[tuple]:
+    """The corruptions the completed runs' denoising metrics were scored at: (noise.kind, its
+    evaluation level: noise.eval_level, else the training noise.level)."""
+    out = set()
+    for row in rows:
+        for r in row.runs:
+            if r.status == "completed" and r.config:
+                level = r.config.get("noise.eval_level")
+                level = r.config.get("noise.level") if level is None else level
+                out.add((r.config.get("noise.kind"), level))
+    return out
+
+
+def metric_label(metric: str, rows: list[Row], labels: dict | None = None) -> str:
+    """A metric's column or panel name; a denoising metric's names the corruption it was
+    scored at, or says that each row has its own (a sweep over noise.level scores each level
+    at itself unless noise.eval_level fixes one)."""
+    label = (METRIC_LABELS if labels is None else labels).get(metric, metric)
+    if "denoise_mse" not in metric:
+        return label
+    noises = eval_noises(rows)
+    if len(noises) == 1:
+        kind, level = next(iter(noises))
+        return f"{label} ({kind} {format_value(level)})" if kind else label
+    return f"{label} (each row at its own noise)" if noises else label
+
+
 def _best(rows: list[Row], metric: str) -> int | None:
     """The row of the lowest mean; none where the rows are on several datasets, whose errors
-    do not compare."""
+    do not compare, or where a denoising metric was scored at several corruptions."""
     if metric not in LOWER_IS_BETTER or len(rows) < 2:
         return None
     if len(datasets([run for row in rows for run in row.runs])) > 1:
+        return None
+    if "denoise_mse" in metric and len(eval_noises(rows)) > 1:
         return None
     means = [row.stats[metric].mean if row.stats[metric].n else math.inf for row in rows]
     best = int(np.argmin(means))
@@ -216,7 +245,7 @@ def to_markdown(
     """A Markdown table (best mean in bold), then the error of every run that did not complete."""
     status = any(row.not_completed for row in rows)  # the column only when there is news
     header = [a.name for a in axes] or ["sweep"]
-    header += ["runs"] + [METRIC_LABELS.get(m, m) for m in metrics]
+    header += ["runs"] + [metric_label(m, rows) for m in metrics]
     header += ["not completed"] if status else []
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     best = {m: _best(rows, m) for m in metrics}
@@ -281,7 +310,12 @@ def _latex_escape(text: str) -> str:
 def to_latex(rows: list[Row], axes: list[Axis], metrics: list[str], caption: str = "") -> str:
     """A booktabs ``table`` environment; the best mean of lower-is-better metrics in bold."""
     header = [_latex_escape(a.name) for a in axes] + ["runs"]
-    header += [LATEX_LABELS.get(m, _latex_escape(METRIC_LABELS.get(m, m))) for m in metrics]
+    header += [
+        LATEX_LABELS[m]
+        if m in LATEX_LABELS and "denoise" not in m
+        else _latex_escape(metric_label(m, rows))
+        for m in metrics
+    ]
     status = any(row.not_completed for row in rows)
     header += ["not completed"] if status else []
     best = {m: _best(rows, m) for m in metrics}
