@@ -41,7 +41,9 @@ METRIC_UNITS = {
     "test/mse": "test MSE (per input element)",
     "test/pca_mse": "PCA test MSE (per input element)",
     "test/denoise_mse": "denoising MSE (corrupted in, clean target)",
-    "test/jacobian_fro": "‖∂code/∂x‖_F (mean over test examples)",
+    "test/jacobian_fro": (
+        r"$\Vert\partial\,\mathrm{code}/\partial x\Vert_F$ (mean over test examples)"
+    ),
     "test/mean_code_activation": "mean code activation",
     "test/code_nonzero_per_example": "active code units per example",
     "test/rmse": "test RMSE",
@@ -77,7 +79,11 @@ def x_scale(values: list[Any]) -> str:
     ):
         return "category"
     positive = [float(v) for v in values if v > 0]
-    if any(v < 0 for v in values) or len(positive) < 2 or max(positive) / min(positive) < 10:
+    # a doubling grid (code sizes 2, 4, 8, 16) is log-spaced whatever its span: it read as
+    # linear when its values spanned less than a decade, and log once a further value finished
+    doubling = len(positive) >= 3 and all(math.log2(v).is_integer() for v in positive)
+    wide = len(positive) >= 2 and max(positive) / min(positive) >= 10
+    if any(v < 0 for v in values) or not (wide or doubling):
         return "linear"
     return "log" if len(positive) == len(values) else "symlog"
 
@@ -309,7 +315,8 @@ def axis_figure(
         _log_y_if_wide(ax)
         ax.set_xlabel(axis_label(axis, rows))
         ax.set_ylabel(METRIC_UNITS.get(metric, METRIC_LABELS.get(metric, metric)))
-        ax.set_title(metric_label(metric, rows))
+        # (the tables' plain ‖J‖_F set as mathematics: "_F" was printed as it is)
+        ax.set_title(metric_label(metric, rows).replace("‖J‖_F", r"norm $\Vert J\Vert_F$"))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -389,6 +396,12 @@ def _draw_line(
     if dashed:
         style = {"linestyle": "--"} if connect else {"linestyle": "none", "marker": "_"}
         ax.plot(x, mean, color=color, linewidth=1.5, markersize=12, label=label, **style)
+    elif all(s.n < 2 for _, s in pts):  # one seed: no spread, no error-bar caps in the legend
+        line = "-" if connect else "none"
+        ax.plot(
+            x, mean, marker="o", markersize=4, color=color, linewidth=1.5, linestyle=line,
+            label=label,
+        )  # fmt: skip
     else:
         ax.errorbar(
             x,
