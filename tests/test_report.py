@@ -219,7 +219,7 @@ def test_a_denoising_column_says_the_corruption_it_was_scored_at(tmp_path, eval_
     else:
         assert "| denoising MSE (masking 0.25) |" in table and "**0.06**" in table
     tex = (tmp_path / "out" / "table.tex").read_text()
-    assert "denoising MSE (" in tex
+    assert "denoising MSE (" in tex and "One run per row.}" in tex  # no std over one seed
 
 
 def test_a_config_group_of_three_choices_is_one_axis_whatever_its_files_set(tmp_path):
@@ -324,6 +324,7 @@ def test_markdown_and_latex_show_failures_and_the_best_row(sweep, tmp_path):
     assert ERROR in md and "status.json says running" in md  # every error listed below
     tex = (tmp_path / "out" / "table.tex").read_text()
     assert r"model.latent\_dim" in tex and r"$0.0230 \pm 0.0036$" in tex
+    assert r"Mean $\pm$ sample std over seeds.}" in tex
     assert tex.count(r"\\") == 1 + len(LATENTS) and r"\bottomrule" in tex
     assert "- `8` (model.latent_dim=8): **failed**: " + ERROR in md  # relative to the sweep
     assert "`job model.latent_dim=32 trainer.seed=0 +sweep=latent`" in md
@@ -476,6 +477,8 @@ def test_mean_std_formatting():
     assert format_mean_std(Stat(0.0121275, math.nan, 1)) == "0.01213"
     assert format_mean_std(Stat(1.61, 0.0, 3)) == "1.61 ± 0"  # three seeds that agree
     assert format_mean_std(Stat(math.nan, math.nan, 0)) == "—"
+    # a saturated run's error in scientific notation (it was 62794409984 ± 5128161936)
+    assert format_mean_std(Stat(62794409984.0, 5128161936.0, 3)) == "6.28e+10 ± 5.1e+09"
 
 
 def test_a_job_holding_member_runs_is_their_container(tmp_path):

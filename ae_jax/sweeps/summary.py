@@ -160,6 +160,8 @@ def format_mean_std(stat: Stat, pm: str = " ± ") -> str:
     # "± 0" over several runs (they agree), nothing after a single run.
     if not (math.isfinite(stat.std) and stat.std > 1e-6 * abs(stat.mean)):
         return f"{stat.mean:.4g}" + (f"{pm}0" if stat.n > 1 else "")
+    if abs(stat.mean) >= 1e5:  # a run that saturated: 62794409984 ± 5128161936 read as noise
+        return f"{stat.mean:.3g}{pm}{stat.std:.2g}"
     decimals = min(max(1 - math.floor(math.log10(stat.std)), 0), 10)
     return f"{stat.mean:.{decimals}f}{pm}{stat.std:.{decimals}f}"
 
@@ -332,10 +334,12 @@ def to_latex(rows: list[Row], axes: list[Axis], metrics: list[str], caption: str
         cells += [_latex_escape(_status_text(row))] if status else []
         body.append(" & ".join(cells) + r" \\")
     cols = "l" * len(axes) + "r" * (len(metrics) + 1) + ("l" if status else "")
+    several = any(row.counts["completed"] > 1 for row in rows)
+    spread = r"Mean $\pm$ sample std over seeds." if several else "One run per row."
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        f"\\caption{{{_latex_escape(caption)} Mean $\\pm$ std over seeds.}}",
+        f"\\caption{{{_latex_escape(caption)} {spread}}}",
         f"\\begin{{tabular}}{{{cols}}}",
         r"\toprule",
         " & ".join(header) + r" \\",
