@@ -477,6 +477,11 @@ def test_mean_std_formatting():
     assert format_mean_std(Stat(0.0121275, math.nan, 1)) == "0.01213"
     assert format_mean_std(Stat(1.61, 0.0, 3)) == "1.61 ± 0"  # three seeds that agree
     assert format_mean_std(Stat(math.nan, math.nan, 0)) == "—"
+    from ae_jax.sweeps.summary import format_value
+
+    assert [format_value(v) for v in (1e6, 1e-5, 0.25, 3e-4, 2.5e10)] == [
+        "1e6", "1e-5", "0.25", "0.0003", "2.5e10"
+    ]  # fmt: skip
     # a saturated run's error in scientific notation (it was 62794409984 ± 5128161936)
     assert format_mean_std(Stat(62794409984.0, 5128161936.0, 3)) == "6.28e+10 ± 5.1e+09"
 

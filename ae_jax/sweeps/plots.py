@@ -357,9 +357,9 @@ def _mark_failed(ax, xs, label: str | None, top: bool = True) -> None:
     """Red crosses at ``xs`` on the plot's edge of the worse values (``top`` for a metric to
     minimise, so that a run with no value never reads as the best): runs or trials that have
     no value to plot."""
-    ax.plot(
+    ax.plot(  # just inside the edge: on the spine they were cut in half, at a corner more
         xs,
-        [1.0 if top else 0.0] * len(xs),
+        [0.97 if top else 0.03] * len(xs),
         "x",
         color="red",
         markersize=9,

@@ -147,8 +147,9 @@ def format_value(value: Any) -> str:
         return "—"
     if isinstance(value, tuple):
         return ", ".join(format_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # 1e6, 1e-5: without printf's "+0" (1e+06, 1e-05)
+        mantissa, e, exponent = f"{value:g}".partition("e")
+        return f"{mantissa}e{int(exponent)}" if e else mantissa
     return str(value)
 
 
