@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=None,
         metavar="KEY",
-        help="metrics to show, e.g. --metric test/mse test/denoise_mse "
+        help="metrics to show, e.g. --metric test/mse test/denoise_mse; test/mse brings "
+        "PCA's (test/pca_mse) beside it as its baseline "
         "(default: the fine-tuned and linear-probe test errors, test/mse, test/pca_mse and "
         "the denoising, Jacobian and code metrics that the runs have)",
     )
