@@ -336,6 +336,25 @@ def test_eight_bit_image_arrays_are_divided_by_255(tmp_path):
     np.testing.assert_allclose(fitted.x_train.max(axis=(0, 1, 2)), [1, 1, 1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_images_already_in_the_unit_interval_are_kept_as_they_are(tmp_path, dtype):
+    """Float pixels in [0, 1] (a PIL image / 255) and binary masks were min-max scaled per
+    channel, which stretched each colour on its own (a tint lost), and a uint8 0/1 mask was
+    divided by 255 (black)."""
+    rng = np.random.default_rng(5)
+    if dtype == np.uint8:
+        images = (rng.uniform(0, 1, (40, 6, 6, 3)) < 0.3).astype(dtype)  # a 0/1 mask
+    else:
+        images = (rng.uniform(0, 1, (40, 6, 6, 3)) * [0.3, 0.6, 0.9]).astype(dtype)  # a tint
+    np.save(tmp_path / "x.npy", images)
+    ds = load_array(tmp_path / "x.npy", test_fraction=0.25)
+    whole = np.concatenate([ds.x_train, ds.x_test])
+    np.testing.assert_allclose(
+        np.sort(whole.reshape(-1)), np.sort(images.reshape(-1).astype(np.float32)), rtol=1e-6
+    )
+    assert ds.in_unit_interval
+
+
 def test_channels_first_images_are_moved_to_channels_last(tmp_path, caplog):
     """PyTorch's (N, C, H, W) was read as (N, H, W, C): a (300, 3, 20, 36) array trained
     3 x 20 images of 36 channels, at 100x PCA's error, without a word."""

@@ -107,8 +107,9 @@ def test_members_that_change_the_program_run_as_separate_groups(tmp_path):
     assert group_by_program(trackers) == [[0, 1, 2, 3]]
 
 
-def _vmap_multirun(tmp_path, *overrides: str) -> str:
-    """``experiments/train.py --multirun hydra/launcher=vmap`` in a subprocess; its output."""
+def _vmap_multirun(tmp_path, *overrides: str, returncode: int = 0) -> str:
+    """``experiments/train.py --multirun hydra/launcher=vmap`` in a subprocess; its output
+    (its exit status ``returncode``: 2 when a job failed)."""
     import subprocess
     import sys
 
@@ -124,7 +125,7 @@ def _vmap_multirun(tmp_path, *overrides: str) -> str:
         *overrides,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
 
@@ -165,6 +166,25 @@ def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):
         "program share (they may differ in noise.level, noise.eval_level"
     ) in out
     assert out.count("vectorised sweep: 2 members in one program") == 2
+
+
+def test_a_group_the_data_refuses_fails_before_any_group_trains(tmp_path):
+    # kernel 9 is larger than digits' 8x8 images: a check that needs the loaded data, made for
+    # every group first (each against its own model, the dataset loaded once between them);
+    # the group that can train still does
+    out = _vmap_multirun(
+        tmp_path, "trainer.epochs=2", "model=conv", "model.kernel_size=3,9", returncode=2
+    )
+    refusal = "model.kernel_size=9 is larger than this dataset's 8x8 images; valid: 1 to 8"
+    assert refusal in out and out.index(refusal) < out.index("vectorised sweep: 1 member"), out
+    assert out.count("vectorised sweep: 1 member") == 1 and "epoch 2/2" in out
+    good, bad = (json.loads((tmp_path / j / "status.json").read_text()) for j in "01")
+    assert good["status"] == "completed" and "test/mse" in json.loads(
+        (tmp_path / "0" / "metrics.json").read_text()
+    )
+    assert bad["status"] == "failed" and refusal in bad["error"]
+    assert refusal in (tmp_path / "1" / "train.log").read_text()
+    assert refusal not in (tmp_path / "0" / "train.log").read_text()
 
 
 def test_the_launcher_spreads_a_group_over_the_hosts_cores(tmp_path):

@@ -526,6 +526,10 @@ def load_arrays(
     held = [table[x_key]] + ([test_table[tx_key]] if test_path is not None else [])
     held += [table["x_test"]] if "x_train" in table and "x_test" in table else []
     eight_bit = is_image and all(a.dtype == np.uint8 for a in held)
+    # Images already in [0, 1] (floats from a PIL / 255 conversion, binary masks, even as
+    # uint8 0/1) are unit pixels as they are: min-max per channel would stretch each colour on
+    # its own and change the images' colour balance (and divided by 255, a mask goes black)
+    unit = is_image and all(a.size and 0 <= np.min(a) and np.max(a) <= 1 for a in held)
     return RawData(
         x_train,
         y_train,
@@ -533,5 +537,5 @@ def load_arrays(
         y_test,
         is_image=is_image,
         class_names=names,
-        image_max=255.0 if eight_bit else None,
+        image_max=1.0 if unit else 255.0 if eight_bit else None,
     )

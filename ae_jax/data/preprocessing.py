@@ -31,7 +31,8 @@ class RawData:
     """A source's unscaled arrays; ``x_test`` is None when the source has no test split.
 
     ``image_max`` is the largest value the format can hold (255 for 8-bit pixels, 16 for the
-    digits set); it is None when the range is unknown and must be fitted on the data.
+    digits set, 1 for images already in [0, 1]); it is None when the range is unknown and must
+    be fitted on the data.
     """
 
     x_train: np.ndarray  # (N, *example_shape), any real dtype

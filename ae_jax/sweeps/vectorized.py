@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.features import write_run_info
+from ae_jax.models.builder import build_model
 from ae_jax.run_io import member_lines, write_history
 from ae_jax.training.checkpoint import Checkpointer
 from ae_jax.training.loop import Stage, checkpoint_schedule, run_stage, sigterm_flag
@@ -41,7 +42,12 @@ from ae_jax.training.parallel import compiler_options
 from ae_jax.training.rundir import claimed, completed_run
 from ae_jax.training.state import TrainState
 from ae_jax.training.step import DATA_AXIS, make_train_epoch
-from ae_jax.training.trainer import Trainer, divergence_hint, warn_if_anneal_unfinished
+from ae_jax.training.trainer import (
+    Trainer,
+    divergence_hint,
+    validate_against_data,
+    warn_if_anneal_unfinished,
+)
 
 log = logging.getLogger("ae_jax")
 
@@ -398,11 +404,30 @@ def finished_members(configs: list[Config], workdirs: list[Path]) -> dict[int, d
     return done
 
 
+def load_group_data(configs: list[Config], rundirs: list | None = None, data=None):
+    """The dataset a group of ``group_by_program`` trains on (``data`` when an earlier group
+    of the same data setting loaded it), checked against the group's model (the checks a
+    ``Trainer`` makes: value range, image size against the kernel, layers against the
+    halvings) and against each member's earlier run (``rundirs``, claimed).
+    ``hydra/launcher=vmap`` calls it for every group before any group trains, so that a group
+    the data refuses costs the sweep no training; raises ConfigError, DataError or
+    RunDirError."""
+    base = configs[0]
+    if data is None:
+        data = load_dataset(base.data)
+    for rundir in rundirs or []:
+        rundir.check_data(data, base.data)
+    validate_against_data(base, data, is_code=False)  # is_code: its warning comes once, later
+    build_model(base.model, data.example_shape)
+    return data
+
+
 def train_group(
     configs: list[Config],
     workdirs: list[Path],
     hydra_files: list[dict] | None = None,
     rundirs: list | None = None,
+    data=None,
 ) -> list[dict[str, float]]:
     """Train configs that share one program (see ``group_by_program``) as one vmapped program
     through the one loop: a stage whose state has a leading members axis, checkpointed for all
@@ -412,7 +437,8 @@ def train_group(
     member's metrics ({} for a failed one). ``rundirs``: the members' directories already
     claimed by the caller (``claimed``; the caller releases them), so that a directory holding
     another run refuses its own member before the group is formed; otherwise they are claimed
-    here, and one such directory refuses the group."""
+    here, and one such directory refuses the group. ``data``: the group's dataset from
+    ``load_group_data`` (with those ``rundirs``); loaded and checked here when not given."""
     from ae_jax.outputs import (
         describe,
         epoch_logger,
@@ -434,6 +460,7 @@ def train_group(
             [workdirs[i] for i in order],
             None if hydra_files is None else [hydra_files[i] for i in order],
             None if rundirs is None else [rundirs[i] for i in order],
+            data,
         )
         back: list[dict] = [{} for _ in configs]
         for k, i in enumerate(order):
@@ -465,9 +492,8 @@ def train_group(
             for c, w, h, r in zip(configs, workdirs, records, rundirs or [None] * n)
         ]
         stack.enter_context(sigterm_flag())
-        data = load_dataset(base.data)
-        for rundir in rundirs:
-            rundir.check_data(data, base.data)
+        if data is None:
+            data = load_group_data(configs, rundirs)
         trainer = Trainer(base, data)  # a batch larger than the data: the whole split
         t = trainer.cfg.trainer
         layout = group_layout(n, requested, t.batch_size)

@@ -265,6 +265,7 @@ class VmapLauncher(Launcher):
             group_by_program,
             grouping_settings,
             host_cores_as_devices,
+            load_group_data,
             train_group,
         )
         from ae_jax.training.loop import Preempted
@@ -294,9 +295,34 @@ class VmapLauncher(Launcher):
                 jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
             if len(done) < len(group):
                 groups.append([g for k, g in enumerate(group) if k not in done])
-        if not alone and groups:  # jobs trained alone keep one device, as they would sequentially
-            host_cores_as_devices(max(len(g) for g in groups))
+        # Every group's data is loaded and checked against its model before any group trains:
+        # a group the data refuses (a kernel larger than the images, bce on data outside
+        # [0, 1], a member's earlier run on other data) fails in one line, at no cost to the
+        # groups that can train. Groups of the same data setting share one loaded dataset.
+        loaded: dict[str, Any] = {}
+        ready = []
         for group in groups:
+            members = [valid[g] for g in group]
+            with job_logs([(jobs[m][1], log_files[m]) for m in members]):
+                try:
+                    key = repr(configs[group[0]].data)
+                    loaded[key] = load_group_data(
+                        [configs[g] for g in group],
+                        [rundirs[m] for m in members],
+                        loaded.get(key),
+                    )
+                    ready.append((group, loaded[key]))
+                except USER_ERRORS as err:
+                    log.error(
+                        "vectorised group of jobs %s: %s: %s", members, type(err).__name__, err
+                    )
+                    for m in members:
+                        _fail_or_refuse(jobs[m][1], err)
+                        jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
+        log_files = [[{**f, "mode": "a"} for f in files] for files in log_files]  # opened above
+        if not alone and ready:  # jobs trained alone keep one device, as they would sequentially
+            host_cores_as_devices(max(len(g) for g, _ in ready))
+        for group, data in ready:
             members = [valid[g] for g in group]
             try:
                 with job_logs([(jobs[m][1], log_files[m]) for m in members]):
@@ -305,6 +331,7 @@ class VmapLauncher(Launcher):
                         [jobs[m][1] for m in members],
                         hydra_files=[records[m] for m in members],
                         rundirs=[rundirs[m] for m in members],
+                        data=data,
                     )
             except Preempted as err:
                 status, code = stop_status()
