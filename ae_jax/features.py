@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from ae_jax.chunks import map_in_chunks
-from ae_jax.config import Config, load_config
+from ae_jax.config import Config, ConfigError, load_config
 from ae_jax.data import Dataset, load_dataset
 from ae_jax.models import build_model, resolve_output_activation
 from ae_jax.training.objective import Objective, build_objective
@@ -145,7 +145,7 @@ def load_run(run_dir: str | Path) -> Run:
                 f"{str(path)!r} has no {name}; give the directory of a finished run (written by "
                 "experiments/train.py: it holds config.yaml and params.msgpack)"
             )
-    cfg = load_config(str(path / CONFIG_FILE))
+    cfg = _stored_config(path / CONFIG_FILE)
     info_path = path / RUN_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else _info_from_data(cfg)
     shape = tuple(int(s) for s in info["example_shape"])
@@ -168,6 +168,25 @@ def load_run(run_dir: str | Path) -> Run:
         cfg, model, info["output_activation"], info["low"], info["high"], steps_per_epoch=1
     )
     return Run(path, cfg, params, objective, shape)
+
+
+def _stored_config(f: Path) -> Config:
+    """A run's ``config.yaml`` read back; RunError when it is damaged (not YAML, empty, or a
+    value no config takes), naming the file and Hydra's copy to restore it from."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        stored = yaml.safe_load(f.read_text())
+        if not isinstance(stored, dict) or not stored:
+            raise ValueError("it holds no config")
+        return load_config(str(f))
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, ConfigError) as err:
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise RunError(
+            f"{str(f)!r} cannot be read ({problem}); this run's config is damaged: restore it "
+            "(Hydra's copy is .hydra/config.yaml)"
+        ) from err
 
 
 def _as_examples(run: Run, x) -> np.ndarray:
@@ -234,7 +253,9 @@ def reconstruct(run: Run, x) -> np.ndarray:
 
 def run_data_config(run: Run):
     """The run's ``data`` config, its relative file paths read from where the run was trained
-    (Hydra's record of the job, ``.hydra/hydra.yaml``: ``hydra.runtime.cwd``), not from here."""
+    (Hydra's record of the job, ``.hydra/hydra.yaml``: ``hydra.runtime.cwd``), not from here:
+    from here only when the file is no longer there (a project moved; the data's fingerprint,
+    checked by the caller, tells a look-alike file apart)."""
     import yaml
 
     data = run.cfg.data
@@ -248,7 +269,7 @@ def run_data_config(run: Run):
         value = getattr(data, key, None)
         if value and not Path(str(value)).expanduser().is_absolute():
             there = cwd / str(value)
-            if there.exists() and not Path(str(value)).exists():
+            if there.exists() or not Path(str(value)).exists():
                 moved[key] = str(there)
     return dataclasses.replace(data, **moved) if moved else data
 

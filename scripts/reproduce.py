@@ -481,21 +481,30 @@ def errors_in(log: Path, start: int, most: int = 3) -> list[str]:
 def reproduce(name: str) -> int:
     from ae_jax.training.rundir import RunDirError, hold_lock
 
-    RUNS.mkdir(exist_ok=True)
     log = RUNS / f"{name}.log"
     try:  # held until this process ends, however it ends
+        RUNS.mkdir(exist_ok=True)
         hold_lock(
             RUNS / f".{name}.lock",
             f"reproduction {name!r}",
             f"wait for it to finish (its console is {log}), or stop it (kill <pid>: its runs "
             "save their checkpoints, and the same command resumes them)",
         )
+        out = log.open("a")
     except RunDirError as err:
         print(f"error: {err}", flush=True)
         return 2
+    except OSError as err:  # runs/ unwritable, or a file of that name: nothing has started
+        where = err.filename or RUNS
+        print(
+            f"error: {where}: {err.strerror or err}; this script keeps its runs, logs and locks "
+            f"in {RUNS}, which must be a writable directory",
+            flush=True,
+        )
+        return 2
     started = time.time()
     rc = 0
-    with log.open("a") as out:
+    with out:
         for cmd in commands(name):
             stamp = time.strftime("%H:%M:%S")
             print(f"[{stamp}] {name}: {' '.join(cmd[1:])} (log {log})", flush=True)

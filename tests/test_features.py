@@ -105,6 +105,21 @@ def test_bad_runs_and_inputs_are_refused(trained_run, tmp_path):
     (other / "config.yaml").write_text(text)
     with pytest.raises(RunError, match="does not fit|shape"):
         load_run(other)
+    # a damaged config.yaml: tracebacks of yaml and omegaconf before, and an empty one said
+    # that params.msgpack did not fit
+    damaged = {
+        "garbage: [\n": "expected",
+        "": "it holds no config",
+        "model: {latent_dim: foo}\n": "foo",
+    }
+    for text, problem in damaged.items():
+        (other / "config.yaml").write_text(text)
+        with pytest.raises(RunError) as err:
+            load_run(other)
+        assert str(err.value).startswith(f"{str(other / 'config.yaml')!r} cannot be read (")
+        assert problem in str(err.value) and str(err.value).endswith(
+            "restore it (Hydra's copy is .hydra/config.yaml)"
+        ), err.value
     run = load_run(trained_run)
     with pytest.raises(RunError, match=r"x has shape \(3, 10\)"):
         embed(run, np.zeros((3, 10), np.float32))
@@ -319,3 +334,31 @@ def test_embed_writes_the_validation_codes_and_checks_out_before_computing(
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert err[0].endswith(f"--out {tmp_path / 'other.npz'} cannot be written: Permission denied")
+
+
+def test_a_relative_data_path_is_read_from_where_the_run_started(tmp_path, monkeypatch):
+    """embed.py in another directory holding a different file of the same relative name read
+    that file, and refused the run as trained on other data."""
+    import types
+
+    import yaml
+
+    from ae_jax.config import DataConfig
+    from ae_jax.features import run_data_config
+
+    started, here = tmp_path / "project", tmp_path / "elsewhere"
+    for d in (started, here):
+        (d / "data").mkdir(parents=True)
+        (d / "data" / "x.csv").write_text("1,2\n3,4\n")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    record = {"hydra": {"runtime": {"cwd": str(started)}}}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(record))
+    fake = types.SimpleNamespace(path=run, cfg=types.SimpleNamespace(data=DataConfig(
+        source="array", path="data/x.csv", test_path="data/test.csv")))  # fmt: skip
+    monkeypatch.chdir(here)
+    data = run_data_config(fake)
+    assert data.path == str(started / "data" / "x.csv")  # not ./data/x.csv
+    assert data.test_path == str(started / "data" / "test.csv")  # named where it was read
+    (started / "data" / "x.csv").unlink()  # the project moved: the file found here instead
+    assert run_data_config(fake).path == "data/x.csv"

@@ -226,3 +226,24 @@ def test_publish_only_says_what_it_published_and_when_nothing(tmp_path, monkeypa
         out[0] == f"toy: published nothing (no finished run of it in {tmp_path / 'runs' / 'toy'})"
     )
     assert out[-1].startswith("wrote ") and not (tmp_path / "results" / "toy").exists()
+
+
+@pytest.mark.parametrize("fault", ["a file", "an unwritable log"])
+def test_an_unusable_runs_directory_is_one_line_before_anything_runs(
+    tmp_path, monkeypatch, capsys, fault
+):
+    # a traceback before (FileExistsError from runs/'s mkdir, PermissionError from its log)
+    m = _load_script(tmp_path, monkeypatch)
+    m.REPRODUCTIONS = {"toy": m.Reproduction(["trainer.epochs=2"], {"": "toy"})}
+    monkeypatch.setattr(m, "run_command", lambda *a: pytest.fail("a command ran"))
+    runs = tmp_path / "runs"
+    if fault == "a file":
+        runs.write_text("not a directory\n")
+    else:
+        (runs / "toy.log").mkdir(parents=True)  # opening it to append fails, as unwritable
+    monkeypatch.setenv("AE_JAX_MNIST_DIR", str(tmp_path))
+    assert m.main(["toy"]) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and out.startswith("error: "), out
+    named = runs if fault == "a file" else runs / "toy.log"
+    assert f"{named}: " in out and f"in {runs}, which must be a writable directory" in out
