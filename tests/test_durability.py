@@ -463,7 +463,7 @@ def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(
     assert again.returncode == 0, log[-3000:]
     assert "pretrain.probe: false -> true; pretrain.supervised_epochs: 4 -> 3; " in log
     assert "pretrain.supervised_lr: 0.001 -> 0.003: stage " in log
-    assert "supervised trains again (earlier checkpoints kept as <stage>/checkpoints-b" in log
+    assert "supervised trains again (earlier checkpoints and results kept as <stage>/chec" in log
     for stage in ("pretrain/layer_0", "pretrain/layer_2", "finetune"):
         assert f"[{stage}] stage complete" in log and f"[{stage}] epoch" not in log, stage
     assert "[supervised] epoch 1/3" in log
@@ -471,8 +471,12 @@ def test_a_pipeline_rerun_with_new_supervised_settings_reuses_every_other_stage(
     assert after["test/mse"] == before["test/mse"]  # the same deep AE, reused
     assert after["supervised/test/error_pct"] != before["supervised/test/error_pct"]
     assert "probe/error_pct" in after
-    [kept] = (run / "supervised").glob("checkpoints-before-*")
-    assert sorted(p.name for p in kept.iterdir()) == ["4"]
+    [kept] = (run / "supervised").glob("checkpoints-before-*")  # with the results they gave
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "4", "history.csv", "history.jsonl", "params.msgpack"
+    ]  # fmt: skip
+    [old] = run.glob("metrics-before-*.json")
+    assert _metrics(old) == before
     # The trackers: the rerun's are new runs, the earlier ones kept as they were. They used
     # to go on in the earlier runs: TensorBoard drew the stage's epochs 1-3 twice, once per
     # config, and MLflow skipped the new epochs as logged already and kept the old params.
@@ -850,6 +854,9 @@ def test_a_rerun_says_which_stages_train_again_and_which_it_turns_on(tmp_path, c
 
     (tmp_path / "supervised" / "checkpoints" / "4").mkdir(parents=True)
     (tmp_path / "baseline" / "supervised").mkdir(parents=True)
+    # the earlier settings' results: a rerun stopped part-way left them beside the new config
+    (tmp_path / "supervised" / "params.msgpack").write_bytes(b"earlier")
+    (tmp_path / "metrics.json").write_text('{"supervised/test/error_pct": 3.61}')
     old = {"pretrain": {"supervised": True, "baseline": False, "supervised_lr": 1e-3}}
     new = {"pretrain": {"supervised": True, "baseline": True, "supervised_lr": 3e-3}}
     rundir = RunDir(tmp_path)
@@ -859,11 +866,18 @@ def test_a_rerun_says_which_stages_train_again_and_which_it_turns_on(tmp_path, c
         rundir._set_aside_stages()
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"{tmp_path} holds this run with pretrain.baseline: false -> true; ")
-    assert ": stages supervised, baseline/supervised train again (earlier checkpoints kept" in line
+    assert ": stages supervised, baseline/supervised train again (earlier checkpoints and" in line
     assert line.endswith(
         "the stages that pretrain.baseline=true turns on train; the other stages are reused"
     )
     assert list((tmp_path / "supervised").glob("checkpoints-before-*/4"))
+    [kept] = (tmp_path / "supervised").glob("checkpoints-before-*/params.msgpack")
+    assert (
+        kept.read_bytes() == b"earlier"
+        and not (tmp_path / "supervised" / "params.msgpack").exists()
+    )
+    [old_metrics] = tmp_path.glob("metrics-before-*.json")
+    assert "3.61" in old_metrics.read_text() and not (tmp_path / "metrics.json").exists()
 
 
 def test_more_epochs_refused_say_why_they_do_not_extend_the_run():

@@ -340,8 +340,8 @@ def _stages(cfg: Config, workdir: Path, rundir, stack: contextlib.ExitStack) -> 
     if rundir.main:  # from the start: a rerun on changed data is refused (RunDir.check_data)
         write_run_info(workdir, data, trainer.output_activation, trainer_devices(trainer))
     # a finished pipeline (completed, its metrics.json written at the end) is evaluated
-    # again, not trained: its trackers already hold it. (A changed rerun killed part-way
-    # leaves the earlier metrics.json, and its next session trains and must be tracked.)
+    # again, not trained: its trackers already hold it. (A changed rerun moves the earlier
+    # metrics.json aside, RunDir.start, and its status says running until it completes.)
     finished = (
         t.resume and rundir.completed() and (workdir / "metrics.json").exists()
     ) and not rundir.changed

@@ -314,7 +314,11 @@ class RunDir:
 
     def _set_aside_stages(self) -> None:
         """The stages a changed setting invalidates (``self.redo``) train again: their
-        checkpoints move to ``<stage>/checkpoints-before-<time>`` (kept, never resumed)."""
+        checkpoints and results (parameters, histories) move to
+        ``<stage>/checkpoints-before-<time>`` (kept, never resumed), and when a stage trains,
+        the run's ``metrics.json``, which the rerun writes anew, to
+        ``metrics-before-<time>.json``: a rerun stopped part-way leaves no numbers of the
+        earlier settings beside the new config."""
         if not self.changed:
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -322,14 +326,23 @@ class RunDir:
         moved = False
         for stage in present:
             old = self.path / stage / "checkpoints"
+            kept = old.with_name(f"checkpoints-before-{stamp}")
             if old.is_dir() and any(old.iterdir()):
-                old.rename(old.with_name(f"checkpoints-before-{stamp}"))
+                old.rename(kept)
                 moved = True
+            for f in old.parent.iterdir():  # the stage's results: trained again, written anew
+                if f.is_file():
+                    kept.mkdir(exist_ok=True)
+                    f.rename(kept / f.name)
+                    moved = True
         said = f"{self.path} holds this run with {'; '.join(self.changed)}"
         switches = ("pretrain.supervised", "pretrain.baseline", "pretrain.probe")
         added = [k for k in switches if f"{k}: false -> true" in self.changed]
+        metrics = self.path / "metrics.json"
+        if (present or added) and metrics.is_file():  # else evaluated again in seconds
+            metrics.rename(metrics.with_name(f"metrics-before-{stamp}.json"))
         if present or added:
-            kept = f" (earlier checkpoints kept as <stage>/checkpoints-before-{stamp})"
+            kept = f" (earlier checkpoints and results kept as <stage>/checkpoints-before-{stamp})"
             parts = []
             if present:
                 verb = "stage {} trains" if len(present) == 1 else "stages {} train"
