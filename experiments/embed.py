@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
         "split (default: the run's pretrain.probe_l2)",
     )
     args = parser.parse_args(argv)
+    given = [
+        o for o, v in (("--probe-steps", args.probe_steps), ("--probe-l2", args.probe_l2)) if v
+    ]
+    if given and not args.probe:  # they were ignored without a word
+        verb = "tunes" if len(given) == 1 else "tune"
+        parser.error(f"{' and '.join(given)} {verb} the linear probe, which runs with --probe")
     if args.probe_steps is not None and args.probe_steps < 1:
         parser.error(f"--probe-steps {args.probe_steps}: give a positive number of steps")
     if args.probe_l2 is not None and not all(v >= 0 and np.isfinite(v) for v in args.probe_l2):

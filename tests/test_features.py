@@ -279,6 +279,10 @@ def test_embed_command_faults_are_one_line_before_any_compute(trained_run, tmp_p
     refused([unlabelled, "--probe"], "--probe: unlabelled has no labels")
     refused([trained_run, "--out", tmp_path / "no-dir" / "z.npz"], "does not exist")
     refused([trained_run, "--probe", "--probe-steps", "0"], "--probe-steps 0")
+    refused([trained_run, "--probe-l2", "1e-3"], "--probe-l2 tunes the linear probe, which ru")
+    refused(  # they were ignored without a word
+        [trained_run, "--probe-steps", "9", "--probe-l2", "1"], "--probe-steps and --probe-l2 tune"
+    )
     # an --out that would replace a file of another kind: the run's parameters, data, ...
     params = (trained_run / "params.msgpack").read_bytes()
     refused([trained_run, "--out", trained_run / "params.msgpack"], "give a path ending in .npz")

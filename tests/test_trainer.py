@@ -350,6 +350,17 @@ def test_progress_lines_read_at_a_glance():
     line = progress_line(stage, row, elapsed=1.5, start_epoch=0)
     assert "error_pct 90.77% | val error_pct 88.89% | " in line
     assert line.endswith("1.5s elapsed, eta 173,611,111d 2h"), line
+    # a diverging run's loss was printed in all its 28 digits, a linear AE's at PCA's
+    # optimum as 0.00000
+    row = {"epoch": 2, "train/loss": 2.6966872e27, "train/loss/rec": 2.6966872e27}
+    row["train/loss/l1"] = 1.234e-7
+    line = progress_line(stage, row, elapsed=1.5, start_epoch=0)
+    assert "| loss 2.697e+27 (rec 2.697e+27 + l1 1.234e-07) |" in line, line
+    from ae_jax.training.loop import loss_text
+
+    assert [loss_text(v) for v in (0.0436123, 0.0, 12345.6, float("nan"))] == [
+        "0.04361", "0.00000", "12345.60000", "nan"
+    ]  # fmt: skip
 
 
 def test_a_groups_progress_names_its_members_by_their_jobs():

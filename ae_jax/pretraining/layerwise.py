@@ -31,7 +31,7 @@ from ae_jax.data import Dataset
 from ae_jax.evaluation.metrics import warn_if_not_learned
 from ae_jax.models.builder import default_widths
 from ae_jax.training.checkpoint import Checkpointer
-from ae_jax.training.loop import raise_if_preempted
+from ae_jax.training.loop import loss_text, raise_if_preempted
 from ae_jax.training.trainer import Trainer
 
 log = logging.getLogger("ae_jax")
@@ -238,10 +238,10 @@ def pretrain_layers(
         metrics["train/loss"] = history[-1]["train/loss"]
         results.append(LayerResult(i, params, history, metrics, trainer))
         log.info(
-            "layer %d: train loss %.5f, test mse %s, %.1fs",
+            "layer %d: train loss %s, test mse %s, %.1fs",
             i,
-            metrics["train/loss"],
-            f"{metrics['test/mse']:.5f}" if evaluate else "-",
+            loss_text(metrics["train/loss"]),
+            loss_text(metrics["test/mse"]) if evaluate else "-",
             timing["time/train_seconds"],
         )
         if evaluate:  # a layer that grew to nonsense, before the stages after it fail on it

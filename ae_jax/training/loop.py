@@ -230,10 +230,13 @@ def progress_line(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> 
     done = e - start_epoch
     rate = done * stage.steps_per_epoch * stage.batch_size / elapsed if elapsed > 0 else math.nan
     eta = elapsed / max(done, 1) * (total - e)
-    parts = [f"{stage.label}epoch {e:>{len(str(total))}}/{total}", f"loss {row['train/loss']:.5f}"]
+    parts = [
+        f"{stage.label}epoch {e:>{len(str(total))}}/{total}",
+        f"loss {loss_text(row['train/loss'])}",
+    ]
     terms = sorted((k for k in row if k.startswith("train/loss/")), key=lambda k: k[11:] != "rec")
     if len(terms) > 1:
-        parts[-1] += " (" + " + ".join(f"{k[11:]} {row[k]:.5f}" for k in terms) + ")"
+        parts[-1] += " (" + " + ".join(f"{k[11:]} {loss_text(row[k])}" for k in terms) + ")"
     for key in ("train/error_pct",):
         if key in row:
             parts.append(f"{key[6:]} {row[key]:.2f}%")
@@ -243,6 +246,16 @@ def progress_line(stage: Stage, row: dict, elapsed: float, start_epoch: int) -> 
             parts.append(f"{key.replace('/', ' ')} {shown}")
     parts += [f"{rate:,.0f} ex/s", f"{duration(elapsed, 1)} elapsed, eta {duration(eta)}"]
     return " | ".join(parts)
+
+
+def loss_text(value: float) -> str:
+    """A loss on a console line: five decimals (0.04361), or where those say little, four
+    significant digits in scientific notation (1.234e-07 for a linear AE at PCA's optimum,
+    2.697e+27 for a diverging run, whose digits were printed in full)."""
+    value = float(value)
+    if value == 0 or not math.isfinite(value) or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.5f}"
+    return f"{value:.3e}"
 
 
 def duration(seconds: float, decimals: int = 0) -> str:
