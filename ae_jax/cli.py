@@ -519,24 +519,43 @@ def score_of(cfg: Any, metrics: dict) -> float:
     return float(metrics[key])
 
 
-def job_score(cfg: Any, metrics: dict, search: bool | None = None) -> float:
-    """``score_of`` for the entry points and launchers: a score key missing from the metrics
-    is one error line and exit status 2 (the run's own files are already written). ``search``:
-    whether the job is a trial of a hyperparameter search (None: ask Hydra's config of the
-    running job; a launcher that trains outside its jobs' Hydra context says so itself)."""
+def job_score(
+    cfg: Any, metrics: dict, search: bool | None = None, workdir: str | Path | None = None
+) -> float:
+    """``score_of`` for the entry points and launchers. A score key missing from the metrics
+    (the run's own files are already written) is one error line: a single run exits with
+    status 2; a multirun's job (``workdir``) fails alone, with the score of a failed job, and
+    the other jobs or trials go on (the multirun's summary lists it; a code as wide as the
+    data has no ``*/mse_over_pca``, so one trial of a search over code sizes may lack it).
+    ``search``: whether the job is a trial of a hyperparameter search (None: ask Hydra's
+    config of the running job; a launcher that trains outside its jobs' Hydra context, and
+    in a multirun, says so itself)."""
+    multirun = search is not None or _in_multirun()
+    if search is None:
+        search = _in_search()
     try:
         value = score_of(cfg, metrics)
     except ConfigError as err:
-        log.error("ConfigError: %s", err)
-        sys.exit(2)
-    if search is None:
-        search = _in_search()
+        if not multirun:
+            log.error("ConfigError: %s", err)
+            sys.exit(2)
+        log.error("%sConfigError: %s", f"{workdir}: " if workdir else "", err)
+        if workdir is not None:
+            failed_unrecorded(workdir, f"ConfigError: {err}")
+        value = float("nan")
     if math.isnan(value) and search:
         # Optuna 2.x cannot record a NaN (and the released sweeper then ends the whole search
         # with a traceback): a failed trial scores +inf, the worst value, and the search goes
         # on; its status.json keeps the reason and the multirun summary lists it.
         return float("inf")
     return value
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _in_search() -> bool:

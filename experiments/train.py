@@ -59,7 +59,8 @@ def main(cfg: DictConfig) -> float:
     metrics = run_or_exit(
         train_and_evaluate, cfg, hydra_cfg.runtime.output_dir, exit_on_error=not multirun
     )
-    return job_score(cfg, metrics)  # what the sweeper gets: metrics[score] (NaN if failed)
+    # what the sweeper gets: metrics[score] (NaN if failed)
+    return job_score(cfg, metrics, workdir=hydra_cfg.runtime.output_dir)
 
 
 if __name__ == "__main__":

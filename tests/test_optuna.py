@@ -65,6 +65,24 @@ def test_a_score_missing_from_the_metrics_is_one_line_naming_it_and_the_keys(cap
     assert "val/msee" in line and "test/mse, val/mse" in line and "\n" not in line
 
 
+@pytest.mark.parametrize("launcher", ["basic", "vmap"])
+def test_a_job_whose_metrics_lack_the_score_fails_alone_and_the_multirun_goes_on(
+    tmp_path, launcher
+):
+    # a code as wide as digits' 64 pixels writes no */mse_over_pca: the job's score exited
+    # the whole multirun (status 2, no summary), and the next job never ran
+    cmd = [sys.executable, "experiments/train.py", "--multirun", f"hydra/launcher={launcher}"]
+    cmd += ["data.validation=0.15", "score=val/mse_over_pca", "model.latent_dim=70,8"]
+    cmd += ["trainer.epochs=2", "trainer.figures=false", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    said = "ConfigError: score=val/mse_over_pca is not a metric of this run; choose one of"
+    assert f"{tmp_path / '0'}: {said}" in out, out[-3000:]
+    assert "multirun " in out and "1 job(s) failed:" in out, out[-3000:]  # the summary
+    assert "val/mse_over_pca" in json.loads((tmp_path / "1" / "metrics.json").read_text())
+
+
 def test_a_val_score_needs_a_validation_split_and_a_bad_key_is_refused():
     with pytest.raises(ConfigError, match="score=val/mse needs a validation split"):
         validate(make_config("score=val/mse"))

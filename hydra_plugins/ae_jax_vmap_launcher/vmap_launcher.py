@@ -292,7 +292,7 @@ class VmapLauncher(Launcher):
                     first + m,
                     jobs[m][1],
                 )
-                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
             if len(done) < len(group):
                 groups.append([g for k, g in enumerate(group) if k not in done])
         # Every group's data is loaded and checked against its model before any group trains:
@@ -358,7 +358,7 @@ class VmapLauncher(Launcher):
                     jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
                 continue
             for m, metrics in zip(members, results):
-                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search)
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
             stop_multirun_if_asked(f"the group of jobs {members} is complete")
 
 
@@ -434,7 +434,7 @@ def _run_alone(cfg, workdir, record, ret, search: bool) -> None:
     from ae_jax.train import train_and_evaluate
 
     metrics = run_or_exit(train_and_evaluate, cfg, workdir, exit_on_error=False, hydra_files=record)
-    ret._return_value = job_score(cfg, metrics, search)
+    ret._return_value = job_score(cfg, metrics, search, workdir)
 
 
 def _write_status(workdir, status, **fields):
