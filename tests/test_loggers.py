@@ -516,6 +516,44 @@ def test_wandb_keeps_every_stage_of_a_layerwise_run(tmp_path, wandb_env, png):
     assert defined.get("finetune/*") == "finetune/epoch", defined
 
 
+def test_a_new_run_in_a_reused_directory_path_is_a_new_run_of_a_shared_mlflow_store(
+    tmp_path, monkeypatch
+):
+    # Matched by its directory's path alone, a run made where a deleted one had been went on
+    # in the deleted run's MLflow run: its params were the old ones, its epochs skipped as
+    # logged already. A resumed session still goes on in its own.
+    pytest.importorskip("mlflow")
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    run_dir = tmp_path / "run"
+
+    def session(lr, epochs):
+        config = {**CONFIG, "optim": {"lr": lr}}
+        loggers = open_loggers(
+            {"mlflow": {"tracking_uri": uri}}, workdir=run_dir, run_name="r", config=config
+        )
+        for epoch in epochs:
+            loggers.log_metrics({"train/loss": lr * epoch}, step=epoch)
+        return loggers
+
+    session(1.0, range(1, 4)).close()
+    shutil.rmtree(run_dir)  # the run deleted; its MLflow run stays in the shared store
+    session(2.0, range(1, 3)).close("preempted")
+    session(2.0, range(3, 5)).close()  # resumed: the same MLflow run goes on
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ae-jax").experiment_id])
+    by_lr = {r.data.params["optim.lr"]: r for r in runs}
+    assert sorted(by_lr) == ["1.0", "2.0"], [r.data.params.get("optim.lr") for r in runs]
+    history = client.get_metric_history(by_lr["2.0"].info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(e, 2.0 * e) for e in range(1, 5)]
+    assert by_lr["2.0"].info.status == "FINISHED"
+
+
 def test_a_shared_mlflow_database_keeps_its_artifacts_beside_it_and_must_be_writable(
     tmp_path, png, monkeypatch
 ):

@@ -11,7 +11,8 @@ set for it and ``/`` in metric names becomes ``.`` there (``train.loss.rec``).
 
 Params are the flattened resolved config (values cut to MLflow's 6000 characters), metrics the
 history rows with ``step`` = epoch plus the final metrics, images artifacts under
-``images/epoch_<step>/<tag>.png``.
+``images/epoch_<step>/<tag>.png``. The run directory records its MLflow run
+(``mlflow_run.json``), which a resumed session goes on in.
 """
 
 from __future__ import annotations
@@ -215,14 +216,8 @@ def open_mlflow(
             )
         except MlflowException:  # another job of the sweep created it meanwhile
             experiment_id = client.get_experiment_by_name(settings.experiment).experiment_id
-    here = str(workdir.resolve())
-    tags = {RUN_DIR_TAG: here, **({"group": group} if group else {})}
-    earlier = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quoted(here)}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    tags = {RUN_DIR_TAG: _here(workdir), **({"group": group} if group else {})}
+    earlier = _earlier_run(client, experiment_id, workdir, uri, own_store)
     if earlier and fresh:  # an earlier run of another config: kept, and this one is new
         tags["ae_jax.follows"] = earlier[0].info.run_id
         earlier = []
@@ -231,6 +226,10 @@ def open_mlflow(
         client.update_run(run.info.run_id, status="RUNNING")
     else:
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    from ae_jax.run_io import write_json_atomic
+
+    record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
+    write_json_atomic(workdir / RUN_RECORD, record)
     logger = MlflowLogger(client, run.info.run_id, file_store=_is_file_store(uri))
     if earlier:
         logger._params.update(run.data.params)  # the earlier session's: kept as they are
@@ -241,6 +240,44 @@ def open_mlflow(
 
 
 RUN_DIR_TAG = "ae_jax.run_dir"  # the run directory an MLflow run belongs to
+RUN_RECORD = "mlflow_run.json"  # in the run directory: the MLflow run its sessions log to
+
+
+def _earlier_run(client: Any, experiment_id: str, workdir: Path, uri: str, own_store: bool):
+    """The MLflow run an earlier session of this run directory began (a list of one), or [].
+
+    Found by the id the directory records (``RUN_RECORD``), so that a new run in a directory
+    of the same path (the earlier one deleted, its runs kept in a shared store) is a new
+    MLflow run: matched by the path alone, it went on in the deleted run's, its epochs skipped
+    as logged already and its params kept. A directory's own store (``mlflow.db`` inside
+    it), which goes with the directory, is also searched by the path (runs from before the
+    record)."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        record = json.loads((workdir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("tracking_uri") == uri and record.get("run_id"):
+        try:
+            run = client.get_run(str(record["run_id"]))
+        except MlflowException:  # the store no longer holds it: a new run
+            return []
+        return [run] if run.info.lifecycle_stage == "active" else []
+    if not own_store:
+        return []
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quoted(_here(workdir))}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+
+
+def _here(workdir: Path) -> str:
+    return str(Path(workdir).resolve())
 
 
 def _sqlite_file(uri: str) -> Path | None:
