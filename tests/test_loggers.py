@@ -230,6 +230,29 @@ def test_a_resumed_session_logs_the_final_metrics_at_the_runs_last_step(tmp_path
     assert [e.step for e in acc.Scalars("pretrain/layer_0/train/loss")] == [1, 2, 3]
 
 
+def test_an_extended_run_draws_its_new_final_metrics_in_tensorboard(tmp_path):
+    # A run extended by more trainer.epochs: the first session's final test/mse counted as one
+    # of the run's per-epoch tags, so the second session wrote no final metrics and the
+    # HParams tab kept the first session's numbers.
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+    settings = {"tensorboard": TensorBoardSettings(flush_secs=1, hparams=False)}
+    first = open_loggers(settings, workdir=tmp_path, run_name="r", config=CONFIG)
+    for epoch in (1, 2):
+        first.log_metrics({"train/loss": 1.0 / epoch}, step=epoch)
+    first.log_hparams(CONFIG, {"train/loss": 0.5, "test/mse": 0.5})
+    first.close()
+    again = open_loggers(settings, workdir=tmp_path, run_name="r", config=CONFIG)
+    for epoch in (3, 4):
+        again.log_metrics({"train/loss": 1.0 / epoch}, step=epoch)
+    again.log_hparams(CONFIG, {"train/loss": 0.25, "test/mse": 0.125})
+    again.close()
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("test/mse")] == [(2, 0.5), (4, 0.125)]
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]  # no stray final point
+
+
 # ------------------------------------------------------------------------------------ wandb
 
 

@@ -93,6 +93,12 @@ def filter_events(path: Path, drop) -> int:
     return count
 
 
+# The description of a final metric's scalar (``log_hparams``): a later session of the run, which
+# trains further (more trainer.epochs), writes its own at its last step, as it writes its
+# epochs' scalars; counted as per-epoch tags, the first session's final values were kept.
+FINAL_METRIC = "final metric"
+
+
 def _scalar_tags_and_last_step(paths: list[Path]) -> tuple[set[str], int]:
     """The scalar tags and the largest step of the event files ``paths`` (a file or record that
     cannot be read ends what is read of it)."""
@@ -110,8 +116,11 @@ def _scalar_tags_and_last_step(paths: list[Path]) -> tuple[set[str], int]:
                 event = Event.FromString(payload)
             except Exception:  # a torn write: the rest of the file is not read
                 break
-            scalars = [
-                v.tag for v in event.summary.value if v.WhichOneof("value") == "simple_value"
+            scalars = [  # a session's final metrics are not the run's per-epoch tags
+                v.tag
+                for v in event.summary.value
+                if v.WhichOneof("value") == "simple_value"
+                and v.metadata.summary_description != FINAL_METRIC
             ]
             if scalars:
                 tags.update(scalars)
@@ -193,11 +202,14 @@ class TensorBoardLogger:
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         # Final metrics that are not already per-epoch scalars become scalars at the last step;
         # the HParams tab reads each metric's latest scalar of this run.
-        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
         final = {k: v for k, v in metrics.items() if k not in self._scalars}
         if final:
-            values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in final.items()]
+            mark = SummaryMetadata(summary_description=FINAL_METRIC)
+            values = [
+                Summary.Value(tag=k, simple_value=float(v), metadata=mark) for k, v in final.items()
+            ]
             self._write(Summary(value=values), self._last_step)
             self._scalars.update(final)
         if self.settings.hparams:
