@@ -156,6 +156,31 @@ def test_vmap_launcher_runs_a_multirun_as_one_program(tmp_path):
         assert f"test: mse={mse:.5g}" in log, log
 
 
+def test_a_finished_vmap_sweep_run_again_leaves_its_trackers_as_they_were(tmp_path):
+    # Evaluated again with their trackers open, its members logged their images and final
+    # metrics a second time (TensorBoard and MLflow twice at the last step, W&B a second
+    # session); a finished single run opens none.
+    args = ("trainer.epochs=2", "optim.lr=1e-3,2e-3")
+
+    def trackers():
+        return {
+            str(p.relative_to(tmp_path)): p.stat().st_size
+            for p in tmp_path.glob("*/tensorboard/**/*")
+            if p.is_file()
+        }
+
+    _vmap_multirun(tmp_path, *args)
+    first = trackers()
+    assert len(first) >= 2, first
+    again = _vmap_multirun(tmp_path, *args)
+    assert "vectorised sweep: 2 members" in again  # evaluated again, as documented
+    assert trackers() == first
+    assert all(
+        json.loads((tmp_path / j / "status.json").read_text())["status"] == "completed"
+        for j in "01"
+    )
+
+
 def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):
     out = _vmap_multirun(
         tmp_path, "trainer.epochs=2", "trainer.figures=false", "model.latent_dim=4,8",

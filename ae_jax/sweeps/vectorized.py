@@ -485,6 +485,12 @@ def train_group(
     # one: _group_epoch); the members axis is what is spread over the devices.
     base = dataclasses.replace(base, trainer=dataclasses.replace(base.trainer, devices=1))
     workdirs = [Path(w) for w in workdirs]
+    # members that completed this very run (a finished sweep run again): evaluated again
+    # without their trackers, as a finished single run is, which already hold them (their
+    # images and final metrics were logged twice)
+    finished = [
+        c.trainer.resume and completed_run(c, w) is not None for c, w in zip(configs, workdirs)
+    ]
     with contextlib.ExitStack() as stack:
         records = hydra_files or [{} for _ in configs]
         rundirs = [
@@ -605,8 +611,8 @@ def train_group(
         )
         group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
         loggers = [
-            stack.enter_context(open_run_loggers(c, w, group=group))
-            for c, w in zip(configs, workdirs)
+            stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
+            for c, w, done in zip(configs, workdirs, finished)
         ]
         hooks = [epoch_logger(lg) for lg in loggers]
 
