@@ -181,6 +181,21 @@ def test_a_finished_vmap_sweep_run_again_leaves_its_trackers_as_they_were(tmp_pa
     )
 
 
+def test_a_group_whose_tracker_cannot_be_opened_fails_in_one_line_before_compiling(tmp_path):
+    # Its members were left saying "running", with the error in no train.log, and a report
+    # said they had been killed
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "tensorboard").write_text("a file where the events directory goes\n")
+    out = _vmap_multirun(tmp_path, "trainer.epochs=2", "optim.lr=1e-3,2e-3", returncode=2)
+    said = f"LoggerError: logger=tensorboard could not be opened in {tmp_path / '1'}"
+    assert f"vectorised group of jobs [0, 1]: {said}" in out, out[-3000:]
+    assert "epoch 1/2" not in out and "Traceback" not in out
+    for job in "01":
+        status = json.loads((tmp_path / job / "status.json").read_text())
+        assert status["status"] == "failed" and said in status["error"], status
+        assert said in (tmp_path / job / "train.log").read_text()
+
+
 def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):
     out = _vmap_multirun(
         tmp_path, "trainer.epochs=2", "trainer.figures=false", "model.latent_dim=4,8",

@@ -561,6 +561,14 @@ def train_group(
                 .compile()
             )
 
+        group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
+        # Opened before compiling and before any member's files change: a tracker that cannot be opened (a member's
+        # tensorboard/ unwritable) refuses the group with each member's directory as it was,
+        # not begun (it had said running, with no word of why)
+        loggers = [
+            stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
+            for c, w, done in zip(configs, workdirs, finished)
+        ]
         with ThreadPoolExecutor(2, thread_name_prefix="ae_jax-compile") as pool:
             compiling = pool.submit(compile_epoch)
             evaluating = pool.submit(compile_evaluation)
@@ -609,11 +617,6 @@ def train_group(
             member_hints=[divergence_hint(c) for c in configs],
             **trainer.selection(),  # val/ curve; early stopping per member
         )
-        group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
-        loggers = [
-            stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
-            for c, w, done in zip(configs, workdirs, finished)
-        ]
         hooks = [epoch_logger(lg) for lg in loggers]
 
         def on_member_epoch(i: int, row: dict) -> None:

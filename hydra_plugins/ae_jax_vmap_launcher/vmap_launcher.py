@@ -324,8 +324,9 @@ class VmapLauncher(Launcher):
             host_cores_as_devices(max(len(g) for g, _ in ready))
         for group, data in ready:
             members = [valid[g] for g in group]
-            try:
-                with job_logs([(jobs[m][1], log_files[m]) for m in members]):
+            # the group's error line reaches its members' train.log too, as a run's does
+            with job_logs([(jobs[m][1], log_files[m]) for m in members]):
+                try:
                     results = train_group(
                         [configs[g] for g in group],
                         [jobs[m][1] for m in members],
@@ -333,32 +334,36 @@ class VmapLauncher(Launcher):
                         rundirs=[rundirs[m] for m in members],
                         data=data,
                     )
-            except Preempted as err:
-                status, code = stop_status()
-                for m in members:
-                    _write_status(jobs[m][1], status, message=str(err))
-                log.warning("%s", err)
-                sys.exit(code)  # the same command resumes every group
-            except (*USER_ERRORS, OSError) as err:
-                written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
-                if written:  # a file the group could not write (a full disk): one line naming it
-                    err = RunDirError(os_error_line(err, jobs[members[0]][1]))
-                log.error("vectorised group of jobs %s: %s: %s", members, type(err).__name__, err)
-                for m in members:
-                    if written:  # these jobs began: it is their failure, not a refusal
+                except Preempted as err:
+                    status, code = stop_status()
+                    for m in members:
+                        _write_status(jobs[m][1], status, message=str(err))
+                    log.warning("%s", err)
+                    sys.exit(code)  # the same command resumes every group
+                except (*USER_ERRORS, OSError) as err:
+                    written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
+                    if (
+                        written
+                    ):  # a file the group could not write (a full disk): one line naming it
+                        err = RunDirError(os_error_line(err, jobs[members[0]][1]))
+                    log.error(
+                        "vectorised group of jobs %s: %s: %s", members, type(err).__name__, err
+                    )
+                    for m in members:
+                        if written:  # these jobs began: it is their failure, not a refusal
+                            _fail(jobs[m][1], err)
+                        else:
+                            _fail_or_refuse(jobs[m][1], err)
+                        jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
+                    continue
+                except Exception as err:
+                    log.exception("vectorised group of jobs %s failed", members)
+                    for m in members:
                         _fail(jobs[m][1], err)
-                    else:
-                        _fail_or_refuse(jobs[m][1], err)
-                    jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
-                continue
-            except Exception as err:
-                log.exception("vectorised group of jobs %s failed", members)
-                for m in members:
-                    _fail(jobs[m][1], err)
-                    jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
-                continue
-            for m, metrics in zip(members, results):
-                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
+                        jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
+                    continue
+                for m, metrics in zip(members, results):
+                    jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
             stop_multirun_if_asked(f"the group of jobs {members} is complete")
 
 
