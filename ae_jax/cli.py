@@ -150,17 +150,22 @@ def drop_import_log_handler() -> None:
 def quiet_console() -> None:
     """Keep library chatter (JAX's "Unable to initialize backend 'tpu'" on every CPU run, and
     the like) off the console: console handlers pass ae_jax's and Hydra's own lines and any
-    warning; everything still reaches ``train.log``."""
-
-    def ours(record: logging.LogRecord) -> bool:
-        return record.name.startswith(("ae_jax", "hydra", "__main__"))
-
+    library warning without a traceback (a tracker's store failing mid-run: MLflow logged two
+    SQLAlchemy tracebacks, 60 lines, before our one-line warning); everything still reaches
+    ``train.log``."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             guard_log_file(handler)
         elif isinstance(handler, logging.StreamHandler):
-            handler.addFilter(lambda r: ours(r) or r.levelno >= logging.WARNING)
+            handler.addFilter(on_console)
             handler.handleError = _console_error_handler(handler)
+
+
+def on_console(record: logging.LogRecord) -> bool:
+    """Whether a log record reaches the console (``quiet_console``)."""
+    if record.name.startswith(("ae_jax", "hydra", "__main__")):
+        return True
+    return record.levelno >= logging.WARNING and not record.exc_info
 
 
 def _console_error_handler(handler: logging.StreamHandler) -> Callable[[logging.LogRecord], None]:

@@ -266,6 +266,29 @@ def test_a_file_that_cannot_be_written_names_itself_and_keeps_the_earlier_one(tm
     assert " free there); free space and run the same command again: it resumes" in line
 
 
+def test_the_console_keeps_library_chatter_and_tracebacks_off():
+    # a tracker's store failing mid-run: MLflow logged two SQLAlchemy tracebacks (60 lines)
+    # before our one-line warning; they stay in train.log
+    import logging
+    import sys
+
+    from ae_jax.cli import on_console
+
+    def record(name, level, exc=False):
+        try:
+            raise OSError("database is locked")
+        except OSError:
+            info = sys.exc_info() if exc else None
+        return logging.LogRecord(name, level, __file__, 1, "message", None, info)
+
+    assert on_console(record("ae_jax", logging.INFO))
+    assert on_console(record("ae_jax.train", logging.ERROR, exc=True))  # ours, as they are
+    assert on_console(record("hydra", logging.INFO))
+    assert on_console(record("mlflow.store", logging.WARNING))  # a library's word, alone
+    assert not on_console(record("mlflow.store.db.utils", logging.ERROR, exc=True))
+    assert not on_console(record("jax._src.xla_bridge", logging.INFO))
+
+
 def test_a_log_file_that_can_no_longer_be_written_is_dropped_with_one_warning(
     tmp_path, capsys, caplog
 ):

@@ -562,9 +562,9 @@ def train_group(
             )
 
         group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
-        # Opened before compiling and before any member's files change: a tracker that cannot be opened (a member's
-        # tensorboard/ unwritable) refuses the group with each member's directory as it was,
-        # not begun (it had said running, with no word of why)
+        # Opened before compiling and before any member's files change: a tracker that cannot
+        # be opened (a member's tensorboard/ unwritable) fails the group at once, its members
+        # not begun (they had said running, with no word of why)
         loggers = [
             stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
             for c, w, done in zip(configs, workdirs, finished)
