@@ -3,7 +3,9 @@ Jacobian norm, and the PCA baseline at the same code size.
 
 Names follow docs/references.md#conventions: ``mse`` is per-pixel (mean over examples and
 features), ``sse_per_example`` is Hinton & Salakhutdinov's per-image squared error (sum over
-features, mean over examples), ``bce`` is the per-pixel binary cross-entropy.
+features, mean over examples), ``bce`` is the per-pixel binary cross-entropy of the
+reconstruction (from the logits of a sigmoid output; a linear output's x̂ clipped to
+[1e-7, 1 - 1e-7]).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ae_jax.evaluation.pca import (
     widest_settled_code,
 )
 from ae_jax.objectives.losses import (
+    binary_cross_entropy,
     binary_cross_entropy_with_logits,
     squared_error,
     sum_squared_error,
@@ -54,7 +57,13 @@ def make_per_example_eval(objective: Objective):
         out = {
             "se": squared_error(recon, x),  # (B,)
             "sse": sum_squared_error(recon, x),
-            "bce": binary_cross_entropy_with_logits(logits, x),
+            # of the reconstruction the model makes: a linear output's x̂ is no logit (it was
+            # scored as sigmoid(x̂), near ln 2 for any good reconstruction)
+            "bce": (
+                binary_cross_entropy_with_logits(logits, x)
+                if objective.output_activation == "sigmoid"
+                else binary_cross_entropy(recon, x)
+            ),
             "code_mean": jnp.mean(code, axis=-1),
             "code_nonzero": jnp.sum(jnp.abs(code) > NONZERO_EPS, axis=-1).astype(jnp.float32),
             "code_active": (jnp.abs(code) > NONZERO_EPS).reshape(code.shape[0], -1),  # (B, k)

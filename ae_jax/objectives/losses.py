@@ -153,6 +153,22 @@ def binary_cross_entropy_with_logits(logits: jnp.ndarray, target: jnp.ndarray) -
     return _per_example_mean(_bce(logits, target), None)
 
 
+BCE_EPS = 1e-7  # a reconstruction in [0, 1] is clipped to [eps, 1 - eps] (Keras's epsilon)
+
+
+def binary_cross_entropy(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """Per-example mean binary cross-entropy of targets in [0, 1] under a reconstruction x̂
+    taken as the probabilities, clipped to [``BCE_EPS``, 1 - ``BCE_EPS``] (Keras's
+    ``binary_crossentropy`` of outputs that are no logits): the held-out BCE of a model with a
+    linear output, whose decoder output is the reconstruction itself, not a logit.
+
+    Returns:
+      (B,) mean over the features.
+    """
+    p = jnp.clip(recon, BCE_EPS, 1.0 - BCE_EPS)
+    return _per_example_mean(-(target * jnp.log(p) + (1.0 - target) * jnp.log1p(-p)), None)
+
+
 def reconstruction_loss(
     kind: str,
     logits: jnp.ndarray,
