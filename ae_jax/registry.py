@@ -197,9 +197,14 @@ class KLSparseConfig(TermConfig):
             raise ConfigError(
                 f"{prefix}.estimate={self.estimate!r} is not valid; choose one of: batch, running"
             )
-        ok = isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum <= 1.0
+        # 1 would keep the running estimate at its start, the target: the penalty and its
+        # gradient 0 for the whole run, without a word
+        ok = isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0
         if not ok:
-            raise ConfigError(f"{prefix}.momentum={self.momentum!r} must be a number in [0, 1]")
+            raise ConfigError(
+                f"{prefix}.momentum={self.momentum!r} must be a number in [0, 1) (at 1 the "
+                "running estimate never leaves the target, and the penalty is 0)"
+            )
         code = cfg.model.code_activation
         if code != "sigmoid" or cfg.model.kind == "linear":
             raise ConfigError(

@@ -61,6 +61,15 @@ def test_every_group_option_composes_and_validates(override):
             r"reg.kl_sparse.target=1.5",
         ),
         (["reg=l1", "reg.l1.strength=-1"], r"reg.l1.strength=-1"),
+        (  # accepted, it turned the penalty off: the running estimate never left the target
+            [
+                "reg=kl_sparse",
+                "model=shallow",
+                "reg.kl_sparse.estimate=running",
+                "reg.kl_sparse.momentum=1.0",
+            ],
+            r"reg.kl_sparse.momentum=1.0 must be a number in \[0, 1\) \(at 1 the running",
+        ),  # fmt: skip
         # one range for both (-1 was told [0.0, inf], which 0 is in, and 0 was told > 0)
         (["optim.lr=0"], r"optim.lr=0(\.0)? is not valid; it must be a finite number > 0\.0$"),
         (["optim.lr=-1"], r"optim.lr=-1(\.0)? is not valid; it must be a finite number > 0\.0$"),
