@@ -108,7 +108,10 @@ def jacobian_sq(model: nn.Module, params, x: jax.Array, dense_code, closed_form:
 
 
 def contractive_term(cfg: ContractiveConfig, inp: TermInputs) -> jax.Array:
-    """``mean_b ||J_f(x_b)||_F^2`` (Rifai et al. 2011), closed form or autodiff."""
+    """``mean_b ||J_f(x_b)||_F^2`` (Rifai et al. 2011), closed form or autodiff, at the input
+    the encoder saw: with denoising noise on, the corrupted x̃_b (the contraction of the map
+    the model trains; it costs no second encoder pass), while ``test/jacobian_fro`` is
+    measured at clean test inputs."""
     closed = contractive_closed_form(cfg, inp.model)
     return jnp.mean(jacobian_sq(inp.model, inp.params, inp.x_in, inp.dense_code, closed))
 
