@@ -1047,10 +1047,23 @@ def validate(cfg: Config) -> Config:
             f"noise.level={n.level} with noise.kind=none has no effect; "
             "pick a corruption (noise=gaussian|masking|salt_pepper) or set noise.level=0"
         )
+    if n.kind == "none" and n.eval_level:  # no test/denoise_mse came of it, without a word
+        raise ConfigError(
+            f"noise.eval_level={n.eval_level} with noise.kind=none measures nothing; pick the "
+            "corruption to measure denoising under (noise=gaussian|masking|salt_pepper with "
+            "noise.level=0 to train on clean inputs) or leave noise.eval_level unset"
+        )
     _finite("noise.alpha", n.alpha, 0.0)
     _finite("noise.beta", n.beta, 0.0)
     if n.alpha == 0 and n.beta == 0:
         raise ConfigError("noise.alpha=0 and noise.beta=0 leave no reconstruction loss")
+    emphasis = n.alpha != 1.0 or n.beta != 1.0
+    if emphasis and n.kind != "none" and not CORRUPTIONS.entry(n.kind).info.get("probability"):
+        raise ConfigError(  # every element counts as corrupted: alpha only scaled the loss
+            f"noise.alpha={n.alpha} / noise.beta={n.beta} weigh the corrupted inputs against "
+            f"the others, but noise={n.kind} corrupts every input; emphasis needs a "
+            "corruption that leaves some untouched (noise=masking or salt_pepper)"
+        )
 
     for name, term in cfg.reg.items():
         term.check(cfg, f"reg.{name}")

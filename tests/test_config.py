@@ -61,6 +61,13 @@ def test_every_group_option_composes_and_validates(override):
             r"reg.kl_sparse.target=1.5",
         ),
         (["reg=l1", "reg.l1.strength=-1"], r"reg.l1.strength=-1"),
+        # both accepted without a word: no test/denoise_mse came of the first, and the second
+        # only scaled the loss (every element counts as corrupted)
+        (["noise.eval_level=0.3"], r"noise.eval_level=0.3 with noise.kind=none measures nothing"),
+        (
+            ["noise=gaussian", "noise.level=0.3", "noise.alpha=2"],
+            r"noise.alpha=2(\.0)? / noise.beta=1(\.0)? weigh .* noise=gaussian corrupts every",
+        ),
         (  # accepted, it turned the penalty off: the running estimate never left the target
             [
                 "reg=kl_sparse",
