@@ -181,19 +181,23 @@ def test_a_finished_vmap_sweep_run_again_leaves_its_trackers_as_they_were(tmp_pa
     )
 
 
-def test_a_group_whose_tracker_cannot_be_opened_fails_in_one_line_before_compiling(tmp_path):
-    # Its members were left saying "running", with the error in no train.log, and a report
-    # said they had been killed
+def test_a_member_whose_tracker_cannot_be_opened_fails_alone_and_the_others_train(tmp_path):
+    # Its group failed whole, every member left saying "running", with the error in no
+    # train.log, and a report said they had been killed
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "tensorboard").write_text("a file where the events directory goes\n")
-    out = _vmap_multirun(tmp_path, "trainer.epochs=2", "optim.lr=1e-3,2e-3", returncode=2)
+    out = _vmap_multirun(tmp_path, "trainer.epochs=2", "optim.lr=1e-3,2e-3,3e-3", returncode=2)
     said = f"LoggerError: logger=tensorboard could not be opened in {tmp_path / '1'}"
-    assert f"vectorised group of jobs [0, 1]: {said}" in out, out[-3000:]
-    assert "epoch 1/2" not in out and "Traceback" not in out
-    for job in "01":
-        status = json.loads((tmp_path / job / "status.json").read_text())
-        assert status["status"] == "failed" and said in status["error"], status
-        assert said in (tmp_path / job / "train.log").read_text()
+    assert f"job #1: {said}" in out and "the group's 2 other jobs train without it" in out
+    assert out.index(said) < out.index("vectorised sweep: 2 members"), out[-3000:]
+    assert "Traceback" not in out and out.count("epoch 2/2") == 1
+    refused = json.loads((tmp_path / "1" / "status.json").read_text())
+    assert refused["status"] == "failed" and said in refused["error"], refused
+    assert said in (tmp_path / "1" / "train.log").read_text()
+    for job in "02":
+        assert json.loads((tmp_path / job / "status.json").read_text())["status"] == "completed"
+        assert list((tmp_path / job / "tensorboard").glob("events.out.tfevents.*"))
+    assert f"{tmp_path / '1'}: {said}" in out  # the multirun's summary
 
 
 def test_the_launcher_says_which_settings_split_a_sweep_into_groups(tmp_path):

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ae_jax.config import Config, ConfigError, to_yaml, validate
 from ae_jax.data import load_dataset
 from ae_jax.features import write_run_info
+from ae_jax.loggers import LoggerError
 from ae_jax.models.builder import build_model
 from ae_jax.run_io import member_lines, write_history
 from ae_jax.training.checkpoint import Checkpointer
@@ -163,6 +164,16 @@ def host_cores_as_devices(members: int) -> int:
     except RuntimeError:  # JAX has already started (e.g. an earlier batch of this sweep)
         return 1
     return count
+
+
+class MemberRefused(Exception):
+    """One member of a group cannot begin (its tracker cannot be opened; ``error``, a
+    LoggerError), found before anything is compiled or written: the caller fails that member
+    and trains the others without it. ``index``: its place in the caller's ``configs``."""
+
+    def __init__(self, index: int, error: Exception):
+        super().__init__(f"member {index}: {type(error).__name__}: {error}")
+        self.index, self.error = index, error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,13 +466,16 @@ def train_group(
     # (shared_draws); each member's results go back to its place in the caller's order.
     order = sorted(range(len(configs)), key=lambda i: configs[i].trainer.seed)
     if order != list(range(len(configs))):
-        ordered = train_group(
-            [configs[i] for i in order],
-            [workdirs[i] for i in order],
-            None if hydra_files is None else [hydra_files[i] for i in order],
-            None if rundirs is None else [rundirs[i] for i in order],
-            data,
-        )
+        try:
+            ordered = train_group(
+                [configs[i] for i in order],
+                [workdirs[i] for i in order],
+                None if hydra_files is None else [hydra_files[i] for i in order],
+                None if rundirs is None else [rundirs[i] for i in order],
+                data,
+            )
+        except MemberRefused as err:  # named by its place in the caller's order
+            raise MemberRefused(order[err.index], err.error) from err.error
         back: list[dict] = [{} for _ in configs]
         for k, i in enumerate(order):
             back[i] = ordered[k]
@@ -562,13 +576,17 @@ def train_group(
             )
 
         group = Path(os.path.commonpath([str(w.absolute()) for w in workdirs])).name
-        # Opened before compiling and before any member's files change: a tracker that cannot
-        # be opened (a member's tensorboard/ unwritable) fails the group at once, its members
-        # not begun (they had said running, with no word of why)
-        loggers = [
-            stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
-            for c, w, done in zip(configs, workdirs, finished)
-        ]
+        # Opened before compiling and before any member's files change: a member whose tracker
+        # cannot be opened (its tensorboard/ unwritable) is refused alone (MemberRefused), and
+        # the others train without it (they had all been left saying running, without a word)
+        loggers = []
+        for i, (c, w, done) in enumerate(zip(configs, workdirs, finished)):
+            try:
+                loggers.append(
+                    stack.enter_context(open_run_loggers(c, w, main=not done, group=group))
+                )
+            except LoggerError as err:
+                raise MemberRefused(i, err) from err
         with ThreadPoolExecutor(2, thread_name_prefix="ae_jax-compile") as pool:
             compiling = pool.submit(compile_epoch)
             evaluating = pool.submit(compile_evaluation)

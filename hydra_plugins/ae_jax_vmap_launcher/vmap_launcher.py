@@ -255,9 +255,6 @@ class VmapLauncher(Launcher):
         from ae_jax.cli import (
             USER_ERRORS,
             job_score,
-            os_error_line,
-            stop_multirun_if_asked,
-            stop_status,
         )
         from ae_jax.sweeps.vectorized import (
             VECTORIZABLE,
@@ -266,10 +263,7 @@ class VmapLauncher(Launcher):
             grouping_settings,
             host_cores_as_devices,
             load_group_data,
-            train_group,
         )
-        from ae_jax.training.loop import Preempted
-        from ae_jax.training.rundir import RunDirError
 
         programs = group_by_program(configs)
         if len(programs) > 1:
@@ -323,48 +317,75 @@ class VmapLauncher(Launcher):
         if not alone and ready:  # jobs trained alone keep one device, as they would sequentially
             host_cores_as_devices(max(len(g) for g, _ in ready))
         for group, data in ready:
-            members = [valid[g] for g in group]
-            # the group's error line reaches its members' train.log too, as a run's does
-            with job_logs([(jobs[m][1], log_files[m]) for m in members]):
-                try:
-                    results = train_group(
-                        [configs[g] for g in group],
-                        [jobs[m][1] for m in members],
-                        hydra_files=[records[m] for m in members],
-                        rundirs=[rundirs[m] for m in members],
-                        data=data,
-                    )
-                except Preempted as err:
-                    status, code = stop_status()
-                    for m in members:
-                        _write_status(jobs[m][1], status, message=str(err))
-                    log.warning("%s", err)
-                    sys.exit(code)  # the same command resumes every group
-                except (*USER_ERRORS, OSError) as err:
-                    written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
-                    if (
-                        written
-                    ):  # a file the group could not write (a full disk): one line naming it
-                        err = RunDirError(os_error_line(err, jobs[members[0]][1]))
-                    log.error(
-                        "vectorised group of jobs %s: %s: %s", members, type(err).__name__, err
-                    )
-                    for m in members:
-                        if written:  # these jobs began: it is their failure, not a refusal
-                            _fail(jobs[m][1], err)
-                        else:
-                            _fail_or_refuse(jobs[m][1], err)
-                        jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
-                    continue
-                except Exception as err:
-                    log.exception("vectorised group of jobs %s failed", members)
-                    for m in members:
+            while group:  # again without a member refused on its own (MemberRefused)
+                group = self._train_group(
+                    group, data, configs, valid, jobs, records, rundirs, search, log_files, first
+                )
+
+    def _train_group(
+        self, group, data, configs, valid, jobs, records, rundirs, search, log_files, first
+    ) -> list[int]:
+        """Train one group; the group left to train again when one member was refused on its
+        own (its tracker could not be opened), else []."""
+        from ae_jax.cli import (
+            USER_ERRORS,
+            job_score,
+            os_error_line,
+            stop_multirun_if_asked,
+            stop_status,
+        )
+        from ae_jax.sweeps.vectorized import MemberRefused, train_group
+        from ae_jax.training.loop import Preempted
+        from ae_jax.training.rundir import RunDirError
+
+        members = [valid[g] for g in group]
+        # the group's error line reaches its members' train.log too, as a run's does
+        with job_logs([(jobs[m][1], log_files[m]) for m in members]):
+            try:
+                results = train_group(
+                    [configs[g] for g in group],
+                    [jobs[m][1] for m in members],
+                    hydra_files=[records[m] for m in members],
+                    rundirs=[rundirs[m] for m in members],
+                    data=data,
+                )
+            except MemberRefused as err:  # before anything was compiled or written
+                m = members[err.index]
+                log.error("job #%d: %s: %s", first + m, type(err.error).__name__, err.error)
+                _fail_or_refuse(jobs[m][1], err.error)
+                jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
+                rest = [g for k, g in enumerate(group) if k != err.index]
+                if rest:
+                    log.info("the group's %d other jobs train without it", len(rest))
+                return rest
+            except Preempted as err:
+                status, code = stop_status()
+                for m in members:
+                    _write_status(jobs[m][1], status, message=str(err))
+                log.warning("%s", err)
+                sys.exit(code)  # the same command resumes every group
+            except (*USER_ERRORS, OSError) as err:
+                written = isinstance(err, OSError) and not isinstance(err, USER_ERRORS)
+                if written:  # a file the group could not write (a full disk): one line naming it
+                    err = RunDirError(os_error_line(err, jobs[members[0]][1]))
+                log.error("vectorised group of jobs %s: %s: %s", members, type(err).__name__, err)
+                for m in members:
+                    if written:  # these jobs began: it is their failure, not a refusal
                         _fail(jobs[m][1], err)
-                        jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
-                    continue
-                for m, metrics in zip(members, results):
-                    jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
-            stop_multirun_if_asked(f"the group of jobs {members} is complete")
+                    else:
+                        _fail_or_refuse(jobs[m][1], err)
+                    jobs[m][2]._return_value = job_score(jobs[m][0], {}, search)
+                return []
+            except Exception as err:
+                log.exception("vectorised group of jobs %s failed", members)
+                for m in members:
+                    _fail(jobs[m][1], err)
+                    jobs[m][2].status, jobs[m][2]._return_value = JobStatus.FAILED, err
+                return []
+            for m, metrics in zip(members, results):
+                jobs[m][2]._return_value = job_score(jobs[m][0], metrics, search, jobs[m][1])
+        stop_multirun_if_asked(f"the group of jobs {members} is complete")
+        return []
 
 
 def _moved_log(spec: dict, old: Path, new: Path) -> dict:
